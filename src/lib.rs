@@ -1,0 +1,15 @@
+//! m3dnode: a DICOM node that receives CT/MR series, reconstructs a surface mesh from each
+//! completed series and sends it back as an Encapsulated STL object.
+//!
+//! The modules follow the data:
+//!
+//! - [`net`]: associations and DIMSE (C-ECHO, C-STORE as SCP and SCU).
+//! - [`store`]: durable files (temp file, fsync, rename) and the SQLite index.
+//! - [`config`]: the validated configuration.
+//! - [`cli`]: the command-line front end (`serve`, `echo`, `send`).
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod config;
+pub mod net;
+pub mod store;

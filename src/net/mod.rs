@@ -1,0 +1,107 @@
+//! The DICOM network side: association negotiation and DIMSE, as service class provider
+//! ([`scp`]) and user ([`scu`]).
+//!
+//! The upper layer (PDUs, A-ASSOCIATE negotiation) is dicom-ul's; this module adds the node's
+//! policy (which AEs, which SOP classes, which transfer syntaxes, how many associations) and the
+//! DIMSE messages ([`dimse`]). It hands received data sets to [`crate::store`] and knows nothing
+//! about meshes.
+
+pub mod dimse;
+pub mod scp;
+pub mod scu;
+
+use dicom_core::dictionary::{UidDictionary, UidType};
+
+/// Verification SOP Class (C-ECHO).
+pub const VERIFICATION: &str = "1.2.840.10008.1.1";
+/// Implicit VR Little Endian, the default transfer syntax.
+pub const IMPLICIT_VR_LE: &str = "1.2.840.10008.1.2";
+/// Explicit VR Little Endian.
+pub const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
+
+/// Transfer syntaxes the SCP accepts: exactly those whose pixel data the `volume` module can
+/// decode (dicom-pixeldata with its native, `charls` and `openjp2` codecs), so that no image
+/// is acknowledged that a job could not read. Video and JPEG XL/HTJ2K are refused at
+/// negotiation. Instances are stored in the syntax they arrive in.
+pub const ACCEPTED_TRANSFER_SYNTAXES: &[&str] = &[
+    EXPLICIT_VR_LE,
+    IMPLICIT_VR_LE,
+    "1.2.840.10008.1.2.2",    // Explicit VR Big Endian (retired)
+    "1.2.840.10008.1.2.1.99", // Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.4.50", // JPEG Baseline (Process 1)
+    "1.2.840.10008.1.2.4.51", // JPEG Extended (Process 2 & 4)
+    "1.2.840.10008.1.2.4.57", // JPEG Lossless (Process 14)
+    "1.2.840.10008.1.2.4.70", // JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80", // JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81", // JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90", // JPEG 2000 Lossless Only
+    "1.2.840.10008.1.2.4.91", // JPEG 2000
+    "1.2.840.10008.1.2.5",    // RLE Lossless
+];
+
+/// True for every storage SOP class of the standard dictionary (retired ones included: old
+/// modalities still send them), and nothing else: not Storage Commitment, not the DICOMDIR
+/// "Media Storage Directory", not query/retrieve.
+pub fn is_storage_sop_class(uid: &str) -> bool {
+    let uid = uid.trim_end_matches(['\0', ' ']);
+    let Some(entry) = dicom_dictionary_std::StandardSopClassDictionary.by_uid(uid) else {
+        return false;
+    };
+    entry.r#type == UidType::SopClass
+        && uid.starts_with("1.2.840.10008.5.1.4.")
+        && entry.name.contains("Storage")
+        && !entry.name.contains("Commitment")
+}
+
+/// Name of a SOP class or transfer syntax for logs, falling back to the UID.
+pub fn uid_name(uid: &str) -> String {
+    let uid = uid.trim_end_matches(['\0', ' ']);
+    dicom_dictionary_std::StandardSopClassDictionary
+        .by_uid(uid)
+        .map(|e| e.name.to_string())
+        .or_else(|| {
+            use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
+            dicom_transfer_syntax_registry::TransferSyntaxRegistry
+                .get(uid)
+                .map(|ts| ts.name().to_string())
+        })
+        .unwrap_or_else(|| uid.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_classes_come_from_the_dictionary() {
+        for uid in [
+            "1.2.840.10008.5.1.4.1.1.2",     // CT
+            "1.2.840.10008.5.1.4.1.1.4",     // MR
+            "1.2.840.10008.5.1.4.1.1.4.1",   // Enhanced MR
+            "1.2.840.10008.5.1.4.1.1.2.1",   // Enhanced CT
+            "1.2.840.10008.5.1.4.1.1.104.3", // Encapsulated STL
+            "1.2.840.10008.5.1.4.1.1.481.3", // RT Structure Set
+            "1.2.840.10008.5.1.4.1.1.88.22", // Enhanced SR
+            "1.2.840.10008.5.1.4.1.1.12.1",  // XA
+            "1.2.840.10008.5.1.4.38.1",      // Hanging Protocol
+        ] {
+            assert!(is_storage_sop_class(uid), "{uid}");
+        }
+        for uid in [
+            VERIFICATION,
+            "1.2.840.10008.1.20.1",        // Storage Commitment
+            "1.2.840.10008.1.3.10",        // Media Storage Directory
+            "1.2.840.10008.5.1.4.1.2.2.1", // Study Root FIND
+            "1.2.3.4",
+        ] {
+            assert!(!is_storage_sop_class(uid), "{uid}");
+        }
+    }
+
+    #[test]
+    fn every_accepted_syntax_is_supported_by_the_registry() {
+        for ts in ACCEPTED_TRANSFER_SYNTAXES {
+            assert!(dicom_ul::association::server::is_supported(ts), "{ts}");
+        }
+    }
+}

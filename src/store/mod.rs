@@ -1,0 +1,489 @@
+//! Durable storage of received instances: the on-disk layout, the durability protocol and
+//! the index.
+//!
+//! Layout: `<root>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm` (Part 10 files, stored in the
+//! transfer syntax they arrived in), `<root>/index.sqlite`, `<root>/tmp/` for files being
+//! received.
+//!
+//! The protocol behind "a success status means the instance is on disk": a received data set
+//! is streamed into a temp file in `tmp/` (same file system, so the final rename is atomic),
+//! walked once to prove it is complete and to read its UIDs ([`header`]), fsynced, renamed to
+//! its final name, its directory fsynced, and indexed — and only then does the caller answer
+//! success. A crash at any point leaves either nothing or a temp file, which the next start
+//! removes. This module does not decode pixels and knows nothing about the network.
+
+pub mod header;
+pub mod index;
+pub mod uid;
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use tracing::{debug, info, warn};
+
+use crate::config::{NodeConfig, OnConflict};
+use header::{Encoding, Header, HeaderError};
+pub use index::{Index, IndexError, InstanceRow};
+
+/// Our Implementation Class UID (a fixed UUID-derived UID under 2.25).
+pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.208962186301944432614089305626476003171";
+/// Our Implementation Version Name (at most 16 characters).
+pub const IMPLEMENTATION_VERSION_NAME: &str = concat!("M3DNODE_", env!("CARGO_PKG_VERSION"));
+
+/// Why an instance was not stored. The network layer maps each to a DIMSE status.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Free space is below `node.min_free_mb` (status 0xA700).
+    #[error("storage volume has {free_mb} MB free, below the {min_mb} MB watermark")]
+    LowDiskSpace {
+        /// Free megabytes now.
+        free_mb: u64,
+        /// The configured watermark.
+        min_mb: u64,
+    },
+    /// Writing or syncing failed, e.g. the disk filled up mid-instance (status 0xA700).
+    #[error("writing to storage failed: {0}")]
+    Io(#[from] io::Error),
+    /// The data set could not be parsed (status 0xC000).
+    #[error("{0}")]
+    Unreadable(#[from] HeaderError),
+    /// The data set contradicts its command or carries an unusable UID (status 0xA900).
+    #[error("{0}")]
+    Mismatch(String),
+    /// A different instance is stored under this SOP Instance UID and `on_conflict = reject`
+    /// (status 0xA900).
+    #[error("a different instance with SOP Instance UID {0} is already stored")]
+    Conflict(String),
+    /// The index could not be updated (status 0xA700).
+    #[error(transparent)]
+    Index(#[from] IndexError),
+}
+
+/// What the command set announced for the data set being received.
+#[derive(Debug, Clone)]
+pub struct Announced {
+    /// Affected SOP Class UID of the C-STORE-RQ.
+    pub sop_class_uid: String,
+    /// Affected SOP Instance UID of the C-STORE-RQ.
+    pub sop_instance_uid: String,
+    /// Negotiated transfer syntax of the presentation context.
+    pub transfer_syntax: String,
+    /// Calling AE title (recorded in the file meta and the index).
+    pub calling_ae: String,
+}
+
+/// The outcome of a successful store.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// The data set's header.
+    pub header: Header,
+    /// Final path.
+    pub path: PathBuf,
+    /// File size in bytes.
+    pub size: u64,
+    /// The same instance was already stored; nothing was rewritten.
+    pub duplicate: bool,
+}
+
+/// The storage root: layout, durability and the index.
+pub struct Store {
+    root: PathBuf,
+    tmp: PathBuf,
+    index: Index,
+    sync: bool,
+    min_free_bytes: u64,
+    on_conflict: OnConflict,
+}
+
+impl Store {
+    /// Opens the store under `cfg.storage`, creating it if needed, removing temp files left by
+    /// a crash, and re-indexing instances whose rows a power cut may have lost.
+    pub fn open(cfg: &NodeConfig) -> Result<Store, StoreError> {
+        let root = cfg.storage.clone();
+        let tmp = root.join("tmp");
+        fs::create_dir_all(&tmp)?;
+        let mut removed = 0;
+        for entry in fs::read_dir(&tmp)? {
+            let entry = entry?;
+            fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+        if removed > 0 {
+            warn!(
+                removed,
+                "removed incomplete temp files left by an interrupted run"
+            );
+        }
+        let index = Index::open(&root.join("index.sqlite"))?;
+        let store = Store {
+            root,
+            tmp,
+            index,
+            sync: cfg.sync,
+            min_free_bytes: cfg.min_free_mb.saturating_mul(1024 * 1024),
+            on_conflict: cfg.on_conflict,
+        };
+        store.reconcile()?;
+        Ok(store)
+    }
+
+    /// The storage root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The index.
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// Indexes any stored file that has no row. Rows are committed before acknowledgement, so
+    /// after a process crash there is nothing to do; after a power cut the last rows may be
+    /// missing while their (fsynced) files are not.
+    fn reconcile(&self) -> Result<(), StoreError> {
+        let marker = self.root.join("clean-shutdown");
+        if marker.exists() {
+            fs::remove_file(&marker)?;
+            return Ok(());
+        }
+        let mut added = 0u64;
+        for study in read_dirs(&self.root)? {
+            if study.file_name().is_some_and(|n| n == "tmp") {
+                continue;
+            }
+            for series in read_dirs(&study)? {
+                for entry in fs::read_dir(&series)? {
+                    let path = entry?.path();
+                    let Some(uid) = path
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .and_then(|n| n.strip_suffix(".dcm"))
+                    else {
+                        continue;
+                    };
+                    if self.index.get(uid)?.is_some() {
+                        continue;
+                    }
+                    match read_part10_header(&path) {
+                        Ok((header, ts, size)) => {
+                            let rel = self.relative(&path);
+                            self.index.upsert(&header, &ts, &rel, size, "")?;
+                            added += 1;
+                        }
+                        Err(e) => {
+                            warn!(path = %path.display(), error = %e, "unindexed file is unreadable; left in place")
+                        }
+                    }
+                }
+            }
+        }
+        if added > 0 {
+            info!(added, "re-indexed instances missing from the index");
+        }
+        Ok(())
+    }
+
+    /// Records a clean shutdown so that the next start can skip reconciliation.
+    pub fn mark_clean_shutdown(&self) -> Result<(), StoreError> {
+        File::create(self.root.join("clean-shutdown"))?;
+        Ok(())
+    }
+
+    /// Starts receiving one instance: checks the free-space watermark and opens a temp file
+    /// with the Part 10 preamble and file meta already written.
+    pub fn begin(&self, announced: &Announced) -> Result<Incoming, StoreError> {
+        if self.min_free_bytes > 0 {
+            let free = fs4::available_space(&self.root)?;
+            if free < self.min_free_bytes {
+                return Err(StoreError::LowDiskSpace {
+                    free_mb: free / (1024 * 1024),
+                    min_mb: self.min_free_bytes / (1024 * 1024),
+                });
+            }
+        }
+        let temp = || {
+            tempfile::Builder::new()
+                .prefix("rx-")
+                .suffix(".part")
+                .tempfile_in(&self.tmp)
+        };
+        let file = match temp() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Someone removed tmp/ (a clean-up script, an operator): recreate it rather
+                // than refuse every instance until a restart.
+                warn!(dir = %self.tmp.display(), "temp directory vanished; recreating it");
+                fs::create_dir_all(&self.tmp)?;
+                temp()?
+            }
+            other => other?,
+        };
+        let mut incoming = Incoming {
+            writer: BufWriter::with_capacity(256 * 1024, file),
+            data_offset: 0,
+            announced: announced.clone(),
+        };
+        let meta = file_meta(announced)?;
+        incoming.writer.write_all(&[0u8; 128])?;
+        incoming.writer.write_all(b"DICM")?;
+        incoming.writer.write_all(&meta)?;
+        incoming.data_offset = 132 + meta.len() as u64;
+        Ok(incoming)
+    }
+
+    /// Finishes an instance: checks it, makes it durable and indexes it. Blocking (fsync):
+    /// call it off the async runtime.
+    pub fn commit(&self, incoming: Incoming) -> Result<Stored, StoreError> {
+        let Incoming {
+            writer,
+            data_offset,
+            announced,
+        } = incoming;
+        let temp = writer.into_inner().map_err(|e| e.into_error())?;
+        let size = temp.as_file().metadata()?.len();
+        let mut file = temp.reopen()?;
+        file.seek(SeekFrom::Start(data_offset))?;
+        let header = header::scan_file(
+            &mut file,
+            size - data_offset,
+            Encoding::of_transfer_syntax(&announced.transfer_syntax),
+        )?;
+        check_against_command(&header, &announced)?;
+
+        let dir = self
+            .root
+            .join(&header.study_instance_uid)
+            .join(&header.series_instance_uid);
+        let path = dir.join(format!("{}.dcm", header.sop_instance_uid));
+        if path.exists() {
+            if same_data_set(&path, temp.path(), data_offset)? {
+                debug!(sop_instance_uid = %header.sop_instance_uid, "identical instance received again");
+                self.index.upsert(
+                    &header,
+                    &announced.transfer_syntax,
+                    &self.relative(&path),
+                    fs::metadata(&path)?.len(),
+                    &announced.calling_ae,
+                )?;
+                return Ok(Stored {
+                    header,
+                    path,
+                    size,
+                    duplicate: true,
+                });
+            }
+            match self.on_conflict {
+                OnConflict::Reject => return Err(StoreError::Conflict(header.sop_instance_uid)),
+                OnConflict::KeepFirst => {
+                    warn!(sop_instance_uid = %header.sop_instance_uid, "a different instance under a stored SOP Instance UID was received; keeping the first (node.on_conflict = keep-first)");
+                    return Ok(Stored {
+                        header,
+                        path,
+                        size,
+                        duplicate: true,
+                    });
+                }
+                OnConflict::Replace => {
+                    warn!(sop_instance_uid = %header.sop_instance_uid, "replacing a stored instance with a different one under the same SOP Instance UID (node.on_conflict = replace)");
+                }
+            }
+        }
+        self.create_dirs(&dir)?;
+        if self.sync {
+            temp.as_file().sync_data()?;
+        }
+        temp.persist(&path).map_err(|e| e.error)?;
+        if self.sync {
+            File::open(&dir)?.sync_all()?;
+        }
+        self.index.upsert(
+            &header,
+            &announced.transfer_syntax,
+            &self.relative(&path),
+            size,
+            &announced.calling_ae,
+        )?;
+        Ok(Stored {
+            header,
+            path,
+            size,
+            duplicate: false,
+        })
+    }
+
+    /// Creates the study/series directories, fsyncing each parent that gained an entry, so
+    /// that the directory chain of a durable file is durable too.
+    fn create_dirs(&self, dir: &Path) -> Result<(), StoreError> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        let mut missing = Vec::new();
+        let mut d = dir;
+        while !d.is_dir() {
+            missing.push(d.to_path_buf());
+            match d.parent() {
+                Some(p) => d = p,
+                None => break,
+            }
+        }
+        for m in missing.iter().rev() {
+            match fs::create_dir(m) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e.into()),
+            }
+            if self.sync {
+                if let Some(parent) = m.parent() {
+                    File::open(parent)?.sync_all()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn relative(&self, path: &Path) -> String {
+        path.strip_prefix(&self.root)
+            .unwrap_or(path)
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// An instance being received into a temp file. Dropping it without [`Store::commit`]
+/// deletes the temp file: nothing partial is left behind.
+pub struct Incoming {
+    writer: BufWriter<tempfile::NamedTempFile>,
+    data_offset: u64,
+    announced: Announced,
+}
+
+impl Incoming {
+    /// Appends a fragment of the data set as received.
+    pub fn write(&mut self, fragment: &[u8]) -> io::Result<()> {
+        self.writer.write_all(fragment)
+    }
+}
+
+fn read_dirs(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            out.push(entry.path());
+        }
+    }
+    Ok(out)
+}
+
+/// Encodes the file meta group (group 0002) for an instance announced by a C-STORE-RQ.
+fn file_meta(announced: &Announced) -> Result<Vec<u8>, StoreError> {
+    let meta = dicom_object::FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(announced.sop_class_uid.as_str())
+        .media_storage_sop_instance_uid(announced.sop_instance_uid.as_str())
+        .transfer_syntax(announced.transfer_syntax.as_str())
+        .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
+        .implementation_version_name(IMPLEMENTATION_VERSION_NAME)
+        .source_application_entity_title(announced.calling_ae.as_str())
+        .build()
+        .map_err(|e| StoreError::Mismatch(format!("cannot build file meta information: {e}")))?;
+    let mut out = Vec::with_capacity(256);
+    meta.write(&mut out)
+        .map_err(|e| StoreError::Mismatch(format!("cannot encode file meta information: {e}")))?;
+    Ok(out)
+}
+
+/// The command and the data set must agree, and the UIDs that become path components must be
+/// UIDs.
+fn check_against_command(header: &Header, announced: &Announced) -> Result<(), StoreError> {
+    if header.sop_class_uid != announced.sop_class_uid.trim_end_matches('\0') {
+        return Err(StoreError::Mismatch(format!(
+            "data set SOP Class UID differs from the C-STORE-RQ: {} vs {}",
+            header.sop_class_uid, announced.sop_class_uid
+        )));
+    }
+    if header.sop_instance_uid != announced.sop_instance_uid.trim_end_matches('\0') {
+        return Err(StoreError::Mismatch(format!(
+            "data set SOP Instance UID differs from the C-STORE-RQ: {} vs {}",
+            header.sop_instance_uid, announced.sop_instance_uid
+        )));
+    }
+    for (name, uid) in [
+        ("SOP Instance UID", &header.sop_instance_uid),
+        ("Study Instance UID", &header.study_instance_uid),
+        ("Series Instance UID", &header.series_instance_uid),
+    ] {
+        if !uid::is_valid_uid(uid) {
+            return Err(StoreError::Mismatch(format!(
+                "{name} is not a valid UID: {uid:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// True when the data set part of `stored` (after its own meta) equals that of `temp` after
+/// `temp_offset`.
+fn same_data_set(stored: &Path, temp: &Path, temp_offset: u64) -> Result<bool, StoreError> {
+    let mut a = io::BufReader::new(File::open(stored)?);
+    let stored_offset = part10_data_offset(&mut a)?;
+    a.seek(SeekFrom::Start(stored_offset))?;
+    let mut b = io::BufReader::new(File::open(temp)?);
+    b.seek(SeekFrom::Start(temp_offset))?;
+    let (mut ba, mut bb) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    loop {
+        let na = read_full(&mut a, &mut ba)?;
+        let nb = read_full(&mut b, &mut bb)?;
+        if na != nb || ba[..na] != bb[..nb] {
+            return Ok(false);
+        }
+        if na == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Offset of the data set in a Part 10 file: 132 + 12 + the File Meta Information Group
+/// Length value.
+pub fn part10_data_offset(r: &mut (impl Read + Seek)) -> io::Result<u64> {
+    r.seek(SeekFrom::Start(128))?;
+    let mut head = [0u8; 16];
+    r.read_exact(&mut head)?;
+    if &head[0..4] != b"DICM" || head[4..8] != [2, 0, 0, 0] || &head[8..10] != b"UL" {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a Part 10 file",
+        ));
+    }
+    let group_len = u32::from_le_bytes([head[12], head[13], head[14], head[15]]);
+    Ok(144 + group_len as u64)
+}
+
+/// Reads the header of a stored Part 10 file (for reconciliation).
+pub fn read_part10_header(path: &Path) -> Result<(Header, String, u64), StoreError> {
+    let mut file = File::open(path)?;
+    let size = file.metadata()?.len();
+    let offset = part10_data_offset(&mut file)?;
+    let meta = dicom_object::OpenFileOptions::new()
+        .read_until(dicom_dictionary_std::tags::SOP_CLASS_UID)
+        .open_file(path)
+        .map_err(|e| StoreError::Mismatch(format!("{}: {e}", path.display())))?;
+    let ts = meta
+        .meta()
+        .transfer_syntax()
+        .trim_end_matches('\0')
+        .to_string();
+    file.seek(SeekFrom::Start(offset))?;
+    let header = header::scan_file(&mut file, size - offset, Encoding::of_transfer_syntax(&ts))?;
+    Ok((header, ts, size))
+}
