@@ -5,11 +5,13 @@
 //!
 //! - [`net`]: associations and DIMSE (C-ECHO, C-STORE as SCP and SCU).
 //! - [`store`]: durable files (temp file, fsync, rename) and the SQLite index.
+//! - [`encap`]: the Encapsulated STL object (built from a mesh and its source series).
 //! - [`config`]: the validated configuration.
 //! - [`cli`]: the command-line front end (`serve`, `echo`, `send`).
 #![deny(missing_docs)]
 
 pub mod cli;
 pub mod config;
+pub mod encap;
 pub mod net;
 pub mod store;

@@ -1,0 +1,226 @@
+//! DICOM Encapsulated STL: wrapping a reconstructed surface mesh into a
+//! standard DICOM object, and getting it back out.
+//!
+//! This module owns everything m3dnode knows about the *Encapsulated STL IOD*
+//! (PS3.3 §A.85.1, SOP Class `1.2.840.10008.5.1.4.1.1.104.3`):
+//!
+//! * [`build_encapsulated_stl`] turns a binary STL payload plus facts about the
+//!   source series into a complete Part 10 object (file meta included) that
+//!   `dciodvfy` accepts without errors or warnings and that `dcentvfy` finds
+//!   consistent with the source series: Patient and Study copied from the
+//!   source, a new `M3D` series in the source's Frame of Reference, General and
+//!   Enhanced General Equipment describing m3dnode, the Encapsulated Document
+//!   and Manufacturing 3D Model modules, references to every source image, and
+//!   SOP Common.
+//! * [`extract_stl`] reads the STL bytes back out of such an object, removing
+//!   the pad byte that DICOM adds to odd-length values.
+//!
+//! UIDs are minted and checked by [`crate::store::uid`], the one place that decides what a
+//! UID is.
+//!
+//! It exists as one place so that the networking and storage code never has
+//! to know which attributes the IOD needs: they hand over the mesh and the
+//! source series, and get a valid object back.
+//!
+//! Where the free-text mesh metrics go: the IOD has no Image Comments. They
+//! are written to *Comments on the Performed Procedure Step* (0040,0280, ST,
+//! up to 1024 characters), which the Encapsulated Document Series module
+//! admits through the Performed Procedure Step Summary macro — a standard,
+//! series-level, free-text attribute, so no private tags are needed.
+
+mod build;
+mod read;
+
+use crate::store::uid::is_valid_uid;
+pub use build::build_encapsulated_stl;
+pub use read::extract_stl;
+
+use dicom_object::InMemDicomObject;
+
+/// SOP Class UID of the Encapsulated STL Storage SOP Class.
+pub const ENCAPSULATED_STL_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.104.3";
+
+/// MIME type of an encapsulated STL document.
+pub const STL_MIME_TYPE: &str = "model/stl";
+
+/// Modality of a series of 3D manufacturing models.
+pub const MODALITY_M3D: &str = "M3D";
+
+/// Facts about the source series the mesh was made from.
+#[derive(Debug, Clone)]
+pub struct SourceSeries {
+    /// One source instance's data set. Patient, Study and Frame of Reference
+    /// attributes (and the Specific Character Set) are copied from it.
+    pub representative: InMemDicomObject,
+    /// Every source image, each referenced from the result.
+    pub instances: Vec<SourceInstance>,
+    /// Series Instance UID of the source series.
+    pub series_instance_uid: String,
+}
+
+/// One source image, as referenced from the Encapsulated STL object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceInstance {
+    /// SOP Class UID of the source image.
+    pub sop_class_uid: String,
+    /// SOP Instance UID of the source image.
+    pub sop_instance_uid: String,
+}
+
+impl SourceInstance {
+    /// Take the SOP Class and SOP Instance UIDs from a source data set.
+    pub fn from_object(obj: &InMemDicomObject) -> Result<Self, EncapError> {
+        use dicom_dictionary_std::tags;
+        let get = |tag, name: &'static str| -> Result<String, EncapError> {
+            let value = obj
+                .get(tag)
+                .and_then(|e| e.to_str().ok())
+                .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+                .filter(|s| !s.is_empty())
+                .ok_or(EncapError::MissingSourceAttribute(name))?;
+            if is_valid_uid(&value) {
+                Ok(value)
+            } else {
+                Err(EncapError::InvalidUid { field: name, value })
+            }
+        };
+        Ok(SourceInstance {
+            sop_class_uid: get(tags::SOP_CLASS_UID, "SOPClassUID")?,
+            sop_instance_uid: get(tags::SOP_INSTANCE_UID, "SOPInstanceUID")?,
+        })
+    }
+}
+
+/// The equipment that creates the Encapsulated STL object (General and
+/// Enhanced General Equipment modules).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Equipment {
+    /// Manufacturer (0008,0070).
+    pub manufacturer: String,
+    /// Manufacturer's Model Name (0008,1090).
+    pub model_name: String,
+    /// Device Serial Number (0018,1000).
+    pub device_serial_number: String,
+    /// Software Versions (0018,1020).
+    pub software_versions: String,
+    /// Institution Name (0008,0080), if known.
+    pub institution_name: Option<String>,
+}
+
+impl Default for Equipment {
+    /// `m3dnode` / `m3dnode`, the host name as serial number (or `m3dnode`
+    /// when it cannot be found) and this crate's version.
+    fn default() -> Self {
+        Equipment {
+            manufacturer: "m3dnode".to_string(),
+            model_name: "m3dnode".to_string(),
+            device_serial_number: host_name().unwrap_or_else(|| "m3dnode".to_string()),
+            software_versions: env!("CARGO_PKG_VERSION").to_string(),
+            institution_name: None,
+        }
+    }
+}
+
+/// The machine's host name, from the kernel or the environment.
+fn host_name() -> Option<String> {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .chain(std::env::var("HOSTNAME").ok())
+        .chain(std::env::var("COMPUTERNAME").ok())
+        .map(|s| s.trim().to_string())
+        .find(|s| !s.is_empty())
+}
+
+/// Everything about the new object that does not come from the source series.
+#[derive(Debug, Clone)]
+pub struct EncapRequest<'a> {
+    /// The STL payload (binary STL as m3dnode writes it; ASCII STL is also
+    /// accepted, the bytes are stored verbatim).
+    pub stl: &'a [u8],
+    /// Document Title: what the surface is, e.g. "Bone surface, iso 300 HU".
+    pub document_title: String,
+    /// Series Description of the new series (cut to 64 characters).
+    pub series_description: String,
+    /// Series Instance UID of the result series; `None` mints a new one.
+    /// A rebuild passes the previous result series here. Must differ from
+    /// the source series.
+    pub series_instance_uid: Option<String>,
+    /// SOP Instance UID of the result; `None` mints a new one.
+    pub sop_instance_uid: Option<String>,
+    /// Series Number of the result series.
+    pub series_number: i32,
+    /// Instance Number of the result.
+    pub instance_number: i32,
+    /// Content Date and Time as DICOM DA and TM strings; `None` uses the
+    /// current local time.
+    pub content_datetime: Option<(String, String)>,
+    /// The equipment creating the object.
+    pub equipment: Equipment,
+    /// Free text about the mesh (e.g. "triangles=…, volume_mm3=…,
+    /// watertight=yes"), written to Comments on the Performed Procedure Step
+    /// (0040,0280); cut to 1024 characters.
+    pub metrics_comment: Option<String>,
+}
+
+/// What went wrong while building or reading an Encapsulated STL object.
+#[derive(Debug, thiserror::Error)]
+pub enum EncapError {
+    /// The STL payload is empty.
+    #[error("the STL payload is empty")]
+    EmptyStl,
+    /// The STL payload does not fit a DICOM value (32-bit length, even).
+    #[error("the STL payload of {0} bytes is too large for one DICOM value")]
+    StlTooLarge(usize),
+    /// The source series lists no instances to reference.
+    #[error("the source series lists no instances")]
+    NoSourceInstances,
+    /// A required attribute is missing from the source data set.
+    #[error("the source data set has no {0}")]
+    MissingSourceAttribute(&'static str),
+    /// A UID (given or taken from the source) is not a valid UID.
+    #[error("{field} is not a valid UID: {value:?}")]
+    InvalidUid {
+        /// Which UID.
+        field: &'static str,
+        /// The offending value.
+        value: String,
+    },
+    /// The requested result series is the source series itself.
+    #[error("the result series UID {0} is the source series UID")]
+    SeriesUidIsSource(String),
+    /// The requested result instance UID is one of the source instances.
+    #[error("the result SOP Instance UID {0} is a source instance UID")]
+    SopInstanceUidIsSource(String),
+    /// Content Date or Time is not a valid DA / TM value.
+    #[error("invalid {field} {value:?}")]
+    InvalidDateTime {
+        /// "Content Date" or "Content Time".
+        field: &'static str,
+        /// The offending value.
+        value: String,
+    },
+    /// A type 1 equipment attribute would be empty.
+    #[error("equipment attribute {0} is empty")]
+    EmptyEquipment(&'static str),
+    /// The file meta group could not be built.
+    #[error("could not build the file meta group")]
+    FileMeta(#[source] dicom_object::WithMetaError),
+    /// The object is not an Encapsulated STL (wrong SOP class or MIME type).
+    #[error("not an encapsulated STL object: {0}")]
+    NotEncapsulatedStl(String),
+    /// The object has no Encapsulated Document value.
+    #[error("the object has no Encapsulated Document (0042,0011)")]
+    MissingDocument,
+    /// The Encapsulated Document or its length could not be read.
+    #[error("could not read {0}")]
+    ReadValue(&'static str, #[source] dicom_core::value::ConvertValueError),
+    /// Encapsulated Document Length does not fit the stored value.
+    #[error("Encapsulated Document Length {declared} does not fit the {stored} stored bytes")]
+    LengthMismatch {
+        /// Encapsulated Document Length (0042,0015).
+        declared: u64,
+        /// Bytes in Encapsulated Document (0042,0011).
+        stored: usize,
+    },
+}
