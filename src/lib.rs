@@ -5,6 +5,7 @@
 //!
 //! - [`net`]: associations and DIMSE (C-ECHO, C-STORE as SCP and SCU).
 //! - [`store`]: durable files (temp file, fsync, rename) and the SQLite index.
+//! - [`volume`]: pixel decoding, slice geometry and assembly into a volume in patient mm.
 //! - [`encap`]: the Encapsulated STL object (built from a mesh and its source series).
 //! - [`config`]: the validated configuration.
 //! - [`cli`]: the command-line front end (`serve`, `echo`, `send`).
@@ -15,3 +16,4 @@ pub mod config;
 pub mod encap;
 pub mod net;
 pub mod store;
+pub mod volume;
