@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use tracing::{error, info};
+use tracing::info;
 
 use crate::config::{Config, Overrides};
 use crate::net::scp::{self, ScpContext};
@@ -53,6 +53,8 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+    /// Reconstruct a surface from a folder of DICOM files, offline, with the node's pipeline.
+    Recon(Box<ReconArgs>),
     /// Send DICOM files (directories are walked recursively) with C-STORE.
     Send {
         /// Files or directories.
@@ -70,6 +72,54 @@ enum Command {
     },
 }
 
+/// Arguments of `m3dnode recon`.
+#[derive(Debug, clap::Args)]
+struct ReconArgs {
+    /// Folder holding the series (searched recursively).
+    dir: PathBuf,
+    /// Reconstruction pipeline (only `iso` exists today).
+    #[arg(long, default_value = "iso")]
+    pipeline: String,
+    /// What to segment: ct-bone (300 HU), ct-skin (-300 HU), mr-head, otsu, mask (0.5), or an
+    /// iso value in modality units.
+    #[arg(long, default_value = "ct-bone")]
+    preset: crate::recon::iso::Preset,
+    /// Mesh output; the format follows the extension: .stl (binary, or ASCII with --ascii),
+    /// .ply (binary), .obj.
+    #[arg(long, short)]
+    output: PathBuf,
+    /// Also write the Encapsulated STL DICOM object here.
+    #[arg(long)]
+    dicom: Option<PathBuf>,
+    /// Series Instance UID to use when the folder holds several series.
+    #[arg(long)]
+    series: Option<String>,
+    /// Gaussian pre-smoothing sigma in mm.
+    #[arg(long)]
+    smooth: Option<f64>,
+    /// Keep every component larger than 100 triangles, not only the largest.
+    #[arg(long)]
+    all_components: bool,
+    /// No Taubin smoothing of the mesh.
+    #[arg(long)]
+    no_taubin: bool,
+    /// No simplification.
+    #[arg(long)]
+    no_simplify: bool,
+    /// Write ASCII instead of binary STL.
+    #[arg(long)]
+    ascii: bool,
+    /// Missing slices: fail (default) or interpolate (with a warning).
+    #[arg(long, default_value = "fail")]
+    gaps: String,
+    /// Several stacks in the series: fail (default) or largest.
+    #[arg(long, default_value = "fail")]
+    mixed: String,
+    /// Gantry tilt: reject (default) or resample.
+    #[arg(long, default_value = "reject")]
+    tilt: String,
+}
+
 /// Runs the program; the binary's `main` is only this.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -83,7 +133,12 @@ pub fn main() -> ExitCode {
             };
         }
     };
-    init_logging();
+    // The server logs its work; offline commands only warnings (their result goes to stdout).
+    init_logging(if matches!(cli.command, Command::Serve { .. }) {
+        "info"
+    } else {
+        "warn"
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -97,16 +152,15 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            error!("{e:#}");
             eprintln!("m3dnode: {e:#}");
             ExitCode::from(2)
         }
     }
 }
 
-fn init_logging() {
+fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -150,6 +204,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             calling_ae,
             timeout,
         } => send(paths, to, calling_ae, timeout).await,
+        Command::Recon(args) => tokio::task::spawn_blocking(move || recon(*args)).await?,
     }
 }
 
@@ -298,4 +353,222 @@ fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(out)
+}
+
+fn assemble_options(args: &ReconArgs) -> Result<crate::volume::AssembleOptions> {
+    use crate::volume::{GapPolicy, MixedPolicy, TiltPolicy};
+    Ok(crate::volume::AssembleOptions {
+        gaps: match args.gaps.as_str() {
+            "fail" => GapPolicy::Fail,
+            "interpolate" => GapPolicy::Interpolate,
+            other => anyhow::bail!("--gaps {other}: use fail or interpolate"),
+        },
+        mixed: match args.mixed.as_str() {
+            "fail" => MixedPolicy::Fail,
+            "largest" => MixedPolicy::Largest,
+            other => anyhow::bail!("--mixed {other}: use fail or largest"),
+        },
+        tilt: match args.tilt.as_str() {
+            "reject" => TiltPolicy::Reject,
+            "resample" => TiltPolicy::Resample,
+            other => anyhow::bail!("--tilt {other}: use reject or resample"),
+        },
+        ..Default::default()
+    })
+}
+
+/// `m3dnode recon`: folder -> series -> volume -> surface -> mesh file (+ Encapsulated STL).
+fn recon(args: ReconArgs) -> Result<ExitCode> {
+    use crate::recon::iso::{self, IsoOptions, Stage};
+    let started = std::time::Instant::now();
+    if args.pipeline != "iso" {
+        anyhow::bail!(
+            "--pipeline {}: only the iso pipeline is available in this version",
+            args.pipeline
+        );
+    }
+    let assemble = assemble_options(&args)?;
+    let progress = Progress::new();
+    progress.stage("scanning");
+    let mut found = crate::volume::scan_dir(&args.dir)
+        .with_context(|| format!("reading {}", args.dir.display()))?;
+    let chosen = match &args.series {
+        Some(uid) => found
+            .drain(..)
+            .find(|s| &s.series_instance_uid == uid)
+            .with_context(|| format!("{} holds no series {uid}", args.dir.display()))?,
+        None if found.len() == 1 => found.remove(0),
+        None if found.is_empty() => anyhow::bail!(
+            "{} holds no DICOM image series (no readable DICOM files with pixel data)",
+            args.dir.display()
+        ),
+        None => {
+            let list: Vec<String> = found
+                .iter()
+                .map(|s| {
+                    format!(
+                        "  {} ({}, {} files)",
+                        s.series_instance_uid,
+                        s.modality,
+                        s.files.len()
+                    )
+                })
+                .collect();
+            anyhow::bail!(
+                "{} holds {} series; choose one with --series UID:\n{}",
+                args.dir.display(),
+                found.len(),
+                list.join("\n")
+            )
+        }
+    };
+    progress.stage("assembling volume");
+    let vol = crate::volume::assemble(&chosen.files, &assemble)?;
+    for w in &vol.warnings {
+        progress.println(&format!("warning: {w}"));
+    }
+    let mut opts = IsoOptions {
+        preset: args.preset,
+        smooth_sigma_mm: args.smooth,
+        keep_largest: !args.all_components,
+        ..Default::default()
+    };
+    if args.no_taubin {
+        opts.taubin = None;
+    }
+    if args.no_simplify {
+        opts.simplify = None;
+    }
+    let result = iso::reconstruct(&vol, &opts, &mut |stage| {
+        progress.stage(match stage {
+            Stage::Segment => "segmenting",
+            Stage::Surface => "marching cubes",
+            Stage::Cleanup => "cleaning up",
+            Stage::Smooth => "smoothing",
+            Stage::Simplify => "simplifying",
+        })
+    })?;
+    progress.stage("writing");
+    let stl = crate::mesh::write_stl_binary(&result.mesh, &result.description);
+    let ext = args
+        .output
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let bytes = match ext.as_str() {
+        "stl" if args.ascii => crate::mesh::write_stl_ascii(&result.mesh, "m3dnode").into_bytes(),
+        "stl" => stl.clone(),
+        "ply" => crate::mesh::write_ply(&result.mesh),
+        "obj" => crate::mesh::write_obj(&result.mesh).into_bytes(),
+        other => anyhow::bail!(
+            "-o {}: unknown mesh format `.{other}` (use .stl, .ply or .obj)",
+            args.output.display()
+        ),
+    };
+    std::fs::write(&args.output, bytes)
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    if let Some(path) = &args.dicom {
+        let obj = encapsulate(&vol, &result, &stl)?;
+        obj.write_to_file(path)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    progress.finish();
+    let m = &result.metrics;
+    println!(
+        "{}: {} triangles, {} vertices, volume {:.0} mm3, area {:.0} mm2, watertight {}, manifold {}, {:.2} s",
+        result.description,
+        m.triangles,
+        m.vertices,
+        m.volume_mm3,
+        m.area_mm2,
+        if m.watertight { "yes" } else { "no" },
+        if m.manifold { "yes" } else { "no" },
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Wraps a reconstruction as an Encapsulated STL object in the source's study.
+pub fn encapsulate(
+    vol: &crate::volume::Volume,
+    result: &crate::recon::iso::IsoResult,
+    stl: &[u8],
+) -> Result<dicom_object::DefaultDicomObject> {
+    use crate::encap::{EncapRequest, Equipment, SourceInstance, SourceSeries};
+    let first = vol
+        .sources
+        .first()
+        .context("the volume has no source images")?;
+    let instances = vol
+        .sources
+        .iter()
+        .map(|s| SourceInstance {
+            sop_class_uid: s.sop_class_uid.clone(),
+            sop_instance_uid: s.sop_instance_uid.clone(),
+        })
+        .collect();
+    let source = SourceSeries::load(&first.path, instances, &vol.series_instance_uid)?;
+    let m = &result.metrics;
+    let request = EncapRequest {
+        stl,
+        document_title: result.description.clone(),
+        series_description: format!("3D model: {}", result.description),
+        series_instance_uid: None,
+        sop_instance_uid: None,
+        series_number: 9901,
+        instance_number: 1,
+        content_datetime: None,
+        equipment: Equipment::default(),
+        metrics_comment: Some(format!(
+            "triangles={} vertices={} volume_mm3={:.1} area_mm2={:.1} watertight={} manifold={} bbox_mm=[{:.1},{:.1},{:.1}]..[{:.1},{:.1},{:.1}]",
+            m.triangles,
+            m.vertices,
+            m.volume_mm3,
+            m.area_mm2,
+            m.watertight,
+            m.manifold,
+            m.bbox_min[0],
+            m.bbox_min[1],
+            m.bbox_min[2],
+            m.bbox_max[0],
+            m.bbox_max[1],
+            m.bbox_max[2]
+        )),
+    };
+    Ok(crate::encap::build_encapsulated_stl(&source, &request)?)
+}
+
+/// A spinner on a terminal; silent otherwise (scripts and tests read stdout only).
+struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    fn new() -> Progress {
+        use std::io::IsTerminal;
+        if !std::io::stderr().is_terminal() {
+            return Progress(None);
+        }
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.enable_steady_tick(Duration::from_millis(100));
+        Progress(Some(bar))
+    }
+
+    fn stage(&self, what: &'static str) {
+        if let Some(bar) = &self.0 {
+            bar.set_message(what);
+        }
+    }
+
+    fn println(&self, line: &str) {
+        match &self.0 {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
 }

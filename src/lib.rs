@@ -6,14 +6,18 @@
 //! - [`net`]: associations and DIMSE (C-ECHO, C-STORE as SCP and SCU).
 //! - [`store`]: durable files (temp file, fsync, rename) and the SQLite index.
 //! - [`volume`]: pixel decoding, slice geometry and assembly into a volume in patient mm.
+//! - [`recon`]: reconstruction pipelines (`iso`).
+//! - [`mesh`]: marching cubes, cleanup, smoothing, simplification, STL/PLY/OBJ, metrics.
 //! - [`encap`]: the Encapsulated STL object (built from a mesh and its source series).
 //! - [`config`]: the validated configuration.
-//! - [`cli`]: the command-line front end (`serve`, `echo`, `send`).
+//! - [`cli`]: the command-line front end (`serve`, `echo`, `send`, `recon`).
 #![deny(missing_docs)]
 
 pub mod cli;
 pub mod config;
 pub mod encap;
+pub mod mesh;
 pub mod net;
+pub mod recon;
 pub mod store;
 pub mod volume;

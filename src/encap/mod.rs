@@ -67,6 +67,29 @@ pub struct SourceInstance {
     pub sop_instance_uid: String,
 }
 
+impl SourceSeries {
+    /// Describes a source series from its files: the first file's header (read up to, not
+    /// including, Pixel Data) is the representative; `instances` lists every source image.
+    pub fn load(
+        representative: &std::path::Path,
+        instances: Vec<SourceInstance>,
+        series_instance_uid: &str,
+    ) -> Result<SourceSeries, EncapError> {
+        let obj = dicom_object::OpenFileOptions::new()
+            .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
+            .open_file(representative)
+            .map_err(|e| EncapError::ReadSource {
+                path: representative.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        Ok(SourceSeries {
+            representative: obj.into_inner(),
+            instances,
+            series_instance_uid: series_instance_uid.to_string(),
+        })
+    }
+}
+
 impl SourceInstance {
     /// Take the SOP Class and SOP Instance UIDs from a source data set.
     pub fn from_object(obj: &InMemDicomObject) -> Result<Self, EncapError> {
@@ -175,6 +198,14 @@ pub enum EncapError {
     /// The source series lists no instances to reference.
     #[error("the source series lists no instances")]
     NoSourceInstances,
+    /// The representative source file could not be read.
+    #[error("could not read source file {path}: {message}")]
+    ReadSource {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        message: String,
+    },
     /// A required attribute is missing from the source data set.
     #[error("the source data set has no {0}")]
     MissingSourceAttribute(&'static str),

@@ -322,3 +322,134 @@ pub fn write_mr_series(dir: &Path, n: usize, rows: u16, cols: u16) -> Vec<PathBu
     }
     out
 }
+
+/// Geometry of a synthetic series: slice `k` sits at `origin + k * step * normal`, with
+/// `row_dir`/`col_dir` as Image Orientation (Patient) and `spacing` (row, col) in mm.
+pub struct Grid {
+    pub rows: u16,
+    pub cols: u16,
+    pub slices: usize,
+    pub spacing: [f64; 2],
+    pub step: f64,
+    pub row_dir: [f64; 3],
+    pub col_dir: [f64; 3],
+    pub origin: [f64; 3],
+}
+
+impl Grid {
+    /// Patient position (LPS mm) of voxel column `i`, row `j`, slice `k`.
+    pub fn position(&self, i: f64, j: f64, k: f64) -> [f64; 3] {
+        let n = cross(self.row_dir, self.col_dir);
+        std::array::from_fn(|a| {
+            self.origin[a]
+                + i * self.spacing[1] * self.row_dir[a]
+                + j * self.spacing[0] * self.col_dir[a]
+                + k * self.step * n[a]
+        })
+    }
+}
+
+pub fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
+    [
+        a[1] * b[2] - a[2] * b[1],
+        a[2] * b[0] - a[0] * b[2],
+        a[0] * b[1] - a[1] * b[0],
+    ]
+}
+
+/// Writes an MR series sampling `signed_distance` (mm, negative inside) as
+/// stored = 1000 - 100 * d, clamped to 0..=2000: the iso value 1000 is the true surface.
+/// Slices in `skip` are left out (a missing slice). Files are named in reverse order so that
+/// nothing can rely on names.
+pub fn write_phantom(
+    dir: &Path,
+    grid: &Grid,
+    skip: &[usize],
+    signed_distance: impl Fn([f64; 3]) -> f64,
+) -> Vec<PathBuf> {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+    std::fs::create_dir_all(dir).unwrap();
+    let study = m3dnode::store::uid::new_uid();
+    let series = m3dnode::store::uid::new_uid();
+    let frame = m3dnode::store::uid::new_uid();
+    let ds = |v: f64| format!("{v:.6}");
+    let mut out = Vec::new();
+    for k in (0..grid.slices).filter(|k| !skip.contains(k)) {
+        let mut obj = InMemDicomObject::new_empty();
+        let mut put =
+            |tag, vr, v: &str| obj.put(DataElement::new(tag, vr, PrimitiveValue::from(v)));
+        let sop = m3dnode::store::uid::new_uid();
+        put(tags::SOP_CLASS_UID, VR::UI, "1.2.840.10008.5.1.4.1.1.4");
+        put(tags::SOP_INSTANCE_UID, VR::UI, &sop);
+        put(tags::STUDY_INSTANCE_UID, VR::UI, &study);
+        put(tags::SERIES_INSTANCE_UID, VR::UI, &series);
+        put(tags::FRAME_OF_REFERENCE_UID, VR::UI, &frame);
+        put(tags::MODALITY, VR::CS, "MR");
+        put(tags::PATIENT_NAME, VR::PN, "PHANTOM^ANALYTIC");
+        put(tags::PATIENT_ID, VR::LO, "PHANTOM02");
+        put(tags::INSTANCE_NUMBER, VR::IS, &(k + 1).to_string());
+        put(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2");
+        let p = grid.position(0.0, 0.0, k as f64);
+        put(
+            tags::IMAGE_POSITION_PATIENT,
+            VR::DS,
+            &format!("{}\\{}\\{}", ds(p[0]), ds(p[1]), ds(p[2])),
+        );
+        let (r, c) = (grid.row_dir, grid.col_dir);
+        put(
+            tags::IMAGE_ORIENTATION_PATIENT,
+            VR::DS,
+            &[r[0], r[1], r[2], c[0], c[1], c[2]].map(ds).join("\\"),
+        );
+        put(
+            tags::PIXEL_SPACING,
+            VR::DS,
+            &format!("{}\\{}", ds(grid.spacing[0]), ds(grid.spacing[1])),
+        );
+        put(tags::SLICE_THICKNESS, VR::DS, &ds(grid.step));
+        obj.put(DataElement::new(
+            tags::ROWS,
+            VR::US,
+            PrimitiveValue::from(grid.rows),
+        ));
+        obj.put(DataElement::new(
+            tags::COLUMNS,
+            VR::US,
+            PrimitiveValue::from(grid.cols),
+        ));
+        for (tag, v) in [
+            (tags::SAMPLES_PER_PIXEL, 1u16),
+            (tags::BITS_ALLOCATED, 16),
+            (tags::BITS_STORED, 16),
+            (tags::HIGH_BIT, 15),
+            (tags::PIXEL_REPRESENTATION, 0),
+        ] {
+            obj.put(DataElement::new(tag, VR::US, PrimitiveValue::from(v)));
+        }
+        let mut pixels = Vec::with_capacity(grid.rows as usize * grid.cols as usize);
+        for j in 0..grid.rows {
+            for i in 0..grid.cols {
+                let d = signed_distance(grid.position(f64::from(i), f64::from(j), k as f64));
+                pixels.push((1000.0 - 100.0 * d).round().clamp(0.0, 2000.0) as u16);
+            }
+        }
+        obj.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::U16(pixels.into()),
+        ));
+        let file = obj
+            .with_meta(
+                FileMetaTableBuilder::new()
+                    .transfer_syntax("1.2.840.10008.1.2.1")
+                    .media_storage_sop_class_uid("1.2.840.10008.5.1.4.1.1.4"),
+            )
+            .unwrap();
+        let path = dir.join(format!("Z{:04}.dcm", grid.slices - k));
+        file.write_to_file(&path).unwrap();
+        out.push(path);
+    }
+    out
+}

@@ -1,0 +1,28 @@
+//! Reconstruction pipelines: from an assembled [`crate::volume::Volume`] to a surface mesh in
+//! patient millimetres.
+//!
+//! `iso` ([`iso`]) segments by a threshold (presets, Otsu/background, or an explicit value)
+//! and extracts the surface with the project's marching cubes; the model-based pipelines of
+//! the roadmap will live beside it. Pipelines return meshes and their metrics; they write no
+//! files and know nothing of the network — wrapping the result as DICOM is [`crate::encap`]'s.
+
+pub mod iso;
+
+/// Why a reconstruction failed, in words for the person reading the job list.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconError {
+    /// A preset or option is unusable for this series.
+    #[error("{0}")]
+    Options(String),
+    /// Surface extraction failed (invalid geometry, too large).
+    #[error("surface extraction failed: {0}")]
+    Mesh(#[from] crate::mesh::MeshError),
+    /// Nothing in the volume reaches the iso value.
+    #[error("the surface is empty: no voxel reaches the iso value {iso} ({what})")]
+    EmptySurface {
+        /// The iso value in modality units.
+        iso: f64,
+        /// What was looked for.
+        what: String,
+    },
+}
