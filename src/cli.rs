@@ -55,6 +55,9 @@ enum Command {
     },
     /// Reconstruct a surface from a folder of DICOM files, offline, with the node's pipeline.
     Recon(Box<ReconArgs>),
+    /// Benchmarks (see bench/README.md).
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Send DICOM files (directories are walked recursively) with C-STORE.
     Send {
         /// Files or directories.
@@ -69,6 +72,28 @@ enum Command {
         /// Seconds to wait for the connection and each answer.
         #[arg(long, default_value_t = 30)]
         timeout: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Surface extraction (marching cubes) on a .npy volume, as bench/mc.sh runs it beside
+    /// VTK and scikit-image on the same file.
+    Mc {
+        /// A (z, y, x) C-order volume: int16, uint16, uint8 or float32 little endian.
+        npy: PathBuf,
+        /// Iso value, in the volume's units.
+        #[arg(long)]
+        level: f32,
+        /// Voxel size z,y,x in mm.
+        #[arg(long, default_value = "1,1,1")]
+        spacing: String,
+        /// Thread counts to measure, comma-separated.
+        #[arg(long, default_value = "1,2")]
+        threads: String,
+        /// Repetitions per thread count (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
     },
 }
 
@@ -205,6 +230,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             timeout,
         } => send(paths, to, calling_ae, timeout).await,
         Command::Recon(args) => tokio::task::spawn_blocking(move || recon(*args)).await?,
+        Command::Bench(BenchCommand::Mc {
+            npy,
+            level,
+            spacing,
+            threads,
+            reps,
+        }) => {
+            tokio::task::spawn_blocking(move || bench_mc(&npy, level, &spacing, &threads, reps))
+                .await?
+        }
     }
 }
 
@@ -571,4 +606,133 @@ impl Progress {
             bar.finish_and_clear();
         }
     }
+}
+
+/// A volume read from a .npy file.
+enum NpyVolume {
+    I16(Vec<i16>),
+    U16(Vec<u16>),
+    U8(Vec<u8>),
+    F32(Vec<f32>),
+}
+
+/// Reads a 3-D little-endian C-order .npy file; returns the data and its (z, y, x) shape.
+fn read_npy(path: &std::path::Path) -> Result<(NpyVolume, [usize; 3])> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    anyhow::ensure!(
+        bytes.len() > 10 && &bytes[..6] == b"\x93NUMPY",
+        "{} is not a .npy file",
+        path.display()
+    );
+    let (header_len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        _ => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+    };
+    let header = std::str::from_utf8(
+        bytes
+            .get(start..start + header_len)
+            .context("truncated .npy header")?,
+    )?;
+    anyhow::ensure!(
+        header.contains("'fortran_order': False"),
+        "only C-order .npy volumes are supported"
+    );
+    let descr = header
+        .split("'descr':")
+        .nth(1)
+        .and_then(|r| r.split('\'').nth(1))
+        .context("no dtype in .npy header")?;
+    let shape: Vec<usize> = header
+        .split("'shape':")
+        .nth(1)
+        .and_then(|r| r.split('(').nth(1))
+        .and_then(|r| r.split(')').next())
+        .context("no shape in .npy header")?
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse())
+        .collect::<Result<_, _>>()?;
+    anyhow::ensure!(
+        shape.len() == 3,
+        "expected a 3-D volume, got shape {shape:?}"
+    );
+    let data = &bytes[start + header_len..];
+    let n = shape.iter().product::<usize>();
+    let vol = match descr {
+        "<i2" => NpyVolume::I16(
+            data.chunks_exact(2)
+                .take(n)
+                .map(|c| i16::from_le_bytes([c[0], c[1]]))
+                .collect(),
+        ),
+        "<u2" => NpyVolume::U16(
+            data.chunks_exact(2)
+                .take(n)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect(),
+        ),
+        "|u1" => NpyVolume::U8(data.iter().take(n).copied().collect()),
+        "<f4" => NpyVolume::F32(
+            data.chunks_exact(4)
+                .take(n)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        ),
+        other => anyhow::bail!("unsupported .npy dtype {other}"),
+    };
+    Ok((vol, [shape[0], shape[1], shape[2]]))
+}
+
+/// `m3dnode bench mc`: median wall time of marching cubes per thread count.
+fn bench_mc(
+    npy: &std::path::Path,
+    level: f32,
+    spacing: &str,
+    threads: &str,
+    reps: usize,
+) -> Result<ExitCode> {
+    let (vol, [nz, ny, nx]) = read_npy(npy)?;
+    let sp: Vec<f64> = spacing
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    anyhow::ensure!(sp.len() == 3, "--spacing takes z,y,x");
+    let affine = [
+        [sp[2], 0.0, 0.0, 0.0],
+        [0.0, sp[1], 0.0, 0.0],
+        [0.0, 0.0, sp[0], 0.0],
+    ];
+    let dims = [nx, ny, nz];
+    let voxels = (nx * ny * nz) as f64;
+    for t in threads.split(',') {
+        let t: usize = t.trim().parse()?;
+        // One pool per thread count, built outside the timed region.
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;
+        let opts = crate::mesh::McOptions { threads: None };
+        let mut times = Vec::new();
+        let mut tris = 0;
+        for _ in 0..reps.max(1) {
+            let start = std::time::Instant::now();
+            let mesh = pool.install(|| match &vol {
+                NpyVolume::I16(d) => crate::mesh::marching_cubes(d, dims, level, &affine, &opts),
+                NpyVolume::U16(d) => crate::mesh::marching_cubes(d, dims, level, &affine, &opts),
+                NpyVolume::U8(d) => crate::mesh::marching_cubes(d, dims, level, &affine, &opts),
+                NpyVolume::F32(d) => crate::mesh::marching_cubes(d, dims, level, &affine, &opts),
+            })?;
+            times.push(start.elapsed().as_secs_f64());
+            tris = mesh.triangle_count();
+        }
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        println!(
+            "m3dnode-mc threads={t} wall median {median:.4} s [{:.4}-{:.4}] {:.0} Mvoxel/s triangles {tris}",
+            times[0],
+            times[times.len() - 1],
+            voxels / median / 1e6
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

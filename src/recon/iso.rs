@@ -213,6 +213,18 @@ pub fn reconstruct(
         lap(Stage::Simplify, &mut timings);
     }
     let metrics = mesh::metrics(&surface);
+    tracing::info!(
+        series_instance_uid = %vol.series_instance_uid,
+        preset = %opts.preset,
+        iso = iso_value,
+        triangles = metrics.triangles,
+        vertices = metrics.vertices,
+        volume_mm3 = format_args!("{:.0}", metrics.volume_mm3),
+        area_mm2 = format_args!("{:.0}", metrics.area_mm2),
+        watertight = metrics.watertight,
+        manifold = metrics.manifold,
+        "surface reconstructed"
+    );
     Ok(IsoResult {
         mesh: surface,
         metrics,
