@@ -55,6 +55,32 @@ enum Command {
     },
     /// Reconstruct a surface from a folder of DICOM files, offline, with the node's pipeline.
     Recon(Box<ReconArgs>),
+    /// Recent jobs (state, timings, error) and deliveries of the node's storage.
+    Jobs {
+        /// The node's configuration file (for `node.storage`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Storage root, overrides `node.storage`.
+        #[arg(long)]
+        storage: Option<PathBuf>,
+        /// How many of each to list.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Put failed deliveries back in the queue of the running node (one by id, or all).
+    Retry {
+        /// Outbox id from `m3dnode jobs`.
+        id: Option<i64>,
+        /// Retry every failed delivery.
+        #[arg(long, conflicts_with = "id")]
+        all_failed: bool,
+        /// The node's configuration file (for `node.storage` and `delivery.deadline_seconds`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Storage root, overrides `node.storage`.
+        #[arg(long)]
+        storage: Option<PathBuf>,
+    },
     /// Benchmarks (see bench/README.md).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -229,6 +255,34 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             calling_ae,
             timeout,
         } => send(paths, to, calling_ae, timeout).await,
+        Command::Jobs {
+            config,
+            storage,
+            limit,
+        } => {
+            let (cfg, index) = open_index(config, storage)?;
+            print_jobs(&cfg, &index, limit)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Retry {
+            id,
+            all_failed,
+            config,
+            storage,
+        } => {
+            anyhow::ensure!(
+                id.is_some() || all_failed,
+                "name an outbox id or use --all-failed"
+            );
+            let (cfg, index) = open_index(config, storage)?;
+            let n = crate::route::outbox::retry(&index, id, cfg.delivery.deadline_seconds)?;
+            println!("{n} deliveries queued again");
+            Ok(if n > 0 || all_failed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::Recon(args) => tokio::task::spawn_blocking(move || recon(*args)).await?,
         Command::Bench(BenchCommand::Mc {
             npy,
@@ -258,7 +312,47 @@ async fn serve(cfg: Config) -> Result<()> {
         )
     })?;
     let store = Arc::new(store);
-    let ctx = ScpContext::new(cfg.clone(), store.clone()).map_err(anyhow::Error::msg)?;
+    let rules = Arc::new(crate::route::compile_rules(&cfg).map_err(anyhow::Error::msg)?);
+    let requeued = crate::series::jobs::requeue_interrupted(&store)?;
+    if requeued > 0 {
+        info!(
+            jobs = requeued,
+            "re-queued jobs interrupted by the last stop"
+        );
+    }
+    let queue = Arc::new(crate::series::jobs::JobQueue::default());
+    let delivery_notify = Arc::new(tokio::sync::Notify::new());
+    let workers = Arc::new(crate::series::jobs::Workers {
+        config: cfg.clone(),
+        store: store.clone(),
+        rules: rules.clone(),
+        queue: queue.clone(),
+        delivery: delivery_notify.clone(),
+    })
+    .spawn();
+    let (tracker, tracker_thread) =
+        crate::series::start(cfg.clone(), store.clone(), rules.clone(), queue.clone())?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let delivery = tokio::spawn({
+        let d = crate::route::outbox::Delivery::new(
+            cfg.clone(),
+            store.clone(),
+            delivery_notify.clone(),
+        );
+        let mut stop_rx = stop_rx.clone();
+        async move {
+            d.run(async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            })
+            .await
+        }
+    });
+    if rules.is_empty() {
+        info!("no [[rules]] configured: series are stored, not processed");
+    }
+    let ctx = ScpContext::new(cfg.clone(), store.clone())
+        .map_err(anyhow::Error::msg)?
+        .with_observer(tracker.clone());
     let listener = tokio::net::TcpListener::bind(node.listen)
         .await
         .with_context(|| format!("cannot listen on {} (node.listen)", node.listen))?;
@@ -273,6 +367,19 @@ async fn serve(cfg: Config) -> Result<()> {
     // One machine-readable line on stdout for scripts and tests that bind port 0.
     println!("m3dnode listening on {local}");
     scp::serve(listener, Arc::new(ctx), shutdown_signal()).await?;
+    // Receiving has stopped: stop the tracker (its timers resume at the next start), let the
+    // workers finish their current job, stop delivery (pending rows stay pending).
+    tracker.stop();
+    queue.stop();
+    let _ = stop_tx.send(true);
+    let _ = delivery.await;
+    tokio::task::spawn_blocking(move || {
+        let _ = tracker_thread.join();
+        for w in workers {
+            let _ = w.join();
+        }
+    })
+    .await?;
     store.mark_clean_shutdown()?;
     info!("m3dnode stopped");
     Ok(())
@@ -504,7 +611,12 @@ fn recon(args: ReconArgs) -> Result<ExitCode> {
     std::fs::write(&args.output, bytes)
         .with_context(|| format!("writing {}", args.output.display()))?;
     if let Some(path) = &args.dicom {
-        let obj = encapsulate(&vol, &result, &stl)?;
+        let obj = crate::encap::from_reconstruction(
+            &vol,
+            &result,
+            &stl,
+            &crate::encap::ResultIds::default(),
+        )?;
         obj.write_to_file(path)
             .with_context(|| format!("writing {}", path.display()))?;
     }
@@ -522,56 +634,6 @@ fn recon(args: ReconArgs) -> Result<ExitCode> {
         started.elapsed().as_secs_f64()
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// Wraps a reconstruction as an Encapsulated STL object in the source's study.
-pub fn encapsulate(
-    vol: &crate::volume::Volume,
-    result: &crate::recon::iso::IsoResult,
-    stl: &[u8],
-) -> Result<dicom_object::DefaultDicomObject> {
-    use crate::encap::{EncapRequest, Equipment, SourceInstance, SourceSeries};
-    let first = vol
-        .sources
-        .first()
-        .context("the volume has no source images")?;
-    let instances = vol
-        .sources
-        .iter()
-        .map(|s| SourceInstance {
-            sop_class_uid: s.sop_class_uid.clone(),
-            sop_instance_uid: s.sop_instance_uid.clone(),
-        })
-        .collect();
-    let source = SourceSeries::load(&first.path, instances, &vol.series_instance_uid)?;
-    let m = &result.metrics;
-    let request = EncapRequest {
-        stl,
-        document_title: result.description.clone(),
-        series_description: format!("3D model: {}", result.description),
-        series_instance_uid: None,
-        sop_instance_uid: None,
-        series_number: 9901,
-        instance_number: 1,
-        content_datetime: None,
-        equipment: Equipment::default(),
-        metrics_comment: Some(format!(
-            "triangles={} vertices={} volume_mm3={:.1} area_mm2={:.1} watertight={} manifold={} bbox_mm=[{:.1},{:.1},{:.1}]..[{:.1},{:.1},{:.1}]",
-            m.triangles,
-            m.vertices,
-            m.volume_mm3,
-            m.area_mm2,
-            m.watertight,
-            m.manifold,
-            m.bbox_min[0],
-            m.bbox_min[1],
-            m.bbox_min[2],
-            m.bbox_max[0],
-            m.bbox_max[1],
-            m.bbox_max[2]
-        )),
-    };
-    Ok(crate::encap::build_encapsulated_stl(&source, &request)?)
 }
 
 /// A spinner on a terminal; silent otherwise (scripts and tests read stdout only).
@@ -735,4 +797,76 @@ fn bench_mc(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Opens the index of a (possibly running) node without touching its files.
+fn open_index(
+    config: Option<PathBuf>,
+    storage: Option<PathBuf>,
+) -> Result<(Config, crate::store::Index)> {
+    let cfg = Config::load(
+        config.as_deref(),
+        None,
+        &Overrides {
+            storage,
+            ..Default::default()
+        },
+    )?;
+    let path = cfg.node.storage.join("index.sqlite");
+    anyhow::ensure!(
+        path.exists(),
+        "no index at {} (node.storage)",
+        path.display()
+    );
+    let index = crate::store::Index::open(&path)?;
+    Ok((cfg, index))
+}
+
+fn print_jobs(_cfg: &Config, index: &crate::store::Index, limit: usize) -> Result<()> {
+    let fmt_time = |t: Option<f64>| {
+        t.map(|t| {
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs_f64(t))
+                .to_string()
+        })
+        .unwrap_or_else(|| "-".into())
+    };
+    println!("JOBS (newest first)");
+    println!(
+        "{:>5}  {:<8} {:<22} {:>7}  {:<20}  series / result or error",
+        "id", "state", "started", "seconds", "rule"
+    );
+    for j in crate::series::jobs::list(index, limit)? {
+        let secs = match (j.started_at, j.finished_at) {
+            (Some(s), Some(f)) => format!("{:.1}", f - s),
+            _ => "-".into(),
+        };
+        println!(
+            "{:>5}  {:<8} {:<22} {:>7}  {:<20}  {}\n{:>48}{}",
+            j.id,
+            j.state,
+            fmt_time(j.started_at),
+            secs,
+            j.rule,
+            j.series_instance_uid,
+            "",
+            j.error.or(j.summary).unwrap_or_default()
+        );
+    }
+    println!("\nDELIVERIES (newest first)");
+    println!(
+        "{:>5}  {:<8} {:>8}  {:<16} {:<22} last error",
+        "id", "state", "attempts", "destination", "sent"
+    );
+    for o in crate::route::outbox::list(index, limit)? {
+        println!(
+            "{:>5}  {:<8} {:>8}  {:<16} {:<22} {}",
+            o.id,
+            o.state,
+            o.attempts,
+            o.destination,
+            fmt_time(o.sent_at),
+            o.last_error.unwrap_or_default()
+        );
+    }
+    Ok(())
 }

@@ -37,6 +37,140 @@ pub struct Config {
     pub node: NodeConfig,
     /// Known application entities (senders we accept, destinations we send to).
     pub peers: Vec<PeerConfig>,
+    /// When a series counts as complete.
+    pub series: SeriesConfig,
+    /// Reconstruction workers.
+    pub jobs: JobsConfig,
+    /// Sending results to destinations.
+    pub delivery: DeliveryConfig,
+    /// Routing rules, first match wins. A series no rule matches is stored, not processed.
+    pub rules: Vec<RuleConfig>,
+}
+
+/// `[series]`: series completion.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SeriesConfig {
+    /// A series is complete after this many seconds without a new instance (or at once when
+    /// the expected number of instances has arrived).
+    pub quiet_seconds: f64,
+    /// Instances arriving after a series was processed: rebuild the result or ignore them.
+    pub late_instances: LateInstances,
+    /// Instances stored by an association that was later aborted: keep or drop them.
+    pub aborted_associations: AbortedAssociations,
+}
+
+impl Default for SeriesConfig {
+    fn default() -> Self {
+        SeriesConfig {
+            quiet_seconds: 20.0,
+            late_instances: LateInstances::Rebuild,
+            aborted_associations: AbortedAssociations::Keep,
+        }
+    }
+}
+
+/// See [`SeriesConfig::late_instances`].
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum LateInstances {
+    /// Build a new result that supersedes the old one (same result series, Instance Number + 1).
+    Rebuild,
+    /// Keep the instance stored but do not reprocess; log it.
+    Ignore,
+}
+
+/// See [`SeriesConfig::aborted_associations`].
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum AbortedAssociations {
+    /// Keep what an aborted association stored (it was acknowledged).
+    Keep,
+    /// Delete what an aborted association stored, as MONAI's gateway does, so a half-sent
+    /// series is not processed.
+    Drop,
+}
+
+/// `[jobs]`: reconstruction workers.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// Reconstructions run at once (each is itself parallel).
+    pub workers: usize,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig { workers: 1 }
+    }
+}
+
+/// `[delivery]`: the outbox.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// First retry delay in seconds; doubled per failure (with +-20 % jitter).
+    pub retry_initial_seconds: f64,
+    /// Longest retry delay in seconds.
+    pub retry_max_seconds: f64,
+    /// Give up (state `failed`, retry by hand with `m3dnode outbox retry`) after this many
+    /// seconds.
+    pub deadline_seconds: f64,
+    /// Connect and response timeout per association, in seconds.
+    pub timeout_seconds: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            retry_initial_seconds: 2.0,
+            retry_max_seconds: 300.0,
+            deadline_seconds: 86_400.0,
+            timeout_seconds: 30,
+        }
+    }
+}
+
+/// `[[rules]]`: which series go to which pipeline and where the result goes. Unset match
+/// keys match anything.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuleConfig {
+    /// Name for logs and the job list (default `rule N`).
+    pub name: Option<String>,
+    /// Match: calling AE title (exact).
+    pub calling_ae: Option<String>,
+    /// Match: called AE title (exact).
+    pub called_ae: Option<String>,
+    /// Match: Modality (exact, e.g. `CT`).
+    pub modality: Option<String>,
+    /// Match: Body Part Examined (exact, case-insensitive).
+    pub body_part: Option<String>,
+    /// Match: Series Description (regular expression, unanchored).
+    pub series_description: Option<String>,
+    /// Match: SOP Class UID (exact).
+    pub sop_class: Option<String>,
+    /// Pipeline: `iso` (default).
+    pub pipeline: Option<String>,
+    /// Preset of the iso pipeline (`ct-bone`, `ct-skin`, `mr-head`, `otsu`, `mask` or a
+    /// number); default `ct-bone` for CT, `mr-head` otherwise.
+    pub preset: Option<String>,
+    /// Gaussian pre-smoothing in mm.
+    pub smooth_sigma_mm: Option<f64>,
+    /// Missing slices: `fail` (default) or `interpolate`.
+    pub gaps: Option<String>,
+    /// Several stacks: `fail` (default) or `largest`.
+    pub mixed: Option<String>,
+    /// Gantry tilt: `reject` (default) or `resample`.
+    pub tilt: Option<String>,
+    /// Overrides `[series] quiet_seconds` for series of this rule.
+    pub quiet_seconds: Option<f64>,
+    /// Complete the series as soon as this many instances have arrived.
+    pub expected_instances: Option<u32>,
+    /// Destinations: AE titles from `[[peers]]`.
+    pub send_to: Vec<String>,
+    /// Also send the result to the AE that sent the series (it must be in `[[peers]]`).
+    pub reply_to_sender: bool,
 }
 
 /// What to do when an instance arrives whose SOP Instance UID is already stored with
@@ -203,6 +337,32 @@ impl Config {
             }
             parse_host_port(&peer.address)
                 .map_err(|m| invalid(&format!("peers[{i}].address"), m))?;
+        }
+        if !(self.series.quiet_seconds >= 0.0 && self.series.quiet_seconds.is_finite()) {
+            return Err(invalid(
+                "series.quiet_seconds",
+                "must be 0 or more seconds".into(),
+            ));
+        }
+        if self.jobs.workers == 0 {
+            return Err(invalid("jobs.workers", "must be at least 1".into()));
+        }
+        let d = &self.delivery;
+        if !(d.retry_initial_seconds > 0.0 && d.retry_max_seconds >= d.retry_initial_seconds) {
+            return Err(invalid(
+                "delivery.retry_initial_seconds",
+                "must be positive and not above delivery.retry_max_seconds".into(),
+            ));
+        }
+        if d.deadline_seconds.is_nan() || d.deadline_seconds <= 0.0 {
+            return Err(invalid(
+                "delivery.deadline_seconds",
+                "must be positive".into(),
+            ));
+        }
+        for (i, rule) in self.rules.iter().enumerate() {
+            crate::route::Rule::compile(i, rule, self)
+                .map_err(|(field, message)| invalid(&format!("rules[{i}].{field}"), message))?;
         }
         Ok(())
     }

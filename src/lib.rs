@@ -5,10 +5,12 @@
 //!
 //! - [`net`]: associations and DIMSE (C-ECHO, C-STORE as SCP and SCU).
 //! - [`store`]: durable files (temp file, fsync, rename) and the SQLite index.
+//! - [`series`]: series completion, the job table and the worker pool.
 //! - [`volume`]: pixel decoding, slice geometry and assembly into a volume in patient mm.
 //! - [`recon`]: reconstruction pipelines (`iso`).
 //! - [`mesh`]: marching cubes, cleanup, smoothing, simplification, STL/PLY/OBJ, metrics.
 //! - [`encap`]: the Encapsulated STL object (built from a mesh and its source series).
+//! - [`route`]: routing rules and the persistent delivery outbox.
 //! - [`config`]: the validated configuration.
 //! - [`cli`]: the command-line front end (`serve`, `echo`, `send`, `recon`).
 #![deny(missing_docs)]
@@ -19,5 +21,7 @@ pub mod encap;
 pub mod mesh;
 pub mod net;
 pub mod recon;
+pub mod route;
+pub mod series;
 pub mod store;
 pub mod volume;

@@ -255,3 +255,62 @@ pub enum EncapError {
         stored: usize,
     },
 }
+
+/// UIDs and numbering of a result; `None` UIDs are generated.
+#[derive(Debug, Clone, Default)]
+pub struct ResultIds {
+    /// Result series (a rebuild reuses the previous one).
+    pub series_instance_uid: Option<String>,
+    /// Result instance (a job fixes it when it is queued, so a re-run after a crash makes the
+    /// same instance, not a second one).
+    pub sop_instance_uid: Option<String>,
+    /// Instance Number: 1, then one more per rebuild (0 means 1).
+    pub instance_number: i32,
+}
+
+/// Wraps a reconstruction of `vol` as an Encapsulated STL object in the source's study,
+/// with the mesh metrics in the object.
+pub fn from_reconstruction(
+    vol: &crate::volume::Volume,
+    result: &crate::recon::iso::IsoResult,
+    stl: &[u8],
+    ids: &ResultIds,
+) -> Result<dicom_object::DefaultDicomObject, EncapError> {
+    let first = vol.sources.first().ok_or(EncapError::NoSourceInstances)?;
+    let mut instances: Vec<SourceInstance> = Vec::with_capacity(vol.sources.len());
+    for s in &vol.sources {
+        instances.push(SourceInstance {
+            sop_class_uid: s.sop_class_uid.clone(),
+            sop_instance_uid: s.sop_instance_uid.clone(),
+        });
+    }
+    let source = SourceSeries::load(&first.path, instances, &vol.series_instance_uid)?;
+    let m = &result.metrics;
+    let request = EncapRequest {
+        stl,
+        document_title: result.description.clone(),
+        series_description: format!("3D model: {}", result.description),
+        series_instance_uid: ids.series_instance_uid.clone(),
+        sop_instance_uid: ids.sop_instance_uid.clone(),
+        series_number: 9901,
+        instance_number: ids.instance_number.max(1),
+        content_datetime: None,
+        equipment: Equipment::default(),
+        metrics_comment: Some(format!(
+            "triangles={} vertices={} volume_mm3={:.1} area_mm2={:.1} watertight={} manifold={} bbox_mm=[{:.1},{:.1},{:.1}]..[{:.1},{:.1},{:.1}]",
+            m.triangles,
+            m.vertices,
+            m.volume_mm3,
+            m.area_mm2,
+            m.watertight,
+            m.manifold,
+            m.bbox_min[0],
+            m.bbox_min[1],
+            m.bbox_min[2],
+            m.bbox_max[0],
+            m.bbox_max[1],
+            m.bbox_max[2]
+        )),
+    };
+    build_encapsulated_stl(&source, &request)
+}

@@ -36,10 +36,14 @@ pub enum ScpError {
     Accept(#[source] std::io::Error),
 }
 
-/// Receives every instance the SCP has stored, after its success status was sent.
+/// Receives every instance the SCP has stored, after its success status was sent. Calls
+/// come from the association tasks: implementations must return at once (queue the work).
 pub trait StoreObserver: Send + Sync {
     /// Called once per successfully stored (or identically re-sent) instance.
-    fn stored(&self, stored: &Stored, calling_ae: &str);
+    fn stored(&self, stored: &Stored, calling_ae: &str, called_ae: &str);
+
+    /// Called when an association ends, with the (series, SOP instance) UIDs it newly stored.
+    fn association_ended(&self, _aborted: bool, _stored: &[(String, String)]) {}
 }
 
 /// What every association handler shares.
@@ -330,9 +334,13 @@ async fn handle_connection(socket: TcpStream, peer: SocketAddr, ctx: Arc<ScpCont
         assoc,
         ctx,
         stats: Stats::default(),
+        new_instances: Vec::new(),
     };
     let started = Instant::now();
     let end = handler.run().await;
+    if let Some(observer) = &handler.ctx.observer {
+        observer.association_ended(end != "released", &handler.new_instances);
+    }
     let s = &handler.stats;
     info!(
         instances = s.stored,
@@ -372,6 +380,8 @@ struct Handler {
     ctx: Arc<ScpContext>,
     calling_ae: String,
     stats: Stats,
+    /// (series, SOP instance) UIDs this association stored, for the aborted-association policy.
+    new_instances: Vec<(String, String)>,
 }
 
 impl Handler {
@@ -582,7 +592,13 @@ impl Handler {
                 self.stats.stored += 1;
                 self.respond_store(&p, status::SUCCESS, None).await?;
                 if let Some(observer) = &self.ctx.observer {
-                    observer.stored(&stored, &self.calling_ae);
+                    observer.stored(&stored, &self.calling_ae, &self.ctx.config.node.ae_title);
+                }
+                if !stored.duplicate {
+                    self.new_instances.push((
+                        stored.header.series_instance_uid.clone(),
+                        stored.header.sop_instance_uid.clone(),
+                    ));
                 }
             }
             Err(e) => {

@@ -69,7 +69,65 @@ CREATE TABLE IF NOT EXISTS instances (
 );
 CREATE INDEX IF NOT EXISTS instances_series ON instances(series_instance_uid);
 CREATE INDEX IF NOT EXISTS instances_study ON instances(study_instance_uid);
+
+-- Series the node has seen, for completion tracking and routing (series module).
+CREATE TABLE IF NOT EXISTS series (
+    series_instance_uid TEXT PRIMARY KEY,
+    study_instance_uid  TEXT NOT NULL,
+    calling_ae          TEXT NOT NULL,
+    rule                TEXT,
+    state               TEXT NOT NULL,
+    expected            INTEGER,
+    result_series_uid   TEXT,
+    result_version      INTEGER NOT NULL DEFAULT 0,
+    first_at            REAL NOT NULL,
+    last_at             REAL NOT NULL
+);
+
+-- Reconstruction jobs: queued -> running -> done | failed.
+CREATE TABLE IF NOT EXISTS jobs (
+    id                      INTEGER PRIMARY KEY AUTOINCREMENT,
+    series_instance_uid     TEXT NOT NULL,
+    rule                    TEXT NOT NULL,
+    state                   TEXT NOT NULL,
+    version                 INTEGER NOT NULL,
+    result_series_uid       TEXT NOT NULL,
+    result_sop_instance_uid TEXT NOT NULL,
+    created_at              REAL NOT NULL,
+    started_at              REAL,
+    finished_at             REAL,
+    error                   TEXT,
+    summary                 TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+
+-- One delivery per (result instance, destination): pending -> sent | failed.
+CREATE TABLE IF NOT EXISTS outbox (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id           INTEGER,
+    sop_instance_uid TEXT NOT NULL,
+    path             TEXT NOT NULL,
+    destination      TEXT NOT NULL,
+    address          TEXT NOT NULL,
+    state            TEXT NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  REAL NOT NULL,
+    deadline_at      REAL NOT NULL,
+    last_error       TEXT,
+    created_at       REAL NOT NULL,
+    sent_at          REAL,
+    UNIQUE (sop_instance_uid, destination)
+);
+CREATE INDEX IF NOT EXISTS outbox_state ON outbox(state, next_attempt_at);
 ";
+
+/// Seconds since the Unix epoch, the time unit of every table.
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
 
 impl Index {
     /// Opens (creating if needed) the index at `path`.
@@ -84,7 +142,11 @@ impl Index {
         })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, IndexError> {
+    /// Runs `f` on the connection (short, await-free sections only: it holds a std mutex).
+    pub fn with<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, IndexError> {
         let conn = self.conn.lock().map_err(|_| IndexError::Poisoned)?;
         Ok(f(&conn)?)
     }
@@ -98,10 +160,7 @@ impl Index {
         size: u64,
         calling_ae: &str,
     ) -> Result<(), IndexError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
+        let now = now();
         self.with(|c| {
             c.prepare_cached(
                 "INSERT OR REPLACE INTO instances (sop_instance_uid, sop_class_uid, study_instance_uid,

@@ -237,6 +237,14 @@ impl Store {
     /// Finishes an instance: checks it, makes it durable and indexes it. Blocking (fsync):
     /// call it off the async runtime.
     pub fn commit(&self, incoming: Incoming) -> Result<Stored, StoreError> {
+        self.commit_with(incoming, self.on_conflict)
+    }
+
+    fn commit_with(
+        &self,
+        incoming: Incoming,
+        on_conflict: OnConflict,
+    ) -> Result<Stored, StoreError> {
         let Incoming {
             writer,
             data_offset,
@@ -276,7 +284,7 @@ impl Store {
                     duplicate: true,
                 });
             }
-            match self.on_conflict {
+            match on_conflict {
                 OnConflict::Reject => return Err(StoreError::Conflict(header.sop_instance_uid)),
                 OnConflict::KeepFirst => {
                     warn!(sop_instance_uid = %header.sop_instance_uid, "a different instance under a stored SOP Instance UID was received; keeping the first (node.on_conflict = keep-first)");
@@ -313,6 +321,57 @@ impl Store {
             size,
             duplicate: false,
         })
+    }
+
+    /// Stores an object the node made itself (a result) through the same durable path as a
+    /// received one. A result re-made after a crash carries the same SOP Instance UID and
+    /// replaces the earlier file.
+    pub fn store_object(
+        &self,
+        obj: &dicom_object::DefaultDicomObject,
+        source_ae: &str,
+    ) -> Result<Stored, StoreError> {
+        use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
+        let meta = obj.meta();
+        let trim = |s: &str| s.trim_end_matches(['\0', ' ']).to_string();
+        let announced = Announced {
+            sop_class_uid: trim(meta.media_storage_sop_class_uid()),
+            sop_instance_uid: trim(meta.media_storage_sop_instance_uid()),
+            transfer_syntax: trim(meta.transfer_syntax()),
+            calling_ae: source_ae.to_string(),
+        };
+        let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry
+            .get(&announced.transfer_syntax)
+            .ok_or_else(|| {
+                StoreError::Mismatch(format!(
+                    "unknown transfer syntax {}",
+                    announced.transfer_syntax
+                ))
+            })?;
+        let mut incoming = self.begin(&announced)?;
+        obj.write_dataset_with_ts(&mut incoming.writer, ts)
+            .map_err(|e| StoreError::Mismatch(format!("cannot encode the result: {e}")))?;
+        self.commit_with(incoming, OnConflict::Replace)
+    }
+
+    /// Deletes a stored instance (file and index row); used when an aborted association's
+    /// instances are dropped by configuration. Unknown UIDs are ignored.
+    pub fn delete_instance(&self, sop_instance_uid: &str) -> Result<(), StoreError> {
+        if let Some(row) = self.index.get(sop_instance_uid)? {
+            match fs::remove_file(self.root.join(&row.path)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.index.with(|c| {
+                c.execute(
+                    "DELETE FROM instances WHERE sop_instance_uid = ?1",
+                    [sop_instance_uid],
+                )
+                .map(|_| ())
+            })?;
+        }
+        Ok(())
     }
 
     /// Creates the study/series directories, fsyncing each parent that gained an entry, so

@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: start the real binary, find DCMTK, make data.
 #![allow(dead_code)]
 
+pub mod orthanc;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -60,7 +62,12 @@ impl Node {
         std::fs::write(
             &config,
             format!(
-                "[node]\nlisten = \"127.0.0.1:0\"\nstorage = \"{}\"\n{}{node_extra}\n{rest}\n",
+                "[node]\n{}storage = \"{}\"\n{}{node_extra}\n{rest}\n",
+                if node_extra.contains("listen") {
+                    ""
+                } else {
+                    "listen = \"127.0.0.1:0\"\n"
+                },
                 storage.display(),
                 if node_extra.contains("min_free_mb") {
                     ""
@@ -449,6 +456,176 @@ pub fn write_phantom(
             .unwrap();
         let path = dir.join(format!("Z{:04}.dcm", grid.slices - k));
         file.write_to_file(&path).unwrap();
+        out.push(path);
+    }
+    out
+}
+
+/// Polls `cond` every 20 ms until it holds or `limit` passes.
+pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// DCMTK storescp as a delivery destination; counts every C-STORE it receives (a re-sent
+/// instance overwrites its file, the count shows it).
+pub struct Destination {
+    pub child: Option<Child>,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub aet: String,
+}
+
+impl Destination {
+    /// A destination on a free port, not started yet (a peer that is down).
+    pub fn down(aet: &str) -> Destination {
+        Destination {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            aet: aet.to_string(),
+        }
+    }
+
+    pub fn up(aet: &str) -> Destination {
+        let mut d = Destination::down(aet);
+        d.start();
+        d
+    }
+
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("storescp.log"))
+            .unwrap();
+        let out = self.dir.path().join("in");
+        std::fs::create_dir_all(&out).unwrap();
+        let child = Command::new(tool("storescp"))
+            .args(["-v", "-aet", &self.aet, "+xa", "-od"])
+            .arg(&out)
+            .arg(self.port.to_string())
+            .env("TCP_NODELAY", "1")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        assert!(wait_for(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+        }));
+    }
+
+    pub fn peer_toml(&self) -> String {
+        format!(
+            "[[peers]]\nae_title = \"{}\"\naddress = \"127.0.0.1:{}\"\n",
+            self.aet, self.port
+        )
+    }
+
+    /// C-STORE requests received so far.
+    pub fn stores(&self) -> usize {
+        std::fs::read_to_string(self.dir.path().join("storescp.log"))
+            .unwrap_or_default()
+            .matches("Received Store Request")
+            .count()
+    }
+
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.dir.path().join("in"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Destination {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// storescu of whole folders or files to the node.
+pub fn storescu(node: &Node, paths: &[PathBuf]) -> Output {
+    let out = run(Command::new(tool("storescu"))
+        .env("TCP_NODELAY", "1")
+        .args(["-aec", "M3DNODE", "+sd", "+r", "127.0.0.1", &node.port()])
+        .args(paths));
+    assert!(out.status.success(), "{}", text(&out));
+    out
+}
+
+/// (state, error or summary) of every job, oldest first.
+pub fn jobs(node: &Node) -> Vec<(String, String)> {
+    node.index()
+        .with(|c| {
+            c.prepare("SELECT state, COALESCE(error, summary, '') FROM jobs ORDER BY id")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+        .unwrap()
+}
+
+/// (state, attempts) of every outbox row, oldest first.
+pub fn outbox(node: &Node) -> Vec<(String, i64)> {
+    node.index()
+        .with(|c| {
+            c.prepare("SELECT state, attempts FROM outbox ORDER BY id")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+        .unwrap()
+}
+
+/// Copies a series into `dir` as a new series of the same study (new Series and SOP Instance
+/// UIDs), so that tests can have several series of one study.
+pub fn copy_as_new_series(src: &Path, dir: &Path) -> Vec<PathBuf> {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    std::fs::create_dir_all(dir).unwrap();
+    let series = m3dnode::store::uid::new_uid();
+    let mut out = Vec::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(src)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    for f in files {
+        let mut obj = dicom_object::open_file(&f).unwrap();
+        let sop = m3dnode::store::uid::new_uid();
+        obj.put(DataElement::new(
+            tags::SERIES_INSTANCE_UID,
+            VR::UI,
+            PrimitiveValue::from(series.as_str()),
+        ));
+        obj.put(DataElement::new(
+            tags::SOP_INSTANCE_UID,
+            VR::UI,
+            PrimitiveValue::from(sop.as_str()),
+        ));
+        obj.meta_mut().media_storage_sop_instance_uid = sop.clone();
+        obj.meta_mut().update_information_group_length();
+        let path = dir.join(f.file_name().unwrap());
+        obj.write_to_file(&path).unwrap();
         out.push(path);
     }
     out

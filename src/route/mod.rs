@@ -1,0 +1,300 @@
+//! Routing: which series go to which pipeline ([`Rule`]), and getting results to their
+//! destinations ([`outbox`]).
+//!
+//! Rules are compiled once, at start-up (regular expressions, presets, destinations checked
+//! against `[[peers]]`), so a mistake stops the node with the key named instead of failing a
+//! job at night. The outbox never blocks the receiver: it runs on its own task and reads its
+//! work from the index.
+
+pub mod outbox;
+
+use regex::Regex;
+
+use crate::config::{Config, RuleConfig};
+use crate::recon::iso::{IsoOptions, Preset};
+use crate::store::header::Header;
+use crate::volume::{AssembleOptions, GapPolicy, MixedPolicy, TiltPolicy};
+
+/// A compiled `[[rules]]` entry.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Name for logs and the job list.
+    pub name: String,
+    config: RuleConfig,
+    description: Option<Regex>,
+    /// Reconstruction settings.
+    pub iso: IsoOptions,
+    /// Assembly policies.
+    pub assemble: AssembleOptions,
+    /// Destinations from `send_to`, as (AE title, host:port).
+    pub destinations: Vec<(String, String)>,
+}
+
+/// What a series is matched on.
+#[derive(Debug, Clone, Default)]
+pub struct SeriesFacts {
+    /// Calling AE of the association that brought the first instance.
+    pub calling_ae: String,
+    /// Called AE title.
+    pub called_ae: String,
+    /// Modality.
+    pub modality: Option<String>,
+    /// Body Part Examined.
+    pub body_part: Option<String>,
+    /// Series Description.
+    pub series_description: Option<String>,
+    /// SOP Class UID of the first instance.
+    pub sop_class_uid: String,
+}
+
+impl SeriesFacts {
+    /// Facts from the first instance of a series.
+    pub fn from_header(h: &Header, calling_ae: &str, called_ae: &str) -> SeriesFacts {
+        SeriesFacts {
+            calling_ae: calling_ae.to_string(),
+            called_ae: called_ae.to_string(),
+            modality: h.modality.clone(),
+            body_part: h.body_part_examined.clone(),
+            series_description: h.series_description.clone(),
+            sop_class_uid: h.sop_class_uid.clone(),
+        }
+    }
+}
+
+impl Rule {
+    /// Compiles rule `index`; errors name the field and say what is wrong.
+    pub fn compile(
+        index: usize,
+        rule: &RuleConfig,
+        cfg: &Config,
+    ) -> Result<Rule, (&'static str, String)> {
+        let name = rule
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("rule {}", index + 1));
+        let description = rule
+            .series_description
+            .as_deref()
+            .map(Regex::new)
+            .transpose()
+            .map_err(|e| {
+                (
+                    "series_description",
+                    format!("not a regular expression: {e}"),
+                )
+            })?;
+        match rule.pipeline.as_deref().unwrap_or("iso") {
+            "iso" => {}
+            other => {
+                return Err((
+                    "pipeline",
+                    format!("`{other}` is not available in this version (use `iso`)"),
+                ));
+            }
+        }
+        let preset = match &rule.preset {
+            Some(p) => p.parse::<Preset>().map_err(|e| ("preset", e))?,
+            None if rule.modality.as_deref() == Some("CT") => Preset::CtBone,
+            None => Preset::MrHead,
+        };
+        let mut iso = IsoOptions {
+            preset,
+            smooth_sigma_mm: rule.smooth_sigma_mm,
+            ..Default::default()
+        };
+        if iso
+            .smooth_sigma_mm
+            .is_some_and(|s| !(0.0..=20.0).contains(&s))
+        {
+            return Err(("smooth_sigma_mm", "must be between 0 and 20 mm".into()));
+        }
+        iso.threads = None;
+        let assemble = AssembleOptions {
+            gaps: match rule.gaps.as_deref().unwrap_or("fail") {
+                "fail" => GapPolicy::Fail,
+                "interpolate" => GapPolicy::Interpolate,
+                other => return Err(("gaps", format!("`{other}`: use fail or interpolate"))),
+            },
+            mixed: match rule.mixed.as_deref().unwrap_or("fail") {
+                "fail" => MixedPolicy::Fail,
+                "largest" => MixedPolicy::Largest,
+                other => return Err(("mixed", format!("`{other}`: use fail or largest"))),
+            },
+            tilt: match rule.tilt.as_deref().unwrap_or("reject") {
+                "reject" => TiltPolicy::Reject,
+                "resample" => TiltPolicy::Resample,
+                other => return Err(("tilt", format!("`{other}`: use reject or resample"))),
+            },
+            ..Default::default()
+        };
+        if rule
+            .quiet_seconds
+            .is_some_and(|q| !(q >= 0.0 && q.is_finite()))
+        {
+            return Err(("quiet_seconds", "must be 0 or more seconds".into()));
+        }
+        let mut destinations = Vec::new();
+        for ae in &rule.send_to {
+            let peer = cfg
+                .peer(ae)
+                .ok_or(("send_to", format!("`{ae}` is not in [[peers]]")))?;
+            destinations.push((peer.ae_title.clone(), peer.address.clone()));
+        }
+        if destinations.is_empty() && !rule.reply_to_sender {
+            return Err((
+                "send_to",
+                "name at least one destination or set reply_to_sender = true".into(),
+            ));
+        }
+        Ok(Rule {
+            name,
+            config: rule.clone(),
+            description,
+            iso,
+            assemble,
+            destinations,
+        })
+    }
+
+    /// True when every match key that is set matches.
+    pub fn matches(&self, f: &SeriesFacts) -> bool {
+        let c = &self.config;
+        let eq = |want: &Option<String>, have: Option<&str>| {
+            want.as_deref().is_none_or(|w| Some(w) == have)
+        };
+        eq(&c.calling_ae, Some(&f.calling_ae))
+            && eq(&c.called_ae, Some(&f.called_ae))
+            && eq(&c.modality, f.modality.as_deref())
+            && eq(&c.sop_class, Some(&f.sop_class_uid))
+            && c.body_part.as_deref().is_none_or(|w| {
+                f.body_part
+                    .as_deref()
+                    .is_some_and(|h| h.eq_ignore_ascii_case(w))
+            })
+            && self.description.as_ref().is_none_or(|re| {
+                f.series_description
+                    .as_deref()
+                    .is_some_and(|d| re.is_match(d))
+            })
+    }
+
+    /// Quiet time for this rule's series.
+    pub fn quiet_seconds(&self, cfg: &Config) -> f64 {
+        self.config
+            .quiet_seconds
+            .unwrap_or(cfg.series.quiet_seconds)
+    }
+
+    /// Instance count that completes a series at once, if the rule says.
+    pub fn expected_instances(&self) -> Option<u32> {
+        self.config.expected_instances
+    }
+
+    /// The destinations for a series sent by `calling_ae`.
+    pub fn destinations_for(
+        &self,
+        calling_ae: &str,
+        cfg: &Config,
+    ) -> Result<Vec<(String, String)>, String> {
+        let mut out = self.destinations.clone();
+        if self.config.reply_to_sender {
+            let peer = cfg.peer(calling_ae).ok_or_else(|| {
+                format!("reply_to_sender: the sender `{calling_ae}` is not in [[peers]], so its address is unknown")
+            })?;
+            if !out.iter().any(|(ae, _)| ae == &peer.ae_title) {
+                out.push((peer.ae_title.clone(), peer.address.clone()));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Compiles every rule (configuration was validated, so this does not fail in practice).
+pub fn compile_rules(cfg: &Config) -> Result<Vec<Rule>, String> {
+    cfg.rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Rule::compile(i, r, cfg).map_err(|(f, m)| format!("rules[{i}].{f}: {m}")))
+        .collect()
+}
+
+/// The first rule that matches.
+pub fn first_match<'a>(rules: &'a [Rule], facts: &SeriesFacts) -> Option<&'a Rule> {
+    rules.iter().find(|r| r.matches(facts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(rules: &str) -> Result<Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            format!("[[peers]]\nae_title = \"PACS\"\naddress = \"127.0.0.1:4242\"\n{rules}"),
+        )
+        .unwrap();
+        Config::load(Some(&path), Some(Default::default()), &Default::default())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn first_match_wins_and_every_key_counts() {
+        let c = cfg("[[rules]]\nname = \"ct head\"\nmodality = \"CT\"\nbody_part = \"head\"\nseries_description = \"(?i)bone\"\nsend_to = [\"PACS\"]\n\
+                     [[rules]]\nname = \"any ct\"\nmodality = \"CT\"\npreset = \"ct-skin\"\nsend_to = [\"PACS\"]\n\
+                     [[rules]]\nname = \"from scanner\"\ncalling_ae = \"MR1\"\nreply_to_sender = true\n")
+        .unwrap();
+        let rules = compile_rules(&c).unwrap();
+        let mut f = SeriesFacts {
+            calling_ae: "CT1".into(),
+            called_ae: "M3DNODE".into(),
+            modality: Some("CT".into()),
+            body_part: Some("HEAD".into()),
+            series_description: Some("Head BONE 1mm".into()),
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+        };
+        assert_eq!(first_match(&rules, &f).unwrap().name, "ct head");
+        f.series_description = Some("soft tissue".into());
+        let r = first_match(&rules, &f).unwrap();
+        assert_eq!(r.name, "any ct");
+        assert_eq!(r.iso.preset, Preset::CtSkin);
+        f.modality = Some("MR".into());
+        assert!(first_match(&rules, &f).is_none());
+        f.calling_ae = "MR1".into();
+        let r = first_match(&rules, &f).unwrap();
+        assert_eq!(r.iso.preset, Preset::MrHead);
+        assert!(
+            r.destinations_for("MR1", &c)
+                .unwrap_err()
+                .contains("not in [[peers]]")
+        );
+    }
+
+    #[test]
+    fn rule_errors_name_the_key() {
+        for (rules, key) in [
+            ("[[rules]]\nsend_to = [\"NOBODY\"]\n", "rules[0].send_to"),
+            (
+                "[[rules]]\nseries_description = \"(\"\nsend_to = [\"PACS\"]\n",
+                "rules[0].series_description",
+            ),
+            (
+                "[[rules]]\npreset = \"bones\"\nsend_to = [\"PACS\"]\n",
+                "rules[0].preset",
+            ),
+            (
+                "[[rules]]\npipeline = \"magic\"\nsend_to = [\"PACS\"]\n",
+                "rules[0].pipeline",
+            ),
+            ("[[rules]]\nmodality = \"CT\"\n", "rules[0].send_to"),
+            (
+                "[[rules]]\ngaps = \"maybe\"\nsend_to = [\"PACS\"]\n",
+                "rules[0].gaps",
+            ),
+        ] {
+            let err = cfg(rules).unwrap_err();
+            assert!(err.contains(key), "{err} should name {key}");
+        }
+    }
+}

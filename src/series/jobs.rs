@@ -1,0 +1,312 @@
+//! Reconstruction jobs: the `jobs` table (queued -> running -> done | failed) and the bounded
+//! pool of worker threads that run them.
+//!
+//! Workers are OS threads, not async tasks: a reconstruction is seconds of CPU and must not
+//! starve the associations on the runtime. A job's result UIDs are fixed when it is queued,
+//! so a job re-run after a crash re-makes the same instance instead of a second one, and its
+//! outbox rows are written in the same transaction that marks it done.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use rusqlite::{OptionalExtension, params};
+use tracing::{error, info, info_span, warn};
+
+use crate::config::Config;
+use crate::route::{Rule, outbox};
+use crate::store::index::now;
+use crate::store::uid::new_uid;
+use crate::store::{Index, IndexError, Store};
+
+/// Wakes idle workers when a job is queued.
+#[derive(Default)]
+pub struct JobQueue {
+    generation: Mutex<u64>,
+    cv: Condvar,
+    stop: AtomicBool,
+}
+
+impl JobQueue {
+    /// A job was queued.
+    pub fn notify(&self) {
+        if let Ok(mut g) = self.generation.lock() {
+            *g += 1;
+        }
+        self.cv.notify_all();
+    }
+
+    /// Asks workers to stop after their current job.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.notify();
+    }
+
+    fn wait(&self, seen: u64, timeout: Duration) -> u64 {
+        let Ok(g) = self.generation.lock() else {
+            return seen;
+        };
+        match self.cv.wait_timeout_while(g, timeout, |g| {
+            *g == seen && !self.stop.load(Ordering::SeqCst)
+        }) {
+            Ok((g, _)) => *g,
+            Err(_) => seen,
+        }
+    }
+
+    fn current(&self) -> u64 {
+        self.generation.lock().map(|g| *g).unwrap_or(0)
+    }
+}
+
+/// One row of the job list.
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    /// Job id.
+    pub id: i64,
+    /// Source series.
+    pub series_instance_uid: String,
+    /// Rule that routed it.
+    pub rule: String,
+    /// queued, running, done or failed.
+    pub state: String,
+    /// Result version (Instance Number).
+    pub version: i64,
+    /// Result SOP Instance UID.
+    pub result_sop_instance_uid: String,
+    /// Times (Unix seconds).
+    pub created_at: f64,
+    /// Start of the last run.
+    pub started_at: Option<f64>,
+    /// End of the last run.
+    pub finished_at: Option<f64>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Mesh summary of a done job.
+    pub summary: Option<String>,
+}
+
+/// Queues a job for a complete series (a new result version in the series' result series).
+pub fn queue_job(store: &Store, series_uid: &str, rule: &str) -> Result<i64, IndexError> {
+    store.index().with(|c| {
+        let tx = c.unchecked_transaction()?;
+        let (result_series, version): (Option<String>, i64) = tx.query_row(
+            "SELECT result_series_uid, result_version FROM series WHERE series_instance_uid = ?1",
+            [series_uid],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let result_series = result_series.unwrap_or_else(new_uid);
+        let version = version + 1;
+        tx.execute(
+            "UPDATE series SET state = 'processed', result_series_uid = ?2, result_version = ?3 WHERE series_instance_uid = ?1",
+            params![series_uid, result_series, version],
+        )?;
+        tx.execute(
+            "INSERT INTO jobs (series_instance_uid, rule, state, version, result_series_uid, result_sop_instance_uid, created_at)
+             VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6)",
+            params![series_uid, rule, version, result_series, new_uid(), now()],
+        )?;
+        let id = tx.last_insert_rowid();
+        tx.commit()?;
+        Ok(id)
+    })
+}
+
+/// Jobs a crash or kill left running go back to the queue.
+pub fn requeue_interrupted(store: &Store) -> Result<usize, IndexError> {
+    store.index().with(|c| c.execute("UPDATE jobs SET state = 'queued', error = 'interrupted by a restart; re-queued' WHERE state = 'running'", []))
+}
+
+/// The most recent jobs, newest first.
+pub fn list(index: &Index, limit: usize) -> Result<Vec<JobRow>, IndexError> {
+    index.with(|c| {
+        c.prepare(
+            "SELECT id, series_instance_uid, rule, state, version, result_sop_instance_uid, created_at, started_at, finished_at, error, summary
+             FROM jobs ORDER BY id DESC LIMIT ?1",
+        )?
+        .query_map([limit as i64], |r| {
+            Ok(JobRow {
+                id: r.get(0)?,
+                series_instance_uid: r.get(1)?,
+                rule: r.get(2)?,
+                state: r.get(3)?,
+                version: r.get(4)?,
+                result_sop_instance_uid: r.get(5)?,
+                created_at: r.get(6)?,
+                started_at: r.get(7)?,
+                finished_at: r.get(8)?,
+                error: r.get(9)?,
+                summary: r.get(10)?,
+            })
+        })?
+        .collect()
+    })
+}
+
+/// What a worker needs.
+pub struct Workers {
+    /// Configuration.
+    pub config: Arc<Config>,
+    /// Storage and index.
+    pub store: Arc<Store>,
+    /// Compiled rules.
+    pub rules: Arc<Vec<Rule>>,
+    /// Wake-ups.
+    pub queue: Arc<JobQueue>,
+    /// Wakes the delivery task when a result is ready.
+    pub delivery: Arc<tokio::sync::Notify>,
+}
+
+impl Workers {
+    /// Starts `jobs.workers` threads.
+    pub fn spawn(self: Arc<Self>) -> Vec<std::thread::JoinHandle<()>> {
+        (0..self.config.jobs.workers)
+            .filter_map(|i| {
+                let w = self.clone();
+                std::thread::Builder::new()
+                    .name(format!("job-worker-{i}"))
+                    .spawn(move || w.work())
+                    .ok()
+            })
+            .collect()
+    }
+
+    fn work(&self) {
+        let mut seen = self.queue.current();
+        while !self.queue.stop.load(Ordering::SeqCst) {
+            match self.claim() {
+                Ok(Some(job)) => self.run(job),
+                Ok(None) => seen = self.queue.wait(seen, Duration::from_secs(1)),
+                Err(e) => {
+                    warn!(error = %e, "claiming a job failed; retrying");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// Takes the oldest queued job and marks it running.
+    fn claim(&self) -> Result<Option<JobRow>, IndexError> {
+        self.store.index().with(|c| {
+            c.query_row(
+                "UPDATE jobs SET state = 'running', started_at = ?1
+                 WHERE id = (SELECT id FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1)
+                 RETURNING id, series_instance_uid, rule, state, version, result_sop_instance_uid, created_at, started_at, finished_at, error, summary",
+                [now()],
+                |r| {
+                    Ok(JobRow {
+                        id: r.get(0)?,
+                        series_instance_uid: r.get(1)?,
+                        rule: r.get(2)?,
+                        state: r.get(3)?,
+                        version: r.get(4)?,
+                        result_sop_instance_uid: r.get(5)?,
+                        created_at: r.get(6)?,
+                        started_at: r.get(7)?,
+                        finished_at: r.get(8)?,
+                        error: r.get(9)?,
+                        summary: r.get(10)?,
+                    })
+                },
+            )
+            .optional()
+        })
+    }
+
+    fn run(&self, job: JobRow) {
+        let span = info_span!("job", job_id = job.id, series_instance_uid = %job.series_instance_uid, rule = %job.rule);
+        let _g = span.enter();
+        let started = Instant::now();
+        info!("job started");
+        match self.execute(&job) {
+            Ok(summary) => {
+                info!(seconds = format_args!("{:.2}", started.elapsed().as_secs_f64()), %summary, "job done")
+            }
+            Err(message) => {
+                error!(error = %message, "job failed");
+                let r = self.store.index().with(|c| {
+                    c.execute(
+                        "UPDATE jobs SET state = 'failed', finished_at = ?2, error = ?3 WHERE id = ?1",
+                        params![job.id, now(), message],
+                    )
+                });
+                if let Err(e) = r {
+                    warn!(error = %e, "could not record the job failure");
+                }
+            }
+        }
+    }
+
+    /// Runs one job to its end; the error is the message shown in `m3dnode jobs`.
+    fn execute(&self, job: &JobRow) -> Result<String, String> {
+        let rule = self
+            .rules
+            .iter()
+            .find(|r| r.name == job.rule)
+            .ok_or_else(|| format!("rule `{}` is no longer configured", job.rule))?;
+        let index = self.store.index();
+        let (result_series, calling_ae): (String, String) = index
+            .with(|c| {
+                c.query_row(
+                    "SELECT j.result_series_uid, s.calling_ae FROM jobs j JOIN series s USING (series_instance_uid) WHERE j.id = ?1",
+                    [job.id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+            })
+            .map_err(|e| e.to_string())?;
+        let destinations = rule.destinations_for(&calling_ae, &self.config)?;
+        let rows = index
+            .series(&job.series_instance_uid)
+            .map_err(|e| e.to_string())?;
+        if rows.is_empty() {
+            return Err("the series has no stored instances (were they dropped?)".into());
+        }
+        let paths: Vec<_> = rows
+            .iter()
+            .map(|r| self.store.root().join(&r.path))
+            .collect();
+        let vol = crate::volume::assemble(&paths, &rule.assemble)
+            .map_err(|e| format!("no usable image stack: {e}"))?;
+        let result = crate::recon::iso::reconstruct(&vol, &rule.iso, &mut |_| {})
+            .map_err(|e| e.to_string())?;
+        let stl = crate::mesh::write_stl_binary(&result.mesh, &result.description);
+        let ids = crate::encap::ResultIds {
+            series_instance_uid: Some(result_series),
+            sop_instance_uid: Some(job.result_sop_instance_uid.clone()),
+            instance_number: i32::try_from(job.version).unwrap_or(1),
+        };
+        let obj = crate::encap::from_reconstruction(&vol, &result, &stl, &ids)
+            .map_err(|e| format!("building the Encapsulated STL object failed: {e}"))?;
+        let stored = self
+            .store
+            .store_object(&obj, &self.config.node.ae_title)
+            .map_err(|e| format!("storing the result failed: {e}"))?;
+        let rel = stored
+            .path
+            .strip_prefix(self.store.root())
+            .unwrap_or(&stored.path)
+            .to_string_lossy()
+            .into_owned();
+        let m = &result.metrics;
+        let summary = format!(
+            "{}: {} triangles, {:.0} mm3, watertight {}",
+            result.description,
+            m.triangles,
+            m.volume_mm3,
+            if m.watertight { "yes" } else { "no" }
+        );
+        index
+            .with(|c| {
+                let tx = c.unchecked_transaction()?;
+                outbox::enqueue(&tx, job.id, &job.result_sop_instance_uid, &rel, &destinations, self.config.delivery.deadline_seconds)?;
+                tx.execute(
+                    "UPDATE jobs SET state = 'done', finished_at = ?2, error = NULL, summary = ?3 WHERE id = ?1",
+                    params![job.id, now(), summary],
+                )?;
+                tx.commit()
+            })
+            .map_err(|e| format!("recording the result failed: {e}"))?;
+        self.delivery.notify_one();
+        Ok(summary)
+    }
+}

@@ -1,0 +1,371 @@
+//! Series: grouping received instances, deciding when a series is complete, and the jobs
+//! that reconstruct it ([`jobs`]).
+//!
+//! The receiver must never wait on any of this, so the SCP only drops an event into a
+//! channel ([`Tracker`] is its [`StoreObserver`]); a dedicated thread owns the per-series
+//! timers and writes the `series` and `jobs` tables. A series is complete `quiet_seconds`
+//! after its last instance, or at once when its expected instance count has arrived (a rule's
+//! `expected_instances`, else the series' own Images in Acquisition). Everything needed to
+//! resume is in the index: after a restart, series still receiving get a fresh quiet period
+//! and interrupted jobs are queued again.
+
+pub mod jobs;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+use rusqlite::{OptionalExtension, params};
+use tracing::{info, info_span, warn};
+
+use crate::config::{AbortedAssociations, Config, LateInstances};
+use crate::net::scp::StoreObserver;
+use crate::route::{self, Rule, SeriesFacts};
+use crate::store::header::Header;
+use crate::store::index::now;
+use crate::store::{IndexError, Store, Stored};
+use jobs::JobQueue;
+
+/// What the SCP reports.
+enum Event {
+    Stored {
+        header: Box<Header>,
+        calling_ae: String,
+        called_ae: String,
+    },
+    AssociationEnded {
+        aborted: bool,
+        stored: Vec<(String, String)>,
+    },
+    Stop,
+}
+
+/// The SCP's observer: forwards events to the tracker thread.
+pub struct Tracker {
+    tx: std::sync::Mutex<Sender<Event>>,
+}
+
+impl StoreObserver for Tracker {
+    fn stored(&self, stored: &Stored, calling_ae: &str, called_ae: &str) {
+        if stored.duplicate {
+            return;
+        }
+        self.send(Event::Stored {
+            header: Box::new(stored.header.clone()),
+            calling_ae: calling_ae.to_string(),
+            called_ae: called_ae.to_string(),
+        });
+    }
+
+    fn association_ended(&self, aborted: bool, stored: &[(String, String)]) {
+        self.send(Event::AssociationEnded {
+            aborted,
+            stored: stored.to_vec(),
+        });
+    }
+}
+
+impl Tracker {
+    fn send(&self, e: Event) {
+        if let Ok(tx) = self.tx.lock() {
+            let _ = tx.send(e);
+        }
+    }
+
+    /// Stops the tracker thread (pending timers resume at the next start).
+    pub fn stop(&self) {
+        self.send(Event::Stop);
+    }
+}
+
+/// A series being tracked.
+struct Live {
+    rule: String,
+    last: Instant,
+    count: u64,
+    expected: Option<u64>,
+    quiet: Duration,
+    /// A job was queued for what has arrived so far.
+    processed: bool,
+    /// The "ignored late instance" line was logged.
+    late_logged: bool,
+}
+
+/// Starts the tracker thread. Returns the observer for the SCP and the thread handle.
+pub fn start(
+    config: Arc<Config>,
+    store: Arc<Store>,
+    rules: Arc<Vec<Rule>>,
+    queue: Arc<JobQueue>,
+) -> Result<(Arc<Tracker>, std::thread::JoinHandle<()>), IndexError> {
+    let (tx, rx) = mpsc::channel();
+    let mut state = State {
+        config,
+        store,
+        rules,
+        queue,
+        live: HashMap::new(),
+    };
+    state.resume()?;
+    let handle = std::thread::Builder::new()
+        .name("series-tracker".into())
+        .spawn(move || state.run(rx))
+        .map_err(|e| IndexError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+    Ok((
+        Arc::new(Tracker {
+            tx: std::sync::Mutex::new(tx),
+        }),
+        handle,
+    ))
+}
+
+struct State {
+    config: Arc<Config>,
+    store: Arc<Store>,
+    rules: Arc<Vec<Rule>>,
+    queue: Arc<JobQueue>,
+    live: HashMap<String, Live>,
+}
+
+/// Series that are not images: never routed (our own results coming back, documents).
+fn is_reconstructable(h: &Header) -> bool {
+    h.modality.as_deref() != Some("M3D")
+        && !h.sop_class_uid.starts_with("1.2.840.10008.5.1.4.1.1.104.")
+}
+
+impl State {
+    /// After a restart: series still receiving get a fresh quiet period.
+    fn resume(&mut self) -> Result<(), IndexError> {
+        let rows: Vec<(String, String, Option<i64>)> = self.store.index().with(|c| {
+            c.prepare("SELECT series_instance_uid, rule, expected FROM series WHERE state = 'receiving' AND rule IS NOT NULL")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
+        })?;
+        for (uid, rule, expected) in rows {
+            let Some(r) = self.rules.iter().find(|r| r.name == rule) else {
+                warn!(series_instance_uid = %uid, rule, "series was routed by a rule that no longer exists; not processed");
+                continue;
+            };
+            let count = self.store.index().series(&uid)?.len() as u64;
+            info!(series_instance_uid = %uid, instances = count, "resuming a series that was still receiving at shutdown");
+            self.live.insert(
+                uid,
+                Live {
+                    quiet: Duration::from_secs_f64(r.quiet_seconds(&self.config)),
+                    rule,
+                    last: Instant::now(),
+                    count,
+                    expected: expected.map(|e| e as u64),
+                    processed: false,
+                    late_logged: false,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn run(mut self, rx: Receiver<Event>) {
+        loop {
+            let wait = self
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()))
+                .unwrap_or(Duration::from_secs(3600));
+            match rx.recv_timeout(wait) {
+                Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                Ok(Event::Stored {
+                    header,
+                    calling_ae,
+                    called_ae,
+                }) => {
+                    if let Err(e) = self.on_stored(&header, &calling_ae, &called_ae) {
+                        warn!(series_instance_uid = %header.series_instance_uid, error = %e, "series tracking failed for an instance");
+                    }
+                }
+                Ok(Event::AssociationEnded { aborted, stored }) => {
+                    self.on_association_end(aborted, &stored)
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            self.complete_due();
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.live
+            .values()
+            .filter(|l| !l.processed)
+            .map(|l| l.last + l.quiet)
+            .min()
+    }
+
+    fn on_stored(
+        &mut self,
+        h: &Header,
+        calling_ae: &str,
+        called_ae: &str,
+    ) -> Result<(), IndexError> {
+        let uid = &h.series_instance_uid;
+        if let Some(live) = self.live.get_mut(uid) {
+            live.count += 1;
+            live.last = Instant::now();
+            if live.processed {
+                late_instance(&self.config, &self.store, uid, live)?;
+            }
+            return Ok(());
+        }
+        // Known from an earlier run or an earlier association?
+        let known: Option<(Option<String>, String, Option<i64>)> =
+            self.store.index().with(|c| {
+                c.query_row(
+                    "SELECT rule, state, expected FROM series WHERE series_instance_uid = ?1",
+                    [uid],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+            })?;
+        let (rule, processed, expected) = match known {
+            Some((None, ..)) => return Ok(()), // unrouted: already logged
+            Some((Some(rule), state, expected)) => {
+                (rule, state == "processed", expected.map(|e| e as u64))
+            }
+            None => {
+                let facts = SeriesFacts::from_header(h, calling_ae, called_ae);
+                let rule = if is_reconstructable(h) {
+                    route::first_match(&self.rules, &facts)
+                } else {
+                    None
+                };
+                let t = now();
+                self.store.index().with(|c| {
+                    c.execute(
+                        "INSERT INTO series (series_instance_uid, study_instance_uid, calling_ae, rule, state, expected, first_at, last_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+                        params![
+                            uid,
+                            h.study_instance_uid,
+                            calling_ae,
+                            rule.map(|r| r.name.clone()),
+                            if rule.is_some() { "receiving" } else { "unrouted" },
+                            rule.and_then(|r| r.expected_instances()).map(i64::from).or(h.images_in_acquisition),
+                            t
+                        ],
+                    )
+                })?;
+                let Some(rule) = rule else {
+                    info!(series_instance_uid = %uid, modality = h.modality.as_deref().unwrap_or(""), calling_ae, "series matches no rule: stored, not processed");
+                    return Ok(());
+                };
+                info!(series_instance_uid = %uid, rule = %rule.name, "new series");
+                let expected = rule.expected_instances().map(u64::from).or(h
+                    .images_in_acquisition
+                    .and_then(|n| u64::try_from(n).ok())
+                    .filter(|&n| n > 0));
+                (rule.name.clone(), false, expected)
+            }
+        };
+        let Some(r) = self.rules.iter().find(|r| r.name == rule) else {
+            return Ok(());
+        };
+        let count = if processed {
+            self.store.index().series(uid)?.len() as u64
+        } else {
+            1
+        };
+        let mut live = Live {
+            quiet: Duration::from_secs_f64(r.quiet_seconds(&self.config)),
+            rule,
+            last: Instant::now(),
+            count,
+            expected,
+            processed,
+            late_logged: false,
+        };
+        if processed {
+            late_instance(&self.config, &self.store, uid, &mut live)?;
+        }
+        self.live.insert(uid.clone(), live);
+        Ok(())
+    }
+
+    fn on_association_end(&mut self, aborted: bool, stored: &[(String, String)]) {
+        if !aborted
+            || stored.is_empty()
+            || self.config.series.aborted_associations == AbortedAssociations::Keep
+        {
+            return;
+        }
+        warn!(
+            instances = stored.len(),
+            "dropping the instances of an aborted association (series.aborted_associations = drop)"
+        );
+        for (series_uid, sop_uid) in stored {
+            if let Err(e) = self.store.delete_instance(sop_uid) {
+                warn!(sop_instance_uid = %sop_uid, error = %e, "could not drop an instance");
+            }
+            if let Some(live) = self.live.get_mut(series_uid) {
+                live.count = live.count.saturating_sub(1);
+                if live.count == 0 && !live.processed {
+                    self.live.remove(series_uid);
+                    let _ = self.store.index().with(|c| {
+                        c.execute(
+                            "DELETE FROM series WHERE series_instance_uid = ?1",
+                            [series_uid],
+                        )
+                    });
+                }
+            }
+        }
+    }
+
+    /// Queues a job for every series whose quiet period is over or whose count is reached.
+    fn complete_due(&mut self) {
+        let now_i = Instant::now();
+        let due: Vec<String> = self
+            .live
+            .iter()
+            .filter(|(_, l)| {
+                !l.processed
+                    && (l.expected.is_some_and(|e| l.count >= e) || now_i >= l.last + l.quiet)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for uid in due {
+            let Some(live) = self.live.get_mut(&uid) else {
+                continue;
+            };
+            let span = info_span!("series", series_instance_uid = %uid);
+            let _g = span.enter();
+            match jobs::queue_job(&self.store, &uid, &live.rule) {
+                Ok(id) => {
+                    info!(job_id = id, instances = live.count, rule = %live.rule, "series complete: job queued");
+                    live.processed = true;
+                    self.queue.notify();
+                }
+                Err(e) => warn!(error = %e, "could not queue a job; will retry"),
+            }
+        }
+    }
+}
+
+fn late_instance(
+    config: &Config,
+    store: &Store,
+    uid: &str,
+    live: &mut Live,
+) -> Result<(), IndexError> {
+    match config.series.late_instances {
+        LateInstances::Rebuild => {
+            info!(series_instance_uid = %uid, "instance arrived after the series was processed: the result will be rebuilt (series.late_instances = rebuild)");
+            live.processed = false;
+            store.index().with(|c| c.execute("UPDATE series SET state = 'receiving', last_at = ?2 WHERE series_instance_uid = ?1", params![uid, now()]))?;
+        }
+        LateInstances::Ignore => {
+            if !live.late_logged {
+                info!(series_instance_uid = %uid, "instances arrived after the series was processed: stored, not reprocessed (series.late_instances = ignore)");
+                live.late_logged = true;
+            }
+        }
+    }
+    Ok(())
+}
