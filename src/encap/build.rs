@@ -433,7 +433,8 @@ fn check_uid(field: &'static str, value: &str) -> Result<(), EncapError> {
 }
 
 /// A type 1 UID of the source, trimmed of padding and checked.
-fn required_uid(
+/// A UID attribute that must be present and valid.
+pub(super) fn required_uid(
     obj: &InMemDicomObject,
     tag: Tag,
     name: &'static str,

@@ -31,7 +31,6 @@
 mod build;
 mod read;
 
-use crate::store::uid::is_valid_uid;
 pub use build::build_encapsulated_stl;
 pub use read::extract_stl;
 
@@ -94,19 +93,7 @@ impl SourceInstance {
     /// Take the SOP Class and SOP Instance UIDs from a source data set.
     pub fn from_object(obj: &InMemDicomObject) -> Result<Self, EncapError> {
         use dicom_dictionary_std::tags;
-        let get = |tag, name: &'static str| -> Result<String, EncapError> {
-            let value = obj
-                .get(tag)
-                .and_then(|e| e.to_str().ok())
-                .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
-                .filter(|s| !s.is_empty())
-                .ok_or(EncapError::MissingSourceAttribute(name))?;
-            if is_valid_uid(&value) {
-                Ok(value)
-            } else {
-                Err(EncapError::InvalidUid { field: name, value })
-            }
-        };
+        let get = |tag, name| build::required_uid(obj, tag, name);
         Ok(SourceInstance {
             sop_class_uid: get(tags::SOP_CLASS_UID, "SOPClassUID")?,
             sop_instance_uid: get(tags::SOP_INSTANCE_UID, "SOPInstanceUID")?,

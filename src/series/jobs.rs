@@ -86,6 +86,25 @@ pub struct JobRow {
     pub summary: Option<String>,
 }
 
+/// Columns of [`JobRow`], in [`job_row`]'s order.
+const JOB_COLUMNS: &str = "id, series_instance_uid, rule, state, version, result_sop_instance_uid, created_at, started_at, finished_at, error, summary";
+
+fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
+    Ok(JobRow {
+        id: r.get(0)?,
+        series_instance_uid: r.get(1)?,
+        rule: r.get(2)?,
+        state: r.get(3)?,
+        version: r.get(4)?,
+        result_sop_instance_uid: r.get(5)?,
+        created_at: r.get(6)?,
+        started_at: r.get(7)?,
+        finished_at: r.get(8)?,
+        error: r.get(9)?,
+        summary: r.get(10)?,
+    })
+}
+
 /// Queues a job for a complete series (a new result version in the series' result series).
 pub fn queue_job(store: &Store, series_uid: &str, rule: &str) -> Result<i64, IndexError> {
     store.index().with(|c| {
@@ -120,25 +139,10 @@ pub fn requeue_interrupted(store: &Store) -> Result<usize, IndexError> {
 /// The most recent jobs, newest first.
 pub fn list(index: &Index, limit: usize) -> Result<Vec<JobRow>, IndexError> {
     index.with(|c| {
-        c.prepare(
-            "SELECT id, series_instance_uid, rule, state, version, result_sop_instance_uid, created_at, started_at, finished_at, error, summary
-             FROM jobs ORDER BY id DESC LIMIT ?1",
-        )?
-        .query_map([limit as i64], |r| {
-            Ok(JobRow {
-                id: r.get(0)?,
-                series_instance_uid: r.get(1)?,
-                rule: r.get(2)?,
-                state: r.get(3)?,
-                version: r.get(4)?,
-                result_sop_instance_uid: r.get(5)?,
-                created_at: r.get(6)?,
-                started_at: r.get(7)?,
-                finished_at: r.get(8)?,
-                error: r.get(9)?,
-                summary: r.get(10)?,
-            })
-        })?
+        c.prepare(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs ORDER BY id DESC LIMIT ?1"
+        ))?
+        .query_map([limit as i64], job_row)?
         .collect()
     })
 }
@@ -189,25 +193,13 @@ impl Workers {
     fn claim(&self) -> Result<Option<JobRow>, IndexError> {
         self.store.index().with(|c| {
             c.query_row(
-                "UPDATE jobs SET state = 'running', started_at = ?1
-                 WHERE id = (SELECT id FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1)
-                 RETURNING id, series_instance_uid, rule, state, version, result_sop_instance_uid, created_at, started_at, finished_at, error, summary",
+                &format!(
+                    "UPDATE jobs SET state = 'running', started_at = ?1
+                     WHERE id = (SELECT id FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1)
+                     RETURNING {JOB_COLUMNS}"
+                ),
                 [now()],
-                |r| {
-                    Ok(JobRow {
-                        id: r.get(0)?,
-                        series_instance_uid: r.get(1)?,
-                        rule: r.get(2)?,
-                        state: r.get(3)?,
-                        version: r.get(4)?,
-                        result_sop_instance_uid: r.get(5)?,
-                        created_at: r.get(6)?,
-                        started_at: r.get(7)?,
-                        finished_at: r.get(8)?,
-                        error: r.get(9)?,
-                        summary: r.get(10)?,
-                    })
-                },
+                job_row,
             )
             .optional()
         })
