@@ -17,8 +17,14 @@ fn series(name: &str) -> PathBuf {
 }
 
 fn node_for(dest: &Destination, extra_node: &str, rule_extra: &str) -> Node {
+    node_with_quiet(dest, extra_node, rule_extra, 0.5)
+}
+
+/// `quiet` must exceed any pause inside a series' transfer, or the series completes early
+/// (and is then rebuilt for its late instances).
+fn node_with_quiet(dest: &Destination, extra_node: &str, rule_extra: &str, quiet: f64) -> Node {
     Node::start(&format!(
-        "{extra_node}[series]\nquiet_seconds = 0.5\n[delivery]\nretry_initial_seconds = 0.2\nretry_max_seconds = 0.5\ntimeout_seconds = 5\n{}[[rules]]\nname = \"ct bone\"\nmodality = \"CT\"\npreset = \"ct-bone\"\nsend_to = [\"{}\"]\n{rule_extra}",
+        "{extra_node}[series]\nquiet_seconds = {quiet}\n[delivery]\nretry_initial_seconds = 0.2\nretry_max_seconds = 0.5\ntimeout_seconds = 5\n{}[[rules]]\nname = \"ct bone\"\nmodality = \"CT\"\npreset = \"ct-bone\"\nsend_to = [\"{}\"]\n{rule_extra}",
         dest.peer_toml(),
         dest.aet
     ))
@@ -255,7 +261,7 @@ fn two_interleaved_series_of_one_study_give_two_results() {
     let a: Vec<PathBuf> = copy_as_new_series(&series(CT), &tmp.path().join("a"));
     let b: Vec<PathBuf> = copy_as_new_series(&series(CT), &tmp.path().join("b"));
     let dest = Destination::up("DEST");
-    let node = node_for(&dest, "", "");
+    let node = node_with_quiet(&dest, "", "", 4.0);
     // Alternate associations: half of A, half of B, rest of A, rest of B.
     let (a1, a2) = a.split_at(a.len() / 2);
     let (b1, b2) = b.split_at(b.len() / 2);
@@ -385,7 +391,7 @@ fn orthanc_round_trip() {
     let node_port = free_port();
     let orthanc = Orthanc::start("M3DNODE", node_port);
     let node = Node::start(&format!(
-        "listen = \"127.0.0.1:{node_port}\"\n[series]\nquiet_seconds = 0.5\n[[peers]]\nae_title = \"ORTHANC\"\naddress = \"127.0.0.1:{}\"\n[[rules]]\nname = \"ct bone\"\nmodality = \"CT\"\nsend_to = [\"ORTHANC\"]\n",
+        "listen = \"127.0.0.1:{node_port}\"\n[series]\nquiet_seconds = 3\n[[peers]]\nae_title = \"ORTHANC\"\naddress = \"127.0.0.1:{}\"\n[[rules]]\nname = \"ct bone\"\nmodality = \"CT\"\nsend_to = [\"ORTHANC\"]\n",
         orthanc.dicom_port
     ));
     let (study, count) = orthanc.upload_dir(&series(CT));
