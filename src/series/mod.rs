@@ -43,7 +43,7 @@ enum Event {
 
 /// The SCP's observer: forwards events to the tracker thread.
 pub struct Tracker {
-    tx: std::sync::Mutex<Sender<Event>>,
+    tx: Sender<Event>,
 }
 
 impl StoreObserver for Tracker {
@@ -68,9 +68,8 @@ impl StoreObserver for Tracker {
 
 impl Tracker {
     fn send(&self, e: Event) {
-        if let Ok(tx) = self.tx.lock() {
-            let _ = tx.send(e);
-        }
+        // Fails only once the tracker has stopped (shutdown), when nothing is pending anyway.
+        let _ = self.tx.send(e);
     }
 
     /// Stops the tracker thread (pending timers resume at the next start).
@@ -92,13 +91,24 @@ struct Live {
     late_logged: bool,
 }
 
+/// Why the tracker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Reading the series to resume failed.
+    #[error("resuming series from the index: {0}")]
+    Index(#[from] IndexError),
+    /// The thread could not be spawned.
+    #[error("starting the series tracker thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
 /// Starts the tracker thread. Returns the observer for the SCP and the thread handle.
 pub fn start(
     config: Arc<Config>,
     store: Arc<Store>,
     rules: Arc<Vec<Rule>>,
     queue: Arc<JobQueue>,
-) -> Result<(Arc<Tracker>, std::thread::JoinHandle<()>), IndexError> {
+) -> Result<(Arc<Tracker>, std::thread::JoinHandle<()>), StartError> {
     let (tx, rx) = mpsc::channel();
     let mut state = State {
         config,
@@ -110,12 +120,9 @@ pub fn start(
     state.resume()?;
     let handle = std::thread::Builder::new()
         .name("series-tracker".into())
-        .spawn(move || state.run(rx))
-        .map_err(|e| IndexError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+        .spawn(move || state.run(rx))?;
     Ok((
-        Arc::new(Tracker {
-            tx: std::sync::Mutex::new(tx),
-        }),
+        Arc::new(Tracker { tx }),
         handle,
     ))
 }
