@@ -66,6 +66,9 @@ fn received_series_comes_back_as_encapsulated_stl_in_its_study() {
     );
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(dest.stores(), 1, "exactly one result");
+    assert!(wait_for(Duration::from_secs(30), || outbox(&node)
+        .iter()
+        .all(|(s, _)| s == "sent")));
     let result = &dest.files()[0];
     dciodvfy_clean(result);
     let source = std::fs::read_dir(series(CT))
@@ -273,7 +276,10 @@ fn two_interleaved_series_of_one_study_give_two_results() {
         "log:\n{}",
         node.log()
     );
-    std::thread::sleep(Duration::from_secs(1));
+    assert!(wait_for(Duration::from_secs(30), || {
+        let o = outbox(&node);
+        o.len() == 2 && o.iter().all(|(s, _)| s == "sent")
+    }));
     assert_eq!(dest.stores(), 2);
     let sources: std::collections::BTreeSet<String> = dest
         .files()
@@ -323,6 +329,11 @@ fn late_instance_rebuilds_in_the_same_result_series() {
         "log:\n{}",
         node.log()
     );
+    // Read the files only once the destination has acknowledged them (written in full).
+    assert!(wait_for(Duration::from_secs(30), || {
+        let o = outbox(&node);
+        o.len() == 2 && o.iter().all(|(s, _)| s == "sent")
+    }));
     let results = dest.files();
     assert_eq!(results.len(), 2);
     assert_eq!(

@@ -121,10 +121,7 @@ pub fn start(
     let handle = std::thread::Builder::new()
         .name("series-tracker".into())
         .spawn(move || state.run(rx))?;
-    Ok((
-        Arc::new(Tracker { tx }),
-        handle,
-    ))
+    Ok((Arc::new(Tracker { tx }), handle))
 }
 
 struct State {
