@@ -167,10 +167,11 @@ pub(crate) fn vertex_corners(nv: usize, tris: &[u32]) -> (Vec<usize>, Vec<u32>) 
     (offsets, corners)
 }
 
-/// Topology flags; `tris` must be valid (in range, non-degenerate).
-fn topology(nv: usize, tris: &[u32]) -> Topology {
+/// (closed, manifold, oriented) of every vertex; `tris` must be valid (in range,
+/// non-degenerate). The one per-vertex pass behind [`topology`] and [`defective_vertices`].
+fn vertex_flag_list(nv: usize, tris: &[u32]) -> Vec<(bool, bool, bool)> {
     let (offsets, corners) = vertex_corners(nv, tris);
-    let flags = (0..nv)
+    (0..nv)
         .into_par_iter()
         .with_min_len(4096)
         .map_init(
@@ -180,14 +181,16 @@ fn topology(nv: usize, tris: &[u32]) -> Topology {
                 vertex_flags(cs, tris, link, parent)
             },
         )
-        .reduce(
-            || (true, true, true),
-            |a, b| (a.0 && b.0, a.1 && b.1, a.2 && b.2),
-        );
+        .collect()
+}
+
+/// Topology flags; `tris` must be valid (in range, non-degenerate).
+fn topology(nv: usize, tris: &[u32]) -> Topology {
+    let flags = vertex_flag_list(nv, tris);
     Topology {
-        closed: flags.0,
-        manifold: flags.1,
-        oriented: flags.2,
+        closed: flags.iter().all(|f| f.0),
+        manifold: flags.iter().all(|f| f.1),
+        oriented: flags.iter().all(|f| f.2),
     }
 }
 
@@ -195,19 +198,11 @@ fn topology(nv: usize, tris: &[u32]) -> Topology {
 /// `tris` must be valid (in range, non-degenerate). Used to steer simplification away from
 /// collapses that broke the topology.
 pub(crate) fn defective_vertices(nv: usize, tris: &[u32]) -> Vec<u32> {
-    let (offsets, corners) = vertex_corners(nv, tris);
-    (0..nv)
-        .into_par_iter()
-        .with_min_len(4096)
-        .map_init(
-            || (Vec::<(u32, bool)>::new(), Vec::<usize>::new()),
-            |(link, parent), v| {
-                let cs = &corners[offsets[v]..offsets[v + 1]];
-                let (closed, manifold, oriented) = vertex_flags(cs, tris, link, parent);
-                (!(closed && manifold && oriented)).then_some(v as u32)
-            },
-        )
-        .flatten()
+    vertex_flag_list(nv, tris)
+        .iter()
+        .enumerate()
+        .filter(|(_, (closed, manifold, oriented))| !(*closed && *manifold && *oriented))
+        .map(|(v, _)| v as u32)
         .collect()
 }
 
