@@ -9,6 +9,7 @@
 pub mod dimse;
 pub mod scp;
 pub mod scu;
+pub mod wire;
 
 use dicom_core::dictionary::{UidDictionary, UidType};
 

@@ -25,8 +25,9 @@ use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::dimse::{self, Command, field, status};
+use super::wire::{Frame, PduReader, WireError};
 use crate::config::Config;
-use crate::store::{Announced, Incoming, Store, StoreError, Stored};
+use crate::store::{Announced, Incoming, Store, StoreError, Stored, TempFile};
 
 /// Failures of the listener itself (single associations never end the server).
 #[derive(Debug, thiserror::Error)]
@@ -335,6 +336,7 @@ async fn handle_connection(socket: TcpStream, peer: SocketAddr, ctx: Arc<ScpCont
         ctx,
         stats: Stats::default(),
         new_instances: Vec::new(),
+        spare: None,
     };
     let started = Instant::now();
     let end = handler.run().await;
@@ -382,91 +384,127 @@ struct Handler {
     stats: Stats,
     /// (series, SOP instance) UIDs this association stored, for the aborted-association policy.
     new_instances: Vec<(String, String)>,
+    /// A temp file made ahead for the next C-STORE.
+    spare: Option<TempFile>,
+}
+
+fn multi_thread_runtime() -> bool {
+    tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
 }
 
 impl Handler {
     /// Runs the association to its end; returns how it ended, for the log.
     async fn run(&mut self) -> &'static str {
         let idle = Duration::from_secs(self.ctx.config.node.idle_timeout_seconds);
+        let mut reader = PduReader::new(self.assoc.acceptor_max_pdu_length());
         let mut command_bytes: Vec<u8> = Vec::new();
         let mut pending: Option<PendingStore> = None;
         loop {
-            let pdu = match tokio::time::timeout(idle, self.assoc.receive()).await {
-                Err(_) => {
-                    warn!(
-                        idle_seconds = idle.as_secs(),
-                        "association idle too long; aborting"
-                    );
-                    return "idle timeout";
-                }
-                Ok(Err(e)) => {
-                    warn!(error = %e, "association ended by a receive error; aborting");
-                    let _ = self.assoc.send(&abort_pdu()).await;
-                    return "protocol error";
-                }
-                Ok(Ok(pdu)) => pdu,
-            };
-            match pdu {
-                Pdu::PData { data } => {
-                    for pdv in data {
-                        match pdv.value_type {
-                            PDataValueType::Command => {
-                                if pending.is_some() {
-                                    warn!(
-                                        "command received while a data set was incomplete; aborting"
-                                    );
-                                    let _ = self.assoc.send(&abort_pdu()).await;
-                                    return "protocol error";
-                                }
-                                command_bytes.extend_from_slice(&pdv.data);
-                                if pdv.is_last {
-                                    let bytes = std::mem::take(&mut command_bytes);
-                                    match self.command(&bytes, pdv.presentation_context_id).await {
-                                        Ok(p) => pending = p,
-                                        Err(end) => return end,
-                                    }
+            let frame =
+                match tokio::time::timeout(idle, reader.next(self.assoc.inner_stream())).await {
+                    Err(_) => {
+                        warn!(
+                            idle_seconds = idle.as_secs(),
+                            "association idle too long; aborting"
+                        );
+                        let _ = self.assoc.send(&abort_pdu()).await;
+                        return "idle timeout";
+                    }
+                    Ok(Err(WireError::Io(e)))
+                        if e.kind() == std::io::ErrorKind::UnexpectedEof && pending.is_none() =>
+                    {
+                        info!("peer closed the connection without releasing the association");
+                        return "connection closed";
+                    }
+                    Ok(Err(e)) => {
+                        warn!(error = %e, "association ended by a receive error; aborting");
+                        let _ = self.assoc.send(&abort_pdu()).await;
+                        return "protocol error";
+                    }
+                    Ok(Ok(frame)) => frame,
+                };
+            match frame {
+                Frame::PData(pdvs) => {
+                    for pdv in pdvs {
+                        let pdv = match pdv {
+                            Ok(pdv) => pdv,
+                            Err(e) => {
+                                warn!(error = %e, "unreadable P-DATA-TF; aborting");
+                                let _ = self.assoc.send(&abort_pdu()).await;
+                                return "protocol error";
+                            }
+                        };
+                        if pdv.is_command {
+                            if pending.is_some() {
+                                warn!("command received while a data set was incomplete; aborting");
+                                let _ = self.assoc.send(&abort_pdu()).await;
+                                return "protocol error";
+                            }
+                            command_bytes.extend_from_slice(pdv.data);
+                            if pdv.is_last {
+                                let bytes = std::mem::take(&mut command_bytes);
+                                match self.command(&bytes, pdv.pc_id).await {
+                                    Ok(p) => pending = p,
+                                    Err(end) => return end,
                                 }
                             }
-                            PDataValueType::Data => {
-                                let Some(p) = pending.as_mut() else {
-                                    warn!("data set received without a command; aborting");
-                                    let _ = self.assoc.send(&abort_pdu()).await;
-                                    return "protocol error";
-                                };
-                                if let Ok(incoming) = &mut p.target {
-                                    if let Err(e) = incoming.write(&pdv.data) {
-                                        p.target = Err(StoreError::Io(e));
-                                    }
-                                }
-                                self.stats.bytes += pdv.data.len() as u64;
-                                if pdv.is_last {
-                                    if let Some(p) = pending.take() {
-                                        if let Err(end) = self.finish_store(p).await {
-                                            return end;
-                                        }
-                                    }
+                            continue;
+                        }
+                        let Some(p) = pending.as_mut() else {
+                            warn!("data set received without a command; aborting");
+                            let _ = self.assoc.send(&abort_pdu()).await;
+                            return "protocol error";
+                        };
+                        if pdv.pc_id != p.reply.pc_id {
+                            warn!(
+                                pc_id = pdv.pc_id,
+                                expected = p.reply.pc_id,
+                                "data set fragment on another presentation context than its command; aborting"
+                            );
+                            let _ = self.assoc.send(&abort_pdu()).await;
+                            return "protocol error";
+                        }
+                        if let Ok(incoming) = &mut p.target {
+                            if let Err(e) = incoming.append(pdv.data) {
+                                p.target = Err(StoreError::Io(e));
+                            }
+                        }
+                        self.stats.bytes += pdv.data.len() as u64;
+                        if pdv.is_last {
+                            if let Some(p) = pending.take() {
+                                if let Err(end) = self.finish_store(p).await {
+                                    return end;
                                 }
                             }
                         }
                     }
                 }
-                Pdu::ReleaseRQ => {
+                Frame::ReleaseRq => {
+                    if pending.is_some() {
+                        info!(
+                            "release requested during a transfer; the partial instance was discarded"
+                        );
+                    }
                     let _ = self.assoc.send(&Pdu::ReleaseRP).await;
                     return "released";
                 }
-                Pdu::AbortRQ { source } => {
+                Frame::Abort { source, reason } => {
                     if pending.is_some() {
                         info!(
-                            ?source,
+                            source,
+                            reason,
                             "association aborted by peer during a transfer; the partial instance was discarded"
                         );
                     } else {
-                        info!(?source, "association aborted by peer");
+                        info!(source, reason, "association aborted by peer");
                     }
                     return "aborted by peer";
                 }
-                other => {
-                    warn!(pdu = %other.short_description(), "unexpected PDU; aborting");
+                Frame::Unexpected(kind) => {
+                    warn!(
+                        pdu_type = format_args!("{kind:#04x}"),
+                        "unexpected PDU in an established association; aborting"
+                    );
                     let _ = self.assoc.send(&abort_pdu()).await;
                     return "protocol error";
                 }
@@ -523,12 +561,15 @@ impl Handler {
                         pc.abstract_syntax
                     )))
                 } else {
-                    self.ctx.store.begin(&Announced {
-                        sop_class_uid: sop_class_uid.clone(),
-                        sop_instance_uid: sop_instance_uid.clone(),
-                        transfer_syntax: pc.transfer_syntax.trim_end_matches('\0').to_string(),
-                        calling_ae: self.calling_ae.clone(),
-                    })
+                    self.ctx.store.begin(
+                        &Announced {
+                            sop_class_uid: sop_class_uid.clone(),
+                            sop_instance_uid: sop_instance_uid.clone(),
+                            transfer_syntax: pc.transfer_syntax.trim_end_matches('\0').to_string(),
+                            calling_ae: self.calling_ae.clone(),
+                        },
+                        self.spare.take(),
+                    )
                 };
                 let reply = Reply {
                     message_id,
@@ -572,11 +613,18 @@ impl Handler {
             Err(e) => Err(e),
             Ok(incoming) => {
                 let store = self.ctx.store.clone();
-                match tokio::task::spawn_blocking(move || store.commit(incoming)).await {
-                    Ok(r) => r,
-                    Err(e) => Err(StoreError::Io(std::io::Error::other(format!(
-                        "store task failed: {e}"
-                    )))),
+                if multi_thread_runtime() {
+                    // The commit blocks (fsync) but this task has nothing else to do until it
+                    // returns: run it here and let tokio move other tasks off this worker,
+                    // rather than pay two thread hand-offs per instance.
+                    tokio::task::block_in_place(|| store.commit(incoming))
+                } else {
+                    match tokio::task::spawn_blocking(move || store.commit(incoming)).await {
+                        Ok(r) => r,
+                        Err(e) => Err(StoreError::Io(std::io::Error::other(format!(
+                            "store task failed: {e}"
+                        )))),
+                    }
                 }
             }
         };
@@ -591,6 +639,8 @@ impl Handler {
                 );
                 self.stats.stored += 1;
                 self.respond_store(&p, status::SUCCESS, None).await?;
+                // While the sender reads its next file, make the temp file for it.
+                self.spare = self.ctx.store.temp_file().ok();
                 if let Some(observer) = &self.ctx.observer {
                     observer.stored(&stored, &self.calling_ae, &self.ctx.config.node.ae_title);
                 }

@@ -192,7 +192,11 @@ impl Store {
 
     /// Starts receiving one instance: checks the free-space watermark and opens a temp file
     /// with the Part 10 preamble and file meta already written.
-    pub fn begin(&self, announced: &Announced) -> Result<Incoming, StoreError> {
+    pub fn begin(
+        &self,
+        announced: &Announced,
+        spare: Option<TempFile>,
+    ) -> Result<Incoming, StoreError> {
         if self.min_free_bytes > 0 {
             let free = fs4::available_space(&self.root)?;
             if free < self.min_free_bytes {
@@ -202,6 +206,34 @@ impl Store {
                 });
             }
         }
+        // A spare whose name has gone (tmp/ emptied by hand) could never be renamed.
+        let file = match spare {
+            Some(TempFile(f)) if f.path().exists() => f,
+            _ => self.temp_file()?.0,
+        };
+        let mut incoming = Incoming {
+            // Smaller than a typical P-DATA fragment, so that large fragments go straight to
+            // the file and only small ones are gathered.
+            writer: BufWriter::with_capacity(64 * 1024, file),
+            data_offset: 0,
+            announced: announced.clone(),
+            early_writeback: self.sync,
+            written: 0,
+            writeback_from: 0,
+            prefix: Vec::new(),
+        };
+        let meta = file_meta(announced)?;
+        incoming.writer.write_all(&[0u8; 128])?;
+        incoming.writer.write_all(b"DICM")?;
+        incoming.writer.write_all(&meta)?;
+        incoming.data_offset = 132 + meta.len() as u64;
+        Ok(incoming)
+    }
+
+    /// Creates an empty temp file for a later [`Store::begin`]. Creating a file is the
+    /// costliest step of starting an instance (ext4 searches for a free inode), so the SCP
+    /// makes the next one while the sender is still preparing its next C-STORE.
+    pub fn temp_file(&self) -> Result<TempFile, StoreError> {
         let temp = || {
             tempfile::Builder::new()
                 .prefix("rx-")
@@ -218,20 +250,12 @@ impl Store {
             }
             other => other?,
         };
-        let mut incoming = Incoming {
-            writer: BufWriter::with_capacity(256 * 1024, file),
-            data_offset: 0,
-            announced: announced.clone(),
-            early_writeback: self.sync,
-            written: 0,
-            writeback_from: 0,
-        };
-        let meta = file_meta(announced)?;
-        incoming.writer.write_all(&[0u8; 128])?;
-        incoming.writer.write_all(b"DICM")?;
-        incoming.writer.write_all(&meta)?;
-        incoming.data_offset = 132 + meta.len() as u64;
-        Ok(incoming)
+        Ok(TempFile(file))
+    }
+
+    /// Whether commits fsync (`node.sync`); without it a commit does not block for long.
+    pub fn is_sync(&self) -> bool {
+        self.sync
     }
 
     /// Finishes an instance: checks it, makes it durable and indexes it. Blocking (fsync):
@@ -249,15 +273,21 @@ impl Store {
             writer,
             data_offset,
             announced,
+            written,
+            prefix,
             ..
         } = incoming;
         let temp = writer.into_inner().map_err(|e| e.into_error())?;
-        let size = temp.as_file().metadata()?.len();
-        let mut file = temp.reopen()?;
-        file.seek(SeekFrom::Start(data_offset))?;
+        let size = data_offset + written;
         let header = header::scan_file(
-            &mut file,
-            size - data_offset,
+            Prefixed {
+                prefix: &prefix,
+                file: temp.as_file(),
+                base: data_offset,
+                len: written,
+                pos: 0,
+            },
+            written,
             Encoding::of_transfer_syntax(&announced.transfer_syntax),
         )?;
         check_against_command(&header, &announced)?;
@@ -348,8 +378,8 @@ impl Store {
                     announced.transfer_syntax
                 ))
             })?;
-        let mut incoming = self.begin(&announced)?;
-        obj.write_dataset_with_ts(&mut incoming.writer, ts)
+        let mut incoming = self.begin(&announced, None)?;
+        obj.write_dataset_with_ts(&mut incoming, ts)
             .map_err(|e| StoreError::Mismatch(format!("cannot encode the result: {e}")))?;
         self.commit_with(incoming, OnConflict::Replace)
     }
@@ -412,6 +442,10 @@ impl Store {
     }
 }
 
+/// An empty temp file in the store's `tmp/`, made ahead of time by [`Store::temp_file`].
+/// Dropping it removes it.
+pub struct TempFile(tempfile::NamedTempFile);
+
 /// An instance being received into a temp file. Dropping it without [`Store::commit`]
 /// deletes the temp file: nothing partial is left behind.
 pub struct Incoming {
@@ -424,7 +458,14 @@ pub struct Incoming {
     written: u64,
     /// File offset up to which writeback has been started.
     writeback_from: u64,
+    /// The first [`PREFIX_LEN`] bytes of the data set, kept so that the header walk at commit
+    /// reads them from memory instead of from the file.
+    prefix: Vec<u8>,
 }
+
+/// How much of each data set [`Incoming`] keeps in memory: enough for the attributes before
+/// the pixel data of any ordinary image.
+const PREFIX_LEN: usize = 64 * 1024;
 
 /// Writeback is started in steps of this many bytes: large enough to be one efficient disk
 /// request, small enough that a 512 KB slice gets a head start.
@@ -432,7 +473,11 @@ const WRITEBACK_STEP: u64 = 128 * 1024;
 
 impl Incoming {
     /// Appends a fragment of the data set as received.
-    pub fn write(&mut self, fragment: &[u8]) -> io::Result<()> {
+    pub fn append(&mut self, fragment: &[u8]) -> io::Result<()> {
+        if self.prefix.len() < PREFIX_LEN {
+            let take = fragment.len().min(PREFIX_LEN - self.prefix.len());
+            self.prefix.extend_from_slice(&fragment[..take]);
+        }
         self.writer.write_all(fragment)?;
         self.written += fragment.len() as u64;
         if self.early_writeback {
@@ -450,6 +495,19 @@ impl Incoming {
             }
         }
         Ok(())
+    }
+}
+
+/// Lets an encoder write a whole data set through the same bookkeeping as received
+/// fragments.
+impl Write for Incoming {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.append(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.writer.flush()
     }
 }
 
@@ -471,6 +529,65 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
+
+/// The data set in a temp file as the header walker reads it: the first bytes from memory,
+/// the rest (rarely needed: the walker seeks over pixel data) by positioned reads.
+struct Prefixed<'a> {
+    prefix: &'a [u8],
+    file: &'a File,
+    /// Offset of the data set in the file.
+    base: u64,
+    /// Length of the data set.
+    len: u64,
+    pos: u64,
+}
+
+impl Read for Prefixed<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = if let Some(rest) = self
+            .prefix
+            .get(self.pos as usize..)
+            .filter(|r| !r.is_empty())
+        {
+            let n = rest.len().min(buf.len());
+            buf[..n].copy_from_slice(&rest[..n]);
+            n
+        } else {
+            let want = (self.len.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
+            if want == 0 {
+                return Ok(0);
+            }
+            read_at(self.file, &mut buf[..want], self.base + self.pos)?
+        };
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for Prefixed<'_> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let target = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = target.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "seek before the data set")
+        })?;
+        Ok(self.pos)
+    }
+}
+
+#[cfg(unix)]
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(file, buf, offset)
+}
+
+#[cfg(not(unix))]
+fn read_at(mut file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    file.seek(SeekFrom::Start(offset))?;
+    file.read(buf)
+}
 
 fn read_dirs(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
@@ -594,4 +711,105 @@ pub fn read_part10_header(path: &Path) -> Result<(Header, String, u64), StoreErr
     file.seek(SeekFrom::Start(offset))?;
     let header = header::scan_file(&mut file, size - offset, Encoding::of_transfer_syntax(&ts))?;
     Ok((header, ts, size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
+    use dicom_dictionary_std::tags;
+    use dicom_object::InMemDicomObject;
+
+    const MR: &str = "1.2.840.10008.5.1.4.1.1.4";
+
+    /// A data set whose last element lies far beyond the in-memory prefix, so the header walk
+    /// must cross from memory to the file.
+    fn data_set(sop: &str) -> Vec<u8> {
+        let mut obj = InMemDicomObject::new_empty();
+        let mut ui = |tag, v: &str| obj.put(DataElement::new(tag, VR::UI, PrimitiveValue::from(v)));
+        ui(tags::SOP_CLASS_UID, MR);
+        ui(tags::SOP_INSTANCE_UID, sop);
+        ui(tags::STUDY_INSTANCE_UID, "1.2.3");
+        ui(tags::SERIES_INSTANCE_UID, "1.2.3.4");
+        obj.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OB,
+            PrimitiveValue::U8(vec![7u8; 200_000].into()),
+        ));
+        obj.put(DataElement::new(
+            Tag(0xFFFC, 0xFFFC),
+            VR::OB,
+            PrimitiveValue::U8(vec![0u8; 10].into()),
+        ));
+        let mut out = Vec::new();
+        obj.write_dataset_with_ts(
+            &mut out,
+            &dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased(),
+        )
+        .unwrap();
+        out
+    }
+
+    fn store(dir: &Path) -> Store {
+        let cfg = NodeConfig {
+            storage: dir.to_path_buf(),
+            min_free_mb: 0,
+            sync: false,
+            ..NodeConfig::default()
+        };
+        Store::open(&cfg).unwrap()
+    }
+
+    fn receive(store: &Store, sop: &str, bytes: &[u8]) -> Result<Stored, StoreError> {
+        let announced = Announced {
+            sop_class_uid: MR.into(),
+            sop_instance_uid: sop.into(),
+            transfer_syntax: "1.2.840.10008.1.2.1".into(),
+            calling_ae: "TEST".into(),
+        };
+        let mut incoming = store.begin(&announced, Some(store.temp_file()?))?;
+        for fragment in bytes.chunks(16_382) {
+            incoming.append(fragment)?;
+        }
+        store.commit(incoming)
+    }
+
+    #[test]
+    fn header_walk_crosses_from_the_memory_prefix_into_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let bytes = data_set("1.2.3.4.5");
+        assert!(bytes.len() > 3 * PREFIX_LEN);
+        let stored = receive(&store, "1.2.3.4.5", &bytes).unwrap();
+        assert_eq!(stored.header.series_instance_uid, "1.2.3.4");
+        let on_disk = fs::read(&stored.path).unwrap();
+        assert_eq!(&on_disk[on_disk.len() - bytes.len()..], &bytes[..]);
+        assert_eq!(stored.size, on_disk.len() as u64);
+
+        // Cut inside the trailing element, beyond the prefix: refused, nothing left behind.
+        let cut = &bytes[..bytes.len() - 4];
+        let err = receive(&store, "1.2.3.4.6", cut).unwrap_err();
+        assert!(matches!(err, StoreError::Unreadable(_)), "{err}");
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert!(!stored.path.with_file_name("1.2.3.4.6.dcm").exists());
+    }
+
+    #[test]
+    fn a_spare_temp_file_whose_name_vanished_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let spare = store.temp_file().unwrap();
+        // An operator empties tmp/ while the spare waits.
+        fs::remove_dir_all(dir.path().join("tmp")).unwrap();
+        let announced = Announced {
+            sop_class_uid: MR.into(),
+            sop_instance_uid: "1.2.3.4.7".into(),
+            transfer_syntax: "1.2.840.10008.1.2.1".into(),
+            calling_ae: "TEST".into(),
+        };
+        let mut incoming = store.begin(&announced, Some(spare)).unwrap();
+        incoming.append(&data_set("1.2.3.4.7")).unwrap();
+        let stored = store.commit(incoming).unwrap();
+        assert!(stored.path.is_file());
+    }
 }
