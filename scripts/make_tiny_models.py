@@ -179,6 +179,32 @@ def vae_decoder(path):
     save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]), path)
 
 
+def vae_decoder_variant(path, rank3=False, half=False):
+    """A VAE decoder whose input disagrees with the manifest (for the validation tests)."""
+    if rank3:
+        inp = helper.make_tensor_value_info("latent_sample", TensorProto.FLOAT, ["batch", 4, LATENT * LATENT])
+        nodes = [helper.make_node("Reshape", ["latent_sample", "shape"], ["x"])]
+    else:
+        inp = helper.make_tensor_value_info("latent_sample", TensorProto.FLOAT16, ["batch", 4, LATENT, LATENT])
+        nodes = [helper.make_node("Cast", ["latent_sample"], ["x"], to=TensorProto.FLOAT)]
+    nodes.append(helper.make_node("Resize", ["x", "", "scales"], ["up"], mode="nearest"))
+    nodes.append(helper.make_node("Slice", ["up", "s0", "s3", "s_axis"], ["sample"]))
+    graph = helper.make_graph(
+        nodes,
+        "broken_vae_decoder",
+        [inp],
+        [helper.make_tensor_value_info("sample", TensorProto.FLOAT, ["batch", 3, RES, RES])],
+        [
+            const("shape", [-1, 4, LATENT, LATENT], np.int64),
+            const("scales", [1.0, 1.0, 8.0, 8.0]),
+            const("s0", [0], np.int64),
+            const("s3", [3], np.int64),
+            const("s_axis", [1], np.int64),
+        ],
+    )
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]), path)
+
+
 def sha256(path):
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
@@ -229,6 +255,11 @@ def main():
             ],
             [("out_sample", "float32", [n, 4, LATENT, LATENT])],
         )
+
+    broken = os.path.join(out, "broken")
+    os.makedirs(broken, exist_ok=True)
+    vae_decoder_variant(os.path.join(broken, "vae_decoder_rank3.onnx"), rank3=True)
+    vae_decoder_variant(os.path.join(broken, "vae_decoder_float16.onnx"), half=True)
 
     with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "models", "manifest_head.toml")) as f:
         head = f.read()
