@@ -233,6 +233,9 @@ impl Component {
     }
 }
 
+/// A tensor the pipeline needs: name, dtype, shape (-1 = any).
+type Wanted = (&'static str, &'static str, Vec<i64>);
+
 /// The roles of the components and the tensor names the pipeline drives them by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -393,7 +396,7 @@ impl Manifest {
                 ),
             ));
         }
-        if !(self.sampling.guidance_scale >= 1.0) {
+        if self.sampling.guidance_scale.is_nan() || self.sampling.guidance_scale < 1.0 {
             return Err(value(
                 "sampling.guidance_scale",
                 format!("{} is below 1", self.sampling.guidance_scale),
@@ -443,33 +446,32 @@ impl Manifest {
         let clip = self.clip_resolution as i64;
         let e = self.embed_dim() as i64;
         let any = -1;
-        let (inputs, outputs): (Vec<(&str, &str, Vec<i64>)>, Vec<(&str, &str, Vec<i64>)>) =
-            match role {
-                Role::ImageEncoder => (
-                    vec![(names::PIXEL_VALUES, "float32", vec![any, 3, clip, clip])],
-                    vec![(names::IMAGE_EMBEDS, "float32", vec![any, any])],
-                ),
-                Role::VaeEncoder => (
-                    vec![(names::SAMPLE, "float32", vec![any, 3, r, r])],
-                    vec![(names::LATENT_MEAN, "float32", vec![any, 4, l, l])],
-                ),
-                Role::Unet(n) => {
-                    let n = n as i64;
-                    (
-                        vec![
-                            (names::SAMPLE, "float32", vec![n, 8, l, l]),
-                            (names::TIMESTEP, "int64", vec![1]),
-                            (names::ENCODER_HIDDEN_STATES, "float32", vec![n, 1, e]),
-                            (names::CLASS_LABELS, "float32", vec![n, 10]),
-                        ],
-                        vec![(names::OUT_SAMPLE, "float32", vec![n, 4, l, l])],
-                    )
-                }
-                Role::VaeDecoder => (
-                    vec![(names::LATENT_SAMPLE, "float32", vec![any, 4, l, l])],
-                    vec![(names::SAMPLE, "float32", vec![any, 3, r, r])],
-                ),
-            };
+        let (inputs, outputs): (Vec<Wanted>, Vec<Wanted>) = match role {
+            Role::ImageEncoder => (
+                vec![(names::PIXEL_VALUES, "float32", vec![any, 3, clip, clip])],
+                vec![(names::IMAGE_EMBEDS, "float32", vec![any, any])],
+            ),
+            Role::VaeEncoder => (
+                vec![(names::SAMPLE, "float32", vec![any, 3, r, r])],
+                vec![(names::LATENT_MEAN, "float32", vec![any, 4, l, l])],
+            ),
+            Role::Unet(n) => {
+                let n = n as i64;
+                (
+                    vec![
+                        (names::SAMPLE, "float32", vec![n, 8, l, l]),
+                        (names::TIMESTEP, "int64", vec![1]),
+                        (names::ENCODER_HIDDEN_STATES, "float32", vec![n, 1, e]),
+                        (names::CLASS_LABELS, "float32", vec![n, 10]),
+                    ],
+                    vec![(names::OUT_SAMPLE, "float32", vec![n, 4, l, l])],
+                )
+            }
+            Role::VaeDecoder => (
+                vec![(names::LATENT_SAMPLE, "float32", vec![any, 4, l, l])],
+                vec![(names::SAMPLE, "float32", vec![any, 3, r, r])],
+            ),
+        };
         let tensor = |message: String| ManifestError::Tensor {
             component: role.key().to_string(),
             message,

@@ -314,7 +314,7 @@ impl Pipeline {
             )));
         }
         let g = opts.guidance_scale.unwrap_or(m.sampling.guidance_scale);
-        if !(g >= 1.0 && g.is_finite()) {
+        if !g.is_finite() || g < 1.0 {
             return Err(MvDiffusionError::Input(format!(
                 "guidance scale {g} must be at least 1"
             )));

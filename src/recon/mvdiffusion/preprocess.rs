@@ -376,10 +376,12 @@ mod tests {
         let src = vec![0.25f32; 10 * 8 * 3];
         let out = resize_rgb(&src, 10, 8, 7, 5);
         assert!(out.iter().all(|&v| (v - 0.25).abs() < 1e-6));
-        // downscaling by 2 widens the kernel to 4 input pixels each side
+        // downscaling by 2 widens the kernel to 4 input pixels each side of the centre (3.0):
+        // PIL takes inputs int(3 - 4 + 0.5) = 0 .. int(3 + 4 + 0.5) = 7
         let c = coefficients(8, 4);
         assert_eq!(c[1].0, 0);
-        assert_eq!(c[1].1.len(), 8);
+        assert_eq!(c[1].1.len(), 7);
+        assert!((c[1].1.iter().sum::<f32>() - 1.0).abs() < 1e-6);
     }
 
     #[test]
@@ -426,8 +428,8 @@ mod tests {
             rgb: vec![1.0; 256 * 256 * 3],
             slice: 0,
         };
-        let mean = [0.48145466, 0.4578275, 0.40821073];
-        let std = [0.26862954, 0.26130258, 0.27577711];
+        let mean = [0.481_454_7, 0.457_827_5, 0.408_210_7];
+        let std = [0.268_629_5, 0.261_302_6, 0.275_777_1];
         let x = img.clip_input(224, mean, std);
         assert_eq!(x.len(), 3 * 224 * 224);
         assert!((x[0] - (1.0 - mean[0]) / std[0]).abs() < 1e-5);
