@@ -465,6 +465,8 @@ fn views_cli_saves_pngs() {
         &[
             "--device",
             "cpu",
+            "--key",
+            "10",
             "--save-views",
             dir.path().to_str().unwrap(),
         ],
@@ -475,6 +477,9 @@ fn views_cli_saves_pngs() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Instance Number 10 is the tenth slice from the bottom of this series
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("key slice 9,"), "{stdout}");
     let n = std::fs::read_dir(dir.path()).unwrap().count();
     assert_eq!(n, 6 * 3 + 1, "normal, colour, mask per view and the input");
 }
