@@ -162,7 +162,27 @@ pub enum OrtError {
         /// The path that was given.
         path: PathBuf,
     },
-    /// The file exists but could not be loaded or is an older ONNX Runtime.
+    /// The file is not a loadable ONNX Runtime.
+    #[error("cannot use ONNX Runtime library {} (need {ORT_VERSION}): {message}", path.display())]
+    NotOrt {
+        /// The path that was given.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The file is ONNX Runtime, but another release.
+    #[error(
+        "ONNX Runtime library {} is version {found}; this build needs 1.{}.x ({ORT_VERSION}): \
+         pip install onnxruntime=={ORT_VERSION} (or onnxruntime-gpu=={ORT_VERSION})",
+        path.display(), ort::MINOR_VERSION
+    )]
+    WrongVersion {
+        /// The path that was given.
+        path: PathBuf,
+        /// The version the library reports.
+        found: String,
+    },
+    /// `ort` refused the library.
     #[error("cannot use ONNX Runtime library {} (need {ORT_VERSION}): {source}", path.display())]
     Load {
         /// The path that was given.
@@ -227,6 +247,10 @@ pub fn environment(settings: &OrtSettings) -> Result<Environment, OrtError> {
     if !path.is_file() {
         return Err(OrtError::LibraryMissing { path });
     }
+    let found = library_version(&path)?;
+    if !version_fits(&found) {
+        return Err(OrtError::WrongVersion { path, found });
+    }
     let builder = ort::init_from(&path).map_err(|source| OrtError::Load {
         path: path.clone(),
         source,
@@ -235,9 +259,43 @@ pub fn environment(settings: &OrtSettings) -> Result<Environment, OrtError> {
         .with_name("m3dnode")
         .build()
         .map_err(OrtError::Environment)?;
-    tracing::info!(library = %path.display(), "ONNX Runtime loaded");
+    tracing::info!(library = %path.display(), version = %found, "ONNX Runtime loaded");
     *env = Some((path, built.clone()));
     Ok(built)
+}
+
+/// The version string the library reports (`OrtGetApiBase()->GetVersionString()`).
+///
+/// `ort` itself only rejects older releases and would run a newer one with a log line; the
+/// project is tested against one release, so the caller insists on it.
+fn library_version(path: &Path) -> Result<String, OrtError> {
+    let not_ort = |message: String| OrtError::NotOrt {
+        path: path.to_path_buf(),
+        message,
+    };
+    // SAFETY: loading runs the library's initialisers; it is the library the configuration
+    // names for exactly this purpose, and `ort` loads the same file right after.
+    let lib = unsafe { libloading::Library::new(path) }.map_err(|e| not_ort(e.to_string()))?;
+    // SAFETY: the symbol's type is the one ONNX Runtime's C API declares.
+    let get_base: libloading::Symbol<'_, unsafe extern "C" fn() -> *const ort::sys::OrtApiBase> =
+        unsafe { lib.get(b"OrtGetApiBase") }
+            .map_err(|_| not_ort("it does not export OrtGetApiBase".into()))?;
+    // SAFETY: OrtGetApiBase takes no arguments and returns a static table or null.
+    let base = unsafe { get_base() };
+    if base.is_null() {
+        return Err(not_ort("OrtGetApiBase returned null".into()));
+    }
+    // SAFETY: base is the library's static OrtApiBase; GetVersionString returns a static,
+    // NUL-terminated string.
+    let version = unsafe { std::ffi::CStr::from_ptr(((*base).GetVersionString)()) };
+    Ok(version.to_string_lossy().into_owned())
+}
+
+/// True for 1.31.x, the release `ort`'s `api-31` was made for.
+fn version_fits(found: &str) -> bool {
+    let mut parts = found.split('.');
+    parts.next() == Some("1")
+        && parts.next().and_then(|m| m.parse::<u32>().ok()) == Some(ort::MINOR_VERSION)
 }
 
 /// One ONNX model with its session, shared by every pipeline that loads the same file on the
@@ -381,6 +439,16 @@ mod tests {
             assert_eq!(d.to_string().parse::<Device>(), Ok(d));
         }
         assert!("gpu".parse::<Device>().is_err());
+    }
+
+    #[test]
+    fn only_the_tested_release_fits() {
+        assert!(version_fits("1.31.1"));
+        assert!(version_fits("1.31.0"));
+        assert!(!version_fits("1.30.1"));
+        assert!(!version_fits("1.32.0"));
+        assert!(!version_fits("2.31.0"));
+        assert!(!version_fits(""));
     }
 
     #[test]
