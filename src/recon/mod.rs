@@ -4,8 +4,9 @@
 //! `iso` ([`iso`]) segments by a threshold (presets, Otsu/background, or an explicit value)
 //! and extracts the surface with the project's marching cubes. `mvdiffusion`
 //! ([`mvdiffusion`]) turns a key image into six normal and colour views with a Wonder3D model on
-//! ONNX Runtime, the first half of the model-based pipeline. Pipelines return meshes and their metrics; they write no
-//! files and know nothing of the network — wrapping the result as DICOM is [`crate::encap`]'s.
+//! ONNX Runtime, the first half of the model-based pipeline. Pipelines return meshes (or
+//! views) and their metrics; they write no files and know nothing of the network — wrapping
+//! the result as DICOM is [`crate::encap`]'s.
 
 pub mod iso;
 pub mod mvdiffusion;

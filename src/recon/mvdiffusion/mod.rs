@@ -22,8 +22,8 @@
 //! the session's device once per run and the output is bound to device memory
 //! ([`ort::session::IoBinding`]); per step only the 8-channel sample and the timestep are bound
 //! again. The DDIM step itself runs on the host (49 k values), so on a GPU the noise prediction
-//! comes back and the next sample goes up each step (~0.6 MB at 256 px); on CPU the same code
-//! path runs without copies.
+//! comes back and the next sample goes up each step (1.2 MB with guidance at 256 px); on CPU
+//! the same code path runs without copies.
 
 pub mod manifest;
 pub mod noise;
