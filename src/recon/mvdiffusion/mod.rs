@@ -857,6 +857,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_pipeline_can_be_shared_by_job_workers() {
+        fn shared<T: Send + Sync>() {}
+        shared::<Pipeline>();
+        shared::<SixViews>();
+    }
+
+    #[test]
     fn guided_batch_order_is_wonder3d_cd_input() {
         let b = Batch::new(true);
         let items: Vec<(usize, bool)> = (0..24)
