@@ -81,6 +81,9 @@ enum Command {
         #[arg(long)]
         storage: Option<PathBuf>,
     },
+    /// Six views (normal and colour maps) of a series' key image with the mvdiffusion model
+    /// (ONNX Runtime; see models/README.md).
+    Views(Box<ViewsArgs>),
     /// Benchmarks (see bench/README.md).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -121,6 +124,57 @@ enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         reps: usize,
     },
+    /// The mvdiffusion pipeline: session creation, whole runs, time per denoising step inside
+    /// and outside ONNX Runtime, peak memory. Takes the arguments of `m3dnode views`.
+    Views(Box<ViewsArgs>),
+}
+
+/// Arguments of `m3dnode views` and `m3dnode bench views`.
+#[derive(Debug, clap::Args)]
+struct ViewsArgs {
+    /// Folder holding the series (searched recursively).
+    dir: PathBuf,
+    /// Model directory: model.toml and the ONNX files it names.
+    #[arg(long)]
+    model: PathBuf,
+    /// Write the six normal maps, colour maps, masks and the input image as PNG here.
+    #[arg(long)]
+    save_views: Option<PathBuf>,
+    /// Series Instance UID to use when the folder holds several series.
+    #[arg(long)]
+    series: Option<String>,
+    /// Key image: `middle`, `largest` (most foreground), or an Instance Number.
+    #[arg(long, default_value = "middle")]
+    key: String,
+    /// Window: `series` (Window Center/Width of the key image), `auto` (1-99 %), `ct-bone`,
+    /// `ct-soft`, `ct-lung`, `ct-brain`, or CENTER,WIDTH in modality units.
+    #[arg(long, default_value = "series")]
+    window: String,
+    /// Seed of the sampler's noise.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Denoising steps (default: the manifest's).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Guidance scale, 1 = none (default: the manifest's).
+    #[arg(long)]
+    guidance: Option<f32>,
+    /// auto, cpu, cuda or tensorrt (default: [onnxruntime] device of --config).
+    #[arg(long)]
+    device: Option<crate::onnx::Device>,
+    /// libonnxruntime.so.1.31.1 (default: [onnxruntime] library, then ORT_DYLIB_PATH).
+    #[arg(long)]
+    ort_library: Option<PathBuf>,
+    /// Configuration file for [onnxruntime].
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Record the model inputs, the noise and the outputs as .npy here, for
+    /// scripts/mvdiffusion_reference.py.
+    #[arg(long)]
+    record: Option<PathBuf>,
+    /// Runs (bench views; the first is reported apart as warm-up).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
 }
 
 /// Arguments of `m3dnode recon`.
@@ -287,6 +341,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Recon(args) => tokio::task::spawn_blocking(move || recon(*args)).await?,
+        Command::Views(args) => tokio::task::spawn_blocking(move || views(*args, false)).await?,
+        Command::Bench(BenchCommand::Views(args)) => {
+            tokio::task::spawn_blocking(move || views(*args, true)).await?
+        }
         Command::Bench(BenchCommand::Mc {
             npy,
             level,
@@ -523,29 +581,22 @@ fn assemble_options(args: &ReconArgs) -> Result<crate::volume::AssembleOptions> 
 }
 
 /// `m3dnode recon`: folder -> series -> volume -> surface -> mesh file (+ Encapsulated STL).
-fn recon(args: ReconArgs) -> Result<ExitCode> {
-    use crate::recon::iso::{self, IsoOptions, Stage};
-    let started = std::time::Instant::now();
-    if args.pipeline != "iso" {
-        anyhow::bail!(
-            "--pipeline {}: only the iso pipeline is available in this version",
-            args.pipeline
-        );
-    }
-    let assemble = assemble_options(&args)?;
-    let progress = Progress::new();
-    progress.stage("scanning");
-    let mut found = crate::volume::scan_dir(&args.dir)
-        .with_context(|| format!("reading {}", args.dir.display()))?;
-    let chosen = match &args.series {
+/// The series of `dir` (scanned recursively): the one named, or the only one.
+fn choose_series(
+    dir: &std::path::Path,
+    series: Option<&str>,
+) -> Result<crate::volume::SeriesFiles> {
+    let mut found =
+        crate::volume::scan_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    Ok(match series {
         Some(uid) => found
             .drain(..)
-            .find(|s| &s.series_instance_uid == uid)
-            .with_context(|| format!("{} holds no series {uid}", args.dir.display()))?,
+            .find(|s| s.series_instance_uid == uid)
+            .with_context(|| format!("{} holds no series {uid}", dir.display()))?,
         None if found.len() == 1 => found.remove(0),
         None if found.is_empty() => anyhow::bail!(
             "{} holds no DICOM image series (no readable DICOM files with pixel data)",
-            args.dir.display()
+            dir.display()
         ),
         None => {
             let list: Vec<String> = found
@@ -561,12 +612,128 @@ fn recon(args: ReconArgs) -> Result<ExitCode> {
                 .collect();
             anyhow::bail!(
                 "{} holds {} series; choose one with --series UID:\n{}",
-                args.dir.display(),
+                dir.display(),
                 found.len(),
                 list.join("\n")
             )
         }
+    })
+}
+
+fn views(args: ViewsArgs, bench: bool) -> Result<ExitCode> {
+    use crate::recon::mvdiffusion::{self, KeySlice, Pipeline, RunOptions, Windowing};
+    let cfg = Config::load(args.config.as_deref(), None, &Overrides::default())?;
+    let mut ort = cfg.onnxruntime.settings();
+    if let Some(lib) = args.ort_library {
+        ort.library = Some(lib);
+    }
+    if let Some(device) = args.device {
+        ort.device = device;
+    }
+    let key = match args.key.as_str() {
+        "middle" => KeySlice::Middle,
+        "largest" => KeySlice::LargestForeground,
+        n => KeySlice::InstanceNumber(n.parse().with_context(|| {
+            format!("--key {n}: expected middle, largest or an Instance Number")
+        })?),
     };
+    let windowing = match Windowing::preset(&args.window) {
+        Some(w) => w,
+        None => {
+            let (c, w) = args.window.split_once(',').with_context(|| {
+                format!(
+                    "--window {}: expected a preset or CENTER,WIDTH",
+                    args.window
+                )
+            })?;
+            Windowing::Explicit {
+                center: c.trim().parse().context("--window CENTER")?,
+                width: w.trim().parse().context("--window WIDTH")?,
+            }
+        }
+    };
+    let chosen = choose_series(&args.dir, args.series.as_deref())?;
+    let vol = crate::volume::assemble(&chosen.files, &Default::default())?;
+    let started = std::time::Instant::now();
+    let pipeline = Pipeline::load(&args.model, &ort)?;
+    let load_time = started.elapsed();
+    let opts = RunOptions {
+        seed: args.seed,
+        steps: args.steps,
+        guidance_scale: args.guidance,
+        key,
+        windowing,
+        record: args.record,
+        ..RunOptions::default()
+    };
+    let runs = if bench { args.runs.max(2) } else { 1 };
+    let mut results = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        results.push(pipeline.run(&vol, &opts)?);
+    }
+    let Some(last) = results.last() else {
+        anyhow::bail!("no run");
+    };
+    if let Some(dir) = &args.save_views {
+        mvdiffusion::save_views(last, dir)?;
+    }
+    let s = last.stats;
+    let provider = s.provider.map_or("?".to_string(), |p| p.to_string());
+    println!(
+        "{}: key slice {}, {} steps, UNet batch {}, on {provider}; {:.3} s",
+        pipeline.manifest().name,
+        last.condition.slice,
+        s.steps,
+        s.batch,
+        s.total.as_secs_f64()
+    );
+    if bench {
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        let warm = &results[1..];
+        let mean = |f: &dyn Fn(&mvdiffusion::RunStats) -> f64| {
+            warm.iter().map(|r| f(&r.stats)).sum::<f64>() / warm.len() as f64
+        };
+        println!("load (manifest, sha256, sessions): {:.1} ms", ms(load_time));
+        println!("first run: {:.1} ms", ms(results[0].stats.total));
+        println!(
+            "later runs ({}): whole run {:.1} ms, UNet in ONNX Runtime {:.1} ms ({:.3} ms/step)",
+            warm.len(),
+            mean(&|s| ms(s.total)),
+            mean(&|s| ms(s.unet)),
+            mean(&|s| ms(s.unet) / s.steps as f64)
+        );
+        println!(
+            "pipeline overhead outside ONNX Runtime per denoising step: {:.3} ms (target < 1 ms)",
+            mean(&|s| ms(s.overhead_per_step()))
+        );
+        println!("peak RSS: {:.1} MiB", peak_rss_mib());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Peak resident set size of this process (getrusage), MiB.
+fn peak_rss_mib() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return f64::NAN;
+    }
+    usage.ru_maxrss as f64 / 1024.0
+}
+
+fn recon(args: ReconArgs) -> Result<ExitCode> {
+    use crate::recon::iso::{self, IsoOptions, Stage};
+    let started = std::time::Instant::now();
+    if args.pipeline != "iso" {
+        anyhow::bail!(
+            "--pipeline {}: only the iso pipeline is available in this version",
+            args.pipeline
+        );
+    }
+    let assemble = assemble_options(&args)?;
+    let progress = Progress::new();
+    progress.stage("scanning");
+    let chosen = choose_series(&args.dir, args.series.as_deref())?;
     progress.stage("assembling volume");
     let vol = crate::volume::assemble(&chosen.files, &assemble)?;
     for w in &vol.warnings {

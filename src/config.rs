@@ -45,6 +45,29 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// Routing rules, first match wins. A series no rule matches is stored, not processed.
     pub rules: Vec<RuleConfig>,
+    /// ONNX Runtime for the model pipelines.
+    pub onnxruntime: OnnxRuntimeConfig,
+}
+
+/// `[onnxruntime]`: the library and device of the model pipelines (see [`crate::onnx`]).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OnnxRuntimeConfig {
+    /// Path of `libonnxruntime.so.1.31.1`; empty = the `ORT_DYLIB_PATH` environment variable.
+    /// Loaded only when a model pipeline first runs.
+    pub library: PathBuf,
+    /// `auto`, `cpu`, `cuda` or `tensorrt`.
+    pub device: crate::onnx::Device,
+}
+
+impl OnnxRuntimeConfig {
+    /// The settings [`crate::onnx`] takes.
+    pub fn settings(&self) -> crate::onnx::OrtSettings {
+        crate::onnx::OrtSettings {
+            library: (!self.library.as_os_str().is_empty()).then(|| self.library.clone()),
+            device: self.device,
+        }
+    }
 }
 
 /// `[series]`: series completion.

@@ -7,7 +7,8 @@
 //! - [`store`]: durable files (temp file, fsync, rename) and the SQLite index.
 //! - [`series`]: series completion, the job table and the worker pool.
 //! - [`volume`]: pixel decoding, slice geometry and assembly into a volume in patient mm.
-//! - [`recon`]: reconstruction pipelines (`iso`).
+//! - [`recon`]: reconstruction pipelines (`iso`, `mvdiffusion`).
+//! - [`onnx`]: ONNX Runtime for the model pipelines (library loading, device, session cache).
 //! - [`mesh`]: marching cubes, cleanup, smoothing, simplification, STL/PLY/OBJ, metrics.
 //! - [`encap`]: the Encapsulated STL object (built from a mesh and its source series).
 //! - [`route`]: routing rules and the persistent delivery outbox.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod encap;
 pub mod mesh;
 pub mod net;
+pub mod onnx;
 pub mod recon;
 pub mod route;
 pub mod series;

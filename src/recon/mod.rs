@@ -2,11 +2,14 @@
 //! patient millimetres.
 //!
 //! `iso` ([`iso`]) segments by a threshold (presets, Otsu/background, or an explicit value)
-//! and extracts the surface with the project's marching cubes; the model-based pipelines of
-//! the roadmap will live beside it. Pipelines return meshes and their metrics; they write no
-//! files and know nothing of the network — wrapping the result as DICOM is [`crate::encap`]'s.
+//! and extracts the surface with the project's marching cubes. `mvdiffusion`
+//! ([`mvdiffusion`]) turns a key image into six normal and colour views with a Wonder3D model on
+//! ONNX Runtime, the first half of the model-based pipeline. Pipelines return meshes (or
+//! views) and their metrics; they write no files and know nothing of the network — wrapping
+//! the result as DICOM is [`crate::encap`]'s.
 
 pub mod iso;
+pub mod mvdiffusion;
 
 /// Why a reconstruction failed, in words for the person reading the job list.
 #[derive(Debug, thiserror::Error)]
