@@ -531,10 +531,10 @@ fn choose_charset(rep: &InMemDicomObject, obj: &InMemDicomObject) -> Option<Stri
         .as_deref()
         .filter(|cs| !cs.contains('\\'))
         .and_then(SpecificCharacterSet::from_code);
-    if let Some(codec) = codec {
-        if texts.iter().all(|t| codec.encode(t).is_ok()) {
-            return source;
-        }
+    if let Some(codec) = codec
+        && texts.iter().all(|t| codec.encode(t).is_ok())
+    {
+        return source;
     }
     tracing::warn!(
         source_charset = ?source,
@@ -550,10 +550,10 @@ fn collect_texts<'a>(obj: &'a InMemDicomObject, out: &mut Vec<Cow<'a, str>>) {
             for item in items {
                 collect_texts(item, out);
             }
-        } else if CHARSET_VRS.contains(&e.vr()) {
-            if let Ok(s) = e.to_str() {
-                out.push(s);
-            }
+        } else if CHARSET_VRS.contains(&e.vr())
+            && let Ok(s) = e.to_str()
+        {
+            out.push(s);
         }
     }
 }

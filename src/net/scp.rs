@@ -228,11 +228,11 @@ impl AccessControl for Policy {
             );
             return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
         }
-        if let Some(hosts) = self.ctx.peer_hosts.get(calling) {
-            if !hosts.contains(&self.peer_ip) {
-                warn!(calling_ae = calling, peer_ip = %self.peer_ip, "association rejected: calling AE title used from a host other than its [[peers]] address");
-                return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
-            }
+        if let Some(hosts) = self.ctx.peer_hosts.get(calling)
+            && !hosts.contains(&self.peer_ip)
+        {
+            warn!(calling_ae = calling, peer_ip = %self.peer_ip, "association rejected: calling AE title used from a host other than its [[peers]] address");
+            return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
         }
         Ok(())
     }
@@ -464,18 +464,17 @@ impl Handler {
                             let _ = self.assoc.send(&abort_pdu()).await;
                             return "protocol error";
                         }
-                        if let Ok(incoming) = &mut p.target {
-                            if let Err(e) = incoming.append(pdv.data) {
-                                p.target = Err(StoreError::Io(e));
-                            }
+                        if let Ok(incoming) = &mut p.target
+                            && let Err(e) = incoming.append(pdv.data)
+                        {
+                            p.target = Err(StoreError::Io(e));
                         }
                         self.stats.bytes += pdv.data.len() as u64;
-                        if pdv.is_last {
-                            if let Some(p) = pending.take() {
-                                if let Err(end) = self.finish_store(p).await {
-                                    return end;
-                                }
-                            }
+                        if pdv.is_last
+                            && let Some(p) = pending.take()
+                            && let Err(end) = self.finish_store(p).await
+                        {
+                            return end;
                         }
                     }
                 }

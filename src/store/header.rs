@@ -178,10 +178,10 @@ impl<'a> Input<'a> {
 
     /// Reads exactly `buf.len()` bytes; `Ok(false)` when the input ended first.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        if let Some(len) = self.len {
-            if self.offset + buf.len() as u64 > len {
-                return Ok(false);
-            }
+        if let Some(len) = self.len
+            && self.offset + buf.len() as u64 > len
+        {
+            return Ok(false);
         }
         match self.reader().read_exact(buf) {
             Ok(()) => {
@@ -195,10 +195,10 @@ impl<'a> Input<'a> {
 
     /// Skips `n` bytes; `Ok(false)` when the input ends first.
     fn skip(&mut self, n: u64) -> io::Result<bool> {
-        if let Some(len) = self.len {
-            if self.offset + n > len {
-                return Ok(false);
-            }
+        if let Some(len) = self.len
+            && self.offset + n > len
+        {
+            return Ok(false);
         }
         let skipped = match &mut self.source {
             // BufReader::seek_relative keeps its buffer when the jump lands inside it.

@@ -425,10 +425,10 @@ impl Store {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e.into()),
             }
-            if self.sync {
-                if let Some(parent) = m.parent() {
-                    File::open(parent)?.sync_all()?;
-                }
+            if self.sync
+                && let Some(parent) = m.parent()
+            {
+                File::open(parent)?.sync_all()?;
             }
         }
         Ok(())

@@ -53,39 +53,39 @@ pub fn gaussian_smooth(vol: &Volume, sigma_mm: f64) -> Volume {
         });
     }
 
-    if let Some(k) = &kz {
-        if nz > 1 {
-            // Process a few rows (j) at a time: the strips are computed in
-            // parallel from the unchanged data, then written back.
-            const ROWS_PER_BATCH: usize = 8;
-            let mut j0 = 0;
-            while j0 < ny {
-                let j1 = (j0 + ROWS_PER_BATCH).min(ny);
-                let strips: Vec<(usize, Vec<f32>)> = (j0..j1)
-                    .into_par_iter()
-                    .map(|j| {
-                        let mut strip = vec![0f32; nx * nz];
-                        let mut line = Vec::with_capacity(nz);
-                        let mut tmp = Vec::with_capacity(nz);
-                        for i in 0..nx {
-                            line.clear();
-                            line.extend((0..nz).map(|z| data[i + nx * (j + ny * z)]));
-                            convolve_line(&line, k, &mut tmp);
-                            for (z, v) in tmp.iter().enumerate() {
-                                strip[i + nx * z] = *v;
-                            }
+    if let Some(k) = &kz
+        && nz > 1
+    {
+        // Process a few rows (j) at a time: the strips are computed in
+        // parallel from the unchanged data, then written back.
+        const ROWS_PER_BATCH: usize = 8;
+        let mut j0 = 0;
+        while j0 < ny {
+            let j1 = (j0 + ROWS_PER_BATCH).min(ny);
+            let strips: Vec<(usize, Vec<f32>)> = (j0..j1)
+                .into_par_iter()
+                .map(|j| {
+                    let mut strip = vec![0f32; nx * nz];
+                    let mut line = Vec::with_capacity(nz);
+                    let mut tmp = Vec::with_capacity(nz);
+                    for i in 0..nx {
+                        line.clear();
+                        line.extend((0..nz).map(|z| data[i + nx * (j + ny * z)]));
+                        convolve_line(&line, k, &mut tmp);
+                        for (z, v) in tmp.iter().enumerate() {
+                            strip[i + nx * z] = *v;
                         }
-                        (j, strip)
-                    })
-                    .collect();
-                for (j, strip) in strips {
-                    for z in 0..nz {
-                        let dst = nx * (j + ny * z);
-                        data[dst..dst + nx].copy_from_slice(&strip[nx * z..nx * (z + 1)]);
                     }
+                    (j, strip)
+                })
+                .collect();
+            for (j, strip) in strips {
+                for z in 0..nz {
+                    let dst = nx * (j + ny * z);
+                    data[dst..dst + nx].copy_from_slice(&strip[nx * z..nx * (z + 1)]);
                 }
-                j0 = j1;
             }
+            j0 = j1;
         }
     }
 

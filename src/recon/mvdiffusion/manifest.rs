@@ -402,7 +402,7 @@ impl Manifest {
                 format!("{} is below 1", self.sampling.guidance_scale),
             ));
         }
-        if self.resolution == 0 || self.resolution % 8 != 0 {
+        if self.resolution == 0 || !self.resolution.is_multiple_of(8) {
             return Err(value(
                 "resolution",
                 format!("{} is not a positive multiple of 8", self.resolution),
