@@ -39,7 +39,7 @@ use ort::session::Session;
 use ort::value::{DynTensorValueType, DynValue, Tensor};
 
 pub use manifest::{Manifest, ManifestError};
-pub use preprocess::{ConditionImage, KeySlice, Windowing};
+pub use preprocess::{CanvasFrame, ConditionImage, KeySlice, Windowing};
 
 use crate::onnx::{Model, OrtError, OrtSettings, Provider};
 use crate::volume::Volume;

@@ -73,6 +73,29 @@ pub struct ConditionImage {
     pub rgb: Vec<f32>,
     /// Which key slice (k index) it came from.
     pub slice: usize,
+    /// Where the canvas lies on the key image, so that what is made from the views can be put
+    /// back in patient coordinates.
+    pub frame: CanvasFrame,
+}
+
+/// The mapping between canvas pixels and key-image pixels (index coordinates, pixel centres
+/// at integers): `key = origin + canvas / scale`, the same along x (columns) and y (rows).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CanvasFrame {
+    /// Key-image (column, row) of canvas pixel (0, 0).
+    pub origin: [f64; 2],
+    /// Canvas pixels per key-image pixel.
+    pub scale: f64,
+}
+
+impl CanvasFrame {
+    /// Key-image (column, row) of the canvas pixel (u, v).
+    pub fn to_key(&self, u: f64, v: f64) -> [f64; 2] {
+        [
+            self.origin[0] + u / self.scale,
+            self.origin[1] + v / self.scale,
+        ]
+    }
 }
 
 impl ConditionImage {
@@ -150,16 +173,18 @@ pub fn condition_image(
     let (lo, hi) = window_bounds(volume, k, windowing, &values);
     let grey: Vec<f32> = values.iter().map(|&v| apply_window(v, lo, hi)).collect();
     let mask: Vec<bool> = grey.iter().map(|&g| g > foreground_threshold).collect();
-    let rgb = compose(&grey, &mask, cols, rows, resolution, crop_size).ok_or_else(|| {
-        MvDiffusionError::Input(format!(
-            "slice {k} has no foreground above {foreground_threshold} after windowing \
+    let (rgb, frame) =
+        compose(&grey, &mask, cols, rows, resolution, crop_size).ok_or_else(|| {
+            MvDiffusionError::Input(format!(
+                "slice {k} has no foreground above {foreground_threshold} after windowing \
              ({lo:.0}..{hi:.0}); choose another key slice or window"
-        ))
-    })?;
+            ))
+        })?;
     Ok(ConditionImage {
         size: resolution,
         rgb,
         slice: k,
+        frame,
     })
 }
 
@@ -244,7 +269,7 @@ fn compose(
     rows: usize,
     resolution: usize,
     crop_size: usize,
-) -> Option<Vec<f32>> {
+) -> Option<(Vec<f32>, CanvasFrame)> {
     let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
     for y in 0..rows {
         for x in 0..cols {
@@ -296,7 +321,11 @@ fn compose(
             rgb[d..d + 3].copy_from_slice(&[q, q, q]);
         }
     }
-    Some(rgb)
+    let frame = CanvasFrame {
+        origin: [x0 as f64 - ox as f64 / scale, y0 as f64 - oy as f64 / scale],
+        scale,
+    };
+    Some((rgb, frame))
 }
 
 /// PIL's bicubic kernel, a = -0.5.
@@ -396,7 +425,7 @@ mod tests {
                 mask[y * cols + x] = true;
             }
         }
-        let rgb = compose(&grey, &mask, cols, rows, 256, 192).unwrap();
+        let (rgb, frame) = compose(&grey, &mask, cols, rows, 256, 192).unwrap();
         let at = |x: usize, y: usize| rgb[(y * 256 + x) * 3];
         assert_eq!(at(0, 0), 1.0, "corner is white");
         assert_eq!(
@@ -409,6 +438,11 @@ mod tests {
         assert!(at(40, 128) < 0.6);
         assert!(at(215, 128) < 0.6);
         assert!(at(224, 128) > 0.99);
+        // 20 key pixels span 192 canvas pixels starting at canvas column 32
+        assert!((frame.scale - 9.6).abs() < 1e-9);
+        let [kx, _] = frame.to_key(32.0, 0.0);
+        let first_foreground_column = (0..cols).find(|&x| mask[35 * cols + x]).unwrap();
+        assert!((kx - first_foreground_column as f64).abs() < 1e-9, "{kx}");
         // every value is an 8-bit level
         assert!(
             rgb.iter()
@@ -427,6 +461,10 @@ mod tests {
             size: 256,
             rgb: vec![1.0; 256 * 256 * 3],
             slice: 0,
+            frame: CanvasFrame {
+                origin: [0.0; 2],
+                scale: 1.0,
+            },
         };
         let mean = [0.481_454_7, 0.457_827_5, 0.408_210_7];
         let std = [0.268_629_5, 0.261_302_6, 0.275_777_1];
