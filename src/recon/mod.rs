@@ -2,11 +2,12 @@
 //! patient millimetres.
 //!
 //! `iso` ([`iso`]) segments by a threshold (presets, Otsu/background, or an explicit value)
-//! and extracts the surface with the project's marching cubes; the model-based pipelines of
-//! the roadmap will live beside it. Pipelines return meshes and their metrics; they write no
+//! and extracts the surface with the project's marching cubes; `neus` ([`neus`]) fits a
+//! signed distance field to six generated views and meshes it the same way. Pipelines return meshes and their metrics; they write no
 //! files and know nothing of the network — wrapping the result as DICOM is [`crate::encap`]'s.
 
 pub mod iso;
+pub mod neus;
 
 /// Why a reconstruction failed, in words for the person reading the job list.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +18,9 @@ pub enum ReconError {
     /// Surface extraction failed (invalid geometry, too large).
     #[error("surface extraction failed: {0}")]
     Mesh(#[from] crate::mesh::MeshError),
+    /// The NeuS stage (six views -> SDF -> surface) failed.
+    #[error("NeuS reconstruction failed: {0}")]
+    Neus(#[from] neus::NeusError),
     /// Nothing in the volume reaches the iso value.
     #[error("the surface is empty: no voxel reaches the iso value {iso} ({what})")]
     EmptySurface {
