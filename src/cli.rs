@@ -1069,5 +1069,18 @@ fn bench_neus(shape: &str, fast: bool, steps: Option<usize>, size: usize) -> Res
         100.0 * d.mean / diag,
         crate::mesh::metrics(&r.mesh).watertight
     );
+    let (rt, tr) = (
+        crate::mesh::one_sided_distance(&r.mesh, &truth),
+        crate::mesh::one_sided_distance(&truth, &r.mesh),
+    );
+    println!(
+        "result -> truth mean {:.2} max {:.2} mm; truth -> result mean {:.2} max {:.2} mm",
+        rt.mean, rt.max, tr.mean, tr.max
+    );
+    let rb = crate::mesh::metrics(&r.mesh);
+    println!(
+        "bounding box mm: result {:.1?}..{:.1?}, truth {:.1?}..{:.1?}",
+        rb.bbox_min, rb.bbox_max, b.bbox_min, b.bbox_max
+    );
     Ok(ExitCode::SUCCESS)
 }

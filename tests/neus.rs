@@ -96,19 +96,49 @@ fn neus_alpha_and_compositing_by_hand() {
 
 #[test]
 fn ranking_loss_by_hand() {
+    use m3dnode::recon::neus::render::Selection::{AsInstantNsr, Smallest};
     let e = [0.4f32, 0.1, 0.3, 0.2, 10.0];
     let w = [1.0f32, 2.0, 3.0, 4.0, 5.0];
-    // p = 0.8 of 5 keeps 4: the outlier 10.0 goes.
-    let mean = ranking_loss(t1(&e), 0.8, None, Reduction::Mean).unwrap();
-    assert_close(&vals(mean), &[0.25], 1e-6);
+    let rank = |e: &[f32], p, w: Option<&[f32]>, red, sel| {
+        vals(ranking_loss(t1(e), p, w.map(t1), red, sel).unwrap())
+    };
+    // Smallest: p = 0.8 of 5 keeps 4, the outlier 10.0 goes.
+    assert_close(
+        &rank(&e, 0.8, None, Reduction::Mean, Smallest),
+        &[0.25],
+        1e-6,
+    );
     // Each kept error with its own weight: 0.1*2 + 0.2*4 + 0.3*3 + 0.4*1 = 2.3.
-    let sum = ranking_loss(t1(&e), 0.8, Some(t1(&w)), Reduction::Sum).unwrap();
-    assert_close(&vals(sum), &[2.3], 1e-5);
-    let mean = ranking_loss(t1(&e), 0.8, Some(t1(&w)), Reduction::Mean).unwrap();
-    assert_close(&vals(mean), &[0.575], 1e-5);
-    // floor(0.9 * 5) = 4 as well; floor(0.1 * 5) = 0 keeps nothing: zero, not NaN.
-    let none = ranking_loss(t1(&e), 0.1, None, Reduction::Mean).unwrap();
-    assert_close(&vals(none), &[0.0], 0.0);
+    assert_close(
+        &rank(&e, 0.8, Some(&w), Reduction::Sum, Smallest),
+        &[2.3],
+        1e-5,
+    );
+    assert_close(
+        &rank(&e, 0.8, Some(&w), Reduction::Mean, Smallest),
+        &[0.575],
+        1e-5,
+    );
+    // floor(0.1 * 5) = 0 keeps nothing: zero, not NaN.
+    assert_close(&rank(&e, 0.1, None, Reduction::Mean, Smallest), &[0.0], 0.0);
+
+    // As instant-nsr-pl computes it: order = [1, 3, 2, 0, 4], sorted = [0.1, 0.2, 0.3, 0.4, 10];
+    // errors sorted[order[..4]] = [0.2, 0.4, 0.3, 0.1], weights w[order[..4]] = [2, 4, 3, 1]:
+    // 0.4 + 1.6 + 0.9 + 0.1 = 3.0.
+    assert_close(
+        &rank(&e, 0.8, Some(&w), Reduction::Sum, AsInstantNsr),
+        &[3.0],
+        1e-5,
+    );
+    // It need not drop the outlier: [10, 0.1, 0.2], k = 2, order = [1, 2, 0],
+    // sorted[1] + sorted[2] = 0.2 + 10.
+    let o = [10.0f32, 0.1, 0.2];
+    assert_close(
+        &rank(&o, 0.7, None, Reduction::Sum, AsInstantNsr),
+        &[10.2],
+        1e-5,
+    );
+    assert_close(&rank(&o, 0.7, None, Reduction::Sum, Smallest), &[0.3], 1e-6);
 }
 
 #[test]
@@ -198,7 +228,7 @@ fn diagonal(m: &Mesh) -> f64 {
 const MM: f64 = 50.0;
 
 fn fit(shape: &Shape, settings: &NeusSettings) -> (NeusResult, f64) {
-    let views = render_views(shape, 96);
+    let views = render_views(shape, 64);
     let t = Instant::now();
     let r = neus::reconstruct(&views, settings, &Placement::scaled(MM)).unwrap();
     let secs = t.elapsed().as_secs_f64();
@@ -211,43 +241,45 @@ fn relative_distance(r: &Mesh, shape: &Shape) -> f64 {
     mesh::surface_distance(r, &t).mean / diagonal(&t)
 }
 
+/// Fits `shape` with a shortened fast profile; watertight and within 2 % of the diagonal.
+fn within_two_percent(name: &str, shape: Shape, steps: usize) {
+    let settings = NeusSettings {
+        steps,
+        mc_resolution: 64,
+        device: Device::Cpu,
+        ..NeusSettings::fast()
+    };
+    let (r, secs) = fit(&shape, &settings);
+    let m = mesh::metrics(&r.mesh);
+    let d = relative_distance(&r.mesh, &shape);
+    eprintln!(
+        "{name}: {steps} steps, {secs:.1} s ({:.1} s fit, {:.1} s mc), loss {:.4}, inv_s {:.0}, mean distance {:.3} % of the diagonal",
+        r.report.fit_seconds,
+        r.report.extract_seconds,
+        r.report.final_loss,
+        r.report.final_inv_s,
+        100.0 * d
+    );
+    assert!(m.watertight && m.manifold, "{name}: {m:?}");
+    assert!(
+        d < 0.02,
+        "{name}: mean distance {:.3} % of the diagonal",
+        100.0 * d
+    );
+}
+
 #[test]
-fn sphere_and_offset_ellipsoid_within_two_percent() {
-    let shapes = [
-        ("sphere", sphere(), 200),
-        (
-            "ellipsoid",
-            Shape::Ellipsoid {
-                centre: [0.15, -0.1, 0.1],
-                radii: [0.55, 0.35, 0.3],
-            },
-            400,
-        ),
-    ];
-    for (name, shape, steps) in shapes {
-        let settings = NeusSettings {
-            steps,
-            device: Device::Cpu,
-            ..NeusSettings::fast()
-        };
-        let (r, secs) = fit(&shape, &settings);
-        let m = mesh::metrics(&r.mesh);
-        let d = relative_distance(&r.mesh, &shape);
-        eprintln!(
-            "{name}: {steps} steps, {secs:.1} s ({:.1} s fit, {:.1} s mc), loss {:.4}, inv_s {:.0}, mean distance {:.3} % of the diagonal",
-            r.report.fit_seconds,
-            r.report.extract_seconds,
-            r.report.final_loss,
-            r.report.final_inv_s,
-            100.0 * d
-        );
-        assert!(m.watertight && m.manifold, "{name}: {m:?}");
-        assert!(
-            d < 0.02,
-            "{name}: mean distance {:.3} % of the diagonal",
-            100.0 * d
-        );
-    }
+fn sphere_within_two_percent() {
+    within_two_percent("sphere", sphere(), 200);
+}
+
+#[test]
+fn offset_ellipsoid_within_two_percent() {
+    let shape = Shape::Ellipsoid {
+        centre: [0.15, -0.1, 0.1],
+        radii: [0.55, 0.35, 0.3],
+    };
+    within_two_percent("ellipsoid", shape, 250);
 }
 
 /// Mean front-face position (world y, mm) of the mesh near the front axis x = z = 0.
@@ -272,7 +304,8 @@ fn a_dimple_no_silhouette_shows_is_shaped_by_the_normal_loss() {
         dimple_depth: 0.2,
     };
     let full = NeusSettings {
-        steps: 400,
+        steps: 200,
+        mc_resolution: 64,
         device: Device::Cpu,
         ..NeusSettings::fast()
     };
@@ -324,8 +357,8 @@ fn views_to_encapsulated_stl_in_the_key_image_frame() {
     };
     let views: ViewSet = render_views(&shape, 64);
     let settings = NeusSettings {
-        steps: 150,
-        mc_resolution: 64,
+        steps: 60,
+        mc_resolution: 48,
         device: Device::Cpu,
         ..NeusSettings::fast()
     };

@@ -189,8 +189,7 @@ impl<B: Backend> SdfField<B> {
         self.variance.val().mul_scalar(10.0).exp().clamp(1e-6, 1e6)
     }
 
-    /// SDF at world points, `[n]`. Levels from `active` on contribute zeros (the
-    /// progressive mask).
+    /// SDF at world points, `[n]`. Levels from `active` on are masked out (progressive).
     pub(super) fn sdf(
         &self,
         grid: &Grid,
@@ -205,19 +204,18 @@ impl<B: Backend> SdfField<B> {
             TensorData::new(xyz, [n, 3]),
             device,
         )];
-        for (l, table) in self.tables.iter().enumerate() {
-            if l >= active {
-                parts.push(Tensor::zeros([n, f], device));
-                continue;
-            }
+        let active = active.min(self.tables.len());
+        for (l, table) in self.tables.iter().enumerate().take(active) {
             let (idx, wts) = grid.corners(l, pts);
             let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [8 * n]), device);
             let wts = Tensor::<B, 3>::from_data(TensorData::new(wts, [n, 8, 1]), device);
             let feats = table.val().select(0, idx).reshape([n, 8, f]);
             parts.push((feats * wts).sum_dim(1).reshape([n, f]));
         }
+        // Disabled levels would contribute zeros: leave them and their weights out.
         let x = Tensor::cat(parts, 1);
-        let h = x.matmul(self.w1.val()) + self.b1.val().unsqueeze::<2>();
+        let w1 = self.w1.val().narrow(0, 0, 3 + active * f);
+        let h = x.matmul(w1) + self.b1.val().unsqueeze::<2>();
         let h = softplus(h, 100.0);
         let out = h.matmul(self.w2.val()) + self.b2.val().unsqueeze::<2>();
         out.reshape([n])

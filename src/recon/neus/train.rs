@@ -256,6 +256,7 @@ pub(super) fn fit_and_extract<B: AutodiffBackend>(
                 l.normal_p,
                 Some(view_wt.clone().select(0, idx)),
                 normal_mode,
+                l.ranking,
             )?
         };
 
@@ -268,17 +269,34 @@ pub(super) fn fit_and_extract<B: AutodiffBackend>(
         let bce = (m.clone() * o.clone().log()
             + m.neg().add_scalar(1.0) * o.neg().add_scalar(1.0).log())
         .neg();
-        let loss_mask = ranking_loss(bce, l.mask_p, Some(view_wt), Reduction::Mean)?;
+        let loss_mask = ranking_loss(bce, l.mask_p, Some(view_wt), Reduction::Mean, l.ranking)?;
 
         let loss_eik = gnorm.sub_scalar(1.0).powi_scalar(2).mean();
         let loss_sparse = sdf_r.abs().mul_scalar(-l.sparsity_scale).exp().mean();
         let loss_smooth = (grad_r - grad_p).abs().mean();
-        let loss = loss_normal.mul_scalar(l.normal)
-            + loss_mask.mul_scalar(l.mask)
-            + loss_eik.mul_scalar(l.eikonal)
-            + loss_sparse.mul_scalar(l.sparsity)
-            + loss_smooth.mul_scalar(l.normal_smooth);
+        let loss = loss_normal.clone().mul_scalar(l.normal)
+            + loss_mask.clone().mul_scalar(l.mask)
+            + loss_eik.clone().mul_scalar(l.eikonal)
+            + loss_sparse.clone().mul_scalar(l.sparsity)
+            + loss_smooth.clone().mul_scalar(l.normal_smooth);
 
+        if tracing::enabled!(tracing::Level::TRACE) && step % 25 == 0 {
+            let terms = [
+                ("normal", &loss_normal),
+                ("mask", &loss_mask),
+                ("eikonal", &loss_eik),
+                ("sparsity", &loss_sparse),
+                ("smooth", &loss_smooth),
+            ];
+            for (name, t) in terms {
+                let v = to_f32s(t.clone())?;
+                tracing::trace!(
+                    step,
+                    term = name,
+                    value = v.first().copied().unwrap_or(f32::NAN)
+                );
+            }
+        }
         let grads = loss.backward();
         let value = to_f32s(loss)?.first().copied().unwrap_or(f32::NAN);
         if !value.is_finite() {
