@@ -55,6 +55,8 @@ enum Command {
     },
     /// Reconstruct a surface from a folder of DICOM files, offline, with the node's pipeline.
     Recon(Box<ReconArgs>),
+    /// Fit a surface to six generated views (NeuS) and write it as STL.
+    Neus(Box<NeusArgs>),
     /// Recent jobs (state, timings, error) and deliveries of the node's storage.
     Jobs {
         /// The node's configuration file (for `node.storage`).
@@ -104,6 +106,30 @@ enum Command {
     },
 }
 
+/// Arguments of `m3dnode neus`.
+#[derive(Debug, clap::Args)]
+struct NeusArgs {
+    /// A folder with Wonder3D's `normals_000_<view>.png` for the six views (RGBA: normals in
+    /// the front camera's frame as RGB, the foreground mask as alpha).
+    views: PathBuf,
+    /// Output STL (binary), in mm.
+    #[arg(long, short)]
+    output: PathBuf,
+    /// The CPU profile (600 short steps, coarser grid) instead of the config's 3000 steps.
+    #[arg(long)]
+    fast: bool,
+    /// Optimisation steps, overriding the profile.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// auto, cpu or cuda.
+    #[arg(long, default_value = "auto")]
+    device: crate::recon::neus::Device,
+    /// Millimetres per half view width (without a key image the scene box is placed at the
+    /// origin, +x right, +z up).
+    #[arg(long, default_value_t = 100.0)]
+    mm_per_unit: f64,
+}
+
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
     /// Surface extraction (marching cubes) on a .npy volume, as bench/mc.sh runs it beside
@@ -127,6 +153,22 @@ enum BenchCommand {
     /// The mvdiffusion pipeline: session creation, whole runs, time per denoising step inside
     /// and outside ONNX Runtime, peak memory. Takes the arguments of `m3dnode views`.
     Views(Box<ViewsArgs>),
+    /// NeuS on analytic views (see tests/neus.rs): seconds per step, total, and the mean
+    /// surface distance to the true shape.
+    Neus {
+        /// sphere, ellipsoid or dimple.
+        #[arg(long, default_value = "ellipsoid")]
+        shape: String,
+        /// The CPU profile instead of the config's.
+        #[arg(long)]
+        fast: bool,
+        /// Optimisation steps, overriding the profile.
+        #[arg(long)]
+        steps: Option<usize>,
+        /// View size in pixels.
+        #[arg(long, default_value_t = 96)]
+        size: usize,
+    },
 }
 
 /// Arguments of `m3dnode views` and `m3dnode bench views`.
@@ -345,6 +387,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(BenchCommand::Views(args)) => {
             tokio::task::spawn_blocking(move || views(*args, true)).await?
         }
+        Command::Neus(args) => tokio::task::spawn_blocking(move || neus(*args)).await?,
+        Command::Bench(BenchCommand::Neus {
+            shape,
+            fast,
+            steps,
+            size,
+        }) => tokio::task::spawn_blocking(move || bench_neus(&shape, fast, steps, size)).await?,
         Command::Bench(BenchCommand::Mc {
             npy,
             level,
@@ -1039,4 +1088,166 @@ fn print_jobs(_cfg: &Config, index: &crate::store::Index, limit: usize) -> Resul
         );
     }
     Ok(())
+}
+
+fn neus_settings(fast: bool, steps: Option<usize>) -> crate::recon::neus::NeusSettings {
+    let mut s = if fast {
+        crate::recon::neus::NeusSettings::fast()
+    } else {
+        crate::recon::neus::NeusSettings::default()
+    };
+    if let Some(n) = steps {
+        s.steps = n;
+    }
+    s
+}
+
+/// Reads one RGBA (or RGB, then all foreground) 8-bit PNG as normals and mask.
+fn read_view_png(path: &std::path::Path) -> Result<(usize, usize, Vec<f32>, Vec<f32>)> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = decoder
+        .read_info()
+        .with_context(|| format!("reading {}", path.display()))?;
+    let size = reader
+        .output_buffer_size()
+        .with_context(|| format!("{}: image too large", path.display()))?;
+    let mut buf = vec![0u8; size];
+    let info = reader
+        .next_frame(&mut buf)
+        .with_context(|| format!("decoding {}", path.display()))?;
+    let (w, h) = (info.width as usize, info.height as usize);
+    let channels = match info.color_type {
+        png::ColorType::Rgba => 4,
+        png::ColorType::Rgb => 3,
+        other => anyhow::bail!(
+            "{}: {other:?} PNG; RGB or RGBA normal maps are needed",
+            path.display()
+        ),
+    };
+    let mut normals = Vec::with_capacity(w * h * 3);
+    let mut mask = Vec::with_capacity(w * h);
+    for px in buf[..w * h * channels].chunks_exact(channels) {
+        normals.extend(px[..3].iter().map(|&v| f32::from(v) / 255.0));
+        mask.push(if channels == 4 {
+            f32::from(px[3]) / 255.0
+        } else {
+            1.0
+        });
+    }
+    Ok((w, h, normals, mask))
+}
+
+/// `m3dnode neus`: six normal-map PNGs -> NeuS -> STL.
+fn neus(args: NeusArgs) -> Result<ExitCode> {
+    use crate::recon::neus::{self, Placement, View, ViewKind, ViewSet};
+    let mut views = Vec::new();
+    let mut size = None;
+    for kind in ViewKind::ALL {
+        let path = args.views.join(format!("normals_000_{}.png", kind.name()));
+        let (w, h, normals, mask) = read_view_png(&path)?;
+        anyhow::ensure!(
+            size.is_none_or(|s| s == (w, h)),
+            "{}: all six views must have the same size",
+            path.display()
+        );
+        size = Some((w, h));
+        views.push(View {
+            kind,
+            normals,
+            mask,
+            color: None,
+        });
+    }
+    let (width, height) = size.unwrap_or((0, 0));
+    let set = ViewSet {
+        width,
+        height,
+        views,
+    };
+    let mut settings = neus_settings(args.fast, args.steps);
+    settings.device = args.device;
+    let r = neus::reconstruct(&set, &settings, &Placement::scaled(args.mm_per_unit))?;
+    let m = crate::mesh::metrics(&r.mesh);
+    std::fs::write(
+        &args.output,
+        crate::mesh::write_stl_binary(&r.mesh, "m3dnode NeuS"),
+    )
+    .with_context(|| format!("writing {}", args.output.display()))?;
+    println!(
+        "{}: {} triangles, watertight {}, {} steps on {:?} in {:.1} s (+{:.1} s marching cubes)",
+        args.output.display(),
+        m.triangles,
+        m.watertight,
+        r.report.steps,
+        r.report.device,
+        r.report.fit_seconds,
+        r.report.extract_seconds
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `m3dnode bench neus`: timings and accuracy on an analytic shape.
+fn bench_neus(shape: &str, fast: bool, steps: Option<usize>, size: usize) -> Result<ExitCode> {
+    use crate::recon::neus::synthetic::{Shape, render_views};
+    use crate::recon::neus::{self, Device, Placement};
+    let shape = match shape {
+        "sphere" => Shape::Sphere {
+            centre: [0.0; 3],
+            radius: 0.5,
+        },
+        "ellipsoid" => Shape::Ellipsoid {
+            centre: [0.15, -0.1, 0.1],
+            radii: [0.55, 0.35, 0.3],
+        },
+        "dimple" => Shape::DimpledBox {
+            half: [0.5; 3],
+            rounding: 0.08,
+            dimple_radius: 0.4,
+            dimple_depth: 0.2,
+        },
+        other => anyhow::bail!("unknown shape `{other}`: sphere, ellipsoid or dimple"),
+    };
+    let mut settings = neus_settings(fast, steps);
+    settings.device = Device::Cpu;
+    let mm = 50.0;
+    let views = render_views(&shape, size);
+    let start = std::time::Instant::now();
+    let r = neus::reconstruct(&views, &settings, &Placement::scaled(mm))?;
+    let total = start.elapsed().as_secs_f64();
+    let truth = shape.reference_mesh(160, mm)?;
+    let b = crate::mesh::metrics(&truth);
+    let diag = (0..3)
+        .map(|i| (b.bbox_max[i] - b.bbox_min[i]).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let d = crate::mesh::surface_distance(&r.mesh, &truth);
+    println!(
+        "steps {} rays {} samples {} mc {}: {:.3} s/step, fit {:.1} s, marching cubes {:.1} s, total {:.1} s; mean distance {:.3} % of the diagonal, watertight {}",
+        settings.steps,
+        settings.rays_per_batch,
+        settings.samples_per_ray,
+        settings.mc_resolution,
+        r.report.fit_seconds / settings.steps as f64,
+        r.report.fit_seconds,
+        r.report.extract_seconds,
+        total,
+        100.0 * d.mean / diag,
+        crate::mesh::metrics(&r.mesh).watertight
+    );
+    let (rt, tr) = (
+        crate::mesh::one_sided_distance(&r.mesh, &truth),
+        crate::mesh::one_sided_distance(&truth, &r.mesh),
+    );
+    println!(
+        "result -> truth mean {:.2} max {:.2} mm; truth -> result mean {:.2} max {:.2} mm",
+        rt.mean, rt.max, tr.mean, tr.max
+    );
+    let rb = crate::mesh::metrics(&r.mesh);
+    println!(
+        "bounding box mm: result {:.1?}..{:.1?}, truth {:.1?}..{:.1?}",
+        rb.bbox_min, rb.bbox_max, b.bbox_min, b.bbox_max
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -47,6 +47,8 @@ pub struct Config {
     pub rules: Vec<RuleConfig>,
     /// ONNX Runtime for the model pipelines.
     pub onnxruntime: OnnxRuntimeConfig,
+    /// The NeuS surface fit of the `mvdiffusion` pipeline.
+    pub neus: NeusConfig,
 }
 
 /// `[onnxruntime]`: the library and device of the model pipelines (see [`crate::onnx`]).
@@ -67,6 +69,64 @@ impl OnnxRuntimeConfig {
             library: (!self.library.as_os_str().is_empty()).then(|| self.library.clone()),
             device: self.device,
         }
+    }
+}
+
+/// `[neus]`: the NeuS fit (six views -> surface). Unset numbers come from the profile.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NeusConfig {
+    /// `auto` (CUDA if built with `gpu-cuda` and a driver answers, else CPU), `cpu`, `cuda`.
+    pub device: crate::recon::neus::Device,
+    /// `default` (the Wonder3D config: 3000 steps, marching cubes 192) or `fast` (CPU).
+    pub profile: NeusProfile,
+    /// Optimisation steps; 0 = the profile's.
+    pub steps: usize,
+    /// Rays per step; 0 = the profile's.
+    pub rays_per_batch: usize,
+    /// Samples per ray; 0 = the profile's.
+    pub samples_per_ray: usize,
+    /// Marching-cubes resolution; 0 = the profile's.
+    pub mc_resolution: usize,
+}
+
+impl Default for NeusConfig {
+    fn default() -> Self {
+        NeusConfig {
+            device: crate::recon::neus::Device::Auto,
+            profile: NeusProfile::Default,
+            steps: 0,
+            rays_per_batch: 0,
+            samples_per_ray: 0,
+            mc_resolution: 0,
+        }
+    }
+}
+
+/// See [`NeusConfig::profile`].
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum NeusProfile {
+    /// [`crate::recon::neus::NeusSettings::default`].
+    Default,
+    /// [`crate::recon::neus::NeusSettings::fast`].
+    Fast,
+}
+
+impl NeusConfig {
+    /// The settings this section asks for.
+    pub fn settings(&self) -> crate::recon::neus::NeusSettings {
+        let mut s = match self.profile {
+            NeusProfile::Default => crate::recon::neus::NeusSettings::default(),
+            NeusProfile::Fast => crate::recon::neus::NeusSettings::fast(),
+        };
+        s.device = self.device;
+        let pick = |v: usize, d: usize| if v == 0 { d } else { v };
+        s.steps = pick(self.steps, s.steps);
+        s.rays_per_batch = pick(self.rays_per_batch, s.rays_per_batch);
+        s.samples_per_ray = pick(self.samples_per_ray, s.samples_per_ray);
+        s.mc_resolution = pick(self.mc_resolution, s.mc_resolution);
+        s
     }
 }
 
@@ -387,6 +447,10 @@ impl Config {
             crate::route::Rule::compile(i, rule, self)
                 .map_err(|(field, message)| invalid(&format!("rules[{i}].{field}"), message))?;
         }
+        self.neus
+            .settings()
+            .validate()
+            .map_err(|e| invalid("neus", e.to_string()))?;
         Ok(())
     }
 

@@ -7,13 +7,18 @@
 //! - [`store`]: durable files (temp file, fsync, rename) and the SQLite index.
 //! - [`series`]: series completion, the job table and the worker pool.
 //! - [`volume`]: pixel decoding, slice geometry and assembly into a volume in patient mm.
-//! - [`recon`]: reconstruction pipelines (`iso`, `mvdiffusion`).
 //! - [`onnx`]: ONNX Runtime for the model pipelines (library loading, device, session cache).
+//! - [`recon`]: reconstruction pipelines (`iso`; `mvdiffusion` six-view diffusion + `neus`
+//!   surface fit, joined by `multiview`).
 //! - [`mesh`]: marching cubes, cleanup, smoothing, simplification, STL/PLY/OBJ, metrics.
 //! - [`encap`]: the Encapsulated STL object (built from a mesh and its source series).
 //! - [`route`]: routing rules and the persistent delivery outbox.
 //! - [`config`]: the validated configuration.
 //! - [`cli`]: the command-line front end (`serve`, `echo`, `send`, `recon`).
+//!
+//! Cargo features: `gpu-cuda` runs the NeuS fit on burn's CUDA backend (kernels compiled by
+//! NVRTC at run time, so building needs no CUDA toolkit; without a driver `device = "auto"`
+//! falls back to the CPU).
 #![deny(missing_docs)]
 
 pub mod cli;

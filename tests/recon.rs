@@ -355,16 +355,6 @@ fn ct_bone_and_real_oblique_mr_surfaces() {
     assert!(head.metrics.watertight && !head.mesh.is_empty());
 }
 
-fn assert_dciodvfy_clean(path: &Path) {
-    let out = run(Command::new(tool("dciodvfy")).arg(path));
-    let t = text(&out);
-    let problems: Vec<&str> = t
-        .lines()
-        .filter(|l| l.contains("Error") || l.contains("Warning"))
-        .collect();
-    assert!(problems.is_empty(), "dciodvfy {}:\n{t}", path.display());
-}
-
 #[test]
 fn encapsulated_results_pass_dciodvfy_and_carry_the_mesh() {
     let tmp = tempfile::tempdir().unwrap();

@@ -2,14 +2,18 @@
 //! patient millimetres.
 //!
 //! `iso` ([`iso`]) segments by a threshold (presets, Otsu/background, or an explicit value)
-//! and extracts the surface with the project's marching cubes. `mvdiffusion`
-//! ([`mvdiffusion`]) turns a key image into six normal and colour views with a Wonder3D model on
-//! ONNX Runtime, the first half of the model-based pipeline. Pipelines return meshes (or
-//! views) and their metrics; they write no files and know nothing of the network — wrapping
-//! the result as DICOM is [`crate::encap`]'s.
+//! and extracts the surface with the project's marching cubes. The model-based pipeline is
+//! two stages and their join: `mvdiffusion` ([`mvdiffusion`]) turns a key image into six
+//! normal and colour views with a Wonder3D model on ONNX Runtime, `neus` ([`neus`]) fits a
+//! signed distance field to those views and meshes it with the same marching cubes, and
+//! [`multiview`] runs one after the other and places the result in patient coordinates.
+//! Pipelines return meshes (or views) and their metrics; they know nothing of the network —
+//! wrapping the result as DICOM is [`crate::encap`]'s.
 
 pub mod iso;
+pub mod multiview;
 pub mod mvdiffusion;
+pub mod neus;
 
 /// Why a reconstruction failed, in words for the person reading the job list.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +24,9 @@ pub enum ReconError {
     /// Surface extraction failed (invalid geometry, too large).
     #[error("surface extraction failed: {0}")]
     Mesh(#[from] crate::mesh::MeshError),
+    /// The NeuS stage (six views -> SDF -> surface) failed.
+    #[error("NeuS reconstruction failed: {0}")]
+    Neus(#[from] neus::NeusError),
     /// Nothing in the volume reaches the iso value.
     #[error("the surface is empty: no voxel reaches the iso value {iso} ({what})")]
     EmptySurface {

@@ -30,6 +30,17 @@ pub fn run(cmd: &mut Command) -> Output {
         .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
 }
 
+/// Runs dciodvfy on a file and fails on any error or warning it prints.
+pub fn assert_dciodvfy_clean(path: &Path) {
+    let out = run(Command::new(tool("dciodvfy")).arg(path));
+    let t = text(&out);
+    let problems: Vec<&str> = t
+        .lines()
+        .filter(|l| l.contains("Error") || l.contains("Warning"))
+        .collect();
+    assert!(problems.is_empty(), "dciodvfy {}:\n{t}", path.display());
+}
+
 pub fn text(out: &Output) -> String {
     format!(
         "{}{}",
