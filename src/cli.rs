@@ -438,6 +438,7 @@ async fn serve(cfg: Config) -> Result<()> {
         rules: rules.clone(),
         queue: queue.clone(),
         delivery: delivery_notify.clone(),
+        models: Default::default(),
     })
     .spawn();
     let (tracker, tracker_thread) =
@@ -679,28 +680,12 @@ fn views(args: ViewsArgs, bench: bool) -> Result<ExitCode> {
     if let Some(device) = args.device {
         ort.device = device;
     }
-    let key = match args.key.as_str() {
-        "middle" => KeySlice::Middle,
-        "largest" => KeySlice::LargestForeground,
-        n => KeySlice::InstanceNumber(n.parse().with_context(|| {
-            format!("--key {n}: expected middle, largest or an Instance Number")
-        })?),
-    };
-    let windowing = match Windowing::preset(&args.window) {
-        Some(w) => w,
-        None => {
-            let (c, w) = args.window.split_once(',').with_context(|| {
-                format!(
-                    "--window {}: expected a preset or CENTER,WIDTH",
-                    args.window
-                )
-            })?;
-            Windowing::Explicit {
-                center: c.trim().parse().context("--window CENTER")?,
-                width: w.trim().parse().context("--window WIDTH")?,
-            }
-        }
-    };
+    let key = KeySlice::parse(&args.key)
+        .map_err(anyhow::Error::msg)
+        .context("--key")?;
+    let windowing = Windowing::parse(&args.window)
+        .map_err(anyhow::Error::msg)
+        .context("--window")?;
     let chosen = choose_series(&args.dir, args.series.as_deref())?;
     let vol = crate::volume::assemble(&chosen.files, &Default::default())?;
     let started = std::time::Instant::now();
@@ -832,7 +817,8 @@ fn recon(args: ReconArgs) -> Result<ExitCode> {
     if let Some(path) = &args.dicom {
         let obj = crate::encap::from_reconstruction(
             &vol,
-            &result,
+            &result.description,
+            &result.metrics,
             &stl,
             &crate::encap::ResultIds::default(),
         )?;

@@ -233,8 +233,23 @@ pub struct RuleConfig {
     pub series_description: Option<String>,
     /// Match: SOP Class UID (exact).
     pub sop_class: Option<String>,
-    /// Pipeline: `iso` (default).
+    /// Pipeline: `iso` (default) or `mvdiffusion` (six generated views + NeuS).
     pub pipeline: Option<String>,
+    /// mvdiffusion: the model directory (holding `model.toml`); default `models/wonder3d`.
+    pub model: Option<PathBuf>,
+    /// mvdiffusion: the key image: `middle` (default), `largest` (most foreground) or an
+    /// Instance Number.
+    pub key_image: Option<String>,
+    /// mvdiffusion: windowing of the key image: `series` (default: its Window Center/Width),
+    /// `auto`, `ct-bone`, `ct-soft`, `ct-lung`, `ct-brain` or `CENTER,WIDTH`.
+    pub window: Option<String>,
+    /// mvdiffusion: denoising steps (default: the model's, 50 for Wonder3D).
+    pub diffusion_steps: Option<usize>,
+    /// mvdiffusion: NeuS profile overriding `[neus] profile`: `default` (the config's 3000
+    /// steps, for a GPU) or `fast` (the CPU profile).
+    pub neus_profile: Option<String>,
+    /// mvdiffusion: NeuS optimisation steps, overriding the profile's.
+    pub neus_steps: Option<usize>,
     /// Preset of the iso pipeline (`ct-bone`, `ct-skin`, `mr-head`, `otsu`, `mask` or a
     /// number); default `ct-bone` for CT, `mr-head` otherwise.
     pub preset: Option<String>,

@@ -500,3 +500,80 @@ fn aborted_associations_follow_the_setting() {
         }
     }
 }
+
+/// The model pipeline through the whole loop: storescu -> six views from the tiny models on
+/// real ONNX Runtime -> NeuS (CPU, a few steps) -> Encapsulated STL -> storescp, placed on
+/// the key slice in the source's Frame of Reference.
+#[test]
+fn mvdiffusion_rule_returns_a_surface_from_generated_views() {
+    use dicom_dictionary_std::tags;
+    assert!(
+        std::env::var_os("ORT_DYLIB_PATH").is_some(),
+        "ORT_DYLIB_PATH is not set: run the tests with scripts/test (it installs onnxruntime==1.31.1)"
+    );
+    let model = testdata().join("models").join("tiny");
+    let dest = Destination::up("DEST");
+    let node = Node::start(&format!(
+        "[series]\nquiet_seconds = 0.5\n[delivery]\nretry_initial_seconds = 0.2\ntimeout_seconds = 5\n\
+         [onnxruntime]\ndevice = \"cpu\"\n[neus]\ndevice = \"cpu\"\nmc_resolution = 48\n{}\
+         [[rules]]\nname = \"views\"\nmodality = \"CT\"\npipeline = \"mvdiffusion\"\nmodel = \"{}\"\n\
+         window = \"ct-bone\"\ndiffusion_steps = 2\nneus_profile = \"fast\"\nneus_steps = 30\nsend_to = [\"{}\"]\n",
+        dest.peer_toml(),
+        model.display(),
+        dest.aet
+    ));
+    storescu(&node, &[series(CT)]);
+    assert!(
+        wait_for(Duration::from_secs(240), || outbox(&node)
+            .first()
+            .is_some_and(|(s, _)| s == "sent")),
+        "no result; jobs {:?}; log:\n{}",
+        jobs(&node),
+        node.log()
+    );
+    let js = jobs(&node);
+    assert_eq!(js.len(), 1);
+    assert_eq!(js[0].0, "done");
+    assert!(js[0].1.contains("six generated views"), "{js:?}");
+    let log = node.log();
+    assert!(
+        log.contains("surface reconstructed from six generated views"),
+        "{log}"
+    );
+    let result = &dest.files()[0];
+    dciodvfy_clean(result);
+    let source_dir = series(CT);
+    let source = std::fs::read_dir(&source_dir)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    assert_eq!(attr(result, tags::MODALITY), "M3D");
+    assert_eq!(
+        attr(result, tags::FRAME_OF_REFERENCE_UID),
+        attr(&source, tags::FRAME_OF_REFERENCE_UID)
+    );
+    // The mesh is watertight and lies where the key slice is: its centre inside the
+    // source volume's extent.
+    let obj = dicom_object::open_file(result).unwrap();
+    let mesh = m3dnode::mesh::read_stl(&m3dnode::encap::extract_stl(&obj).unwrap()).unwrap();
+    let m = m3dnode::mesh::metrics(&mesh);
+    assert!(m.triangles > 0 && m.watertight, "{m:?}");
+    let files = m3dnode::volume::scan_dir(&source_dir).unwrap();
+    let vol = m3dnode::volume::assemble(&files[0].files, &Default::default()).unwrap();
+    let corner = |i: f64, j: f64, k: f64| {
+        let a = &vol.affine;
+        [0, 1, 2].map(|r| a[r][0] * i + a[r][1] * j + a[r][2] * k + a[r][3])
+    };
+    let [c, r, s] = vol.dims.map(|d| d as f64 - 1.0);
+    let (lo, hi) = (corner(0.0, 0.0, 0.0), corner(c, r, s));
+    for a in 0..3 {
+        let centre = (m.bbox_min[a] + m.bbox_max[a]) * 0.5;
+        let (l, h) = (lo[a].min(hi[a]), lo[a].max(hi[a]));
+        assert!(
+            centre >= l - 1.0 && centre <= h + 1.0,
+            "axis {a}: mesh centre {centre:.1} outside the volume {l:.1}..{h:.1}"
+        );
+    }
+}

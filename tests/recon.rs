@@ -374,8 +374,14 @@ fn encapsulated_results_pass_dciodvfy_and_carry_the_mesh() {
         )
         .unwrap();
         let stl = mesh::write_stl_binary(&result.mesh, &result.description);
-        let obj =
-            m3dnode::encap::from_reconstruction(&vol, &result, &stl, &Default::default()).unwrap();
+        let obj = m3dnode::encap::from_reconstruction(
+            &vol,
+            &result.description,
+            &result.metrics,
+            &stl,
+            &Default::default(),
+        )
+        .unwrap();
         let path = tmp.path().join(format!("{name}.dcm"));
         obj.write_to_file(&path).unwrap();
         assert_dciodvfy_clean(&path);

@@ -259,7 +259,8 @@ pub struct ResultIds {
 /// with the mesh metrics in the object.
 pub fn from_reconstruction(
     vol: &crate::volume::Volume,
-    result: &crate::recon::iso::IsoResult,
+    description: &str,
+    m: &crate::mesh::MeshMetrics,
     stl: &[u8],
     ids: &ResultIds,
 ) -> Result<dicom_object::DefaultDicomObject, EncapError> {
@@ -272,11 +273,10 @@ pub fn from_reconstruction(
         });
     }
     let source = SourceSeries::load(&first.path, instances, &vol.series_instance_uid)?;
-    let m = &result.metrics;
     let request = EncapRequest {
         stl,
-        document_title: result.description.clone(),
-        series_description: format!("3D model: {}", result.description),
+        document_title: description.to_string(),
+        series_description: format!("3D model: {description}"),
         series_instance_uid: ids.series_instance_uid.clone(),
         sop_instance_uid: ids.sop_instance_uid.clone(),
         series_number: 9901,

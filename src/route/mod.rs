@@ -8,10 +8,13 @@
 
 pub mod outbox;
 
+use std::path::PathBuf;
+
 use regex::Regex;
 
-use crate::config::{Config, RuleConfig};
+use crate::config::{Config, NeusProfile, RuleConfig};
 use crate::recon::iso::{IsoOptions, Preset};
+use crate::recon::mvdiffusion::{KeySlice, RunOptions, Windowing};
 use crate::store::header::Header;
 use crate::volume::{AssembleOptions, GapPolicy, MixedPolicy, TiltPolicy};
 
@@ -24,10 +27,72 @@ pub struct Rule {
     description: Option<Regex>,
     /// Reconstruction settings.
     pub iso: IsoOptions,
+    /// Set when the rule's pipeline is `mvdiffusion`; the iso settings are then unused.
+    pub mvdiffusion: Option<MvDiffusionRule>,
     /// Assembly policies.
     pub assemble: AssembleOptions,
     /// Destinations from `send_to`, as (AE title, host:port).
     pub destinations: Vec<(String, String)>,
+}
+
+/// The `mvdiffusion` settings of a rule. The model itself is validated and loaded when the
+/// first job needs it (ONNX Runtime is never loaded by a node that does not use it).
+#[derive(Debug, Clone)]
+pub struct MvDiffusionRule {
+    /// Model directory (`model.toml` and the ONNX files).
+    pub model: PathBuf,
+    /// The diffusion run.
+    pub run: RunOptions,
+    /// NeuS profile overriding `[neus] profile`.
+    pub neus_profile: Option<NeusProfile>,
+    /// NeuS steps overriding the profile's.
+    pub neus_steps: Option<usize>,
+}
+
+fn mvdiffusion_rule(rule: &RuleConfig) -> Result<MvDiffusionRule, (&'static str, String)> {
+    let model = rule
+        .model
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("models/wonder3d"));
+    if !model.join("model.toml").is_file() {
+        return Err((
+            "model",
+            format!(
+                "{} holds no model.toml (export the model first: models/README.md)",
+                model.display()
+            ),
+        ));
+    }
+    let key = KeySlice::parse(rule.key_image.as_deref().unwrap_or("middle"))
+        .map_err(|e| ("key_image", e))?;
+    let windowing =
+        Windowing::parse(rule.window.as_deref().unwrap_or("series")).map_err(|e| ("window", e))?;
+    if rule
+        .diffusion_steps
+        .is_some_and(|n| !(1..=1000).contains(&n))
+    {
+        return Err(("diffusion_steps", "must be between 1 and 1000".into()));
+    }
+    if rule.neus_steps.is_some_and(|n| !(1..=100_000).contains(&n)) {
+        return Err(("neus_steps", "must be between 1 and 100000".into()));
+    }
+    let neus_profile = match rule.neus_profile.as_deref() {
+        None => None,
+        Some("default") => Some(NeusProfile::Default),
+        Some("fast") => Some(NeusProfile::Fast),
+        Some(other) => return Err(("neus_profile", format!("`{other}`: use default or fast"))),
+    };
+    Ok(MvDiffusionRule {
+        model,
+        run: RunOptions {
+            steps: rule.diffusion_steps,
+            key,
+            windowing,
+            ..RunOptions::default()
+        },
+        neus_profile,
+        neus_steps: rule.neus_steps,
+    })
 }
 
 /// What a series is matched on.
@@ -83,15 +148,13 @@ impl Rule {
                     format!("not a regular expression: {e}"),
                 )
             })?;
-        match rule.pipeline.as_deref().unwrap_or("iso") {
-            "iso" => {}
+        let mvdiffusion = match rule.pipeline.as_deref().unwrap_or("iso") {
+            "iso" => None,
+            "mvdiffusion" => Some(mvdiffusion_rule(rule)?),
             other => {
-                return Err((
-                    "pipeline",
-                    format!("`{other}` is not available in this version (use `iso`)"),
-                ));
+                return Err(("pipeline", format!("`{other}`: use iso or mvdiffusion")));
             }
-        }
+        };
         let preset = match &rule.preset {
             Some(p) => p.parse::<Preset>().map_err(|e| ("preset", e))?,
             None if rule.modality.as_deref() == Some("CT") => Preset::CtBone,
@@ -151,6 +214,7 @@ impl Rule {
             config: rule.clone(),
             description,
             iso,
+            mvdiffusion,
             assemble,
             destinations,
         })
@@ -271,6 +335,22 @@ mod tests {
         );
     }
 
+    const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/models/tiny");
+
+    #[test]
+    fn mvdiffusion_rules_compile_without_loading_the_model() {
+        let c = cfg(&format!(
+            "[[rules]]\npipeline = \"mvdiffusion\"\nmodel = \"{TINY}\"\nkey_image = \"largest\"\nwindow = \"ct-bone\"\nneus_profile = \"fast\"\nneus_steps = 40\nsend_to = [\"PACS\"]\n"
+        ))
+        .unwrap();
+        let rules = compile_rules(&c).unwrap();
+        let mv = rules[0].mvdiffusion.as_ref().unwrap();
+        assert_eq!(mv.run.key, KeySlice::LargestForeground);
+        assert_eq!(mv.run.windowing, Windowing::preset("ct-bone").unwrap());
+        assert_eq!(mv.neus_profile, Some(NeusProfile::Fast));
+        assert_eq!(mv.neus_steps, Some(40));
+    }
+
     #[test]
     fn rule_errors_name_the_key() {
         for (rules, key) in [
@@ -291,6 +371,28 @@ mod tests {
             (
                 "[[rules]]\ngaps = \"maybe\"\nsend_to = [\"PACS\"]\n",
                 "rules[0].gaps",
+            ),
+            (
+                "[[rules]]\npipeline = \"mvdiffusion\"\nmodel = \"/nonexistent\"\nsend_to = [\"PACS\"]\n",
+                "rules[0].model",
+            ),
+            (
+                &format!(
+                    "[[rules]]\npipeline = \"mvdiffusion\"\nmodel = \"{TINY}\"\nkey_image = \"first\"\nsend_to = [\"PACS\"]\n"
+                ),
+                "rules[0].key_image",
+            ),
+            (
+                &format!(
+                    "[[rules]]\npipeline = \"mvdiffusion\"\nmodel = \"{TINY}\"\nwindow = \"40,-1\"\nsend_to = [\"PACS\"]\n"
+                ),
+                "rules[0].window",
+            ),
+            (
+                &format!(
+                    "[[rules]]\npipeline = \"mvdiffusion\"\nmodel = \"{TINY}\"\nneus_profile = \"turbo\"\nsend_to = [\"PACS\"]\n"
+                ),
+                "rules[0].neus_profile",
             ),
         ] {
             let err = cfg(rules).unwrap_err();

@@ -6,6 +6,8 @@
 //! so a job re-run after a crash re-makes the same instance instead of a second one, and its
 //! outbox rows are written in the same transaction that marks it done.
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -14,6 +16,8 @@ use rusqlite::{OptionalExtension, params};
 use tracing::{error, info, info_span, warn};
 
 use crate::config::Config;
+use crate::recon::multiview::MultiviewOptions;
+use crate::recon::mvdiffusion::Pipeline;
 use crate::route::{Rule, outbox};
 use crate::store::index::now;
 use crate::store::uid::new_uid;
@@ -159,6 +163,32 @@ pub struct Workers {
     pub queue: Arc<JobQueue>,
     /// Wakes the delivery task when a result is ready.
     pub delivery: Arc<tokio::sync::Notify>,
+    /// Model pipelines, loaded by the first job that needs each.
+    pub models: ModelCache,
+}
+
+/// Model directories loaded once (manifest checks, ONNX Runtime, sessions) and kept for the
+/// jobs after. ONNX Runtime itself is loaded here, by the first `mvdiffusion` job, never at
+/// start-up.
+#[derive(Default)]
+pub struct ModelCache(Mutex<HashMap<PathBuf, Arc<Pipeline>>>);
+
+impl ModelCache {
+    fn get(&self, dir: &Path, config: &Config) -> Result<Arc<Pipeline>, String> {
+        // Held while loading, so that two workers do not load the same model twice.
+        let mut map = self
+            .0
+            .lock()
+            .map_err(|_| "the model cache was poisoned by a panic".to_string())?;
+        if let Some(p) = map.get(dir) {
+            return Ok(p.clone());
+        }
+        let pipeline = Pipeline::load(dir, &config.onnxruntime.settings())
+            .map_err(|e| format!("model {}: {e}", dir.display()))?;
+        let pipeline = Arc::new(pipeline);
+        map.insert(dir.to_path_buf(), pipeline.clone());
+        Ok(pipeline)
+    }
 }
 
 impl Workers {
@@ -259,15 +289,38 @@ impl Workers {
             .collect();
         let vol = crate::volume::assemble(&paths, &rule.assemble)
             .map_err(|e| format!("no usable image stack: {e}"))?;
-        let result = crate::recon::iso::reconstruct(&vol, &rule.iso, &mut |_| {})
-            .map_err(|e| e.to_string())?;
-        let stl = crate::mesh::write_stl_binary(&result.mesh, &result.description);
+        let (mesh, metrics, description) = match &rule.mvdiffusion {
+            None => {
+                let r = crate::recon::iso::reconstruct(&vol, &rule.iso, &mut |_| {})
+                    .map_err(|e| e.to_string())?;
+                (r.mesh, r.metrics, r.description)
+            }
+            Some(mv) => {
+                let pipeline = self.models.get(&mv.model, &self.config)?;
+                let mut neus_config = self.config.neus.clone();
+                if let Some(profile) = mv.neus_profile {
+                    neus_config.profile = profile;
+                }
+                let mut neus = neus_config.settings();
+                if let Some(steps) = mv.neus_steps {
+                    neus.steps = steps;
+                }
+                let opts = MultiviewOptions {
+                    run: mv.run.clone(),
+                    neus,
+                };
+                let r = crate::recon::multiview::reconstruct(&vol, &pipeline, &opts)
+                    .map_err(|e| e.to_string())?;
+                (r.mesh, r.metrics, r.description)
+            }
+        };
+        let stl = crate::mesh::write_stl_binary(&mesh, &description);
         let ids = crate::encap::ResultIds {
             series_instance_uid: Some(result_series),
             sop_instance_uid: Some(job.result_sop_instance_uid.clone()),
             instance_number: i32::try_from(job.version).unwrap_or(1),
         };
-        let obj = crate::encap::from_reconstruction(&vol, &result, &stl, &ids)
+        let obj = crate::encap::from_reconstruction(&vol, &description, &metrics, &stl, &ids)
             .map_err(|e| format!("building the Encapsulated STL object failed: {e}"))?;
         let stored = self
             .store
@@ -279,10 +332,10 @@ impl Workers {
             .unwrap_or(&stored.path)
             .to_string_lossy()
             .into_owned();
-        let m = &result.metrics;
+        let m = &metrics;
         let summary = format!(
             "{}: {} triangles, {:.0} mm3, watertight {}",
-            result.description,
+            description,
             m.triangles,
             m.volume_mm3,
             if m.watertight { "yes" } else { "no" }

@@ -30,6 +30,21 @@ pub enum KeySlice {
     InstanceNumber(i32),
 }
 
+impl KeySlice {
+    /// `middle`, `largest` or an Instance Number.
+    pub fn parse(text: &str) -> Result<KeySlice, String> {
+        match text {
+            "middle" => Ok(KeySlice::Middle),
+            "largest" => Ok(KeySlice::LargestForeground),
+            n => {
+                n.trim().parse().map(KeySlice::InstanceNumber).map_err(|_| {
+                    format!("`{text}`: expected middle, largest or an Instance Number")
+                })
+            }
+        }
+    }
+}
+
 /// How stored values become grey levels.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Windowing {
@@ -48,6 +63,27 @@ pub enum Windowing {
 }
 
 impl Windowing {
+    /// A preset name or `CENTER,WIDTH` (the command line's `--window`, a rule's `window`).
+    pub fn parse(text: &str) -> Result<Windowing, String> {
+        if let Some(w) = Windowing::preset(text) {
+            return Ok(w);
+        }
+        let bad = || {
+            format!(
+                "`{text}`: expected ct-bone, ct-soft, ct-lung, ct-brain, series, auto or CENTER,WIDTH"
+            )
+        };
+        let (c, w) = text.split_once(',').ok_or_else(bad)?;
+        let (center, width) = (
+            c.trim().parse::<f64>().map_err(|_| bad())?,
+            w.trim().parse::<f64>().map_err(|_| bad())?,
+        );
+        if !(center.is_finite() && width.is_finite() && width > 0.0) {
+            return Err(bad());
+        }
+        Ok(Windowing::Explicit { center, width })
+    }
+
     /// A named preset: `ct-bone` (500/2000), `ct-soft` (40/400), `ct-lung` (-600/1500),
     /// `ct-brain` (40/80), `series`, `auto`.
     pub fn preset(name: &str) -> Option<Windowing> {
