@@ -418,6 +418,7 @@ fn device_step_matches_host_step(guidance: f32) {
         .zip(&b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max);
+    eprintln!("g = {guidance}: final latents, device step vs host step: max |diff| = {d}");
     assert!(
         d <= 1e-5,
         "final latents: device step vs host step differ by {d}"

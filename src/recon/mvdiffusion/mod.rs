@@ -240,7 +240,7 @@ impl Pipeline {
             Ok(model)
         };
         let c = &manifest.components;
-        let pipeline = Pipeline {
+        let mut pipeline = Pipeline {
             image_encoder: open(Role::ImageEncoder, &c.image_encoder)?,
             vae_encoder: open(Role::VaeEncoder, &c.vae_encoder)?,
             unet_b12: c
@@ -258,6 +258,17 @@ impl Pipeline {
             dir: dir.to_path_buf(),
             manifest: manifest.clone(),
         };
+        // The step graph shares the UNet's device tensors; on another provider it could not.
+        if let Some(step) = &pipeline.step
+            && step.provider() != pipeline.provider()
+        {
+            tracing::warn!(
+                step = %step.provider(),
+                unet = %pipeline.provider(),
+                "the step graph and the UNet run on different providers; the denoising step runs on the host"
+            );
+            pipeline.step = None;
+        }
         tracing::info!(
             model = %pipeline.manifest.name,
             dir = %pipeline.dir.display(),
