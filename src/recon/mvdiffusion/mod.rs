@@ -450,7 +450,9 @@ impl Pipeline {
             ..RunStats::default()
         };
         if let Some(step_model) = &self.step {
-            // guidance and DDIM in the step graph: the latents stay in the session's memory
+            // guidance and DDIM in the step graph: the latents stay in the session's memory.
+            // Locks: always the UNet's session first, then the step graph's (shared by both
+            // UNets), so concurrent runs cannot deadlock.
             let mut unet_session = unet.session();
             let mut step_session = step_model.session();
             let mut lp = DeviceLoop::new(
@@ -473,8 +475,8 @@ impl Pipeline {
                     rng.fill(lp.noise_mut()?);
                 }
                 recorder.push_step(lp.noise_mut()?);
-                let [a, b, c, d, e] = ddim.coefficients(t).to_array();
-                let ort_time = lp.step(t, [g, a, b, c, d, e])?;
+                let [alpha, beta, alpha_prev, direction, std_dev] = ddim.coefficients(t).to_array();
+                let ort_time = lp.step(t, [g, alpha, beta, alpha_prev, direction, std_dev])?;
                 stats.unet += ort_time;
                 stats.loop_overhead += step_start.elapsed().saturating_sub(ort_time);
             }
