@@ -24,13 +24,19 @@ Interface (the pipeline binds by these names; see src/recon/mvdiffusion/manifest
                       UNetMV2DConditionModel; static batch because the multi-view and
                       cross-domain attention reshape across the batch
   vae_decoder.onnx    latent_sample [B,4,32,32] f32 -> sample [B,3,256,256] f32
+  step.onnx           the denoising step (guidance + DDIM) that keeps the latents on the device;
+                      no weights, built by models/step_graph.py (the same file the tiny models
+                      have): noise_pred [N,4,32,32], latents [12,4,32,32], image_latents
+                      [N,4,32,32], noise [12,4,32,32], coefficients [6] -> next_latents
+                      [12,4,32,32], next_sample [N,8,32,32]
 """
 import argparse
 import hashlib
 import os
 import sys
 
-HEAD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "manifest_head.toml")
+HERE = os.path.dirname(os.path.abspath(__file__))
+HEAD = os.path.join(HERE, "manifest_head.toml")
 
 
 def main():
@@ -44,6 +50,9 @@ def main():
     import torch
     from diffusers import AutoencoderKL
     from transformers import CLIPVisionModelWithProjection
+
+    sys.path.insert(0, HERE)
+    import step_graph
 
     sys.path.insert(0, os.getcwd())
     from mvdiffusion.models.unet_mv2d_condition import UNetMV2DConditionModel
@@ -121,6 +130,8 @@ def main():
             ), ["sample", "timestep", "encoder_hidden_states", "class_labels"], ["out_sample"], None,
                 f"unet_b{n}.onnx")
 
+    step_graph.save(os.path.join(args.out, "step.onnx"), 32)
+
     io = {
         "image_encoder": ([("pixel_values", "float32", [-1, 3, 224, 224])], [("image_embeds", "float32", [-1, 768])]),
         "vae_encoder": ([("sample", "float32", [-1, 3, 256, 256])], [("latent_mean", "float32", [-1, 4, 32, 32])]),
@@ -132,6 +143,7 @@ def main():
              ("encoder_hidden_states", "float32", [n, 1, 768]), ("class_labels", "float32", [n, 10])],
             [("out_sample", "float32", [n, 4, 32, 32])],
         )
+    io["step"] = step_graph.io(32)
     with open(HEAD) as f:
         text = f.read()
     for role, (ins, outs) in io.items():

@@ -11,7 +11,9 @@ with item i of the second).
 
     target/pyenv/bin/python scripts/make_tiny_models.py testdata/models/tiny
 
-writes the .onnx files and model.toml (with their sha256) into the directory.
+writes the .onnx files and model.toml (with their sha256) into the directory. step.onnx, the
+denoising step that keeps the latents on the device, is not a stand-in: it is the graph
+models/step_graph.py builds for the real model too (same bytes at 256 px).
 """
 import hashlib
 import os
@@ -20,6 +22,9 @@ import sys
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "models"))
+import step_graph  # noqa: E402  (models/step_graph.py: the same step.onnx the export writes)
 
 OPSET = 18
 RES = 256
@@ -224,12 +229,14 @@ def main():
         "unet_b12": "unet_b12.onnx",
         "unet_b24": "unet_b24.onnx",
         "vae_decoder": "vae_decoder.onnx",
+        "step": "step.onnx",
     }
     image_encoder(os.path.join(out, files["image_encoder"]))
     vae_encoder(os.path.join(out, files["vae_encoder"]))
     unet(os.path.join(out, files["unet_b12"]), 12)
     unet(os.path.join(out, files["unet_b24"]), 24)
     vae_decoder(os.path.join(out, files["vae_decoder"]))
+    step_graph.save(os.path.join(out, files["step"]), LATENT)
 
     io = {
         "image_encoder": (
@@ -245,6 +252,7 @@ def main():
             [("sample", "float32", [-1, 3, RES, RES])],
         ),
     }
+    io["step"] = step_graph.io(LATENT)
     for n in (12, 24):
         io[f"unet_b{n}"] = (
             [
@@ -265,7 +273,7 @@ def main():
         head = f.read()
     text = head.replace('name = "wonder3d-v1.0-joint-ortho-6views"', 'name = "tiny-test-model"')
     text = text.replace("steps = 50", "steps = 10")
-    for role in ("image_encoder", "vae_encoder", "unet_b12", "unet_b24", "vae_decoder"):
+    for role in ("image_encoder", "vae_encoder", "unet_b12", "unet_b24", "vae_decoder", "step"):
         path = os.path.join(out, files[role])
         text += f'\n[components.{role}]\nfile = "{files[role]}"\nsha256 = "{sha256(path)}"\n'
         ins, outs = io[role]

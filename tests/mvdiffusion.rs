@@ -157,17 +157,35 @@ fn sha256_of(path: &Path) -> String {
 /// Points the vae_decoder component at another file of the tiny directory (with its real
 /// sha256): `broken/NAME` files are copied next to the manifest by [`edited`].
 fn decoder_file(text: &str, relative: &str) -> String {
+    component_file(text, "vae_decoder", relative)
+}
+
+/// Points `component` at another file of the tiny directory, with that file's sha256.
+fn component_file(text: &str, component: &str, relative: &str) -> String {
     let file = Path::new(relative).file_name().unwrap().to_str().unwrap();
     let sha = sha256_of(&tiny().join(relative));
-    let start = text.find("[components.vae_decoder]").unwrap();
+    let start = text.find(&format!("[components.{component}]")).unwrap();
     let (head, tail) = text.split_at(start);
     let i = tail.find("sha256 = \"").unwrap() + 10;
     let old_sha = tail[i..i + 64].to_string();
+    let j = tail.find("file = \"").unwrap() + 8;
+    let old_file = tail[j..].split('"').next().unwrap().to_string();
     format!(
         "{head}{}",
-        tail.replacen("vae_decoder.onnx", file, 1)
-            .replacen(&old_sha, &sha, 1)
+        tail.replacen(
+            &format!("file = \"{old_file}\""),
+            &format!("file = \"{file}\""),
+            1
+        )
+        .replacen(&old_sha, &sha, 1)
     )
+}
+
+/// The manifest with `component`'s sha256 replaced by zeros.
+fn zero_sha256(text: &str, component: &str) -> String {
+    let i = text.find(&format!("[components.{component}]")).unwrap();
+    let j = i + text[i..].find("sha256 = \"").unwrap() + 10;
+    format!("{}{}{}", &text[..j], "0".repeat(64), &text[j + 64..])
 }
 
 #[test]
@@ -185,11 +203,7 @@ fn manifest_missing_file_is_named() {
 
 #[test]
 fn manifest_wrong_sha256_is_named() {
-    let dir = edited(|t| {
-        let i = t.find("[components.vae_encoder]").unwrap();
-        let j = i + t[i..].find("sha256 = \"").unwrap() + 10;
-        format!("{}{}{}", &t[..j], "0".repeat(64), &t[j + 64..])
-    });
+    let dir = edited(|t| zero_sha256(t, "vae_encoder"));
     let err = Manifest::load(dir.path()).unwrap_err();
     assert!(matches!(err, ManifestError::Checksum { .. }), "{err}");
     let msg = err.to_string();
@@ -351,6 +365,94 @@ fn python_onnxruntime_gives_the_same_tensors_with_guidance() {
 #[test]
 fn python_onnxruntime_gives_the_same_tensors_without_guidance() {
     python_reference(1.0);
+}
+
+/// The f32 data of a `.npy` file the recorder wrote.
+fn read_npy(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    let header = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    bytes[10 + header..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// The tiny model without `[components.step]`: the denoising step runs on the host.
+fn host_step_model() -> tempfile::TempDir {
+    edited(|t| {
+        let i = t.find("\n[components.step]").unwrap();
+        t[..i + 1].to_string()
+    })
+}
+
+fn device_step_matches_host_step(guidance: f32) {
+    let host_dir = host_step_model();
+    let host = Pipeline::load(host_dir.path(), &cpu()).unwrap();
+    assert_eq!(host.step_location(), "host");
+    assert_eq!(pipeline().step_location(), "device");
+    let run = |p: &Pipeline| {
+        let rec = tempfile::tempdir().unwrap();
+        let opts = RunOptions {
+            record: Some(rec.path().to_path_buf()),
+            ..options(9, guidance)
+        };
+        let views = p.run(&ct_volume(), &opts).unwrap();
+        (views, rec)
+    };
+    let (on_device, dev_rec) = run(pipeline());
+    let (on_host, host_rec) = run(&host);
+    assert!(on_device.stats.device_step);
+    assert!(!on_host.stats.device_step);
+    for name in ["step_noise.npy", "initial_noise.npy"] {
+        assert_eq!(
+            read_npy(&dev_rec.path().join(name)),
+            read_npy(&host_rec.path().join(name)),
+            "{name}: the same random numbers"
+        );
+    }
+    let a = read_npy(&dev_rec.path().join("final_latents.npy"));
+    let b = read_npy(&host_rec.path().join("final_latents.npy"));
+    assert_eq!(a.len(), 12 * 4 * 32 * 32);
+    let d = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
+    eprintln!("g = {guidance}: final latents, device step vs host step: max |diff| = {d}");
+    assert!(
+        d <= 1e-5,
+        "final latents: device step vs host step differ by {d}"
+    );
+    let d = max_diff(&on_device, &on_host);
+    assert!(d <= 1e-5, "views: device step vs host step differ by {d}");
+}
+
+#[test]
+fn device_step_equals_host_step_with_guidance() {
+    device_step_matches_host_step(3.0);
+}
+
+#[test]
+fn device_step_equals_host_step_without_guidance() {
+    device_step_matches_host_step(1.0);
+}
+
+#[test]
+fn manifest_step_component_is_validated() {
+    let dir = edited(|t| t.replacen("name = \"coefficients\"", "name = \"coeffs\"", 1));
+    let err = Manifest::load(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("components.step") && err.contains("`coefficients`"),
+        "{err}"
+    );
+    let dir = edited(|t| zero_sha256(t, "step"));
+    let err = Manifest::load(dir.path()).unwrap_err();
+    assert!(matches!(err, ManifestError::Checksum { .. }), "{err}");
+    assert!(err.to_string().contains("step"), "{err}");
+    // the UNet where the step graph should be: found once ONNX Runtime reads the file
+    let dir = edited(|t| component_file(t, "step", "unet_b12.onnx"));
+    let err = Pipeline::load(dir.path(), &cpu()).unwrap_err().to_string();
+    assert!(err.contains("step") && err.contains("is declared"), "{err}");
 }
 
 /// `m3dnode views` on the small CT head series with the tiny model.

@@ -199,6 +199,9 @@ pub struct Components {
     pub unet_b24: Option<Component>,
     /// VAE decoder.
     pub vae_decoder: Component,
+    /// The denoising step (guidance + DDIM) as a graph, so the latents stay on the session's
+    /// device between steps (`models/step_graph.py`). Without it the step runs on the host.
+    pub step: Option<Component>,
 }
 
 /// One ONNX file.
@@ -248,6 +251,9 @@ pub enum Role {
     Unet(usize),
     /// `latent_sample` [B,4,h,w] -> `sample` [B,3,R,R].
     VaeDecoder,
+    /// `noise_pred` [N,4,h,w], `latents` [12,4,h,w], `image_latents` [N,4,h,w], `noise`
+    /// [12,4,h,w], `coefficients` [6] -> `next_latents` [12,4,h,w], `next_sample` [N,8,h,w].
+    Step,
 }
 
 impl Role {
@@ -259,6 +265,7 @@ impl Role {
             Role::Unet(12) => "unet_b12",
             Role::Unet(_) => "unet_b24",
             Role::VaeDecoder => "vae_decoder",
+            Role::Step => "step",
         }
     }
 }
@@ -274,6 +281,13 @@ pub(crate) mod names {
     pub const CLASS_LABELS: &str = "class_labels";
     pub const OUT_SAMPLE: &str = "out_sample";
     pub const LATENT_SAMPLE: &str = "latent_sample";
+    pub const NOISE_PRED: &str = "noise_pred";
+    pub const LATENTS: &str = "latents";
+    pub const IMAGE_LATENTS: &str = "image_latents";
+    pub const NOISE: &str = "noise";
+    pub const COEFFICIENTS: &str = "coefficients";
+    pub const NEXT_LATENTS: &str = "next_latents";
+    pub const NEXT_SAMPLE: &str = "next_sample";
 }
 
 /// The view names Wonder3D's 6-view model was trained on, in batch order.
@@ -319,6 +333,9 @@ impl Manifest {
             out.push((Role::Unet(24), u));
         }
         out.push((Role::VaeDecoder, &c.vae_decoder));
+        if let Some(s) = &c.step {
+            out.push((Role::Step, s));
+        }
         out
     }
 
@@ -470,6 +487,19 @@ impl Manifest {
             Role::VaeDecoder => (
                 vec![(names::LATENT_SAMPLE, "float32", vec![any, 4, l, l])],
                 vec![(names::SAMPLE, "float32", vec![any, 3, r, r])],
+            ),
+            Role::Step => (
+                vec![
+                    (names::NOISE_PRED, "float32", vec![any, 4, l, l]),
+                    (names::LATENTS, "float32", vec![12, 4, l, l]),
+                    (names::IMAGE_LATENTS, "float32", vec![any, 4, l, l]),
+                    (names::NOISE, "float32", vec![12, 4, l, l]),
+                    (names::COEFFICIENTS, "float32", vec![6]),
+                ],
+                vec![
+                    (names::NEXT_LATENTS, "float32", vec![12, 4, l, l]),
+                    (names::NEXT_SAMPLE, "float32", vec![any, 8, l, l]),
+                ],
             ),
         };
         let tensor = |message: String| ManifestError::Tensor {

@@ -18,12 +18,30 @@
 //! colour-cond]`, the unconditional branch with zeros for the CLIP embedding and the image
 //! latents; the prediction is `uncond + g·(cond − uncond)`.
 //!
-//! Device memory: the constant UNet inputs (CLIP embedding, camera/domain labels) are put on
-//! the session's device once per run and the output is bound to device memory
-//! ([`ort::session::IoBinding`]); per step only the 8-channel sample and the timestep are bound
-//! again. The DDIM step itself runs on the host (49 k values), so on a GPU the noise prediction
-//! comes back and the next sample goes up each step (1.2 MB with guidance at 256 px); on CPU
-//! the same code path runs without copies.
+//! Device memory: with the manifest's `step` component (`step.onnx`, built by
+//! `models/step_graph.py`; both the export and the tiny models have it) the whole denoising
+//! loop stays in the UNet session's memory (`DeviceLoop`). Two [`ort::session::IoBinding`]s
+//! share tensors allocated once per run on the session's device: the UNet reads `sample` and
+//! writes `noise_pred`; the step graph reads `noise_pred`, the current latents, the fixed image
+//! latents, the step's noise and six scalars (g and the DDIM coefficients), and writes the next
+//! latents (two buffers used in turn) and, in place, the next UNet `sample` (the new latents
+//! for every batch item concatenated with the image latents). The CLIP embedding, the
+//! camera/domain labels and the image latents go up once per run; per step only the noise
+//! (drawn on the host by our [`GaussianRng`], 12×4×h×w f32, 196 kB at 256 px: the seed must give
+//! the same views everywhere and the reference comparison records it), the timestep and the
+//! six coefficients go up, and nothing comes back until the final latents. On a GPU this
+//! saves, per step, the noise prediction coming down and the next sample going up (1.2 MB with
+//! guidance at 256 px, plus their synchronisation) and the host's guidance and DDIM pass over
+//! 49 k values. On CPU the same bindings run on host memory without copies, which is what the
+//! tests exercise.
+//!
+//! Without a `step` component (a model directory exported before it existed) the step runs
+//! on the host (`UnetLoop`, `Batch::guide`, [`Ddim::step`]): the UNet's output comes back
+//! and the next sample goes up every step. That path is kept because it is the reference the
+//! device path is tested against (`tests/mvdiffusion.rs`: equal within 1e-5) and
+//! [`Ddim::step`] is the one checked against `scripts/ddim_reference.py`. The log's
+//! `denoising_step` field (`device` or `host`) and [`RunStats::device_step`] say which ran, next
+//! to the provider.
 
 pub mod manifest;
 pub mod noise;
@@ -151,11 +169,14 @@ pub struct RunStats {
     pub batch: usize,
     /// Whole run, from the conditioning image to the decoded views.
     pub total: Duration,
-    /// Inside ONNX Runtime during the denoising loop.
+    /// Inside ONNX Runtime during the denoising loop: the UNet and, when `device_step`, the
+    /// step graph.
     pub unet: Duration,
-    /// The denoising loop outside ONNX Runtime (sample assembly, guidance, DDIM, noise), all
-    /// steps.
+    /// The denoising loop outside ONNX Runtime, all steps: the noise and the bindings with the
+    /// device step; sample assembly, guidance and DDIM too with the host step.
     pub loop_overhead: Duration,
+    /// True when guidance and DDIM ran in the manifest's `step` graph on the UNet's device.
+    pub device_step: bool,
 }
 
 impl RunStats {
@@ -189,6 +210,7 @@ pub struct Pipeline {
     unet_b12: Option<Arc<Model>>,
     unet_b24: Option<Arc<Model>>,
     vae_decoder: Arc<Model>,
+    step: Option<Arc<Model>>,
 }
 
 /// One GPU job at a time: a second would only fight for memory.
@@ -218,7 +240,7 @@ impl Pipeline {
             Ok(model)
         };
         let c = &manifest.components;
-        let pipeline = Pipeline {
+        let mut pipeline = Pipeline {
             image_encoder: open(Role::ImageEncoder, &c.image_encoder)?,
             vae_encoder: open(Role::VaeEncoder, &c.vae_encoder)?,
             unet_b12: c
@@ -232,13 +254,26 @@ impl Pipeline {
                 .map(|u| open(Role::Unet(24), u))
                 .transpose()?,
             vae_decoder: open(Role::VaeDecoder, &c.vae_decoder)?,
+            step: c.step.as_ref().map(|s| open(Role::Step, s)).transpose()?,
             dir: dir.to_path_buf(),
             manifest: manifest.clone(),
         };
+        // The step graph shares the UNet's device tensors; on another provider it could not.
+        if let Some(step) = &pipeline.step
+            && step.provider() != pipeline.provider()
+        {
+            tracing::warn!(
+                step = %step.provider(),
+                unet = %pipeline.provider(),
+                "the step graph and the UNet run on different providers; the denoising step runs on the host"
+            );
+            pipeline.step = None;
+        }
         tracing::info!(
             model = %pipeline.manifest.name,
             dir = %pipeline.dir.display(),
             provider = %pipeline.provider(),
+            denoising_step = pipeline.step_location(),
             "mvdiffusion model loaded"
         );
         Ok(pipeline)
@@ -257,6 +292,17 @@ impl Pipeline {
             && same_opt(&self.unet_b12, &other.unet_b12)
             && same_opt(&self.unet_b24, &other.unet_b24)
             && same(&self.vae_decoder, &other.vae_decoder)
+            && same_opt(&self.step, &other.step)
+    }
+
+    /// Where the denoising step (guidance + DDIM) runs: `"device"` with the manifest's `step`
+    /// graph (on the UNet's provider), `"host"` without it.
+    pub fn step_location(&self) -> &'static str {
+        if self.step.is_some() {
+            "device"
+        } else {
+            "host"
+        }
     }
 
     /// The validated manifest.
@@ -395,14 +441,47 @@ impl Pipeline {
         let mut recorder = Recorder::new(record, steps, 12 * plane);
         recorder.push_initial(&latents);
 
-        // 4. the denoising loop on one IoBinding
+        // 4. the denoising loop
         let mut stats = RunStats {
             provider: Some(unet.provider()),
             steps,
             batch: n,
+            device_step: self.step.is_some(),
             ..RunStats::default()
         };
-        {
+        if let Some(step_model) = &self.step {
+            // guidance and DDIM in the step graph: the latents stay in the session's memory.
+            // Locks: always the UNet's session first, then the step graph's (shared by both
+            // UNets), so concurrent runs cannot deadlock.
+            let mut unet_session = unet.session();
+            let mut step_session = step_model.session();
+            let mut lp = DeviceLoop::new(
+                &mut unet_session,
+                &mut step_session,
+                unet.provider(),
+                DeviceInputs {
+                    batch: &batch,
+                    l,
+                    e,
+                    ehs: &ehs,
+                    cls: &cls,
+                    image_latents: &image_latents,
+                    latents: &latents,
+                },
+            )?;
+            for &t in ddim.timesteps() {
+                let step_start = Instant::now();
+                if ddim.needs_noise() {
+                    rng.fill(lp.noise_mut()?);
+                }
+                recorder.push_step(lp.noise_mut()?);
+                let [alpha, beta, alpha_prev, direction, std_dev] = ddim.coefficients(t).to_array();
+                let ort_time = lp.step(t, [g, alpha, beta, alpha_prev, direction, std_dev])?;
+                stats.unet += ort_time;
+                stats.loop_overhead += step_start.elapsed().saturating_sub(ort_time);
+            }
+            lp.latents(&mut latents)?;
+        } else {
             let mut session = unet.session();
             let mut lp = UnetLoop::new(&mut session, unet.provider(), n, l, e, &ehs, &cls)?;
             let mut eps = vec![0f32; 12 * plane];
@@ -472,6 +551,7 @@ impl Pipeline {
         stats.total = start.elapsed();
         tracing::info!(
             provider = %unet.provider(),
+            denoising_step = self.step_location(),
             steps,
             batch = n,
             total_ms = stats.total.as_secs_f64() * 1e3,
@@ -744,6 +824,234 @@ impl<'s> UnetLoop<'s> {
         copy_to_host(value, out).map_err(err)?;
         Ok(())
     }
+}
+
+/// What [`DeviceLoop::new`] puts on the device once per run (host data in UNet batch order).
+struct DeviceInputs<'a> {
+    batch: &'a Batch,
+    /// Latent side.
+    l: usize,
+    /// CLIP embedding width.
+    e: usize,
+    /// `encoder_hidden_states` [N,1,E].
+    ehs: &'a [f32],
+    /// `class_labels` [N,10].
+    cls: &'a [f32],
+    /// The image-latent channels of `sample` [N,4,l,l].
+    image_latents: &'a [f32],
+    /// The initial latents [12,4,l,l].
+    latents: &'a [f32],
+}
+
+/// The denoising loop with the step graph: two IoBindings (UNet, step) over tensors allocated
+/// once per run in the UNet session's memory (GPU memory on a GPU provider).
+///
+/// Per step: UNet(`sample`) -> `noise_pred`; step(`noise_pred`, `latents[cur]`,
+/// `image_latents`, `noise`, `coefficients`) -> `latents[1 - cur]` and `sample` (the next UNet
+/// input, written in place). Only `noise` (the host RNG's, 12×4×h×w f32), the six coefficients
+/// and the timestep cross from the host; ONNX Runtime copies them at binding when the session
+/// wants them elsewhere. On CPU the same bindings run on host memory without copies.
+struct DeviceLoop<'s> {
+    unet_role: Role,
+    unet: &'s mut Session,
+    step: &'s mut Session,
+    unet_binding: ort::session::IoBinding,
+    step_binding: ort::session::IoBinding,
+    /// UNet input, step output [N,8,l,l].
+    sample: Tensor<f32>,
+    /// UNet output, step input [N,4,l,l].
+    noise_pred: Tensor<f32>,
+    /// x_t and x_{t-1}, swapped every step [12,4,l,l].
+    latents: [Tensor<f32>; 2],
+    current: usize,
+    /// Host: this step's noise [12,4,l,l].
+    noise: Tensor<f32>,
+    /// Host: g and the DDIM coefficients [6].
+    coefficients: Tensor<f32>,
+    /// Host: the timestep [1].
+    timestep: Tensor<i64>,
+    /// Bound once, kept alive with the bindings.
+    _constants: Vec<Tensor<f32>>,
+}
+
+impl<'s> DeviceLoop<'s> {
+    fn new(
+        unet: &'s mut Session,
+        step: &'s mut Session,
+        provider: Provider,
+        inputs: DeviceInputs<'_>,
+    ) -> Result<Self, MvDiffusionError> {
+        let DeviceInputs {
+            batch,
+            l,
+            e,
+            ehs,
+            cls,
+            image_latents,
+            latents,
+        } = inputs;
+        let n = batch.len();
+        let plane = 4 * l * l;
+        let unet_err = run_error(Role::Unet(n));
+        let step_err = run_error(Role::Step);
+        let allocator = if provider.is_gpu() {
+            let mem = provider.memory_info().map_err(unet_err)?;
+            Allocator::new(unet, mem).map_err(unet_err)?
+        } else {
+            Allocator::default()
+        };
+        let device = |shape: Vec<usize>, data: &[f32]| -> ort::Result<Tensor<f32>> {
+            let mut t = Tensor::<f32>::new(&allocator, shape)?;
+            upload(&mut t, data)?;
+            Ok(t)
+        };
+        // the first sample, assembled on the host once; the step graph writes the others
+        let mut first = vec![0f32; n * 2 * plane];
+        for b in 0..n {
+            let item = batch.item(b);
+            let dst = &mut first[b * 2 * plane..(b + 1) * 2 * plane];
+            dst[..plane].copy_from_slice(&latents[item.latent * plane..(item.latent + 1) * plane]);
+            dst[plane..].copy_from_slice(&image_latents[b * plane..(b + 1) * plane]);
+        }
+        let ehs = device(vec![n, 1, e], ehs).map_err(unet_err)?;
+        let cls = device(vec![n, 10], cls).map_err(unet_err)?;
+        let sample = device(vec![n, 8, l, l], &first).map_err(unet_err)?;
+        let image = device(vec![n, 4, l, l], image_latents).map_err(step_err)?;
+        let noise_pred = Tensor::<f32>::new(&allocator, [n, 4, l, l]).map_err(unet_err)?;
+        let latents = [
+            device(vec![12, 4, l, l], latents).map_err(step_err)?,
+            Tensor::<f32>::new(&allocator, [12, 4, l, l]).map_err(step_err)?,
+        ];
+        let noise =
+            Tensor::from_array((vec![12, 4, l, l], vec![0f32; 12 * plane])).map_err(step_err)?;
+        let coefficients = Tensor::from_array((vec![6usize], vec![0f32; 6])).map_err(step_err)?;
+        let timestep = Tensor::from_array((vec![1usize], vec![0i64])).map_err(unet_err)?;
+
+        let mut unet_binding = unet.create_binding().map_err(unet_err)?;
+        unet_binding
+            .bind_input(names::ENCODER_HIDDEN_STATES, &ehs)
+            .map_err(unet_err)?;
+        unet_binding
+            .bind_input(names::CLASS_LABELS, &cls)
+            .map_err(unet_err)?;
+        let mut step_binding = step.create_binding().map_err(step_err)?;
+        step_binding
+            .bind_input(names::IMAGE_LATENTS, &image)
+            .map_err(step_err)?;
+        Ok(DeviceLoop {
+            unet_role: Role::Unet(n),
+            unet,
+            step,
+            unet_binding,
+            step_binding,
+            sample,
+            noise_pred,
+            latents,
+            current: 0,
+            noise,
+            coefficients,
+            timestep,
+            _constants: vec![ehs, cls, image],
+        })
+    }
+
+    /// The host buffer of this step's noise (zeros unless filled).
+    fn noise_mut(&mut self) -> Result<&mut [f32], MvDiffusionError> {
+        let (_, data) = self
+            .noise
+            .try_extract_tensor_mut()
+            .map_err(run_error(Role::Step))?;
+        Ok(data)
+    }
+
+    /// One denoising step at timestep `t`; returns the time spent inside ONNX Runtime.
+    fn step(&mut self, t: i64, coefficients: [f32; 6]) -> Result<Duration, MvDiffusionError> {
+        let unet_err = run_error(self.unet_role);
+        let step_err = run_error(Role::Step);
+        self.timestep
+            .try_extract_tensor_mut()
+            .map_err(unet_err)?
+            .1
+            .copy_from_slice(&[t]);
+        self.coefficients
+            .try_extract_tensor_mut()
+            .map_err(step_err)?
+            .1
+            .copy_from_slice(&coefficients);
+        let b = &mut self.unet_binding;
+        b.bind_input(names::SAMPLE, &self.sample)
+            .map_err(unet_err)?;
+        b.bind_input(names::TIMESTEP, &self.timestep)
+            .map_err(unet_err)?;
+        b.bind_output(names::OUT_SAMPLE, &mut self.noise_pred)
+            .map_err(unet_err)?;
+        let (cur, next) = (self.current, 1 - self.current);
+        let [a, z] = &mut self.latents;
+        let (x_t, x_prev) = if cur == 0 { (&*a, z) } else { (&*z, a) };
+        let s = &mut self.step_binding;
+        s.bind_input(names::NOISE_PRED, &self.noise_pred)
+            .map_err(step_err)?;
+        s.bind_input(names::LATENTS, x_t).map_err(step_err)?;
+        s.bind_input(names::NOISE, &self.noise).map_err(step_err)?;
+        s.bind_input(names::COEFFICIENTS, &self.coefficients)
+            .map_err(step_err)?;
+        s.bind_output(names::NEXT_LATENTS, x_prev)
+            .map_err(step_err)?;
+        s.bind_output(names::NEXT_SAMPLE, &mut self.sample)
+            .map_err(step_err)?;
+
+        let ort_start = Instant::now();
+        self.unet.run_binding(b).map_err(unet_err)?;
+        self.step.run_binding(s).map_err(step_err)?;
+        let ort_time = ort_start.elapsed();
+        self.current = next;
+        Ok(ort_time)
+    }
+
+    /// The current latents, copied to the host.
+    fn latents(&self, dst: &mut Vec<f32>) -> Result<(), MvDiffusionError> {
+        download(&self.latents[self.current], dst).map_err(run_error(Role::Step))
+    }
+}
+
+/// `MvDiffusionError::Run` of `role`, for `map_err`.
+fn run_error(role: Role) -> impl Fn(ort::Error) -> MvDiffusionError + Copy {
+    move |source| MvDiffusionError::Run {
+        component: role.key(),
+        source,
+    }
+}
+
+/// Writes host data into a tensor of the same length, through a host copy if it lives on a GPU.
+fn upload(dst: &mut Tensor<f32>, data: &[f32]) -> ort::Result<()> {
+    if dst.memory_info().is_cpu_accessible() {
+        let (_, d) = dst.try_extract_tensor_mut()?;
+        if d.len() != data.len() {
+            return Err(ort::Error::new(format!(
+                "tensor has {} values, data {}",
+                d.len(),
+                data.len()
+            )));
+        }
+        d.copy_from_slice(data);
+        Ok(())
+    } else {
+        let shape: Vec<usize> = dst.shape().iter().map(|&d| d.max(0) as usize).collect();
+        let host = Tensor::from_array((shape, data.to_vec()))?;
+        host.copy_into(dst)
+    }
+}
+
+/// Copies a tensor into `dst` (resized), through host memory if it lives on a GPU.
+fn download(src: &Tensor<f32>, dst: &mut Vec<f32>) -> ort::Result<()> {
+    dst.clear();
+    if src.memory_info().is_cpu_accessible() {
+        dst.extend_from_slice(src.try_extract_tensor::<f32>()?.1);
+    } else {
+        let host = src.to(AllocationDevice::CPU, 0)?;
+        dst.extend_from_slice(host.try_extract_tensor::<f32>()?.1);
+    }
+    Ok(())
 }
 
 /// The tensors of one run, for `scripts/mvdiffusion_reference.py`.

@@ -38,6 +38,20 @@ pub struct StepCoefficients {
     pub std_dev: f32,
 }
 
+impl StepCoefficients {
+    /// `[sqrt_alpha_t, sqrt_beta_t, sqrt_alpha_prev, direction, std_dev]`, the order of the
+    /// step graph's `coefficients` after the guidance scale.
+    pub fn to_array(self) -> [f32; 5] {
+        [
+            self.sqrt_alpha_t,
+            self.sqrt_beta_t,
+            self.sqrt_alpha_prev,
+            self.direction,
+            self.std_dev,
+        ]
+    }
+}
+
 impl Ddim {
     /// The schedule for `steps` inference steps; the configuration must already be validated
     /// (see [`super::manifest::Manifest::validate`]).
@@ -204,14 +218,7 @@ mod tests {
     fn step_coefficients_match_the_formula() {
         let ddim = Ddim::new(&wonder3d(), 50);
         for (t, want) in reference().coefficients_50 {
-            let c = ddim.coefficients(t);
-            let got = [
-                c.sqrt_alpha_t,
-                c.sqrt_beta_t,
-                c.sqrt_alpha_prev,
-                c.direction,
-                c.std_dev,
-            ];
+            let got = ddim.coefficients(t).to_array();
             for (g, w) in got.iter().zip(want) {
                 assert!(
                     (f64::from(*g) - w).abs() < 2e-6,
