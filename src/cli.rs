@@ -179,7 +179,8 @@ struct ViewsArgs {
     /// Model directory: model.toml and the ONNX files it names.
     #[arg(long)]
     model: PathBuf,
-    /// Write the six normal maps, colour maps, masks and the input image as PNG here.
+    /// Write the six normal maps, colour maps, masks and the input image as PNG here, plus
+    /// Wonder3D's `normals_000_<view>.png` (RGBA) that `m3dnode neus` reads.
     #[arg(long)]
     save_views: Option<PathBuf>,
     /// Series Instance UID to use when the folder holds several series.

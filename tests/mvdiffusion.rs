@@ -583,7 +583,26 @@ fn views_cli_saves_pngs() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("key slice 9,"), "{stdout}");
     let n = std::fs::read_dir(dir.path()).unwrap().count();
-    assert_eq!(n, 6 * 3 + 1, "normal, colour, mask per view and the input");
+    assert_eq!(
+        n,
+        6 * 4 + 1,
+        "normal, colour, mask, Wonder3D's RGBA normals per view, and the input"
+    );
+    // The NeuS command takes the saved views as they are.
+    let stl = dir.path().join("out.stl");
+    let out = Command::new(env!("CARGO_BIN_EXE_m3dnode"))
+        .args(["neus", dir.path().to_str().unwrap(), "-o"])
+        .arg(&stl)
+        .args(["--fast", "--steps", "5", "--device", "cpu"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mesh = m3dnode::mesh::read_stl(&std::fs::read(&stl).unwrap()).unwrap();
+    assert!(m3dnode::mesh::metrics(&mesh).triangles > 0);
 }
 
 #[test]

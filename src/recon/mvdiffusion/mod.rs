@@ -1150,6 +1150,20 @@ pub fn save_views(views: &SixViews, dir: &Path) -> Result<(), MvDiffusionError> 
         ] {
             png(format!("{}_{kind}.png", v.name), colour, data, res)?;
         }
+        // Wonder3D's own file (normal map with the mask as alpha), which `m3dnode neus`
+        // reads: the two stages can be run, and looked at, one after the other.
+        let normal8 = to8(&v.normal);
+        let rgba = normal8
+            .chunks_exact(3)
+            .zip(&v.mask)
+            .flat_map(|(n, &m)| [n[0], n[1], n[2], if m { 255 } else { 0 }])
+            .collect();
+        png(
+            format!("normals_000_{}.png", v.name),
+            png::ColorType::Rgba,
+            rgba,
+            res,
+        )?;
     }
     let c = &views.condition;
     png(
