@@ -562,12 +562,11 @@ fn mvdiffusion_rule_returns_a_surface_from_generated_views() {
     assert!(m.triangles > 0 && m.watertight, "{m:?}");
     let files = m3dnode::volume::scan_dir(&source_dir).unwrap();
     let vol = m3dnode::volume::assemble(&files[0].files, &Default::default()).unwrap();
-    let corner = |i: f64, j: f64, k: f64| {
-        let a = &vol.affine;
-        [0, 1, 2].map(|r| a[r][0] * i + a[r][1] * j + a[r][2] * k + a[r][3])
-    };
     let [c, r, s] = vol.dims.map(|d| d as f64 - 1.0);
-    let (lo, hi) = (corner(0.0, 0.0, 0.0), corner(c, r, s));
+    let (lo, hi) = (
+        vol.voxel_to_patient(0.0, 0.0, 0.0),
+        vol.voxel_to_patient(c, r, s),
+    );
     for a in 0..3 {
         let centre = (m.bbox_min[a] + m.bbox_max[a]) * 0.5;
         let (l, h) = (lo[a].min(hi[a]), lo[a].max(hi[a]));

@@ -418,8 +418,7 @@ impl Handler {
                     }
                     Ok(Err(e)) => {
                         warn!(error = %e, "association ended by a receive error; aborting");
-                        let _ = self.assoc.send(&abort_pdu()).await;
-                        return "protocol error";
+                        return self.abort().await;
                     }
                     Ok(Ok(frame)) => frame,
                 };
@@ -430,15 +429,13 @@ impl Handler {
                             Ok(pdv) => pdv,
                             Err(e) => {
                                 warn!(error = %e, "unreadable P-DATA-TF; aborting");
-                                let _ = self.assoc.send(&abort_pdu()).await;
-                                return "protocol error";
+                                return self.abort().await;
                             }
                         };
                         if pdv.is_command {
                             if pending.is_some() {
                                 warn!("command received while a data set was incomplete; aborting");
-                                let _ = self.assoc.send(&abort_pdu()).await;
-                                return "protocol error";
+                                return self.abort().await;
                             }
                             command_bytes.extend_from_slice(pdv.data);
                             if pdv.is_last {
@@ -452,8 +449,7 @@ impl Handler {
                         }
                         let Some(p) = pending.as_mut() else {
                             warn!("data set received without a command; aborting");
-                            let _ = self.assoc.send(&abort_pdu()).await;
-                            return "protocol error";
+                            return self.abort().await;
                         };
                         if pdv.pc_id != p.reply.pc_id {
                             warn!(
@@ -461,8 +457,7 @@ impl Handler {
                                 expected = p.reply.pc_id,
                                 "data set fragment on another presentation context than its command; aborting"
                             );
-                            let _ = self.assoc.send(&abort_pdu()).await;
-                            return "protocol error";
+                            return self.abort().await;
                         }
                         if let Ok(incoming) = &mut p.target
                             && let Err(e) = incoming.append(pdv.data)
@@ -504,8 +499,7 @@ impl Handler {
                         pdu_type = format_args!("{kind:#04x}"),
                         "unexpected PDU in an established association; aborting"
                     );
-                    let _ = self.assoc.send(&abort_pdu()).await;
-                    return "protocol error";
+                    return self.abort().await;
                 }
             }
         }
@@ -521,14 +515,12 @@ impl Handler {
             Ok(c) => c,
             Err(e) => {
                 warn!(error = %e, "unreadable command set; aborting");
-                let _ = self.assoc.send(&abort_pdu()).await;
-                return Err("protocol error");
+                return Err(self.abort().await);
             }
         };
         let (Ok(field), Ok(message_id)) = (cmd.command_field(), cmd.message_id()) else {
             warn!("command set without Command Field or Message ID; aborting");
-            let _ = self.assoc.send(&abort_pdu()).await;
-            return Err("protocol error");
+            return Err(self.abort().await);
         };
         let pc = self
             .assoc
@@ -541,8 +533,7 @@ impl Handler {
                 pc_id,
                 "message on a presentation context that was not accepted; aborting"
             );
-            let _ = self.assoc.send(&abort_pdu()).await;
-            return Err("protocol error");
+            return Err(self.abort().await);
         };
         match field {
             field::C_ECHO_RQ => {
@@ -686,6 +677,13 @@ impl Handler {
         )
         .encode();
         self.send_command(p.pc_id, &rsp).await
+    }
+
+    /// Sends an A-ABORT (the reason was logged by the caller); returns how the association
+    /// ended, for the summary line.
+    async fn abort(&mut self) -> &'static str {
+        let _ = self.assoc.send(&abort_pdu()).await;
+        "protocol error"
     }
 
     async fn send_command(&mut self, pc_id: u8, bytes: &[u8]) -> Result<(), &'static str> {

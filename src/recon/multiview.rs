@@ -112,12 +112,10 @@ pub fn view_set(views: &SixViews) -> Result<ViewSet, ReconError> {
 /// Where the front view's canvas lies in patient coordinates: its centre on the key slice,
 /// its columns along the image rows' direction, half its width in mm as the NeuS world unit.
 pub fn placement(vol: &Volume, views: &SixViews) -> Result<Placement, ReconError> {
-    let a = &vol.affine;
-    let k = views.condition.slice as f64;
     let frame = views.condition.frame;
     let half = (views.resolution as f64 - 1.0) * 0.5;
     let [i, j] = frame.to_key(half, half);
-    let centre = [0, 1, 2].map(|r| a[r][0] * i + a[r][1] * j + a[r][2] * k + a[r][3]);
+    let centre = vol.voxel_to_patient(i, j, views.condition.slice as f64);
     let [sx, sy, _] = vol.spacing;
     if (sx - sy).abs() > 0.01 * sx.max(sy) {
         warn!(
@@ -126,8 +124,9 @@ pub fn placement(vol: &Volume, views: &SixViews) -> Result<Placement, ReconError
             "non-square pixels: the generated views are square, the reconstruction uses the column spacing in both directions"
         );
     }
-    let right = [0, 1, 2].map(|r| a[r][0]);
-    let down = [0, 1, 2].map(|r| a[r][1]);
+    // The affine's first two columns: one column step and one row step in mm.
+    let right = [0, 1, 2].map(|r| vol.affine[r][0]);
+    let down = [0, 1, 2].map(|r| vol.affine[r][1]);
     let mm_per_unit = views.resolution as f64 * 0.5 / frame.scale * sx;
     Ok(Placement::new(centre, right, down, mm_per_unit)?)
 }

@@ -253,11 +253,6 @@ impl Store {
         Ok(TempFile(file))
     }
 
-    /// Whether commits fsync (`node.sync`); without it a commit does not block for long.
-    pub fn is_sync(&self) -> bool {
-        self.sync
-    }
-
     /// Finishes an instance: checks it, makes it durable and indexes it. Blocking (fsync):
     /// call it off the async runtime.
     pub fn commit(&self, incoming: Incoming) -> Result<Stored, StoreError> {
