@@ -599,6 +599,7 @@ impl Handler {
 
     async fn finish_store(&mut self, pending: PendingStore) -> Result<(), &'static str> {
         let PendingStore { reply: p, target } = pending;
+        let started = std::time::Instant::now();
         let result = match target {
             Err(e) => Err(e),
             Ok(incoming) => {
@@ -625,6 +626,7 @@ impl Handler {
                     series_instance_uid = %stored.header.series_instance_uid,
                     bytes = stored.size,
                     duplicate = stored.duplicate,
+                    commit_ms = started.elapsed().as_secs_f64() * 1e3,
                     "stored"
                 );
                 self.stats.stored += 1;

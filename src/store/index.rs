@@ -121,6 +121,25 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_state ON outbox(state, next_attempt_at);
 ";
 
+const UPSERT: &str = "INSERT OR REPLACE INTO instances (sop_instance_uid, sop_class_uid,
+    study_instance_uid, series_instance_uid, modality, instance_number, transfer_syntax, path,
+    size, calling_ae, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+
+/// An instance's row as the store writes it.
+#[derive(Debug, Clone)]
+pub struct NewRow {
+    /// The data set's header.
+    pub header: Header,
+    /// Transfer syntax it is stored in.
+    pub transfer_syntax: String,
+    /// Path relative to the storage root.
+    pub path: String,
+    /// File size in bytes.
+    pub size: u64,
+    /// Calling AE title it came from.
+    pub calling_ae: String,
+}
+
 /// Seconds since the Unix epoch, the time unit of every table.
 pub fn now() -> f64 {
     std::time::SystemTime::now()
@@ -151,6 +170,38 @@ impl Index {
         Ok(f(&conn)?)
     }
 
+    /// Inserts or replaces the rows of several instances in one transaction (one WAL append
+    /// for a whole group commit).
+    pub fn upsert_all<'a>(
+        &self,
+        rows: impl IntoIterator<Item = &'a NewRow>,
+    ) -> Result<(), IndexError> {
+        let now = now();
+        self.with(|c| {
+            let tx = c.unchecked_transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(UPSERT)?;
+                for r in rows {
+                    let h = &r.header;
+                    stmt.execute(params![
+                        h.sop_instance_uid,
+                        h.sop_class_uid,
+                        h.study_instance_uid,
+                        h.series_instance_uid,
+                        h.modality,
+                        h.instance_number,
+                        r.transfer_syntax,
+                        r.path,
+                        r.size as i64,
+                        r.calling_ae,
+                        now
+                    ])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
     /// Inserts or replaces the row of an instance.
     pub fn upsert(
         &self,
@@ -162,25 +213,21 @@ impl Index {
     ) -> Result<(), IndexError> {
         let now = now();
         self.with(|c| {
-            c.prepare_cached(
-                "INSERT OR REPLACE INTO instances (sop_instance_uid, sop_class_uid, study_instance_uid,
-                 series_instance_uid, modality, instance_number, transfer_syntax, path, size,
-                 calling_ae, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )?
-            .execute(params![
-                header.sop_instance_uid,
-                header.sop_class_uid,
-                header.study_instance_uid,
-                header.series_instance_uid,
-                header.modality,
-                header.instance_number,
-                ts,
-                rel_path,
-                size as i64,
-                calling_ae,
-                now
-            ])
-            .map(|_| ())
+            c.prepare_cached(UPSERT)?
+                .execute(params![
+                    header.sop_instance_uid,
+                    header.sop_class_uid,
+                    header.study_instance_uid,
+                    header.series_instance_uid,
+                    header.modality,
+                    header.instance_number,
+                    ts,
+                    rel_path,
+                    size as i64,
+                    calling_ae,
+                    now
+                ])
+                .map(|_| ())
         })
     }
 

@@ -10,8 +10,11 @@
 //! walked once to prove it is complete and to read its UIDs ([`header`]), fsynced, renamed to
 //! its final name, its directory fsynced, and indexed — and only then does the caller answer
 //! success. A crash at any point leaves either nothing or a temp file, which the next start
-//! removes. This module does not decode pixels and knows nothing about the network.
+//! removes. Concurrent associations share the renames, directory fsyncs and index transaction
+//! of instances that finish together (`group.rs`). This module does not decode pixels and
+//! knows nothing about the network.
 
+mod group;
 pub mod header;
 pub mod index;
 pub mod uid;
@@ -19,12 +22,14 @@ pub mod uid;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tracing::{debug, info, warn};
 
 use crate::config::{NodeConfig, OnConflict};
 use header::{Encoding, Header, HeaderError};
-pub use index::{Index, IndexError, InstanceRow};
+pub use index::{Index, IndexError, InstanceRow, NewRow};
 
 /// Our Implementation Class UID (a fixed UUID-derived UID under 2.25).
 pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.208962186301944432614089305626476003171";
@@ -91,6 +96,9 @@ pub struct Store {
     root: PathBuf,
     tmp: PathBuf,
     index: Index,
+    group: group::GroupCommit,
+    /// Instances being received or committed right now, on all associations.
+    receiving: Arc<AtomicUsize>,
     sync: bool,
     min_free_bytes: u64,
     on_conflict: OnConflict,
@@ -120,12 +128,19 @@ impl Store {
             root,
             tmp,
             index,
+            group: group::GroupCommit::default(),
+            receiving: Arc::default(),
             sync: cfg.sync,
             min_free_bytes: cfg.min_free_mb.saturating_mul(1024 * 1024),
             on_conflict: cfg.on_conflict,
         };
         store.reconcile()?;
         Ok(store)
+    }
+
+    /// Group commits so far and the instances in them: (batches, instances).
+    pub fn commit_counts(&self) -> (u64, u64) {
+        self.group.counts()
     }
 
     /// The storage root.
@@ -218,6 +233,7 @@ impl Store {
             data_offset: 0,
             announced: announced.clone(),
             early_writeback: self.sync,
+            receiving: Receiving::enter(&self.receiving),
             written: 0,
             writeback_from: 0,
             prefix: Vec::new(),
@@ -327,19 +343,22 @@ impl Store {
         }
         self.create_dirs(&dir)?;
         if self.sync {
+            // Each thread flushes its own file, so the flushes of concurrent instances are in
+            // the disk's queue together; only the steps they can share are grouped.
             temp.as_file().sync_data()?;
         }
-        temp.persist(&path).map_err(|e| e.error)?;
-        if self.sync {
-            File::open(&dir)?.sync_all()?;
-        }
-        self.index.upsert(
-            &header,
-            &announced.transfer_syntax,
-            &self.relative(&path),
-            size,
-            &announced.calling_ae,
-        )?;
+        let pending = group::Pending {
+            temp,
+            row: NewRow {
+                header: header.clone(),
+                transfer_syntax: announced.transfer_syntax,
+                path: self.relative(&path),
+                size,
+                calling_ae: announced.calling_ae,
+            },
+            path: path.clone(),
+        };
+        self.group.commit(pending, self.sync, &self.index)?;
         Ok(Stored {
             header,
             path,
@@ -449,6 +468,7 @@ pub struct Incoming {
     announced: Announced,
     /// Start writing pages to disk while the rest is still arriving (durable mode only).
     early_writeback: bool,
+    receiving: Receiving,
     /// Bytes of the data set written so far.
     written: u64,
     /// File offset up to which writeback has been started.
@@ -475,7 +495,11 @@ impl Incoming {
         }
         self.writer.write_all(fragment)?;
         self.written += fragment.len() as u64;
-        if self.early_writeback {
+        // Early writeback hides the fsync of a lone sender, which waits for each answer.
+        // When several instances arrive at once, their transfers already overlap each
+        // other's fsyncs, and the disk does better with one large write per file than with
+        // many small ones.
+        if self.early_writeback && self.receiving.alone() {
             // What has left the BufWriter is in the page cache: ask the kernel to start
             // writing it now, so that the fsync before the success status waits only for the
             // tail. This overlaps disk writes with receiving instead of serialising them.
@@ -490,6 +514,26 @@ impl Incoming {
             }
         }
         Ok(())
+    }
+}
+
+/// Counts an instance as being received for as long as it lives.
+struct Receiving(Arc<AtomicUsize>);
+
+impl Receiving {
+    fn enter(count: &Arc<AtomicUsize>) -> Receiving {
+        count.fetch_add(1, Ordering::Relaxed);
+        Receiving(Arc::clone(count))
+    }
+
+    fn alone(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == 1
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -756,6 +800,11 @@ mod tests {
     }
 
     fn receive(store: &Store, sop: &str, bytes: &[u8]) -> Result<Stored, StoreError> {
+        store.commit(arrive(store, sop, bytes)?)
+    }
+
+    /// An instance received in full and not yet committed.
+    fn arrive(store: &Store, sop: &str, bytes: &[u8]) -> Result<Incoming, StoreError> {
         let announced = Announced {
             sop_class_uid: MR.into(),
             sop_instance_uid: sop.into(),
@@ -766,7 +815,68 @@ mod tests {
         for fragment in bytes.chunks(16_382) {
             incoming.append(fragment)?;
         }
-        store.commit(incoming)
+        Ok(incoming)
+    }
+
+    fn wait_until(what: &str, cond: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !cond() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting: {what}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn instances_arriving_during_a_commit_are_committed_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&NodeConfig {
+            storage: dir.path().to_path_buf(),
+            min_free_mb: 0,
+            sync: true,
+            ..NodeConfig::default()
+        })
+        .unwrap();
+        let sops: Vec<String> = (0..5).map(|i| format!("1.2.3.4.{}", 10 + i)).collect();
+        let mut arrived: Vec<Incoming> = sops
+            .iter()
+            .map(|sop| arrive(&store, sop, &data_set(sop)).unwrap())
+            .collect();
+        let store = &store;
+        let stored = std::thread::scope(|s| {
+            let mut threads = Vec::new();
+            // Hold the index so that the first commit stops inside its batch, as a slow disk
+            // would hold it, while the other four arrive.
+            store
+                .index()
+                .with(|_| {
+                    let first = arrived.remove(0);
+                    threads.push(s.spawn(move || store.commit(first)));
+                    wait_until("the first batch", || store.commit_counts().0 == 1);
+                    for incoming in arrived.drain(..) {
+                        threads.push(s.spawn(move || store.commit(incoming)));
+                    }
+                    wait_until("four queued", || store.group.queued() == 4);
+                    Ok(())
+                })
+                .unwrap();
+            threads
+                .into_iter()
+                .map(|t| t.join().unwrap().unwrap())
+                .collect::<Vec<_>>()
+        });
+        // One batch for the first, one for the four that queued behind it.
+        assert_eq!(store.commit_counts(), (2, 5));
+        assert_eq!(store.index().count().unwrap(), 5);
+        for (sop, stored) in sops.iter().zip(&stored) {
+            assert_eq!(&stored.header.sop_instance_uid, sop);
+            let on_disk = fs::read(&stored.path).unwrap();
+            assert!(on_disk.ends_with(&data_set(sop)));
+            assert!(store.index().get(sop).unwrap().is_some());
+        }
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 
     #[test]
