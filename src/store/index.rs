@@ -171,34 +171,45 @@ impl Index {
     }
 
     /// Inserts or replaces the rows of several instances in one transaction (one WAL append
-    /// for a whole group commit).
+    /// for a whole group commit). A single row is written in autocommit mode; BEGIN and COMMIT
+    /// are cached statements, because parsing them anew cost more than the insert itself.
     pub fn upsert_all<'a>(
         &self,
         rows: impl IntoIterator<Item = &'a NewRow>,
     ) -> Result<(), IndexError> {
+        let rows: Vec<&NewRow> = rows.into_iter().collect();
         let now = now();
         self.with(|c| {
-            let tx = c.unchecked_transaction()?;
-            {
-                let mut stmt = tx.prepare_cached(UPSERT)?;
-                for r in rows {
-                    let h = &r.header;
-                    stmt.execute(params![
-                        h.sop_instance_uid,
-                        h.sop_class_uid,
-                        h.study_instance_uid,
-                        h.series_instance_uid,
-                        h.modality,
-                        h.instance_number,
-                        r.transfer_syntax,
-                        r.path,
-                        r.size as i64,
-                        r.calling_ae,
-                        now
-                    ])?;
+            let insert = |r: &NewRow| {
+                let h = &r.header;
+                c.prepare_cached(UPSERT)?.execute(params![
+                    h.sop_instance_uid,
+                    h.sop_class_uid,
+                    h.study_instance_uid,
+                    h.series_instance_uid,
+                    h.modality,
+                    h.instance_number,
+                    r.transfer_syntax,
+                    r.path,
+                    r.size as i64,
+                    r.calling_ae,
+                    now
+                ])
+            };
+            match rows.as_slice() {
+                [] => Ok(()),
+                [one] => insert(one).map(|_| ()),
+                many => {
+                    c.prepare_cached("BEGIN")?.execute([])?;
+                    match many.iter().try_for_each(|r| insert(r).map(|_| ())) {
+                        Ok(()) => c.prepare_cached("COMMIT")?.execute([]).map(|_| ()),
+                        Err(e) => {
+                            let _ = c.prepare_cached("ROLLBACK").and_then(|mut s| s.execute([]));
+                            Err(e)
+                        }
+                    }
                 }
             }
-            tx.commit()
         })
     }
 
