@@ -900,6 +900,31 @@ mod tests {
     }
 
     #[test]
+    fn many_threads_committing_at_once_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let store = &store;
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                s.spawn(move || {
+                    for i in 0..10 {
+                        let sop = format!("1.2.3.4.{}.{i}", 100 + t);
+                        receive(store, &sop, &data_set(&sop)).unwrap();
+                    }
+                });
+            }
+        });
+        let (batches, instances) = store.commit_counts();
+        assert_eq!(instances, 80);
+        assert!((1..=80).contains(&batches));
+        assert_eq!(store.index().count().unwrap(), 80);
+        assert_eq!(store.group.queued(), 0);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        let series = dir.path().join("1.2.3").join("1.2.3.4");
+        assert_eq!(fs::read_dir(series).unwrap().count(), 80);
+    }
+
+    #[test]
     fn a_spare_temp_file_whose_name_vanished_is_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(dir.path());
