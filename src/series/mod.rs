@@ -11,7 +11,7 @@
 
 pub mod jobs;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
@@ -116,6 +116,7 @@ pub fn start(
         rules,
         queue,
         live: HashMap::new(),
+        unrouted: HashSet::new(),
     };
     state.resume()?;
     let handle = std::thread::Builder::new()
@@ -130,7 +131,12 @@ struct State {
     rules: Arc<Vec<Rule>>,
     queue: Arc<JobQueue>,
     live: HashMap<String, Live>,
+    /// Series known to match no rule, so that their further instances cost no query.
+    unrouted: HashSet<String>,
 }
+
+/// Bound on [`State::unrouted`]; forgetting a series only costs one query per instance later.
+const UNROUTED_REMEMBERED: usize = 10_000;
 
 /// Series that are not images: never routed (our own results coming back, documents).
 fn is_reconstructable(h: &Header) -> bool {
@@ -203,6 +209,13 @@ impl State {
             .min()
     }
 
+    fn remember_unrouted(&mut self, uid: &str) {
+        if self.unrouted.len() >= UNROUTED_REMEMBERED {
+            self.unrouted.clear();
+        }
+        self.unrouted.insert(uid.to_string());
+    }
+
     fn on_stored(
         &mut self,
         h: &Header,
@@ -218,18 +231,24 @@ impl State {
             }
             return Ok(());
         }
+        if self.unrouted.contains(uid) {
+            return Ok(());
+        }
         // Known from an earlier run or an earlier association?
         let known: Option<(Option<String>, String, Option<i64>)> =
             self.store.index().with(|c| {
-                c.query_row(
+                c.prepare_cached(
                     "SELECT rule, state, expected FROM series WHERE series_instance_uid = ?1",
-                    [uid],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
+                )?
+                .query_row([uid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()
             })?;
         let (rule, processed, expected) = match known {
-            Some((None, ..)) => return Ok(()), // unrouted: already logged
+            Some((None, ..)) => {
+                // Unrouted, and already logged as such.
+                self.remember_unrouted(uid);
+                return Ok(());
+            }
             Some((Some(rule), state, expected)) => {
                 (rule, state == "processed", expected.map(|e| e as u64))
             }
@@ -258,6 +277,7 @@ impl State {
                 })?;
                 let Some(rule) = rule else {
                     info!(series_instance_uid = %uid, modality = h.modality.as_deref().unwrap_or(""), calling_ae, "series matches no rule: stored, not processed");
+                    self.remember_unrouted(uid);
                     return Ok(());
                 };
                 info!(series_instance_uid = %uid, rule = %rule.name, "new series");
