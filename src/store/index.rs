@@ -68,7 +68,9 @@ CREATE TABLE IF NOT EXISTS instances (
     received_at         REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS instances_series ON instances(series_instance_uid);
-CREATE INDEX IF NOT EXISTS instances_study ON instances(study_instance_uid);
+-- Nothing looks instances up by study yet, and every index is one more b-tree to update per
+-- received instance; indexes made by earlier versions are dropped.
+DROP INDEX IF EXISTS instances_study;
 
 -- Series the node has seen, for completion tracking and routing (series module).
 CREATE TABLE IF NOT EXISTS series (
