@@ -468,6 +468,7 @@ pub struct Incoming {
     announced: Announced,
     /// Start writing pages to disk while the rest is still arriving (durable mode only).
     early_writeback: bool,
+    /// Counts this instance among those in flight until it is committed or dropped.
     receiving: Receiving,
     /// Bytes of the data set written so far.
     written: u64,
