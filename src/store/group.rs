@@ -52,7 +52,7 @@ struct Queue {
 #[derive(Default)]
 pub(super) struct GroupCommit {
     queue: Mutex<Queue>,
-    /// Batches committed and instances in them, for tests and the debug log.
+    /// Batches committed and instances in them, which tests check batching by.
     counts: Mutex<(u64, u64)>,
 }
 

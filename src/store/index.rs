@@ -127,6 +127,32 @@ const UPSERT: &str = "INSERT OR REPLACE INTO instances (sop_instance_uid, sop_cl
     study_instance_uid, series_instance_uid, modality, instance_number, transfer_syntax, path,
     size, calling_ae, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
 
+/// The one statement that writes an instance's row, for [`Index::upsert`] and
+/// [`Index::upsert_all`].
+fn insert_row(
+    c: &Connection,
+    h: &Header,
+    ts: &str,
+    rel_path: &str,
+    size: u64,
+    calling_ae: &str,
+    now: f64,
+) -> rusqlite::Result<usize> {
+    c.prepare_cached(UPSERT)?.execute(params![
+        h.sop_instance_uid,
+        h.sop_class_uid,
+        h.study_instance_uid,
+        h.series_instance_uid,
+        h.modality,
+        h.instance_number,
+        ts,
+        rel_path,
+        size as i64,
+        calling_ae,
+        now
+    ])
+}
+
 /// An instance's row as the store writes it.
 #[derive(Debug, Clone)]
 pub struct NewRow {
@@ -183,20 +209,15 @@ impl Index {
         let now = now();
         self.with(|c| {
             let insert = |r: &NewRow| {
-                let h = &r.header;
-                c.prepare_cached(UPSERT)?.execute(params![
-                    h.sop_instance_uid,
-                    h.sop_class_uid,
-                    h.study_instance_uid,
-                    h.series_instance_uid,
-                    h.modality,
-                    h.instance_number,
-                    r.transfer_syntax,
-                    r.path,
-                    r.size as i64,
-                    r.calling_ae,
-                    now
-                ])
+                insert_row(
+                    c,
+                    &r.header,
+                    &r.transfer_syntax,
+                    &r.path,
+                    r.size,
+                    &r.calling_ae,
+                    now,
+                )
             };
             match rows.as_slice() {
                 [] => Ok(()),
@@ -225,23 +246,7 @@ impl Index {
         calling_ae: &str,
     ) -> Result<(), IndexError> {
         let now = now();
-        self.with(|c| {
-            c.prepare_cached(UPSERT)?
-                .execute(params![
-                    header.sop_instance_uid,
-                    header.sop_class_uid,
-                    header.study_instance_uid,
-                    header.series_instance_uid,
-                    header.modality,
-                    header.instance_number,
-                    ts,
-                    rel_path,
-                    size as i64,
-                    calling_ae,
-                    now
-                ])
-                .map(|_| ())
-        })
+        self.with(|c| insert_row(c, header, ts, rel_path, size, calling_ae, now).map(|_| ()))
     }
 
     /// The row of one instance.
