@@ -301,6 +301,9 @@ pub struct NodeConfig {
     pub max_associations: usize,
     /// Largest P-DATA PDU we accept, in bytes (advertised in A-ASSOCIATE-AC).
     pub max_pdu_length: u32,
+    /// Kernel receive buffer of each association's socket, in KB; 0 leaves it to the
+    /// kernel's autotuning, which starts at 128 KB and grows it during the association.
+    pub receive_buffer_kb: u32,
     /// Reject calling AE titles that are not in `[[peers]]`.
     pub require_known_peers: bool,
     /// Seconds an association may stay silent before it is aborted.
@@ -324,6 +327,7 @@ impl Default for NodeConfig {
             storage: PathBuf::from("var"),
             max_associations: 32,
             max_pdu_length: 262_144,
+            receive_buffer_kb: 1024,
             require_known_peers: false,
             idle_timeout_seconds: 60,
             sync: true,
@@ -412,6 +416,13 @@ impl Config {
                     "{} is outside 16384..=16777216 bytes",
                     self.node.max_pdu_length
                 ),
+            ));
+        }
+        let kb = self.node.receive_buffer_kb;
+        if kb != 0 && !(64..=65_536).contains(&kb) {
+            return Err(invalid(
+                "node.receive_buffer_kb",
+                format!("{kb} is neither 0 (kernel default) nor within 64..=65536 KB"),
             ));
         }
         if self.node.idle_timeout_seconds == 0 {
@@ -567,6 +578,7 @@ mod tests {
                 "peers[0].address",
             ),
             ("[node]\non_conflict = \"maybe\"\n", "maybe"),
+            ("[node]\nreceive_buffer_kb = 8\n", "node.receive_buffer_kb"),
         ];
         for (text, key) in cases {
             let path = dir.path().join("c.toml");

@@ -143,6 +143,11 @@ impl Store {
         self.group.counts()
     }
 
+    /// Whether commits fsync (`node.sync`); without it a commit never waits for the disk.
+    pub fn syncs(&self) -> bool {
+        self.sync
+    }
+
     /// The storage root.
     pub fn root(&self) -> &Path {
         &self.root
