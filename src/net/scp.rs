@@ -174,30 +174,42 @@ pub async fn serve(
 /// one of DCMTK's 128 KB PDUs with its headers, and autotuning takes the first ~10 ms of the
 /// association to grow it: a fair part of a short association, during which the sender
 /// stalls in the middle of each PDU. The fixed buffer is there from the first byte.
+///
+/// A fixed buffer also switches autotuning off for the socket, so one that the kernel would
+/// cap (net.core.rmem_max, 208 KB on a stock Debian) is not set at all: on a long-distance
+/// link the capped buffer would limit throughput below what autotuning reaches.
 fn size_receive_buffer(listener: &TcpListener, kb: u32) {
     if kb == 0 {
         return;
     }
     let wanted = kb as usize * 1024;
-    let socket = socket2::SockRef::from(listener);
-    if let Err(e) = socket.set_recv_buffer_size(wanted) {
-        warn!(receive_buffer_kb = kb, error = %e, "cannot set the socket receive buffer; using the kernel's");
-        return;
+    // Linux reports twice what it grants (the other half is its bookkeeping); try it on a
+    // scratch socket first, since the listener cannot go back to autotuning afterwards.
+    let granted = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .and_then(|probe| {
+            probe.set_recv_buffer_size(wanted)?;
+            probe.recv_buffer_size()
+        });
+    match granted {
+        Ok(got) if got < wanted => {
+            info!(
+                receive_buffer_kb = kb,
+                kernel_cap_kb = got / 2 / 1024,
+                "net.core.rmem_max is below node.receive_buffer_kb; leaving socket buffers to kernel autotuning (raise net.core.rmem_max for the fixed buffer)"
+            );
+            return;
+        }
+        Ok(_) => {}
+        Err(e) => {
+            warn!(receive_buffer_kb = kb, error = %e, "cannot size socket receive buffers; leaving them to the kernel");
+            return;
+        }
     }
-    // Linux reports twice what it grants (the other half is its bookkeeping), and grants at
-    // most net.core.rmem_max.
-    match socket.recv_buffer_size() {
-        Ok(got) if got < wanted => warn!(
-            receive_buffer_kb = kb,
-            granted_kb = got / 2 / 1024,
-            "socket receive buffer capped by the kernel; raise net.core.rmem_max for full speed"
-        ),
-        Ok(got) => debug!(
-            receive_buffer_kb = kb,
-            reported_kb = got / 1024,
-            "socket receive buffer set"
-        ),
-        Err(e) => debug!(error = %e, "cannot read back the socket receive buffer"),
+    match socket2::SockRef::from(listener).set_recv_buffer_size(wanted) {
+        Ok(()) => debug!(receive_buffer_kb = kb, "socket receive buffer set"),
+        Err(e) => {
+            warn!(receive_buffer_kb = kb, error = %e, "cannot size socket receive buffers; leaving them to the kernel")
+        }
     }
 }
 
@@ -752,21 +764,38 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn accepted_sockets_inherit_the_receive_buffer() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         // Below Linux's default net.core.rmem_max, so the kernel grants it whole, and unlike
         // the 128 KB an untouched socket starts with.
-        size_receive_buffer(&listener, 96);
-        let addr = listener.local_addr().unwrap();
-        let client = TcpStream::connect(addr).await.unwrap();
-        let (accepted, _) = listener.accept().await.unwrap();
-        let got = socket2::SockRef::from(&accepted)
-            .recv_buffer_size()
-            .unwrap();
+        let got = accepted_buffer(96).await;
         if cfg!(target_os = "linux") {
             assert_eq!(got, 2 * 96 * 1024);
         } else {
             assert!(got >= 96 * 1024, "{got}");
         }
-        drop(client);
+    }
+
+    async fn accepted_buffer(kb: u32) -> usize {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        size_receive_buffer(&listener, kb);
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        socket2::SockRef::from(&accepted)
+            .recv_buffer_size()
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_buffer_the_kernel_would_cap_is_left_to_autotuning() {
+        let kb = 65_536;
+        let probe =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        probe.set_recv_buffer_size(kb as usize * 1024).unwrap();
+        if probe.recv_buffer_size().unwrap() >= kb as usize * 1024 {
+            eprintln!("net.core.rmem_max allows {kb} KB here: nothing to check");
+            return;
+        }
+        assert_eq!(accepted_buffer(kb).await, accepted_buffer(0).await);
     }
 }
