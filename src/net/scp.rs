@@ -185,7 +185,11 @@ fn size_receive_buffer(listener: &TcpListener, kb: u32) {
     let wanted = kb as usize * 1024;
     // Linux reports twice what it grants (the other half is its bookkeeping); try it on a
     // scratch socket first, since the listener cannot go back to autotuning afterwards.
-    let granted = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+    let granted = listener
+        .local_addr()
+        .and_then(|a| {
+            socket2::Socket::new(socket2::Domain::for_address(a), socket2::Type::STREAM, None)
+        })
         .and_then(|probe| {
             probe.set_recv_buffer_size(wanted)?;
             probe.recv_buffer_size()
