@@ -2,6 +2,7 @@
 # C-STORE ingest throughput of `m3dnode serve` side by side with DCMTK storescp, on loopback.
 #
 #   bench/ingest.sh [RUNS]          (default 7 runs; needs ../shared/bench beside the repo)
+#   SHIPPED_RUNS=N                  runs against storescp as shipped (default 3)
 #
 # Series: a synthetic 512x512 16-bit MR series of 200 slices (105 MB), written once by the
 # shared generator. Harness: ../shared/bench/ingest.sh, which starts every SCP once on its own
@@ -20,6 +21,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-7}
+shipped_runs=${SHIPPED_RUNS:-3}
 shared=${SHARED_BENCH:-../shared/bench}
 scratch=${SCRATCH:-${TMPDIR:-/tmp}/m3dnode-bench}
 mkdir -p "$scratch/tmp"
@@ -39,9 +41,13 @@ scp="$node serve --listen 127.0.0.1:{port} --storage {outdir} --ae-title {aet}"
 durable="env M3DNODE__NODE__MIN_FREE_MB=1 RUST_LOG=warn $scp"
 nosync="env M3DNODE__NODE__SYNC=false M3DNODE__NODE__MIN_FREE_MB=1 RUST_LOG=warn $scp"
 
+harness() { TMPDIR=$scratch/tmp PYTHON=$py "$shared/ingest.sh" -d "$series" -e -1 "$@"; }
 echo "## one association"
-TMPDIR=$scratch/tmp PYTHON=$py "$shared/ingest.sh" -d "$series" -n "$runs" -e -1 \
-    dcmtk-nd dcmtk "$durable" "$nosync"
+harness -n "$runs" dcmtk-nd "$durable" "$nosync"
 echo "## four concurrent associations"
-TMPDIR=$scratch/tmp PYTHON=$py "$shared/ingest.sh" -d "$series" -c 4 -n "$runs" -e -1 \
-    dcmtk-fork-nd dcmtk "$durable" "$nosync"
+harness -c 4 -n "$runs" dcmtk-fork-nd "$durable" "$nosync"
+# storescp as shipped takes ~9 s per run (Nagle), during which the machine idles; in the
+# rotation above it would leave the SCP after it starting cold, so it is compared on its own.
+echo "## storescp as shipped (one and four associations)"
+harness -n "$shipped_runs" dcmtk "$durable" "$nosync"
+harness -c 4 -n "$shipped_runs" dcmtk "$durable" "$nosync"
