@@ -173,7 +173,7 @@ pub async fn serve(
 /// (`node.receive_buffer_kb`). Left to itself, Linux starts a socket at 128 KB, less than
 /// one of DCMTK's 128 KB PDUs with its headers, and autotuning takes the first ~10 ms of the
 /// association to grow it: a fair part of a short association, during which the sender
-/// stalls in the middle of each PDU. The fixed buffer is there from the first byte.
+/// can stall in the middle of each PDU. The fixed buffer is there from the first byte.
 ///
 /// A fixed buffer also switches autotuning off for the socket, so one that the kernel would
 /// cap (net.core.rmem_max, 208 KB on a stock Debian) is not set at all: on a long-distance
