@@ -46,14 +46,15 @@ struct Queue {
     waiting: Vec<(Pending, SyncSender<Turn>)>,
     /// Some thread is committing a batch (or has been told to).
     leading: bool,
+    /// Batches taken and instances in them, which tests check batching by.
+    batches: u64,
+    instances: u64,
 }
 
 /// The commit queue of one store.
 #[derive(Default)]
 pub(super) struct GroupCommit {
     queue: Mutex<Queue>,
-    /// Batches committed and instances in them, which tests check batching by.
-    counts: Mutex<(u64, u64)>,
 }
 
 impl GroupCommit {
@@ -77,8 +78,12 @@ impl GroupCommit {
         }
         // We lead. Whatever happens below, the guard passes leadership on when we return.
         let guard = Leader { group: self };
-        let batch = std::mem::take(&mut guard.group.lock().waiting);
-        self.count(batch.len());
+        let batch = {
+            let mut q = self.lock();
+            q.batches += 1;
+            q.instances += q.waiting.len() as u64;
+            std::mem::take(&mut q.waiting)
+        };
         write_out(batch, sync, index);
         drop(guard);
         match rx.try_recv() {
@@ -93,12 +98,6 @@ impl GroupCommit {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn count(&self, n: usize) {
-        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        c.0 += 1;
-        c.1 += n as u64;
-    }
-
     /// Instances waiting for the batch in progress.
     #[cfg(test)]
     pub fn queued(&self) -> usize {
@@ -107,7 +106,8 @@ impl GroupCommit {
 
     /// (batches, instances) committed so far.
     pub fn counts(&self) -> (u64, u64) {
-        *self.counts.lock().unwrap_or_else(|e| e.into_inner())
+        let q = self.lock();
+        (q.batches, q.instances)
     }
 }
 
