@@ -183,18 +183,11 @@ fn size_receive_buffer(listener: &TcpListener, kb: u32) {
         return;
     }
     let wanted = kb as usize * 1024;
-    // Linux reports twice what it grants (the other half is its bookkeeping); try it on a
-    // scratch socket first, since the listener cannot go back to autotuning afterwards.
-    let granted = listener
+    // Try it on a scratch socket first, since the listener cannot go back to autotuning.
+    let set = match listener
         .local_addr()
-        .and_then(|a| {
-            socket2::Socket::new(socket2::Domain::for_address(a), socket2::Type::STREAM, None)
-        })
-        .and_then(|probe| {
-            probe.set_recv_buffer_size(wanted)?;
-            probe.recv_buffer_size()
-        });
-    match granted {
+        .and_then(|a| granted_receive_buffer(a, wanted))
+    {
         Ok(got) if got < wanted => {
             info!(
                 receive_buffer_kb = kb,
@@ -203,18 +196,28 @@ fn size_receive_buffer(listener: &TcpListener, kb: u32) {
             );
             return;
         }
-        Ok(_) => {}
-        Err(e) => {
-            warn!(receive_buffer_kb = kb, error = %e, "cannot size socket receive buffers; leaving them to the kernel");
-            return;
-        }
-    }
-    match socket2::SockRef::from(listener).set_recv_buffer_size(wanted) {
+        Ok(_) => socket2::SockRef::from(listener).set_recv_buffer_size(wanted),
+        Err(e) => Err(e),
+    };
+    match set {
         Ok(()) => debug!(receive_buffer_kb = kb, "socket receive buffer set"),
         Err(e) => {
             warn!(receive_buffer_kb = kb, error = %e, "cannot size socket receive buffers; leaving them to the kernel")
         }
     }
+}
+
+/// What the kernel reports after a socket of `addr`'s family asks for `bytes` of receive
+/// buffer: Linux reports twice what it grants (the other half is its bookkeeping) and grants
+/// at most net.core.rmem_max.
+fn granted_receive_buffer(addr: SocketAddr, bytes: usize) -> std::io::Result<usize> {
+    let probe = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    probe.set_recv_buffer_size(bytes)?;
+    probe.recv_buffer_size()
 }
 
 fn is_per_connection(e: &std::io::Error) -> bool {
@@ -793,10 +796,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_buffer_the_kernel_would_cap_is_left_to_autotuning() {
         let kb = 65_536;
-        let probe =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        probe.set_recv_buffer_size(kb as usize * 1024).unwrap();
-        if probe.recv_buffer_size().unwrap() >= kb as usize * 1024 {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        if granted_receive_buffer(loopback, kb as usize * 1024).unwrap() >= kb as usize * 1024 {
             eprintln!("net.core.rmem_max allows {kb} KB here: nothing to check");
             return;
         }
