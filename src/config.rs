@@ -308,6 +308,12 @@ pub struct NodeConfig {
     pub require_known_peers: bool,
     /// Seconds an association may stay silent before it is aborted.
     pub idle_timeout_seconds: u64,
+    /// Seconds a new connection has to deliver its whole A-ASSOCIATE-RQ (the ARTIM timer of
+    /// PS3.8 9.1.5); until then it holds no association slot.
+    pub association_request_timeout_seconds: u64,
+    /// Open connections (associations and connections still sending their request) from one
+    /// IP address; one more is answered "local limit exceeded" or closed.
+    pub max_connections_per_host: usize,
     /// fsync every instance (file and directory) before answering success. `false` is for
     /// benchmarks only: an acknowledged instance may then be lost by a power cut.
     pub sync: bool,
@@ -330,6 +336,8 @@ impl Default for NodeConfig {
             receive_buffer_kb: 1024,
             require_known_peers: false,
             idle_timeout_seconds: 60,
+            association_request_timeout_seconds: 10,
+            max_connections_per_host: 16,
             sync: true,
             min_free_mb: 1024,
             on_conflict: OnConflict::KeepFirst,
@@ -428,6 +436,18 @@ impl Config {
         if self.node.idle_timeout_seconds == 0 {
             return Err(invalid(
                 "node.idle_timeout_seconds",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.node.association_request_timeout_seconds == 0 {
+            return Err(invalid(
+                "node.association_request_timeout_seconds",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.node.max_connections_per_host == 0 {
+            return Err(invalid(
+                "node.max_connections_per_host",
                 "must be at least 1".into(),
             ));
         }

@@ -19,6 +19,8 @@ pub mod field {
     pub const C_ECHO_RQ: u16 = 0x0030;
     /// C-ECHO-RSP
     pub const C_ECHO_RSP: u16 = 0x8030;
+    /// C-CANCEL-RQ
+    pub const C_CANCEL_RQ: u16 = 0x0FFF;
 }
 
 /// DIMSE status codes (PS3.4 B.2.3 and PS3.7 C).

@@ -6,6 +6,7 @@
 //! DIMSE messages ([`dimse`]). It hands received data sets to [`crate::store`] and knows nothing
 //! about meshes.
 
+pub mod accept;
 pub mod dimse;
 pub mod scp;
 pub mod scu;
@@ -40,11 +41,22 @@ pub const ACCEPTED_TRANSFER_SYNTAXES: &[&str] = &[
     "1.2.840.10008.1.2.5",    // RLE Lossless
 ];
 
+/// The retired storage SOP classes of Print Management (PS3.4 H, retired), which live outside
+/// the `1.2.840.10008.5.1.4` arc of every other storage class.
+const RETIRED_PRINT_STORAGE: &[&str] = &[
+    "1.2.840.10008.5.1.1.27", // Stored Print Storage
+    "1.2.840.10008.5.1.1.29", // Hardcopy Grayscale Image Storage
+    "1.2.840.10008.5.1.1.30", // Hardcopy Color Image Storage
+];
+
 /// True for every storage SOP class of the standard dictionary (retired ones included: old
 /// modalities still send them), and nothing else: not Storage Commitment, not the DICOMDIR
 /// "Media Storage Directory", not query/retrieve.
 pub fn is_storage_sop_class(uid: &str) -> bool {
     let uid = uid.trim_end_matches(['\0', ' ']);
+    if RETIRED_PRINT_STORAGE.contains(&uid) {
+        return true;
+    }
     let Some(entry) = dicom_dictionary_std::StandardSopClassDictionary.by_uid(uid) else {
         return false;
     };
@@ -52,6 +64,30 @@ pub fn is_storage_sop_class(uid: &str) -> bool {
         && uid.starts_with("1.2.840.10008.5.1.4.")
         && entry.name.contains("Storage")
         && !entry.name.contains("Commitment")
+}
+
+/// A peer-supplied string made safe for a log line: control characters (a newline would
+/// forge a line of its own), quotes and backslashes are escaped, anything else non-ASCII is
+/// escaped too (AE titles and UIDs are ASCII; anything else is worth seeing as it is), and
+/// at most 128 characters are shown.
+pub struct Printable<'a>(pub &'a str);
+
+impl std::fmt::Display for Printable<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const SHOWN: usize = 128;
+        for c in self.0.chars().take(SHOWN) {
+            if c.is_ascii_graphic() && c != '\\' && c != '"' || c == ' ' {
+                f.write_fmt(format_args!("{c}"))?;
+            } else {
+                f.write_fmt(format_args!("{}", c.escape_default()))?;
+            }
+        }
+        let n = self.0.chars().count();
+        if n > SHOWN {
+            write!(f, "...({n} characters)")?;
+        }
+        Ok(())
+    }
 }
 
 /// Name of a SOP class or transfer syntax for logs, falling back to the UID.
@@ -97,6 +133,30 @@ mod tests {
         ] {
             assert!(!is_storage_sop_class(uid), "{uid}");
         }
+    }
+
+    #[test]
+    fn retired_print_storage_classes_are_storage() {
+        for uid in RETIRED_PRINT_STORAGE {
+            assert!(is_storage_sop_class(uid), "{uid}");
+        }
+        // Print Management's other classes are not.
+        assert!(!is_storage_sop_class("1.2.840.10008.5.1.1.1")); // Basic Film Session
+    }
+
+    #[test]
+    fn printable_escapes_what_could_forge_a_log_line() {
+        let shown = Printable("1.2.3\n2026-12-04T00:00:00Z INFO forged\x1b[31m\u{e9}").to_string();
+        assert!(!shown.chars().any(|c| c.is_control()), "{shown}");
+        assert_eq!(
+            shown,
+            "1.2.3\\n2026-12-04T00:00:00Z INFO forged\\u{1b}[31m\\u{e9}"
+        );
+        let long = "9".repeat(500);
+        assert_eq!(
+            Printable(&long).to_string(),
+            format!("{}...(500 characters)", "9".repeat(128))
+        );
     }
 
     #[test]

@@ -1,29 +1,39 @@
 //! The Storage SCP: accept loop, association policy, and the C-ECHO / C-STORE service.
 //!
-//! One tokio task per association. A permit from a semaphore sized `node.max_associations` is
-//! taken for each connection; a connection that finds none still gets a proper answer, an
-//! A-ASSOCIATE-RJ "local limit exceeded", instead of hanging in the backlog. Data sets are
+//! One tokio task per connection. A new connection first has
+//! `node.association_request_timeout_seconds` (the ARTIM timer) to deliver its A-ASSOCIATE-RQ
+//! ([`super::accept`]); only then does it take one of the `node.max_associations` slots, so
+//! sockets that connect and say nothing cannot lock real senders out. Connections per source
+//! address are capped (`node.max_connections_per_host`), and so is the number of connections
+//! still sending their request. A connection that finds no slot still gets a proper answer,
+//! an A-ASSOCIATE-RJ "local limit exceeded", instead of hanging in the backlog. Data sets are
 //! streamed into the store as their P-DATA arrives and committed (fsync, rename, index); the
 //! C-STORE-RSP is sent only after the commit returns.
+//!
+//! Shutdown: the listener closes, open associations get `node.shutdown_grace_seconds`, then
+//! every handler is told to abort; each sends an A-ABORT and reports its end to the observer
+//! like any other end.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dicom_ul::Pdu;
-use dicom_ul::association::server::{AccessControl, ServerAssociationOptions};
-use dicom_ul::association::{Association, AsyncServerAssociation, Error as UlError};
 use dicom_ul::pdu::{
-    AssociationRJServiceUserReason, PDataValueType, PresentationContextResultReason, UserIdentity,
+    AbortRQServiceProviderReason, AssociationRJServiceUserReason, PDataValueType,
+    PresentationContextResultReason,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::Printable;
+use super::accept::{self, Agreed, Context, Decision, Terms};
 use super::dimse::{self, Command, field, status};
 use super::wire::{Frame, PduReader, WireError};
 use crate::config::Config;
@@ -37,14 +47,59 @@ pub enum ScpError {
     Accept(#[source] std::io::Error),
 }
 
+/// How an association ended: the log line says it, and the series tracker applies
+/// `series.aborted_associations` to every end but a release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssociationEnd {
+    /// A-RELEASE-RQ answered with A-RELEASE-RP.
+    Released,
+    /// The peer sent an A-ABORT.
+    AbortedByPeer,
+    /// The connection closed without a release.
+    ConnectionClosed,
+    /// Nothing arrived for `node.idle_timeout_seconds`; we aborted.
+    IdleTimeout,
+    /// The peer broke the protocol; we aborted.
+    ProtocolError,
+    /// A response could not be sent.
+    SendFailed,
+    /// The node shut down and aborted the association after the grace period.
+    Shutdown,
+    /// The handler was dropped before it could say (a cancelled task).
+    Cancelled,
+}
+
+impl AssociationEnd {
+    /// Only a release is an orderly end.
+    pub fn is_released(self) -> bool {
+        self == AssociationEnd::Released
+    }
+}
+
+impl std::fmt::Display for AssociationEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AssociationEnd::Released => "released",
+            AssociationEnd::AbortedByPeer => "aborted by peer",
+            AssociationEnd::ConnectionClosed => "connection closed",
+            AssociationEnd::IdleTimeout => "idle timeout",
+            AssociationEnd::ProtocolError => "protocol error",
+            AssociationEnd::SendFailed => "send error",
+            AssociationEnd::Shutdown => "aborted at shutdown",
+            AssociationEnd::Cancelled => "cancelled",
+        })
+    }
+}
+
 /// Receives every instance the SCP has stored, after its success status was sent. Calls
 /// come from the association tasks: implementations must return at once (queue the work).
 pub trait StoreObserver: Send + Sync {
     /// Called once per successfully stored (or identically re-sent) instance.
     fn stored(&self, stored: &Stored, calling_ae: &str, called_ae: &str);
 
-    /// Called when an association ends, with the (series, SOP instance) UIDs it newly stored.
-    fn association_ended(&self, _aborted: bool, _stored: &[(String, String)]) {}
+    /// Called exactly once when an association ends, however it ends, with the
+    /// (series, SOP instance) UIDs it newly stored.
+    fn association_ended(&self, _end: AssociationEnd, _stored: &[(String, String)]) {}
 }
 
 /// What every association handler shares.
@@ -89,6 +144,99 @@ impl ScpContext {
         self.observer = Some(observer);
         self
     }
+
+    /// The node's AE policy (called AE title, `require_known_peers`, `check_host`).
+    fn check_access(
+        &self,
+        peer_ip: IpAddr,
+        called: &str,
+        calling: &str,
+    ) -> Result<(), AssociationRJServiceUserReason> {
+        if called != self.config.node.ae_title.trim() {
+            warn!(
+                calling_ae = %Printable(calling),
+                called_ae = %Printable(called),
+                "association rejected: called AE title not recognised"
+            );
+            return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
+        }
+        if self.config.node.require_known_peers && self.config.peer(calling).is_none() {
+            warn!(
+                calling_ae = %Printable(calling),
+                "association rejected: calling AE title not in [[peers]]"
+            );
+            return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
+        }
+        if let Some(hosts) = self.peer_hosts.get(calling)
+            && !hosts.contains(&peer_ip)
+        {
+            warn!(calling_ae = %Printable(calling), %peer_ip, "association rejected: calling AE title used from a host other than its [[peers]] address");
+            return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
+        }
+        Ok(())
+    }
+}
+
+/// Where the server is in its life, as every connection task sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Serving,
+    /// The listener is closed: requests still arriving are turned away.
+    Draining,
+    /// The grace period is over: open associations abort.
+    Aborting,
+}
+
+/// Open connections per source address, each held by a [`HostSlot`].
+#[derive(Default)]
+struct HostCounts(Mutex<HashMap<IpAddr, usize>>);
+
+/// One connection's place in [`HostCounts`], given back when dropped.
+struct HostSlot {
+    counts: Arc<HostCounts>,
+    ip: IpAddr,
+}
+
+impl HostCounts {
+    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<HostSlot> {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = counts.entry(ip).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(HostSlot {
+            counts: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for HostSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Refusals of connections can come by the thousand from one misbehaving host: the first in
+/// each 10 s is a warning, the rest are debug lines.
+fn refusal_is_news() -> bool {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let last = LAST.load(Ordering::Relaxed);
+    now >= last + 10
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
 }
 
 /// Serves associations until `shutdown` completes, then stops accepting and gives open
@@ -99,11 +247,16 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ScpError> {
     size_receive_buffer(&listener, ctx.config.node.receive_buffer_kb);
-    let limit = ctx.config.node.max_associations;
-    let permits = Arc::new(Semaphore::new(limit));
-    // Connections answered with "local limit exceeded" are bounded too, so a flood cannot
-    // make the node spawn without end.
+    let node = &ctx.config.node;
+    let limit = node.max_associations;
+    let slots = Arc::new(Semaphore::new(limit));
+    // Connections still sending their request are bounded separately: each lasts at most
+    // the ARTIM timer, and a flood of them cannot make the node spawn without end.
+    let requests = Arc::new(Semaphore::new(4 * limit + 16));
+    // Connections answered with "local limit exceeded" are bounded too.
     let reject_permits = Arc::new(Semaphore::new(limit.max(8)));
+    let hosts = Arc::new(HostCounts::default());
+    let (phase_tx, phase) = watch::channel(Phase::Serving);
     let mut tasks = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -125,30 +278,41 @@ pub async fn serve(
                     }
                 };
                 let _ = socket.set_nodelay(true);
-                match permits.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        let ctx = ctx.clone();
-                        let span = info_span!("association", peer = %peer, calling_ae = tracing::field::Empty, called_ae = tracing::field::Empty);
-                        tasks.spawn(async move {
-                            handle_connection(socket, peer, ctx).await;
-                            drop(permit);
-                        }.instrument(span));
+                let Some(host) = hosts.take(peer.ip(), node.max_connections_per_host) else {
+                    if refusal_is_news() {
+                        warn!(%peer, max = node.max_connections_per_host, "connection refused: too many open connections from this address (node.max_connections_per_host)");
+                    } else {
+                        debug!(%peer, "connection refused: too many open connections from this address");
                     }
-                    Err(_) => match reject_permits.clone().try_acquire_owned() {
-                        Ok(permit) => {
-                            warn!(%peer, limit, "association rejected: local limit of concurrent associations exceeded");
-                            tasks.spawn(async move {
-                                reject_local_limit(socket).await;
-                                drop(permit);
-                            });
-                        }
-                        Err(_) => debug!(%peer, "dropping connection: too many pending rejections"),
-                    },
-                }
+                    if let Ok(permit) = reject_permits.clone().try_acquire_owned() {
+                        tasks.spawn(async move {
+                            refuse_request(socket).await;
+                            drop(permit);
+                        });
+                    }
+                    continue;
+                };
+                let Ok(request) = requests.clone().try_acquire_owned() else {
+                    if refusal_is_news() {
+                        warn!(%peer, "connection dropped: too many connections are still sending their association request");
+                    }
+                    continue;
+                };
+                let conn = Connection {
+                    socket,
+                    peer,
+                    ctx: ctx.clone(),
+                    slots: slots.clone(),
+                    _host: host,
+                    phase: phase.clone(),
+                };
+                let span = info_span!("association", peer = %peer, calling_ae = tracing::field::Empty, called_ae = tracing::field::Empty);
+                tasks.spawn(conn.run(request).instrument(span));
             }
         }
     }
     drop(listener);
+    let _ = phase_tx.send(Phase::Draining);
     let grace = Duration::from_secs(ctx.config.node.shutdown_grace_seconds);
     if !tasks.is_empty() {
         info!(
@@ -164,7 +328,16 @@ pub async fn serve(
             open = tasks.len(),
             "grace period over: aborting open associations"
         );
-        tasks.shutdown().await;
+        let _ = phase_tx.send(Phase::Aborting);
+        // Each handler sends its A-ABORT and reports its end; one stuck beyond this is
+        // cancelled (and still reports, from its drop).
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if ended.is_err() {
+            tasks.shutdown().await;
+        }
     }
     Ok(())
 }
@@ -230,180 +403,155 @@ fn is_per_connection(e: &std::io::Error) -> bool {
 
 /// Reads the A-ASSOCIATE-RQ (briefly) and answers A-ASSOCIATE-RJ: transient,
 /// service-provider (presentation), "local limit exceeded" (PS3.8 9.3.4).
-async fn reject_local_limit(mut socket: TcpStream) {
-    let mut head = [0u8; 6];
-    let read = tokio::time::timeout(Duration::from_secs(5), async {
-        socket.read_exact(&mut head).await?;
-        let len = u32::from_be_bytes([head[2], head[3], head[4], head[5]]) as u64;
-        tokio::io::copy(
-            &mut (&mut socket).take(len.min(1 << 20)),
-            &mut tokio::io::sink(),
-        )
+async fn refuse_request(mut socket: TcpStream) {
+    if accept::read_request(&mut socket, Duration::from_secs(5))
         .await
-    })
-    .await;
-    if matches!(read, Ok(Ok(_))) && head[0] == 0x01 {
-        let rj = [0x03, 0x00, 0, 0, 0, 4, 0x00, 0x02, 0x03, 0x02];
-        let _ = socket.write_all(&rj).await;
-        let _ = socket.flush().await;
+        .is_ok()
+    {
+        let _ = accept::send(&mut socket, &accept::reject_local_limit()).await;
     }
     let _ = socket.shutdown().await;
 }
 
-/// The node's AE policy, built per connection because it needs the peer's address.
-struct Policy {
+/// A connection from its accept to its end.
+struct Connection {
+    socket: TcpStream,
+    peer: SocketAddr,
     ctx: Arc<ScpContext>,
-    peer_ip: IpAddr,
+    /// The `node.max_associations` slots, one taken once the request is complete.
+    slots: Arc<Semaphore>,
+    _host: HostSlot,
+    phase: watch::Receiver<Phase>,
 }
 
-impl AccessControl for Policy {
-    fn check_access(
-        &self,
-        this_ae_title: &str,
-        calling_ae_title: &str,
-        called_ae_title: &str,
-        _user_identity: Option<&UserIdentity>,
-    ) -> Result<(), AssociationRJServiceUserReason> {
-        let calling = calling_ae_title.trim();
-        if called_ae_title.trim() != this_ae_title.trim() {
-            warn!(
-                calling_ae = calling,
-                called_ae = called_ae_title.trim(),
-                "association rejected: called AE title not recognised"
-            );
-            return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
-        }
-        if self.ctx.config.node.require_known_peers && self.ctx.config.peer(calling).is_none() {
-            warn!(
-                calling_ae = calling,
-                "association rejected: calling AE title not in [[peers]]"
-            );
-            return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
-        }
-        if let Some(hosts) = self.ctx.peer_hosts.get(calling)
-            && !hosts.contains(&self.peer_ip)
-        {
-            warn!(calling_ae = calling, peer_ip = %self.peer_ip, "association rejected: calling AE title used from a host other than its [[peers]] address");
-            return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
-        }
-        Ok(())
-    }
-}
-
-/// The abstract syntaxes an A-ASSOCIATE-RQ proposes, read without consuming it (dicom-ul
-/// then reads it for real), so that the SCP can accept exactly the storage SOP classes of the
-/// standard dictionary that the peer asks for. `None` when the request is not readable yet.
-async fn peek_proposed(socket: &TcpStream) -> Option<Vec<String>> {
-    const MAX_RQ: usize = 256 * 1024;
-    let mut buf = vec![0u8; 64 * 1024];
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let n = tokio::time::timeout_at(deadline.into(), socket.peek(&mut buf))
-            .await
-            .ok()?
-            .ok()?;
-        if n == 0 {
-            return None;
-        }
-        if n >= 6 {
-            if buf[0] != 0x01 {
-                return None; // not an A-ASSOCIATE-RQ: let dicom-ul answer it
+impl Connection {
+    /// `request` is this connection's place among those still sending their request.
+    async fn run(mut self, request: OwnedSemaphorePermit) {
+        let node = &self.ctx.config.node;
+        let artim = Duration::from_secs(node.association_request_timeout_seconds);
+        let rq = match accept::read_request(&mut self.socket, artim).await {
+            Ok(rq) => rq,
+            Err(e) => {
+                match &e {
+                    accept::RequestError::Closed => debug!("{e}"),
+                    accept::RequestError::Timeout(_) => info!("connection closed: {e}"),
+                    _ => warn!("connection closed: {e}"),
+                }
+                if e.answer_with_abort() {
+                    let reason = match e {
+                        accept::RequestError::NotARequest(_) => {
+                            AbortRQServiceProviderReason::UnexpectedPdu
+                        }
+                        _ => AbortRQServiceProviderReason::InvalidPduParameter,
+                    };
+                    let _ = accept::send(&mut self.socket, &accept::abort(reason)).await;
+                }
+                let _ = self.socket.shutdown().await;
+                return;
             }
-            let need = 6 + u32::from_be_bytes([buf[2], buf[3], buf[4], buf[5]]) as usize;
-            if need > MAX_RQ {
-                return None;
-            }
-            if n >= need {
-                return match dicom_ul::read_pdu(&buf[..need], MAX_RQ as u32, false) {
-                    Ok(Some(Pdu::AssociationRQ(rq))) => Some(
-                        rq.presentation_contexts
-                            .into_iter()
-                            .map(|pc| pc.abstract_syntax.trim_end_matches(['\0', ' ']).to_string())
-                            .collect(),
-                    ),
-                    _ => None,
-                };
-            }
-            if buf.len() < need {
-                buf.resize(need, 0);
-            }
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        // The rest of the request is in flight; peek would return at once with the same bytes.
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-async fn handle_connection(socket: TcpStream, peer: SocketAddr, ctx: Arc<ScpContext>) {
-    let node = &ctx.config.node;
-    let proposed = peek_proposed(&socket).await.unwrap_or_default();
-    let mut options = ServerAssociationOptions::new()
-        .ae_access_control(Policy {
-            ctx: ctx.clone(),
-            peer_ip: peer.ip(),
-        })
-        .ae_title(node.ae_title.as_str())
-        .max_pdu_length(node.max_pdu_length)
-        .strict(true)
-        .read_timeout(Duration::from_secs(node.idle_timeout_seconds))
-        .with_abstract_syntax(super::VERIFICATION);
-    let mut refused = Vec::new();
-    for uid in &proposed {
-        if super::is_storage_sop_class(uid) {
-            options = options.with_abstract_syntax(uid.clone());
-        } else if uid != super::VERIFICATION {
-            refused.push(uid.clone());
-        }
-    }
-    for ts in super::ACCEPTED_TRANSFER_SYNTAXES {
-        options = options.with_transfer_syntax(*ts);
-    }
-    let assoc = match options.establish_async(socket).await {
-        Ok(a) => a,
-        Err(UlError::Rejected { association_rj, .. }) => {
-            info!(reason = ?association_rj.source, "association rejected");
+        };
+        drop(request);
+        if *self.phase.borrow() != Phase::Serving {
+            info!("association rejected: the node is shutting down");
+            let _ = accept::send(&mut self.socket, &accept::reject_congestion()).await;
             return;
         }
-        Err(e) => {
-            warn!(error = %e, "association could not be established");
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            warn!(
+                limit = node.max_associations,
+                "association rejected: local limit of concurrent associations exceeded"
+            );
+            let _ = accept::send(&mut self.socket, &accept::reject_local_limit()).await;
+            let _ = self.socket.shutdown().await;
+            return;
+        };
+        let ctx = self.ctx.clone();
+        let peer_ip = self.peer.ip();
+        let access = |called: &str, calling: &str| ctx.check_access(peer_ip, called, calling);
+        let terms = Terms {
+            max_pdu: node.max_pdu_length,
+            abstract_syntax: &|uid| uid == super::VERIFICATION || super::is_storage_sop_class(uid),
+            transfer_syntaxes: super::ACCEPTED_TRANSFER_SYNTAXES,
+            access: &access,
+        };
+        let agreed = match accept::negotiate(rq, &terms) {
+            Decision::Accept(agreed) => agreed,
+            Decision::Reject { rj, why } => {
+                info!(reason = %why, "association rejected");
+                let _ = accept::send(&mut self.socket, &rj).await;
+                let _ = self.socket.shutdown().await;
+                return;
+            }
+        };
+        if let Err(e) = accept::send(&mut self.socket, &agreed.ac).await {
+            warn!(error = %e, "sending A-ASSOCIATE-AC failed");
             return;
         }
-    };
-    let span = tracing::Span::current();
-    span.record("calling_ae", assoc.peer_ae_title().trim());
-    span.record("called_ae", assoc.called_ae_title().trim());
-    for uid in &refused {
-        info!(sop_class = %super::uid_name(uid), "presentation context refused: not a storage SOP class");
+        let span = tracing::Span::current();
+        span.record(
+            "calling_ae",
+            tracing::field::display(Printable(&agreed.calling_ae)),
+        );
+        span.record(
+            "called_ae",
+            tracing::field::display(Printable(&agreed.called_ae)),
+        );
+        for refused in &agreed.refused {
+            let sop_class = super::uid_name(&refused.abstract_syntax);
+            match refused.reason {
+                PresentationContextResultReason::TransferSyntaxesNotSupported => {
+                    info!(sop_class = %Printable(&sop_class), "presentation context refused: none of the proposed transfer syntaxes can be decoded by this node")
+                }
+                _ => {
+                    info!(sop_class = %Printable(&sop_class), "presentation context refused: not a storage SOP class")
+                }
+            }
+        }
+        let mut handler = Handler {
+            calling_ae: agreed.calling_ae.clone(),
+            report: EndReport {
+                observer: self.ctx.observer.clone(),
+                end: AssociationEnd::Cancelled,
+                new_instances: Vec::new(),
+            },
+            socket: self.socket,
+            agreed,
+            ctx: self.ctx,
+            stats: Stats::default(),
+            spare: None,
+            out: Vec::new(),
+        };
+        let started = Instant::now();
+        let end = handler.run(self.phase).await;
+        handler.report.end = end;
+        drop(slot);
+        let s = &handler.stats;
+        info!(
+            instances = s.stored,
+            failed = s.failed,
+            bytes = s.bytes,
+            seconds = format_args!("{:.2}", started.elapsed().as_secs_f64()),
+            end = %end,
+            "association closed"
+        );
     }
-    for pc in assoc.presentation_contexts() {
-        if pc.reason == PresentationContextResultReason::TransferSyntaxesNotSupported {
-            info!(sop_class = %super::uid_name(&pc.abstract_syntax), "presentation context refused: none of the proposed transfer syntaxes can be decoded by this node");
+}
+
+/// Tells the observer how the association ended when the handler goes away, so that every
+/// path reports, a cancelled task included.
+struct EndReport {
+    observer: Option<Arc<dyn StoreObserver>>,
+    end: AssociationEnd,
+    /// (series, SOP instance) UIDs this association stored, for the aborted-association policy.
+    new_instances: Vec<(String, String)>,
+}
+
+impl Drop for EndReport {
+    fn drop(&mut self) {
+        if let Some(observer) = &self.observer {
+            observer.association_ended(self.end, &self.new_instances);
         }
     }
-    let mut handler = Handler {
-        calling_ae: assoc.peer_ae_title().trim().to_string(),
-        assoc,
-        ctx,
-        stats: Stats::default(),
-        new_instances: Vec::new(),
-        spare: None,
-    };
-    let started = Instant::now();
-    let end = handler.run().await;
-    if let Some(observer) = &handler.ctx.observer {
-        observer.association_ended(end != "released", &handler.new_instances);
-    }
-    let s = &handler.stats;
-    info!(
-        instances = s.stored,
-        failed = s.failed,
-        bytes = s.bytes,
-        seconds = format_args!("{:.2}", started.elapsed().as_secs_f64()),
-        end = end,
-        "association closed"
-    );
 }
 
 #[derive(Default)]
@@ -413,7 +561,7 @@ struct Stats {
     bytes: u64,
 }
 
-/// Where a C-STORE-RSP goes and what it names.
+/// Where a response goes and what it names.
 struct Reply {
     message_id: u16,
     pc_id: u8,
@@ -421,23 +569,45 @@ struct Reply {
     sop_instance_uid: String,
 }
 
-/// A C-STORE whose data set is being received.
-struct PendingStore {
-    reply: Reply,
-    /// `Err` once the store has failed; the rest of the data set is then discarded and the
-    /// failure is reported when it ends.
-    target: Result<Incoming, StoreError>,
+/// A message whose data set is being received.
+enum Pending {
+    /// A C-STORE: the data set goes to the store.
+    Store {
+        reply: Reply,
+        /// `Err` once the store has failed; the rest of the data set is then discarded and
+        /// the failure is reported when it ends. Boxed: an `Incoming` is large beside the
+        /// other variant.
+        target: Box<Result<Incoming, StoreError>>,
+    },
+    /// A request the node does not perform on this context (e.g. a C-FIND on Verification):
+    /// its data set is read and dropped, then the failure response is sent.
+    Refuse { pc_id: u8, response: Vec<u8> },
 }
 
+impl Pending {
+    fn pc_id(&self) -> u8 {
+        match self {
+            Pending::Store { reply, .. } => reply.pc_id,
+            Pending::Refuse { pc_id, .. } => *pc_id,
+        }
+    }
+}
+
+/// Command sets hold a dozen short elements (a C-FIND's identifier is a data set, not part
+/// of the command); anything near this size is not a command set.
+const MAX_COMMAND_SET: usize = 64 * 1024;
+
 struct Handler {
-    assoc: AsyncServerAssociation<TcpStream>,
+    socket: TcpStream,
+    agreed: Agreed,
     ctx: Arc<ScpContext>,
     calling_ae: String,
     stats: Stats,
-    /// (series, SOP instance) UIDs this association stored, for the aborted-association policy.
-    new_instances: Vec<(String, String)>,
+    report: EndReport,
     /// A temp file made ahead for the next C-STORE.
     spare: Option<TempFile>,
+    /// Encoding buffer for outgoing PDUs.
+    out: Vec<u8>,
 }
 
 fn multi_thread_runtime() -> bool {
@@ -445,35 +615,44 @@ fn multi_thread_runtime() -> bool {
 }
 
 impl Handler {
-    /// Runs the association to its end; returns how it ended, for the log.
-    async fn run(&mut self) -> &'static str {
+    /// Runs the association to its end.
+    async fn run(&mut self, mut phase: watch::Receiver<Phase>) -> AssociationEnd {
         let idle = Duration::from_secs(self.ctx.config.node.idle_timeout_seconds);
-        let mut reader = PduReader::new(self.assoc.acceptor_max_pdu_length());
+        let mut reader = PduReader::new(self.ctx.config.node.max_pdu_length);
         let mut command_bytes: Vec<u8> = Vec::new();
-        let mut pending: Option<PendingStore> = None;
+        let mut pending: Option<Pending> = None;
         loop {
-            let frame =
-                match tokio::time::timeout(idle, reader.next(self.assoc.inner_stream())).await {
-                    Err(_) => {
-                        warn!(
-                            idle_seconds = idle.as_secs(),
-                            "association idle too long; aborting"
-                        );
-                        let _ = self.assoc.send(&abort_pdu()).await;
-                        return "idle timeout";
-                    }
-                    Ok(Err(WireError::Io(e)))
-                        if e.kind() == std::io::ErrorKind::UnexpectedEof && pending.is_none() =>
-                    {
-                        info!("peer closed the connection without releasing the association");
-                        return "connection closed";
-                    }
-                    Ok(Err(e)) => {
-                        warn!(error = %e, "association ended by a receive error; aborting");
-                        return self.abort().await;
-                    }
-                    Ok(Ok(frame)) => frame,
-                };
+            let next = tokio::select! {
+                biased;
+                _ = phase.wait_for(|p| *p == Phase::Aborting) => None,
+                frame = tokio::time::timeout(idle, reader.next(&mut self.socket)) => Some(frame),
+            };
+            let Some(next) = next else {
+                info!("node shutting down: aborting the association");
+                self.send_abort().await;
+                return AssociationEnd::Shutdown;
+            };
+            let frame = match next {
+                Err(_) => {
+                    warn!(
+                        idle_seconds = idle.as_secs(),
+                        "association idle too long; aborting"
+                    );
+                    self.send_abort().await;
+                    return AssociationEnd::IdleTimeout;
+                }
+                Ok(Err(WireError::Io(e)))
+                    if e.kind() == std::io::ErrorKind::UnexpectedEof && pending.is_none() =>
+                {
+                    info!("peer closed the connection without releasing the association");
+                    return AssociationEnd::ConnectionClosed;
+                }
+                Ok(Err(e)) => {
+                    warn!(error = %e, "association ended by a receive error; aborting");
+                    return self.abort().await;
+                }
+                Ok(Ok(frame)) => frame,
+            };
             match frame {
                 Frame::PData(pdvs) => {
                     for pdv in pdvs {
@@ -487,6 +666,13 @@ impl Handler {
                         if pdv.is_command {
                             if pending.is_some() {
                                 warn!("command received while a data set was incomplete; aborting");
+                                return self.abort().await;
+                            }
+                            if command_bytes.len() + pdv.data.len() > MAX_COMMAND_SET {
+                                warn!(
+                                    limit = MAX_COMMAND_SET,
+                                    "command set longer than any command set; aborting"
+                                );
                                 return self.abort().await;
                             }
                             command_bytes.extend_from_slice(pdv.data);
@@ -503,25 +689,35 @@ impl Handler {
                             warn!("data set received without a command; aborting");
                             return self.abort().await;
                         };
-                        if pdv.pc_id != p.reply.pc_id {
+                        if pdv.pc_id != p.pc_id() {
                             warn!(
                                 pc_id = pdv.pc_id,
-                                expected = p.reply.pc_id,
+                                expected = p.pc_id(),
                                 "data set fragment on another presentation context than its command; aborting"
                             );
                             return self.abort().await;
                         }
-                        if let Ok(incoming) = &mut p.target
+                        if let Pending::Store { target, .. } = p
+                            && let Ok(incoming) = target.as_mut()
                             && let Err(e) = incoming.append(pdv.data)
                         {
-                            p.target = Err(StoreError::Io(e));
+                            **target = Err(StoreError::Io(e));
                         }
                         self.stats.bytes += pdv.data.len() as u64;
                         if pdv.is_last
                             && let Some(p) = pending.take()
-                            && let Err(end) = self.finish_store(p).await
                         {
-                            return end;
+                            let done = match p {
+                                Pending::Store { reply, target } => {
+                                    self.finish_store(reply, *target).await
+                                }
+                                Pending::Refuse { pc_id, response } => {
+                                    self.send_command(pc_id, &response).await
+                                }
+                            };
+                            if let Err(end) = done {
+                                return end;
+                            }
                         }
                     }
                 }
@@ -531,8 +727,8 @@ impl Handler {
                             "release requested during a transfer; the partial instance was discarded"
                         );
                     }
-                    let _ = self.assoc.send(&Pdu::ReleaseRP).await;
-                    return "released";
+                    let _ = self.send_pdu(&Pdu::ReleaseRP).await;
+                    return AssociationEnd::Released;
                 }
                 Frame::Abort { source, reason } => {
                     if pending.is_some() {
@@ -544,7 +740,7 @@ impl Handler {
                     } else {
                         info!(source, reason, "association aborted by peer");
                     }
-                    return "aborted by peer";
+                    return AssociationEnd::AbortedByPeer;
                 }
                 Frame::Unexpected(kind) => {
                     warn!(
@@ -557,12 +753,12 @@ impl Handler {
         }
     }
 
-    /// Handles a complete command set. Returns the pending store when a data set follows.
+    /// Handles a complete command set. Returns what to do with the data set that follows.
     async fn command(
         &mut self,
         bytes: &[u8],
         pc_id: u8,
-    ) -> Result<Option<PendingStore>, &'static str> {
+    ) -> Result<Option<Pending>, AssociationEnd> {
         let cmd = match Command::parse(bytes) {
             Ok(c) => c,
             Err(e) => {
@@ -574,30 +770,25 @@ impl Handler {
             warn!("command set without Command Field or Message ID; aborting");
             return Err(self.abort().await);
         };
-        let pc = self
-            .assoc
-            .presentation_contexts()
-            .iter()
-            .find(|pc| pc.id == pc_id && pc.reason == PresentationContextResultReason::Acceptance)
-            .cloned();
-        let Some(pc) = pc else {
+        let Some(pc) = self.context(pc_id).cloned() else {
             warn!(
                 pc_id,
                 "message on a presentation context that was not accepted; aborting"
             );
             return Err(self.abort().await);
         };
+        let has_data_set = cmd.has_data_set().unwrap_or(true);
         match field {
-            field::C_ECHO_RQ => {
+            field::C_ECHO_RQ if pc.abstract_syntax == super::VERIFICATION => {
                 debug!(message_id, "C-ECHO");
                 let rsp = dimse::c_echo_rsp(message_id, status::SUCCESS).encode();
                 self.send_command(pc_id, &rsp).await?;
                 Ok(None)
             }
-            field::C_STORE_RQ => {
+            field::C_STORE_RQ if pc.abstract_syntax != super::VERIFICATION => {
                 let sop_class_uid = cmd.affected_sop_class_uid().unwrap_or_default();
                 let sop_instance_uid = cmd.affected_sop_instance_uid().unwrap_or_default();
-                let target = if sop_class_uid != pc.abstract_syntax.trim_end_matches('\0') {
+                let target = if sop_class_uid != pc.abstract_syntax {
                     Err(StoreError::Mismatch(format!(
                         "Affected SOP Class UID {sop_class_uid} differs from the presentation context's {}",
                         pc.abstract_syntax
@@ -607,7 +798,7 @@ impl Handler {
                         &Announced {
                             sop_class_uid: sop_class_uid.clone(),
                             sop_instance_uid: sop_instance_uid.clone(),
-                            transfer_syntax: pc.transfer_syntax.trim_end_matches('\0').to_string(),
+                            transfer_syntax: pc.transfer_syntax.clone(),
                             calling_ae: self.calling_ae.clone(),
                         },
                         self.spare.take(),
@@ -619,8 +810,11 @@ impl Handler {
                     sop_class_uid,
                     sop_instance_uid,
                 };
-                if cmd.has_data_set().unwrap_or(true) {
-                    Ok(Some(PendingStore { reply, target }))
+                if has_data_set {
+                    Ok(Some(Pending::Store {
+                        reply,
+                        target: Box::new(target),
+                    }))
                 } else {
                     self.respond_store(
                         &reply,
@@ -631,26 +825,50 @@ impl Handler {
                     Ok(None)
                 }
             }
+            field::C_CANCEL_RQ => {
+                // Nothing the node runs can be cancelled; PS3.7 9.3.2.3 asks for no response.
+                debug!(message_id, "C-CANCEL-RQ ignored");
+                Ok(None)
+            }
+            other if other & 0x8000 != 0 => {
+                warn!(
+                    command_field = format_args!("{other:#06x}"),
+                    "response received where only requests are expected; ignored"
+                );
+                Ok(None)
+            }
             other => {
                 warn!(
                     command_field = format_args!("{other:#06x}"),
-                    "unsupported DIMSE command"
+                    sop_class = %Printable(&super::uid_name(&pc.abstract_syntax)),
+                    "unsupported DIMSE request on this presentation context; refused"
                 );
-                let rsp = dimse::failure_rsp(
+                let response = dimse::failure_rsp(
                     other,
                     message_id,
-                    cmd.affected_sop_class_uid().as_deref(),
+                    Some(pc.abstract_syntax.as_str()),
                     status::UNRECOGNIZED_OPERATION,
                 )
                 .encode();
-                self.send_command(pc_id, &rsp).await?;
-                Ok(None)
+                if has_data_set {
+                    Ok(Some(Pending::Refuse { pc_id, response }))
+                } else {
+                    self.send_command(pc_id, &response).await?;
+                    Ok(None)
+                }
             }
         }
     }
 
-    async fn finish_store(&mut self, pending: PendingStore) -> Result<(), &'static str> {
-        let PendingStore { reply: p, target } = pending;
+    fn context(&self, pc_id: u8) -> Option<&Context> {
+        self.agreed.contexts.iter().find(|pc| pc.id == pc_id)
+    }
+
+    async fn finish_store(
+        &mut self,
+        p: Reply,
+        target: Result<Incoming, StoreError>,
+    ) -> Result<(), AssociationEnd> {
         let started = std::time::Instant::now();
         let result = match target {
             Err(e) => Err(e),
@@ -694,7 +912,7 @@ impl Handler {
                     observer.stored(&stored, &self.calling_ae, &self.ctx.config.node.ae_title);
                 }
                 if !stored.duplicate {
-                    self.new_instances.push((
+                    self.report.new_instances.push((
                         stored.header.series_instance_uid.clone(),
                         stored.header.sop_instance_uid.clone(),
                     ));
@@ -708,14 +926,15 @@ impl Handler {
                     StoreError::Mismatch(_) | StoreError::Conflict(_) => status::DATA_SET_MISMATCH,
                     StoreError::Unreadable(_) => status::CANNOT_UNDERSTAND,
                 };
+                let message = e.to_string();
                 warn!(
-                    sop_instance_uid = %p.sop_instance_uid,
+                    sop_instance_uid = %Printable(&p.sop_instance_uid),
                     status = format_args!("{code:#06X}"),
-                    error = %e,
+                    error = %Printable(&message),
                     "C-STORE failed"
                 );
                 self.stats.failed += 1;
-                self.respond_store(&p, code, Some(&e.to_string())).await?;
+                self.respond_store(&p, code, Some(&message)).await?;
             }
         }
         Ok(())
@@ -726,7 +945,7 @@ impl Handler {
         p: &Reply,
         code: u16,
         comment: Option<&str>,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), AssociationEnd> {
         let rsp = dimse::c_store_rsp(
             p.message_id,
             &p.sop_class_uid,
@@ -738,30 +957,35 @@ impl Handler {
         self.send_command(p.pc_id, &rsp).await
     }
 
-    /// Sends an A-ABORT (the reason was logged by the caller); returns how the association
-    /// ended, for the summary line.
-    async fn abort(&mut self) -> &'static str {
-        let _ = self.assoc.send(&abort_pdu()).await;
-        "protocol error"
+    /// Sends an A-ABORT (the reason was logged by the caller).
+    async fn abort(&mut self) -> AssociationEnd {
+        self.send_abort().await;
+        AssociationEnd::ProtocolError
     }
 
-    async fn send_command(&mut self, pc_id: u8, bytes: &[u8]) -> Result<(), &'static str> {
-        let max = self.assoc.requestor_max_pdu_length();
+    async fn send_abort(&mut self) {
+        let _ = self
+            .send_pdu(&accept::abort(
+                AbortRQServiceProviderReason::ReasonNotSpecified,
+            ))
+            .await;
+    }
+
+    async fn send_pdu(&mut self, pdu: &Pdu) -> std::io::Result<()> {
+        self.out.clear();
+        dicom_ul::write_pdu(&mut self.out, pdu).map_err(std::io::Error::other)?;
+        self.socket.write_all(&self.out).await
+    }
+
+    async fn send_command(&mut self, pc_id: u8, bytes: &[u8]) -> Result<(), AssociationEnd> {
+        let max = self.agreed.peer_max_pdu;
         for pdu in dimse::pdata_pdus(pc_id, PDataValueType::Command, bytes, max, true) {
-            if let Err(e) = self.assoc.send(&pdu).await {
+            if let Err(e) = self.send_pdu(&pdu).await {
                 warn!(error = %e, "sending a response failed");
-                return Err("send error");
+                return Err(AssociationEnd::SendFailed);
             }
         }
         Ok(())
-    }
-}
-
-fn abort_pdu() -> Pdu {
-    Pdu::AbortRQ {
-        source: dicom_ul::pdu::AbortRQSource::ServiceProvider(
-            dicom_ul::pdu::AbortRQServiceProviderReason::ReasonNotSpecified,
-        ),
     }
 }
 

@@ -20,7 +20,7 @@ use rusqlite::{OptionalExtension, params};
 use tracing::{info, info_span, warn};
 
 use crate::config::{AbortedAssociations, Config, LateInstances};
-use crate::net::scp::StoreObserver;
+use crate::net::scp::{AssociationEnd, StoreObserver};
 use crate::route::{self, Rule, SeriesFacts};
 use crate::store::header::Header;
 use crate::store::index::now;
@@ -58,9 +58,9 @@ impl StoreObserver for Tracker {
         });
     }
 
-    fn association_ended(&self, aborted: bool, stored: &[(String, String)]) {
+    fn association_ended(&self, end: AssociationEnd, stored: &[(String, String)]) {
         self.send(Event::AssociationEnded {
-            aborted,
+            aborted: !end.is_released(),
             stored: stored.to_vec(),
         });
     }
