@@ -28,8 +28,9 @@ pub enum HeaderError {
         /// The element being read, `(gggg,eeee)`.
         tag: String,
     },
-    /// Bytes that cannot be a DICOM element here.
-    #[error("malformed data set at byte {offset}, element {tag}: {reason}")]
+    /// Bytes that cannot be a DICOM element here. The reason comes first: the message is
+    /// the C-STORE Error Comment, which is cut at 64 characters.
+    #[error("{reason}: malformed data set at byte {offset}, element {tag}")]
     Malformed {
         /// Offset from the start of the data set.
         offset: u64,
@@ -40,7 +41,7 @@ pub enum HeaderError {
     },
     /// A deflated data set inflates to more than its declared image could need: a deflate bomb.
     #[error(
-        "the deflated data set inflates past {limit} bytes: its declared image (Rows x Columns x \
+        "deflate bomb refused: the deflated data set inflates past {limit} bytes; its declared image (Rows x Columns x \
          Samples per Pixel x Number of Frames x Bits Allocated/8) is {image} bytes, plus \
          {allowance} bytes allowed for the other attributes; refused as a deflate bomb"
     )]
@@ -669,10 +670,9 @@ impl<'a> Walker<'a> {
             }
             if tag == PIXEL_DATA && !is_sequence {
                 if !self.enc.encapsulated {
-                    return Err(self.malformed(
-                        tag,
-                        "encapsulated (fragment sequence) Pixel Data in a native transfer syntax",
-                    ));
+                    return Err(
+                        self.malformed(tag, "encapsulated Pixel Data in a native transfer syntax")
+                    );
                 }
                 if vr.is_some() {
                     return self.fragments();
@@ -822,6 +822,76 @@ impl<'a> Walker<'a> {
     }
 }
 
+/// Explicit VR Little Endian elements and items written byte by byte: the hostile data sets
+/// the walk must refuse (deep nesting, unordered tags, stray fragments) are ones no DICOM
+/// toolkit will write, so the unit and integration tests build them with these.
+pub mod raw {
+    /// Tag bytes, little endian.
+    pub fn tag(tag: u32) -> [u8; 4] {
+        let [g0, g1] = ((tag >> 16) as u16).to_le_bytes();
+        let [e0, e1] = (tag as u16).to_le_bytes();
+        [g0, g1, e0, e1]
+    }
+
+    /// One element; an odd-length value is padded (NUL for UI and OB, else space).
+    pub fn element(t: u32, vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
+        let pad = value.len() % 2 == 1;
+        let len = value.len() + usize::from(pad);
+        let mut out = tag(t).to_vec();
+        out.extend_from_slice(vr);
+        if matches!(vr, b"OB" | b"OW" | b"SQ" | b"UN" | b"UT") {
+            out.extend_from_slice(&[0, 0]);
+            out.extend_from_slice(&(len as u32).to_le_bytes());
+        } else {
+            out.extend_from_slice(&(len as u16).to_le_bytes());
+        }
+        out.extend_from_slice(value);
+        if pad {
+            out.push(if matches!(vr, b"UI" | b"OB") { 0 } else { b' ' });
+        }
+        out
+    }
+
+    /// One Implicit VR element.
+    pub fn implicit(t: u32, value: &[u8]) -> Vec<u8> {
+        let mut out = tag(t).to_vec();
+        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        out.extend_from_slice(value);
+        out
+    }
+
+    /// A defined-length item holding `contents`.
+    pub fn item(contents: &[u8]) -> Vec<u8> {
+        let mut out = tag(super::ITEM).to_vec();
+        out.extend_from_slice(&(contents.len() as u32).to_le_bytes());
+        out.extend_from_slice(contents);
+        out
+    }
+
+    /// A Part 10 file: preamble, File Meta Information naming transfer syntax `ts`, then
+    /// `data_set` exactly as given.
+    pub fn part10(ts: &str, sop_class: &str, sop_instance: &str, data_set: &[u8]) -> Vec<u8> {
+        let meta = [
+            element(0x0002_0001, b"OB", &[0, 1]),
+            element(0x0002_0002, b"UI", sop_class.as_bytes()),
+            element(0x0002_0003, b"UI", sop_instance.as_bytes()),
+            element(0x0002_0010, b"UI", ts.as_bytes()),
+            element(0x0002_0012, b"UI", b"1.2.3.4.5.6.7"),
+        ]
+        .concat();
+        let mut out = vec![0u8; 128];
+        out.extend_from_slice(b"DICM");
+        out.extend(element(
+            0x0002_0000,
+            b"UL",
+            &(meta.len() as u32).to_le_bytes(),
+        ));
+        out.extend(meta);
+        out.extend_from_slice(data_set);
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -831,41 +901,7 @@ mod tests {
     const JPEG_BASELINE: &str = "1.2.840.10008.1.2.4.50";
     const CONTENT_SEQUENCE: u32 = 0x0040_A730;
 
-    fn tag_bytes(tag: u32) -> [u8; 4] {
-        let [g0, g1] = ((tag >> 16) as u16).to_le_bytes();
-        let [e0, e1] = (tag as u16).to_le_bytes();
-        [g0, g1, e0, e1]
-    }
-
-    /// One Explicit VR Little Endian element.
-    fn el(tag: u32, vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
-        let mut out = tag_bytes(tag).to_vec();
-        out.extend_from_slice(vr);
-        if matches!(vr, b"OB" | b"OW" | b"SQ" | b"UN" | b"UT") {
-            out.extend_from_slice(&[0, 0]);
-            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-        } else {
-            out.extend_from_slice(&(value.len() as u16).to_le_bytes());
-        }
-        out.extend_from_slice(value);
-        out
-    }
-
-    /// One Implicit VR Little Endian element.
-    fn implicit(tag: u32, value: &[u8]) -> Vec<u8> {
-        let mut out = tag_bytes(tag).to_vec();
-        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-        out.extend_from_slice(value);
-        out
-    }
-
-    /// A defined-length item holding `contents`.
-    fn item(contents: &[u8]) -> Vec<u8> {
-        let mut out = tag_bytes(ITEM).to_vec();
-        out.extend_from_slice(&(contents.len() as u32).to_le_bytes());
-        out.extend_from_slice(contents);
-        out
-    }
+    use raw::{element as el, implicit, item, tag as tag_bytes};
 
     fn uid_elements(sop: &str, explicit: bool) -> Vec<Vec<u8>> {
         [
@@ -1069,16 +1105,7 @@ mod tests {
     #[test]
     fn part10_check_reads_the_syntax_from_the_meta() {
         let dir = tempfile::tempdir().unwrap();
-        let meta_el = |tag: u32, vr: &[u8; 2], v: &[u8]| el(tag, vr, v);
-        let meta = [
-            meta_el(0x0002_0001, b"OB", &[0, 1]),
-            meta_el(0x0002_0010, b"UI", b"1.2.840.10008.1.2\0"),
-        ]
-        .concat();
-        let mut file = vec![0u8; 128];
-        file.extend_from_slice(b"DICM");
-        file.extend(el(0x0002_0000, b"UL", &(meta.len() as u32).to_le_bytes()));
-        file.extend(meta);
+        let file = raw::part10(IMPLICIT_LE, "1.2.3", "1.2.3.4", &[]);
         let mut implicit_ds = uid_elements("1.2.3.4.5.6", false).concat();
         implicit_ds.extend(nested_defined(3, false));
         let path = dir.path().join("ok.dcm");
