@@ -441,7 +441,7 @@ async fn serve(cfg: Config) -> Result<()> {
         delivery: delivery_notify.clone(),
         models: Default::default(),
     })
-    .spawn();
+    .spawn()?;
     let (tracker, tracker_thread) =
         crate::series::start(cfg.clone(), store.clone(), rules.clone(), queue.clone())?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

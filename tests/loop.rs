@@ -213,19 +213,7 @@ fn kill_during_delivery_and_reconstruction_delivers_exactly_once() {
 
     // During reconstruction: a larger series, killed while its job runs.
     let big = tempfile::tempdir().unwrap();
-    let grid = Grid {
-        rows: 256,
-        cols: 256,
-        slices: 160,
-        spacing: [0.8, 0.8],
-        step: 1.0,
-        row_dir: [1.0, 0.0, 0.0],
-        col_dir: [0.0, 1.0, 0.0],
-        origin: [-102.0, -102.0, -80.0],
-    };
-    write_phantom(big.path(), &grid, &[], |p| {
-        (p[0] * p[0] + p[1] * p[1] + p[2] * p[2]).sqrt() - 60.0
-    });
+    write_big_sphere(big.path());
     let dest2 = Destination::up("DEST2");
     let mut node = Node::start(&format!(
         "[series]\nquiet_seconds = 0.5\n{}[[rules]]\nname = \"phantom\"\nmodality = \"MR\"\npreset = \"1000\"\nsend_to = [\"DEST2\"]\n",

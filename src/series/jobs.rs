@@ -5,14 +5,20 @@
 //! starve the associations on the runtime. A job's result UIDs are fixed when it is queued,
 //! so a job re-run after a crash re-makes the same instance instead of a second one, and its
 //! outbox rows are written in the same transaction that marks it done.
+//!
+//! A job must never take the node down for good: a panic fails the job with its message, and
+//! a job that kills the process (abort, stack overflow, OOM kill) is not re-queued forever:
+//! every start is counted in the `attempts` column *before* the job runs, and at start-up a
+//! job left `running` that has used [`MAX_ATTEMPTS`] is failed instead of re-queued.
 
 use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use tracing::{error, info, info_span, warn};
 
 use crate::config::Config;
@@ -22,6 +28,44 @@ use crate::route::{Rule, outbox};
 use crate::store::index::now;
 use crate::store::uid::new_uid;
 use crate::store::{Index, IndexError, Store};
+
+/// Starts of one job (each counted before it runs) after which a crash at start-up fails it.
+pub const MAX_ATTEMPTS: i64 = 3;
+
+/// Stack of the worker threads and of their rayon pool. Generous on purpose: the header walk
+/// ([`crate::store::header::check_part10`]) bounds nesting before dicom-object recurses, and
+/// this is the second line of defence (the memory is only reserved, not used).
+const WORKER_STACK: usize = 64 << 20;
+
+/// Why the workers could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// The OS refused a thread.
+    #[error("starting job worker thread {index}: {source}")]
+    Thread {
+        /// Which worker (or the pool).
+        index: usize,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The workers' rayon pool could not be built.
+    #[error("starting the job workers' thread pool: {0}")]
+    Pool(#[from] rayon::ThreadPoolBuildError),
+    /// The jobs table could not be migrated.
+    #[error("preparing the jobs table: {0}")]
+    Index(#[from] IndexError),
+}
+
+/// Adds the `attempts` column to a jobs table made by an older release (in place).
+fn ensure_attempts_column(c: &Connection) -> rusqlite::Result<()> {
+    let present = c
+        .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'attempts'")?
+        .exists([])?;
+    if !present {
+        c.execute_batch("ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")?;
+    }
+    Ok(())
+}
 
 /// Wakes idle workers when a job is queued.
 #[derive(Default)]
@@ -135,9 +179,42 @@ pub fn queue_job(store: &Store, series_uid: &str, rule: &str) -> Result<i64, Ind
     })
 }
 
-/// Jobs a crash or kill left running go back to the queue.
+/// Jobs a crash or kill left running go back to the queue, unless they have been started
+/// [`MAX_ATTEMPTS`] times already: a job that crashes the node would otherwise crash it again
+/// at every start. Those are failed with the reason. Returns how many were re-queued.
 pub fn requeue_interrupted(store: &Store) -> Result<usize, IndexError> {
-    store.index().with(|c| c.execute("UPDATE jobs SET state = 'queued', error = 'interrupted by a restart; re-queued' WHERE state = 'running'", []))
+    let (failed, requeued) = store.index().with(|c| {
+        ensure_attempts_column(c)?;
+        let tx = c.unchecked_transaction()?;
+        let failed: Vec<(i64, String, i64)> = tx
+            .prepare(
+                "UPDATE jobs SET state = 'failed', finished_at = ?1,
+                 error = 'the node stopped ' || attempts || ' times while running this job (crash or kill); not retried'
+                 WHERE state = 'running' AND attempts >= ?2
+                 RETURNING id, series_instance_uid, attempts",
+            )?
+            .query_map(params![now(), MAX_ATTEMPTS], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let requeued = tx.execute(
+            "UPDATE jobs SET state = 'queued',
+             error = 'interrupted by a restart (start ' || attempts || ' of ' || ?1 || '); re-queued'
+             WHERE state = 'running'",
+            [MAX_ATTEMPTS],
+        )?;
+        tx.commit()?;
+        Ok((failed, requeued))
+    })?;
+    for (job_id, series_instance_uid, attempts) in failed {
+        error!(
+            job_id,
+            %series_instance_uid,
+            attempts,
+            "job failed: the node stopped every time it ran (crash or kill); not retried"
+        );
+    }
+    Ok(requeued)
 }
 
 /// The most recent jobs, newest first.
@@ -192,24 +269,38 @@ impl ModelCache {
 }
 
 impl Workers {
-    /// Starts `jobs.workers` threads.
-    pub fn spawn(self: Arc<Self>) -> Vec<std::thread::JoinHandle<()>> {
+    /// Starts `jobs.workers` threads, with large stacks, sharing one rayon pool with large
+    /// stacks (jobs read headers and decode in parallel). A thread that cannot be started is
+    /// an error: a node without its workers would queue jobs that never run.
+    pub fn spawn(self: Arc<Self>) -> Result<Vec<std::thread::JoinHandle<()>>, SpawnError> {
+        self.store.index().with(ensure_attempts_column)?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("job-pool-{i}"))
+            .stack_size(WORKER_STACK)
+            .build()
+            .inspect_err(|e| error!(error = %e, "cannot start the job workers' thread pool"))?;
+        let pool = Arc::new(pool);
         (0..self.config.jobs.workers)
-            .filter_map(|i| {
+            .map(|index| {
                 let w = self.clone();
+                let pool = pool.clone();
                 std::thread::Builder::new()
-                    .name(format!("job-worker-{i}"))
-                    .spawn(move || w.work())
-                    .ok()
+                    .name(format!("job-worker-{index}"))
+                    .stack_size(WORKER_STACK)
+                    .spawn(move || w.work(&pool))
+                    .map_err(|source| {
+                        error!(worker = index, error = %source, "cannot start a job worker thread");
+                        SpawnError::Thread { index, source }
+                    })
             })
             .collect()
     }
 
-    fn work(&self) {
+    fn work(&self, pool: &rayon::ThreadPool) {
         let mut seen = self.queue.current();
         while !self.queue.stop.load(Ordering::SeqCst) {
             match self.claim() {
-                Ok(Some(job)) => self.run(job),
+                Ok(Some(job)) => self.run(job, pool),
                 Ok(None) => seen = self.queue.wait(seen, Duration::from_secs(1)),
                 Err(e) => {
                     warn!(error = %e, "claiming a job failed; retrying");
@@ -219,12 +310,13 @@ impl Workers {
         }
     }
 
-    /// Takes the oldest queued job and marks it running.
+    /// Takes the oldest queued job, marks it running and counts the start (committed before
+    /// the job runs, so that a crash during it is counted too).
     fn claim(&self) -> Result<Option<JobRow>, IndexError> {
         self.store.index().with(|c| {
             c.query_row(
                 &format!(
-                    "UPDATE jobs SET state = 'running', started_at = ?1
+                    "UPDATE jobs SET state = 'running', started_at = ?1, attempts = attempts + 1
                      WHERE id = (SELECT id FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1)
                      RETURNING {JOB_COLUMNS}"
                 ),
@@ -235,12 +327,18 @@ impl Workers {
         })
     }
 
-    fn run(&self, job: JobRow) {
+    fn run(&self, job: JobRow, pool: &rayon::ThreadPool) {
         let span = info_span!("job", job_id = job.id, series_instance_uid = %job.series_instance_uid, rule = %job.rule);
         let _g = span.enter();
         let started = Instant::now();
         info!("job started");
-        match self.execute(&job) {
+        // The job runs on the pool (large stacks, and its parallel loops use the same pool);
+        // a panic anywhere in it fails this job instead of killing the worker.
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            pool.install(|| span.in_scope(|| self.execute(&job)))
+        }))
+        .unwrap_or_else(|payload| Err(format!("the job panicked: {}", panic_message(&*payload))));
+        match outcome {
             Ok(summary) => {
                 info!(seconds = format_args!("{:.2}", started.elapsed().as_secs_f64()), %summary, "job done")
             }
@@ -353,5 +451,16 @@ impl Workers {
             .map_err(|e| format!("recording the result failed: {e}"))?;
         self.delivery.notify_one();
         Ok(summary)
+    }
+}
+
+/// The message of a panic payload (`panic!` with a literal or a formatted message).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s
+    } else {
+        "no message"
     }
 }

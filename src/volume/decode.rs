@@ -61,8 +61,26 @@ fn read_error(path: &Path, e: &dyn std::error::Error) -> VolumeError {
     }
 }
 
+/// Proves a file with the streaming header walk before dicom-object parses it: dicom-object
+/// recurses into sequences on the stack and inflates deflated data sets into memory, and
+/// stored files may predate the receive-side checks.
+fn prove(path: &Path) -> Result<(), VolumeError> {
+    use crate::store::header::{HeaderError, check_part10};
+    check_part10(path).map_err(|source| match source {
+        HeaderError::NotPart10(_) | HeaderError::Io(_) => VolumeError::Read {
+            path: path.to_path_buf(),
+            detail: source.to_string(),
+        },
+        source => VolumeError::Refused {
+            path: path.to_path_buf(),
+            source,
+        },
+    })
+}
+
 /// Reads the header of a DICOM file: everything before the pixel data group.
 pub(crate) fn read_header(path: &Path) -> Result<DicomFile, VolumeError> {
+    prove(path)?;
     match OpenFileOptions::new()
         .read_until(PIXEL_GROUP_START)
         .open_file(path)
@@ -80,6 +98,7 @@ pub(crate) fn read_header(path: &Path) -> Result<DicomFile, VolumeError> {
 /// reported when both fail. Encapsulated pixel data is checked for a
 /// missing end (truncated file).
 pub(crate) fn read_full(path: &Path) -> Result<DicomFile, VolumeError> {
+    prove(path)?;
     let file = match OpenFileOptions::new().open_file(path) {
         Ok(file) => file,
         Err(e) => match collect(path, true) {

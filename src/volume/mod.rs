@@ -340,6 +340,17 @@ pub enum VolumeError {
         /// Parser message, including its causes.
         detail: String,
     },
+    /// The file failed the structural walk that runs before dicom-object parses it
+    /// (nesting too deep, malformed structure, a deflate bomb): parsing it could overflow the
+    /// stack or inflate gigabytes into memory.
+    #[error("{path} was refused before decoding: {source}")]
+    Refused {
+        /// File that failed.
+        path: PathBuf,
+        /// What the walk found.
+        #[source]
+        source: crate::store::header::HeaderError,
+    },
     /// No files were given.
     #[error("no DICOM files were given to build a volume from")]
     NoFiles,

@@ -641,3 +641,21 @@ pub fn copy_as_new_series(src: &Path, dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// A sphere of radius 60 mm in a 256x256x160 axial MR series (0.8 mm pixels, 1 mm slices):
+/// large enough that its job runs for a while (tests that kill the node during a job).
+pub fn write_big_sphere(dir: &Path) -> Vec<PathBuf> {
+    let grid = Grid {
+        rows: 256,
+        cols: 256,
+        slices: 160,
+        spacing: [0.8, 0.8],
+        step: 1.0,
+        row_dir: [1.0, 0.0, 0.0],
+        col_dir: [0.0, 1.0, 0.0],
+        origin: [-102.0, -102.0, -80.0],
+    };
+    write_phantom(dir, &grid, &[], |p| {
+        (p[0] * p[0] + p[1] * p[1] + p[2] * p[2]).sqrt() - 60.0
+    })
+}
