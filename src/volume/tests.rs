@@ -164,8 +164,8 @@ fn truncated_files_give_clear_errors() {
 }
 
 /// The other codecs decode (JPEG baseline/lossless, J2K lossy, JPEG-LS
-/// near-lossless, RLE, deflate, big endian); 12-bit JPEG extended is not
-/// supported by the JPEG decoder and must fail with a clear message.
+/// near-lossless, RLE, deflate, big endian, and 12-bit JPEG Extended through
+/// libjpeg-turbo).
 #[test]
 fn other_transfer_syntaxes_decode() {
     // explicit_big.dcm is brain_013.dcm of the GE series in big endian.
@@ -206,11 +206,50 @@ fn other_transfer_syntaxes_decode() {
             .expect("frame");
         assert!(buf.iter().any(|&v| v != buf[0]));
     }
-    // 12-bit lossy JPEG.
-    let err = decode_stored_frames(&pydicom("JPGExtended.dcm")).unwrap_err();
+    // 12-bit lossy JPEG (JPEG Extended, through libjpeg-turbo): the range and sum of the
+    // values DCMTK's dcmdjpeg decodes from this file (0..=264, 3,767,007).
+    let (layout, frames) = decode_stored_frames(&pydicom("JPGExtended.dcm")).expect("12-bit");
+    assert_eq!(
+        (layout.cols, layout.rows, layout.bits_stored),
+        (256, 1024, 12)
+    );
+    let (lo, hi, sum) = frames[0]
+        .iter()
+        .fold((f32::MAX, f32::MIN, 0f64), |(lo, hi, sum), &v| {
+            (lo.min(v), hi.max(v), sum + f64::from(v))
+        });
+    assert_eq!((lo, hi, sum), (0.0, 264.0, 3_767_007.0));
+}
+
+/// A JPEG Extended stream cut short fails the decode with libjpeg-turbo's reason instead of
+/// giving a grey-filled image.
+#[test]
+fn truncated_jpeg_extended_is_a_decode_error() {
+    use dicom_core::DicomValue;
+    use dicom_core::value::PixelFragmentSequence;
+    let src = pydicom("JPGExtended.dcm");
+    let mut obj = decode::read_full(&src).expect("read");
+    let elem = obj.get(tags::PIXEL_DATA).expect("pixel data").clone();
+    let DicomValue::PixelSequence(seq) = elem.value() else {
+        panic!("not encapsulated")
+    };
+    let mut frag = seq.fragments()[0].clone();
+    frag.truncate(frag.len() / 2);
+    obj.put(dicom_core::DataElement::new(
+        tags::PIXEL_DATA,
+        dicom_core::VR::OB,
+        DicomValue::PixelSequence(PixelFragmentSequence::new(vec![], vec![frag])),
+    ));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("cut.dcm");
+    obj.write_to_file(&path).expect("write");
+    let err = decode_stored_frames(&path).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, VolumeError::Decode { .. }), "{msg}");
-    assert!(msg.contains("1.2.840.10008.1.2.4.51"), "{msg}");
+    assert!(
+        msg.contains("1.2.840.10008.1.2.4.51") && msg.contains("libjpeg-turbo"),
+        "{msg}"
+    );
 }
 
 // ---------------------------------------------------------------- enhanced
