@@ -228,3 +228,29 @@ fn jpeg_extended_8_and_12_bit_are_accepted_stored_as_received_and_decoded() {
         );
     }
 }
+
+/// Multi-frame JPEG Extended with each frame split over several fragments, with and without
+/// a Basic Offset Table (dcmcjpeg `+fs 1 +ot` / `-ot`): every frame is found and decodes to
+/// DCMTK's values.
+#[test]
+fn multi_frame_jpeg_extended_split_over_fragments_decodes_like_dcmtk() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = testdata().join("files/pydicom/eCT_Supplemental.dcm");
+    for table in ["+ot", "-ot"] {
+        let jpeg = dir.path().join(format!("ct{table}.dcm"));
+        let reference = dir.path().join(format!("ref{table}.dcm"));
+        let out = run(Command::new(tool("dcmcjpeg"))
+            .args(["+ee", "+fs", "1", table])
+            .arg(&src)
+            .arg(&jpeg));
+        assert!(out.status.success(), "dcmcjpeg: {}", text(&out));
+        let out = run(Command::new(tool("dcmdjpeg")).arg(&jpeg).arg(&reference));
+        assert!(out.status.success(), "dcmdjpeg: {}", text(&out));
+        assert_eq!(transfer_syntax(&jpeg), JPEG_EXTENDED);
+        let (vol, ours) = modality_values(std::slice::from_ref(&jpeg));
+        let (_, dcmtk) = modality_values(&[reference]);
+        assert_eq!(vol.dims[2], 2, "{table}: both frames");
+        let (max, _) = diff(&ours, &dcmtk);
+        assert!(max == 0.0, "{table}: {max} from dcmdjpeg's values");
+    }
+}
