@@ -106,6 +106,9 @@ fn frame_stream(file: &DicomFile, frames: u32, frame0: u32) -> Result<Cow<'_, [u
     let fragments = seq.fragments();
     let frames = frames as usize;
     let f = frame0 as usize;
+    if f >= frames {
+        return Err(format!("frame {} is beyond the {frames} frames", f + 1));
+    }
     if fragments.len() == frames {
         return Ok(Cow::Borrowed(&fragments[f]));
     }
@@ -149,10 +152,8 @@ fn frame_stream(file: &DicomFile, frames: u32, frame0: u32) -> Result<Cow<'_, [u
             starts.windows(2).map(|w| &fragments[w[0]..w[1]]).collect()
         }
     };
-    match groups.get(f) {
-        Some(group) => Ok(Cow::Owned(group.concat())),
-        None => Err(format!("frame {} is beyond the {frames} frames", f + 1)),
-    }
+    // One group per frame (checked above), and f < frames.
+    Ok(Cow::Owned(groups[f].concat()))
 }
 
 /// A libjpeg-turbo decompressor, destroyed on drop.
