@@ -254,3 +254,54 @@ fn multi_frame_jpeg_extended_split_over_fragments_decodes_like_dcmtk() {
         assert!(max == 0.0, "{table}: {max} from dcmdjpeg's values");
     }
 }
+
+/// A JPEG Extended instance whose stream is cut short is stored (the receive side does not
+/// decode), and the job of its series fails with libjpeg-turbo's reason, naming the file's
+/// syntax, instead of making a mesh of grey-filled slices; the node keeps serving.
+#[test]
+fn corrupt_jpeg_extended_fails_its_job_with_the_reason() {
+    use dicom_core::DicomValue;
+    use dicom_core::value::PixelFragmentSequence;
+    let dir = tempfile::tempdir().unwrap();
+    let s = make(dir.path(), "cut", "+ba");
+    let victim = &s.jpeg[s.jpeg.len() / 2];
+    let mut obj = dicom_object::open_file(victim).unwrap();
+    let DicomValue::PixelSequence(seq) = obj.element(tags::PIXEL_DATA).unwrap().value().clone()
+    else {
+        panic!("not encapsulated")
+    };
+    let mut frag = seq.fragments()[0].clone();
+    frag.truncate(frag.len() / 2);
+    obj.put(dicom_core::DataElement::new(
+        tags::PIXEL_DATA,
+        dicom_core::VR::OB,
+        DicomValue::PixelSequence(PixelFragmentSequence::new(vec![], vec![frag])),
+    ));
+    obj.write_to_file(victim).unwrap();
+
+    // The job fails before any delivery: the destination may be down.
+    let dest = Destination::down("DEST");
+    let node = Node::start(&format!(
+        "[series]\nquiet_seconds = 0.5\n{}[[rules]]\nname = \"ct bone\"\nmodality = \"CT\"\npreset = \"ct-bone\"\nsend_to = [\"DEST\"]\n",
+        dest.peer_toml()
+    ));
+    let out = run(Command::new(tool("storescu"))
+        .env("TCP_NODELAY", "1")
+        .args(["-aec", "M3DNODE", "-xx", "-R", "127.0.0.1", &node.port()])
+        .args(&s.jpeg));
+    assert!(out.status.success(), "{}\n{}", text(&out), node.log());
+    assert!(
+        wait_for(Duration::from_secs(60), || jobs(&node)
+            .iter()
+            .any(|(state, _)| state == "failed")),
+        "jobs {:?}\n{}",
+        jobs(&node),
+        node.log()
+    );
+    let (_, error) = jobs(&node).remove(0);
+    assert!(
+        error.contains(JPEG_EXTENDED) && error.contains("libjpeg-turbo"),
+        "{error}"
+    );
+    assert!(node.echo_ok());
+}
