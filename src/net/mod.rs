@@ -22,16 +22,18 @@ pub const IMPLICIT_VR_LE: &str = "1.2.840.10008.1.2";
 pub const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
 
 /// Transfer syntaxes the SCP accepts: exactly those whose pixel data the `volume` module can
-/// decode (dicom-pixeldata with its native, `charls` and `openjp2` codecs), so that no image
-/// is acknowledged that a job could not read. Refused at negotiation, so that the sender
-/// falls back to a syntax we can read: video, JPEG XL/HTJ2K, and JPEG Extended (Process 2 & 4,
-/// 1.2.840.10008.1.2.4.51), whose 12-bit variant the pure-Rust JPEG decoder cannot read. Instances are stored in the syntax they arrive in.
+/// decode (dicom-pixeldata with its native, `charls` and `openjp2` codecs; libjpeg-turbo for
+/// JPEG Extended, whose 12-bit variant the pure-Rust JPEG decoder cannot read), so that no
+/// image is acknowledged that a job could not read. Refused at negotiation, so that the sender
+/// falls back to a syntax we can read: video and JPEG XL/HTJ2K. Instances are stored in the
+/// syntax they arrive in.
 pub const ACCEPTED_TRANSFER_SYNTAXES: &[&str] = &[
     EXPLICIT_VR_LE,
     IMPLICIT_VR_LE,
     "1.2.840.10008.1.2.2",    // Explicit VR Big Endian (retired)
     "1.2.840.10008.1.2.1.99", // Deflated Explicit VR Little Endian
     "1.2.840.10008.1.2.4.50", // JPEG Baseline (Process 1)
+    "1.2.840.10008.1.2.4.51", // JPEG Extended (Process 2 & 4), 8 and 12 bit
     "1.2.840.10008.1.2.4.57", // JPEG Lossless (Process 14)
     "1.2.840.10008.1.2.4.70", // JPEG Lossless SV1
     "1.2.840.10008.1.2.4.80", // JPEG-LS Lossless

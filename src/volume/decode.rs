@@ -29,6 +29,7 @@ use dicom_pixeldata::PixelDecoder;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use tracing::debug;
 
+use super::jpeg12::{self, DecodedFrame};
 use super::{Rescale, VolumeError};
 
 /// A DICOM file in memory (header, and pixel data when read in full).
@@ -517,9 +518,18 @@ pub(crate) fn decode_frame(
             )));
         }
     }
-    let decoded = catch_unwind(AssertUnwindSafe(|| file.decode_pixel_data_frame(frame0)))
-        .map_err(|_| decode_err("the decoder crashed on this pixel data (corrupt stream?)".into()))?
-        .map_err(|e| decode_err(error_chain(&e)))?;
+    // JPEG Extended goes to libjpeg-turbo (12-bit lossy), every other syntax to dicom-pixeldata.
+    let decoded: Box<dyn DecodedFrame + '_> = if jpeg12::handles(file) {
+        Box::new(jpeg12::decode_frame(file, layout, frame0).map_err(decode_err)?)
+    } else {
+        Box::new(
+            catch_unwind(AssertUnwindSafe(|| file.decode_pixel_data_frame(frame0)))
+                .map_err(|_| {
+                    decode_err("the decoder crashed on this pixel data (corrupt stream?)".into())
+                })?
+                .map_err(|e| decode_err(error_chain(&e)))?,
+        )
+    };
     if decoded.rows() != layout.rows || decoded.columns() != layout.cols {
         return Err(decode_err(format!(
             "decoded size {}x{} differs from the header's {}x{}",

@@ -35,6 +35,7 @@ mod decode;
 mod enhanced;
 mod filter;
 mod geometry;
+mod jpeg12;
 
 #[cfg(test)]
 mod tests;

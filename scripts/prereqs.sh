@@ -1,0 +1,53 @@
+# shellcheck shell=bash
+# The one list of Debian packages m3dnode needs, sourced by scripts/serve (build list) and
+# scripts/test (build and test lists), so that running the node and running the tests cannot
+# drift apart again. tests/setup.rs checks this list against the C/C++ code that Cargo.lock
+# builds from source (every crate using the `cmake` or `cc` build helpers, the SIMD assembler
+# of libjpeg-turbo) and that both scripts source this file.
+#
+# One entry a line: "<Debian package> <command that succeeds when it is already present>".
+
+# Building m3dnode: the -sys crates compile C/C++ codecs from source: charls-sys (JPEG-LS,
+# C++, cmake), turbojpeg-sys (libjpeg-turbo for JPEG Extended 8/12-bit, cmake + nasm for its
+# x86 SIMD code, required so that decoding is never silently slow), openjpeg, sqlite and
+# meshoptimizer through the `cc` crate.
+PREREQS_BUILD=(
+    "cmake command -v cmake"
+    "make command -v make"
+    "g++ command -v g++"
+    "nasm command -v nasm"
+)
+
+# Running the tests: the real DICOM peers they talk to (DCMTK, dicom3tools, Orthanc and curl
+# for its REST API) and Python with venv for the ONNX Runtime reference venv.
+PREREQS_TEST=(
+    "dcmtk command -v storescu"
+    "dicom3tools command -v dciodvfy"
+    "orthanc command -v Orthanc || test -x /usr/sbin/Orthanc"
+    "curl command -v curl"
+    "python3 command -v python3"
+    "python3-venv python3 -c 'import venv, ensurepip'"
+)
+
+# install_prereqs WHO LIST...: installs with apt-get (through sudo when not root) the packages
+# of the named lists whose probe fails; WHO names the calling script in the message.
+install_prereqs() {
+    local who=$1 list entry pkg probe
+    shift
+    local need=()
+    for list in "$@"; do
+        local -n entries="$list"
+        for entry in "${entries[@]}"; do
+            pkg=${entry%% *}
+            probe=${entry#* }
+            eval "$probe" >/dev/null 2>&1 || need+=("$pkg")
+        done
+        unset -n entries
+    done
+    ((${#need[@]})) || return 0
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    echo "$who: installing ${need[*]}" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+}
