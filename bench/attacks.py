@@ -46,6 +46,8 @@ def echo_seconds(host, port):
 
 
 def lockout(args):
+    quiet = sorted(echo_seconds(args.host, args.port)[0] for _ in range(5))
+    print(f"lock-out: C-ECHO with no other connection: median {statistics.median(quiet) * 1e3:.1f} ms")
     idle = []
     for _ in range(40):
         s = socket.socket()
