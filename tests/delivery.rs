@@ -319,8 +319,9 @@ fn destination_slower_than_the_timeout_without_c_find_gets_a_bounded_number_of_c
 
 #[test]
 fn kill_during_a_slow_store_then_restart_delivers_once_with_c_find() {
+    // The store takes 4 s, within the 5 s timeout: only the kill leaves it unconfirmed.
     let dest = Scripted::start(&["--find", "--sleep", "4"]);
-    let mut node = node_to(&dest.peer_toml("DEST"), "DEST", 3);
+    let mut node = node_to(&dest.peer_toml("DEST"), "DEST", 5);
     storescu(&node, &[ct_series()]);
     assert!(
         wait_for(Duration::from_secs(90), || dest.stores() == 1),
@@ -332,7 +333,7 @@ fn kill_during_a_slow_store_then_restart_delivers_once_with_c_find() {
     node.child.wait().unwrap();
     assert_eq!(dest.stored(), 0, "killed while the destination was storing");
     let node = node.restart();
-    wait_sent(&node, Duration::from_secs(60));
+    wait_sent(&node, Duration::from_secs(90));
     std::thread::sleep(Duration::from_secs(2));
     eprintln!(
         "FIGURE kill -9 during a 4 s store, restart, destination with C-FIND: {} deliveries per result",
@@ -347,14 +348,14 @@ fn kill_during_a_slow_store_then_restart_without_c_find() {
     // The figure for a destination without C-FIND (DCMTK storescp): the node cannot know
     // whether the instance arrived, so it is sent again once; the row ends `sent`.
     let dest = storescp(&["+xa", "-pdu", "131072", "--sleep-during", "1"]);
-    let mut node = node_to(&dest.peer_toml(), "DEST", 3);
+    let mut node = node_to(&dest.peer_toml(), "DEST", 5);
     let src = tempfile::tempdir().unwrap();
     storescu(&node, &[small_phantom(src.path())]);
     assert!(wait_for(Duration::from_secs(90), || dest.stores() == 1));
     node.child.kill().unwrap();
     node.child.wait().unwrap();
     let node = node.restart();
-    wait_sent(&node, Duration::from_secs(60));
+    wait_sent(&node, Duration::from_secs(90));
     std::thread::sleep(Duration::from_secs(2));
     eprintln!(
         "FIGURE kill -9 during a store (storescp --sleep-during 1, a few s), restart, destination without C-FIND: {} deliveries per result",
