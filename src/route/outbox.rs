@@ -23,8 +23,8 @@
 //! What can still reach a destination twice: a destination without Study Root C-FIND gets a
 //! second copy after a crash (or a timeout) in the window above, and one more for each doubling
 //! of the timeout that is still shorter than its storage time; a destination with C-FIND gets
-//! a second copy only if it takes longer than twice the timeout of the attempt it is storing
-//! (or answers C-FIND without the instance it holds). A PACS receiving an identical SOP
+//! a second copy only if it takes longer to store than the next timeout (twice the one of the
+//! attempt it is storing, at most the cap) or answers C-FIND without the instance it holds. A PACS receiving an identical SOP
 //! Instance UID again treats it as a duplicate. A power cut (not a process crash) can also lose
 //! the mark: the index is written with `synchronous = NORMAL`.
 //!
