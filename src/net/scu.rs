@@ -917,3 +917,37 @@ async fn receive_message(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_statuses_that_cannot_change_are_permanent() {
+        for code in [0x0122, 0xA900, 0xA9FF] {
+            assert!(is_permanent_status(code), "{code:#06X}");
+        }
+        // Out of resources, cannot understand, warnings and success are not.
+        for code in [0xA700, 0xA7FF, 0xC000, 0xB000, 0x0000, 0x0211] {
+            assert!(!is_permanent_status(code), "{code:#06X}");
+        }
+    }
+
+    #[test]
+    fn full_message_names_each_cause_once() {
+        let e = ScuError::Associate {
+            peer: "DEST@127.0.0.1:1".into(),
+            source: Box::new(
+                dicom_ul::association::Error::NoAcceptedPresentationContexts {
+                    backtrace: std::backtrace::Backtrace::capture(),
+                },
+            ),
+        };
+        let m = e.full_message();
+        assert_eq!(
+            m.matches("no presentation contexts accepted").count(),
+            1,
+            "{m}"
+        );
+    }
+}
