@@ -345,9 +345,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 timeout: Duration::from_secs(timeout),
                 ..Default::default()
             };
-            scu::echo(&to, &opts).await?;
-            println!("C-ECHO {to}: success");
-            Ok(ExitCode::SUCCESS)
+            match scu::echo(&to, &opts).await {
+                Ok(()) => {
+                    println!("C-ECHO {to}: success");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => Ok(network_failure(&e)),
+            }
         }
         Command::Send {
             paths,
@@ -547,7 +551,11 @@ async fn send(
     };
     let mut sent = 0usize;
     if !files.is_empty() {
-        for outcome in scu::send_files(&files, &to, &opts).await? {
+        let outcomes = match scu::send_files(&files, &to, &opts).await {
+            Ok(o) => o,
+            Err(e) => return Ok(network_failure(&e)),
+        };
+        for outcome in outcomes {
             match (&outcome.result, outcome.is_success()) {
                 (Ok(code), true) => {
                     sent += 1;
@@ -578,6 +586,13 @@ async fn send(
     } else {
         ExitCode::from(1)
     })
+}
+
+/// A peer that could not be reached or refused: the command ran and failed (exit 1, not the
+/// usage code 2), with the cause said once.
+fn network_failure(e: &scu::ScuError) -> ExitCode {
+    eprintln!("m3dnode: {}", e.full_message());
+    ExitCode::from(1)
 }
 
 /// Expands directories recursively, in a stable order.
@@ -1064,8 +1079,14 @@ fn print_jobs(_cfg: &Config, index: &crate::store::Index, limit: usize) -> Resul
         "id", "state", "attempts", "destination", "sent"
     );
     for o in crate::route::outbox::list(index, limit)? {
+        // An open unconfirmed attempt: the destination may hold it; it is verified first.
+        let unconfirmed = if o.unconfirmed > 0 && o.state != "sent" {
+            format!("[{} unconfirmed] ", o.unconfirmed)
+        } else {
+            String::new()
+        };
         println!(
-            "{:>5}  {:<8} {:>8}  {:<16} {:<22} {}",
+            "{:>5}  {:<8} {:>8}  {:<16} {:<22} {unconfirmed}{}",
             o.id,
             o.state,
             o.attempts,

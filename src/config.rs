@@ -196,7 +196,7 @@ pub struct DeliveryConfig {
     pub retry_initial_seconds: f64,
     /// Longest retry delay in seconds.
     pub retry_max_seconds: f64,
-    /// Give up (state `failed`, retry by hand with `m3dnode outbox retry`) after this many
+    /// Give up (state `failed`, retry by hand with `m3dnode retry`) after this many
     /// seconds.
     pub deadline_seconds: f64,
     /// Connect and response timeout per association, in seconds.

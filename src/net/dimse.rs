@@ -19,6 +19,10 @@ pub mod field {
     pub const C_ECHO_RQ: u16 = 0x0030;
     /// C-ECHO-RSP
     pub const C_ECHO_RSP: u16 = 0x8030;
+    /// C-FIND-RQ
+    pub const C_FIND_RQ: u16 = 0x0020;
+    /// C-FIND-RSP
+    pub const C_FIND_RSP: u16 = 0x8020;
     /// C-CANCEL-RQ
     pub const C_CANCEL_RQ: u16 = 0x0FFF;
 }
@@ -230,6 +234,25 @@ pub fn c_store_rq(message_id: u16, sop_class_uid: &str, sop_instance_uid: &str) 
         .ui(AFFECTED_SOP_INSTANCE_UID, sop_instance_uid)
 }
 
+/// C-FIND-RQ with medium priority; an identifier (the query) follows.
+pub fn c_find_rq(message_id: u16, sop_class_uid: &str) -> CommandBuilder {
+    CommandBuilder::default()
+        .ui(AFFECTED_SOP_CLASS_UID, sop_class_uid)
+        .us(COMMAND_FIELD, field::C_FIND_RQ)
+        .us(MESSAGE_ID, message_id)
+        .us(PRIORITY, 0)
+        .us(COMMAND_DATA_SET_TYPE, 0x0000)
+}
+
+/// The largest PDV value that fits a peer's maximum PDU length, even (DCMTK rejects odd
+/// fragments). `max_pdu` is the PDU *variable field* length, of which the PDV item header
+/// takes 6 bytes. PS3.8 allows any maximum (dicom-ul maps 0, "no limit", to its largest), so
+/// a small one is honoured as it is rather than raised to a comfortable size the peer would
+/// refuse; values too small to carry data are treated as 8 bytes.
+pub fn max_fragment(max_pdu: u32) -> usize {
+    ((max_pdu.clamp(8, 4 * 1024 * 1024) - 6) & !1) as usize
+}
+
 /// C-STORE-RSP; failures carry an Error Comment saying why.
 pub fn c_store_rsp(
     responding_to: u16,
@@ -281,8 +304,7 @@ pub fn pdata_pdus(
     max_pdu: u32,
     last_is_final: bool,
 ) -> Vec<Pdu> {
-    // Even-length fragments: DCMTK rejects odd ones.
-    let chunk = ((max_pdu.clamp(1024, 4 * 1024 * 1024) - 6) & !1) as usize;
+    let chunk = max_fragment(max_pdu);
     let n = bytes.len().div_ceil(chunk).max(1);
     (0..n)
         .map(|i| {
@@ -378,5 +400,20 @@ mod tests {
             total += pdvs[0].data.len();
         }
         assert_eq!(total, data.len());
+    }
+
+    #[test]
+    fn a_small_peer_maximum_is_honoured() {
+        // A peer that receives at most 512-byte PDUs gets at most 512-byte PDUs.
+        assert_eq!(max_fragment(512), 506);
+        assert_eq!(max_fragment(513), 506);
+        assert_eq!(max_fragment(0), 2);
+        let data = vec![1u8; 2000];
+        for p in pdata_pdus(1, PDataValueType::Data, &data, 512, true) {
+            let Pdu::PData { data: pdvs } = p else {
+                panic!()
+            };
+            assert!(pdvs[0].data.len() + 6 <= 512);
+        }
     }
 }

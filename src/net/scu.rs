@@ -2,8 +2,13 @@
 //!
 //! Used by the `echo` and `send` commands and by the delivery outbox. Files are sent in the
 //! transfer syntax they are stored in when the peer accepts it, streamed from disk in PDU-sized
-//! pieces; an uncompressed file is re-encoded only when the peer accepts just the other
-//! little-endian syntax.
+//! pieces; an uncompressed or Deflated file is re-encoded (inflated) only when the peer accepts
+//! just a native little-endian syntax for it.
+//!
+//! The outbox needs two more things from an association, given by [`send_files_with`]: a
+//! durable mark written just before the last fragment of a data set leaves (from then on the
+//! peer may hold the instance even if its answer never arrives), and a Study Root C-FIND for
+//! instances whose earlier delivery was never confirmed, so that they are not sent twice.
 
 use std::fmt;
 use std::io::{Read, Seek, SeekFrom};
@@ -54,6 +59,15 @@ pub enum ScuError {
         /// What failed.
         message: String,
     },
+    /// The association was rejected (A-ASSOCIATE-RJ) as permanent: PS3.8 7.1.1.8 says the
+    /// same request will be rejected again, so it is not retried.
+    #[error("{peer} rejected the association permanently ({reason})")]
+    RejectedPermanent {
+        /// The peer.
+        peer: String,
+        /// The source and reason it gave.
+        reason: String,
+    },
     /// The peer answered a C-ECHO with a non-success status.
     #[error("C-ECHO answered with status {0:#06X}")]
     EchoStatus(u16),
@@ -65,6 +79,34 @@ pub enum ScuError {
         /// What was wrong.
         message: String,
     },
+}
+
+impl ScuError {
+    /// True when trying again unchanged cannot succeed: the peer refused the association
+    /// permanently or accepts none of the SOP classes (in any proposed transfer syntax).
+    /// Someone must change a configuration first, so the outbox fails such a delivery at once.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            ScuError::RejectedPermanent { .. } | ScuError::NoContext { .. }
+        )
+    }
+
+    /// The message with every underlying cause once. (`anyhow`'s `{:#}` repeats the source,
+    /// which [`ScuError::Associate`] already shows.)
+    pub fn full_message(&self) -> String {
+        let mut out = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(e) = source {
+            let text = e.to_string();
+            if !out.contains(&text) {
+                out.push_str(": ");
+                out.push_str(&text);
+            }
+            source = e.source();
+        }
+        out
+    }
 }
 
 /// A remote application entity: `AE@host:port`.
@@ -169,6 +211,74 @@ pub struct SendOutcome {
     pub result: Result<u16, String>,
     /// Error Comment of a failure status.
     pub comment: Option<String>,
+    /// The whole data set was handed to the peer but no status came back (timeout, broken
+    /// association): the peer may or may not have stored it.
+    pub unconfirmed: bool,
+    /// What a C-FIND asked before sending said (only for files given keys to verify).
+    pub verified: Verification,
+    /// Trying again unchanged cannot succeed (the peer refuses the SOP class or transfer
+    /// syntax, or answered a status that says so).
+    pub permanent: bool,
+}
+
+/// The result of asking the peer, before sending, whether it already holds an instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verification {
+    /// Not asked (no keys given).
+    NotAsked,
+    /// The peer holds the instance: nothing was sent and `result` is `Ok(0x0000)`.
+    Found,
+    /// The peer answered that it does not hold the instance; it was sent.
+    NotFound,
+    /// The peer could not be asked (no Study Root C-FIND, or the C-FIND failed); it was sent.
+    Unavailable(String),
+}
+
+/// Study Root Query/Retrieve Information Model - FIND.
+pub const STUDY_ROOT_FIND: &str = "1.2.840.10008.5.1.4.1.2.2.1";
+
+/// The higher-level unique keys a Study Root C-FIND at IMAGE level needs for an instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceKeys {
+    /// Study Instance UID.
+    pub study_instance_uid: String,
+    /// Series Instance UID.
+    pub series_instance_uid: String,
+}
+
+impl InstanceKeys {
+    /// Reads the keys from a Part 10 file (the header only).
+    pub fn read(path: &Path) -> Result<InstanceKeys, ScuError> {
+        use dicom_dictionary_std::tags;
+        let err = |message: String| ScuError::File {
+            path: path.to_path_buf(),
+            message,
+        };
+        let obj = dicom_object::OpenFileOptions::new()
+            .read_until(tags::STUDY_ID)
+            .open_file(path)
+            .map_err(|e| err(format!("not a readable DICOM Part 10 file: {e}")))?;
+        let get = |tag, name: &str| {
+            obj.element(tag)
+                .ok()
+                .and_then(|e| e.to_str().ok())
+                .map(|v| v.trim_end_matches(['\0', ' ']).to_string())
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| err(format!("no {name}")))
+        };
+        Ok(InstanceKeys {
+            study_instance_uid: get(tags::STUDY_INSTANCE_UID, "Study Instance UID")?,
+            series_instance_uid: get(tags::SERIES_INSTANCE_UID, "Series Instance UID")?,
+        })
+    }
+}
+
+/// Statuses after which sending the same data set again cannot succeed: the SOP class is
+/// refused (0x0122) or the data set does not match it (0xA900-0xA9FF). Out of resources
+/// (0xA7xx) and "cannot understand" (0xCxxx, which some archives also answer for passing
+/// internal errors) stay retryable.
+pub fn is_permanent_status(code: u16) -> bool {
+    code == dimse::status::SOP_CLASS_NOT_SUPPORTED || (0xA900..=0xA9FF).contains(&code)
 }
 
 impl SendOutcome {
@@ -199,12 +309,49 @@ async fn associate(
     let mut assoc = o
         .establish_async(to.address.as_str())
         .await
-        .map_err(|source| ScuError::Associate {
-            peer: to.to_string(),
-            source: Box::new(source),
-        })?;
+        .map_err(|source| associate_error(to, contexts, source))?;
     let _ = assoc.inner_stream().set_nodelay(true);
     Ok(assoc)
+}
+
+/// Classifies a failed association request: permanent refusals get their own variants.
+fn associate_error(
+    to: &AeAddress,
+    contexts: &[(String, Vec<String>)],
+    source: dicom_ul::association::Error,
+) -> ScuError {
+    use dicom_ul::association::Error as UlError;
+    use dicom_ul::pdu::AssociationRJResult;
+    match &source {
+        UlError::Rejected { association_rj, .. }
+            if association_rj.result == AssociationRJResult::Permanent =>
+        {
+            ScuError::RejectedPermanent {
+                peer: to.to_string(),
+                reason: association_rj.source.to_string(),
+            }
+        }
+        UlError::NoAcceptedPresentationContexts { .. } => {
+            let mut classes: Vec<String> = Vec::new();
+            for (abstract_syntax, _) in contexts {
+                if abstract_syntax == STUDY_ROOT_FIND {
+                    continue;
+                }
+                let named = format!("{} ({abstract_syntax})", super::uid_name(abstract_syntax));
+                if !classes.contains(&named) {
+                    classes.push(named);
+                }
+            }
+            ScuError::NoContext {
+                peer: to.to_string(),
+                what: classes.join(", "),
+            }
+        }
+        _ => ScuError::Associate {
+            peer: to.to_string(),
+            source: Box::new(source),
+        },
+    }
 }
 
 /// Sends a C-ECHO and checks the answer.
@@ -256,12 +403,35 @@ fn is_native(ts: &str) -> bool {
     matches!(ts, IMPLICIT_VR_LE | EXPLICIT_VR_LE)
 }
 
+/// Stored syntaxes that can be sent in a native little-endian syntax instead: the native ones
+/// (re-encoded), Explicit VR Big Endian (re-encoded) and Deflated (inflated; its inflated
+/// form is Explicit VR Little Endian).
+fn has_native_fallback(ts: &str) -> bool {
+    is_native(ts) || ts == "1.2.840.10008.1.2.2" || ts == DEFLATED
+}
+
 /// Sends files over one association, reporting each file's status. Fails as a whole only
 /// when no association could be made.
 pub async fn send_files(
     files: &[OutgoingFile],
     to: &AeAddress,
     opts: &ScuOptions,
+) -> Result<Vec<SendOutcome>, ScuError> {
+    send_files_with(files, &[], to, opts, &mut |_| Ok(())).await
+}
+
+/// [`send_files`] for the outbox. `verify[i]`, when given, makes the SCU ask the peer with a
+/// Study Root C-FIND (IMAGE level, by SOP Instance UID) whether it already holds file `i`
+/// before sending it; a file it holds is not sent ([`Verification::Found`]).
+/// `before_last_fragment(i)` runs just before the last fragment of file `i`'s data set is
+/// sent; it must make durable that the peer may now hold the instance. If it fails, the
+/// file is not completed and the association is given up.
+pub async fn send_files_with(
+    files: &[OutgoingFile],
+    verify: &[Option<InstanceKeys>],
+    to: &AeAddress,
+    opts: &ScuOptions,
+    before_last_fragment: &mut (dyn FnMut(usize) -> Result<(), String> + Send),
 ) -> Result<Vec<SendOutcome>, ScuError> {
     // One context per (class, own syntax), plus one per class with the two little-endian
     // syntaxes as the fallback every SCP supports.
@@ -279,6 +449,13 @@ pub async fn send_files(
             contexts.push(fallback);
         }
     }
+    let wants_find = verify.iter().any(Option::is_some);
+    if wants_find {
+        contexts.push((
+            STUDY_ROOT_FIND.to_string(),
+            vec![EXPLICIT_VR_LE.to_string(), IMPLICIT_VR_LE.to_string()],
+        ));
+    }
     if contexts.len() > 128 {
         return Err(ScuError::Protocol {
             peer: to.to_string(),
@@ -290,8 +467,57 @@ pub async fn send_files(
     }
     let mut assoc = associate(to, opts, &contexts).await?;
     let negotiated: Vec<PresentationContextNegotiated> = accepted(&assoc).cloned().collect();
+    let find_pc = negotiated
+        .iter()
+        .find(|pc| pc.abstract_syntax == STUDY_ROOT_FIND)
+        .cloned();
     let mut outcomes = Vec::with_capacity(files.len());
+    let mut message_id: u16 = 0;
+    let mut next_id = || {
+        message_id = message_id.wrapping_add(1).max(1);
+        message_id
+    };
     for (i, f) in files.iter().enumerate() {
+        let outcome = |result: Result<u16, String>| SendOutcome {
+            path: f.path.clone(),
+            result,
+            comment: None,
+            unconfirmed: false,
+            verified: Verification::NotAsked,
+            permanent: false,
+        };
+        let mut verified = Verification::NotAsked;
+        if let Some(keys) = verify.get(i).and_then(Option::as_ref) {
+            verified = match &find_pc {
+                None => {
+                    Verification::Unavailable("the peer does not accept Study Root C-FIND".into())
+                }
+                Some(pc) => match find_instance(&mut assoc, pc, keys, f, next_id()).await {
+                    Ok(true) => Verification::Found,
+                    Ok(false) => Verification::NotFound,
+                    Err(FindError::Status(message)) => Verification::Unavailable(message),
+                    Err(FindError::Association(message)) => {
+                        warn!(peer = %to, error = %message, "association failed during C-FIND");
+                        for rest in &files[i..] {
+                            outcomes.push(SendOutcome {
+                                path: rest.path.clone(),
+                                result: Err(format!("not sent: {message}")),
+                                ..outcome(Ok(0))
+                            });
+                        }
+                        return Ok(outcomes);
+                    }
+                },
+            };
+            if verified == Verification::Found {
+                debug!(path = %f.path.display(), sop_instance_uid = %f.sop_instance_uid, "C-FIND: already at the peer");
+                outcomes.push(SendOutcome {
+                    verified,
+                    ..outcome(Ok(status::SUCCESS))
+                });
+                continue;
+            }
+        }
         let exact = negotiated.iter().find(|pc| {
             pc.abstract_syntax == f.sop_class_uid && pc.transfer_syntax == f.transfer_syntax
         });
@@ -299,49 +525,51 @@ pub async fn send_files(
             negotiated
                 .iter()
                 .find(|pc| pc.abstract_syntax == f.sop_class_uid && is_native(&pc.transfer_syntax))
-                .filter(|_| {
-                    is_native(&f.transfer_syntax) || f.transfer_syntax == "1.2.840.10008.1.2.2"
-                })
+                .filter(|_| has_native_fallback(&f.transfer_syntax))
         };
         let Some(pc) = exact.or_else(fallback).cloned() else {
             outcomes.push(SendOutcome {
-                path: f.path.clone(),
-                result: Err(format!(
-                    "the peer accepted no presentation context for {} in {}",
+                verified,
+                permanent: true,
+                ..outcome(Err(format!(
+                    "{to} accepted no presentation context for {} ({}) in {} ({})",
                     super::uid_name(&f.sop_class_uid),
-                    super::uid_name(&f.transfer_syntax)
-                )),
-                comment: None,
+                    f.sop_class_uid,
+                    super::uid_name(&f.transfer_syntax),
+                    f.transfer_syntax
+                )))
             });
             continue;
         };
-        let message_id = (i % 65535 + 1) as u16;
-        match store_one(&mut assoc, f, &pc, message_id).await {
+        let mut hook = || before_last_fragment(i);
+        match store_one(&mut assoc, f, &pc, next_id(), &mut hook).await {
             Ok((code, comment)) => {
                 debug!(path = %f.path.display(), status = format_args!("{code:#06X}"), "C-STORE");
                 outcomes.push(SendOutcome {
-                    path: f.path.clone(),
-                    result: Ok(code),
                     comment,
+                    verified,
+                    permanent: is_permanent_status(code),
+                    ..outcome(Ok(code))
                 })
             }
             Err(StoreOneError::File(message)) => outcomes.push(SendOutcome {
-                path: f.path.clone(),
-                result: Err(message),
-                comment: None,
+                verified,
+                ..outcome(Err(message))
             }),
-            Err(StoreOneError::Association(message)) => {
-                warn!(peer = %to, error = %message, "association failed during C-STORE");
+            Err(StoreOneError::Association {
+                message,
+                unconfirmed,
+            }) => {
+                warn!(peer = %to, error = %message, unconfirmed, "association failed during C-STORE");
                 outcomes.push(SendOutcome {
-                    path: f.path.clone(),
-                    result: Err(message.clone()),
-                    comment: None,
+                    unconfirmed,
+                    verified,
+                    ..outcome(Err(message.clone()))
                 });
                 for rest in &files[i + 1..] {
                     outcomes.push(SendOutcome {
                         path: rest.path.clone(),
-                        result: Err(format!("not sent: {message}")),
-                        comment: None,
+                        ..outcome(Err(format!("not sent: {message}")))
                     });
                 }
                 return Ok(outcomes);
@@ -356,7 +584,20 @@ enum StoreOneError {
     /// This file could not be sent; the association is still usable.
     File(String),
     /// The association is broken.
-    Association(String),
+    Association {
+        /// What failed.
+        message: String,
+        /// The last fragment had been handed over (or was being handed over): the peer may
+        /// hold the instance.
+        unconfirmed: bool,
+    },
+}
+
+fn broken(message: impl fmt::Display) -> StoreOneError {
+    StoreOneError::Association {
+        message: message.to_string(),
+        unconfirmed: false,
+    }
 }
 
 async fn store_one(
@@ -364,14 +605,14 @@ async fn store_one(
     f: &OutgoingFile,
     pc: &PresentationContextNegotiated,
     message_id: u16,
+    before_last_fragment: &mut (dyn FnMut() -> Result<(), String> + Send),
 ) -> Result<(u16, Option<String>), StoreOneError> {
     let max = assoc.acceptor_max_pdu_length();
-    // Fragments of even length: DCMTK rejects odd ones.
-    let chunk = ((max.clamp(1024, 4 * 1024 * 1024) - 6) & !1) as usize;
+    let chunk = dimse::max_fragment(max);
     // Prepare the data set before the command, so that a local read error does not leave a
     // half-sent message on the association.
     let reencoded = if pc.transfer_syntax != f.transfer_syntax {
-        Some(reencode(&f.path, &pc.transfer_syntax).map_err(StoreOneError::File)?)
+        Some(reencode(f, &pc.transfer_syntax).map_err(StoreOneError::File)?)
     } else {
         None
     };
@@ -379,24 +620,48 @@ async fn store_one(
     file.seek(SeekFrom::Start(f.data_offset))
         .map_err(|e| StoreOneError::File(e.to_string()))?;
     let cmd = dimse::c_store_rq(message_id, &f.sop_class_uid, &f.sop_instance_uid).encode();
-    send_command(assoc, pc.id, &cmd)
-        .await
-        .map_err(StoreOneError::Association)?;
+    send_command(assoc, pc.id, &cmd).await.map_err(broken)?;
+    let mut handed_over = false;
+    let mut send_piece = async |assoc: &mut AsyncClientAssociation<TcpStream>,
+                                data: Vec<u8>,
+                                is_last: bool|
+           -> Result<(), StoreOneError> {
+        if is_last {
+            before_last_fragment().map_err(|e| broken(format!("before the last fragment: {e}")))?;
+            handed_over = true;
+        }
+        let pdu = Pdu::PData {
+            data: vec![dicom_ul::pdu::PDataValue {
+                presentation_context_id: pc.id,
+                value_type: PDataValueType::Data,
+                is_last,
+                data,
+            }],
+        };
+        assoc
+            .send(&pdu)
+            .await
+            .map_err(|e| StoreOneError::Association {
+                message: e.to_string(),
+                unconfirmed: is_last,
+            })
+    };
     match reencoded {
         Some(bytes) => {
-            for pdu in dimse::pdata_pdus(pc.id, PDataValueType::Data, &bytes, max, true) {
-                assoc
-                    .send(&pdu)
-                    .await
-                    .map_err(|e| StoreOneError::Association(e.to_string()))?;
+            let n = bytes.len().div_ceil(chunk).max(1);
+            for (k, piece) in bytes.chunks(chunk).enumerate() {
+                send_piece(assoc, piece.to_vec(), k + 1 == n).await?;
+            }
+            if bytes.is_empty() {
+                send_piece(assoc, Vec::new(), true).await?;
             }
         }
         None => {
             // Stream the stored data set; one read ahead tells which piece is the last.
-            let mut current = read_chunk(&mut file, chunk).map_err(StoreOneError::Association)?;
+            let mut current = read_chunk(&mut file, chunk).map_err(broken)?;
             loop {
                 let next = if current.len() == chunk {
-                    read_chunk(&mut file, chunk).map_err(StoreOneError::Association)?
+                    read_chunk(&mut file, chunk).map_err(broken)?
                 } else {
                     Vec::new()
                 };
@@ -405,18 +670,7 @@ async fn store_one(
                     // PS3.5 A.5: an odd-length deflated stream is padded with one zero byte.
                     current.push(0);
                 }
-                let pdu = Pdu::PData {
-                    data: vec![dicom_ul::pdu::PDataValue {
-                        presentation_context_id: pc.id,
-                        value_type: PDataValueType::Data,
-                        is_last,
-                        data: current,
-                    }],
-                };
-                assoc
-                    .send(&pdu)
-                    .await
-                    .map_err(|e| StoreOneError::Association(e.to_string()))?;
+                send_piece(assoc, current, is_last).await?;
                 if is_last {
                     break;
                 }
@@ -424,13 +678,103 @@ async fn store_one(
             }
         }
     }
-    let rsp = receive_command(assoc)
-        .await
-        .map_err(StoreOneError::Association)?;
-    let code = rsp
-        .status()
-        .map_err(|e| StoreOneError::Association(e.to_string()))?;
+    let unconfirmed = |message: String| StoreOneError::Association {
+        message,
+        unconfirmed: handed_over,
+    };
+    let rsp = receive_command(assoc).await.map_err(unconfirmed)?;
+    let code = rsp.status().map_err(|e| unconfirmed(e.to_string()))?;
     Ok((code, rsp.error_comment()))
+}
+
+/// Why a C-FIND gave no answer.
+enum FindError {
+    /// The peer answered with a failure status (or an unusable identifier).
+    Status(String),
+    /// The association is broken.
+    Association(String),
+}
+
+/// Asks the peer whether it holds `f` (Study Root, IMAGE level, by SOP Instance UID).
+async fn find_instance(
+    assoc: &mut AsyncClientAssociation<TcpStream>,
+    pc: &PresentationContextNegotiated,
+    keys: &InstanceKeys,
+    f: &OutgoingFile,
+    message_id: u16,
+) -> Result<bool, FindError> {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
+    let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry
+        .get(&pc.transfer_syntax)
+        .ok_or_else(|| {
+            FindError::Status(format!("unknown transfer syntax {}", pc.transfer_syntax))
+        })?;
+    let mut query = dicom_object::InMemDicomObject::new_empty();
+    for (tag, vr, value) in [
+        (tags::QUERY_RETRIEVE_LEVEL, VR::CS, "IMAGE"),
+        (
+            tags::STUDY_INSTANCE_UID,
+            VR::UI,
+            keys.study_instance_uid.as_str(),
+        ),
+        (
+            tags::SERIES_INSTANCE_UID,
+            VR::UI,
+            keys.series_instance_uid.as_str(),
+        ),
+        (tags::SOP_INSTANCE_UID, VR::UI, f.sop_instance_uid.as_str()),
+    ] {
+        query.put(DataElement::new(tag, vr, PrimitiveValue::from(value)));
+    }
+    let mut identifier = Vec::new();
+    query
+        .write_dataset_with_ts(&mut identifier, ts)
+        .map_err(|e| FindError::Status(format!("cannot encode the C-FIND identifier: {e}")))?;
+    let broken = FindError::Association;
+    send_command(
+        assoc,
+        pc.id,
+        &dimse::c_find_rq(message_id, STUDY_ROOT_FIND).encode(),
+    )
+    .await
+    .map_err(broken)?;
+    let max = assoc.acceptor_max_pdu_length();
+    for pdu in dimse::pdata_pdus(pc.id, PDataValueType::Data, &identifier, max, true) {
+        assoc.send(&pdu).await.map_err(|e| broken(e.to_string()))?;
+    }
+    let mut found = false;
+    loop {
+        let (rsp, data) = receive_message(assoc).await.map_err(broken)?;
+        let code = rsp.status().map_err(|e| broken(e.to_string()))?;
+        match code {
+            0xFF00 | 0xFF01 => {
+                // A match. Count it only if it is this instance (a conforming SCP returns the
+                // unique key it was asked for).
+                let same = data
+                    .and_then(|d| {
+                        dicom_object::InMemDicomObject::read_dataset_with_ts(d.as_slice(), ts).ok()
+                    })
+                    .and_then(|o| {
+                        o.element(tags::SOP_INSTANCE_UID)
+                            .ok()
+                            .and_then(|e| e.to_str().ok())
+                            .map(|v| v.trim_end_matches(['\0', ' ']) == f.sop_instance_uid)
+                    });
+                found |= same.unwrap_or(true);
+            }
+            status::SUCCESS => return Ok(found),
+            other => {
+                return Err(FindError::Status(format!(
+                    "C-FIND answered with status {other:#06X}{}",
+                    rsp.error_comment()
+                        .map(|c| format!(": {c}"))
+                        .unwrap_or_default()
+                )));
+            }
+        }
+    }
 }
 
 fn read_chunk(file: &mut std::fs::File, size: usize) -> Result<Vec<u8>, String> {
@@ -441,17 +785,54 @@ fn read_chunk(file: &mut std::fs::File, size: usize) -> Result<Vec<u8>, String> 
     Ok(buf)
 }
 
-/// Re-encodes an uncompressed data set into another uncompressed transfer syntax.
-fn reencode(path: &Path, ts_uid: &str) -> Result<Vec<u8>, String> {
+/// Re-encodes a data set into a native little-endian transfer syntax: an uncompressed one
+/// through dicom-object, a Deflated one by inflating it (its inflated form is Explicit VR
+/// Little Endian, sent as it is or re-encoded to Implicit VR).
+fn reencode(f: &OutgoingFile, ts_uid: &str) -> Result<Vec<u8>, String> {
     use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
     let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry
         .get(ts_uid)
         .ok_or_else(|| format!("unknown transfer syntax {ts_uid}"))?;
-    let obj =
-        dicom_object::open_file(path).map_err(|e| format!("cannot read for re-encoding: {e}"))?;
+    if f.transfer_syntax == DEFLATED {
+        let inflated = inflate_data_set(f)?;
+        if ts_uid == EXPLICIT_VR_LE {
+            return Ok(inflated);
+        }
+        let explicit = dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased();
+        let obj =
+            dicom_object::InMemDicomObject::read_dataset_with_ts(inflated.as_slice(), &explicit)
+                .map_err(|e| format!("cannot read the inflated data set: {e}"))?;
+        let mut out = Vec::new();
+        obj.write_dataset_with_ts(&mut out, ts)
+            .map_err(|e| format!("cannot re-encode to {ts_uid}: {e}"))?;
+        return Ok(out);
+    }
+    let obj = dicom_object::open_file(&f.path)
+        .map_err(|e| format!("cannot read for re-encoding: {e}"))?;
     let mut out = Vec::new();
     obj.write_dataset_with_ts(&mut out, ts)
         .map_err(|e| format!("cannot re-encode to {ts_uid}: {e}"))?;
+    Ok(out)
+}
+
+/// Inflation stops here: a local file is trusted more than a peer's, but a deflate bomb
+/// must still not take the process's memory.
+const MAX_INFLATED: u64 = 2 * 1024 * 1024 * 1024;
+
+fn inflate_data_set(f: &OutgoingFile) -> Result<Vec<u8>, String> {
+    let mut file = std::fs::File::open(&f.path).map_err(|e| e.to_string())?;
+    file.seek(SeekFrom::Start(f.data_offset))
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    flate2::read::DeflateDecoder::new(std::io::BufReader::new(file))
+        .take(MAX_INFLATED + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("cannot inflate the data set: {e}"))?;
+    if out.len() as u64 > MAX_INFLATED {
+        return Err(format!(
+            "the data set inflates to more than {MAX_INFLATED} bytes"
+        ));
+    }
     Ok(out)
 }
 
@@ -486,5 +867,87 @@ async fn receive_command(assoc: &mut AsyncClientAssociation<TcpStream>) -> Resul
             Pdu::ReleaseRQ => return Err("the peer released the association".into()),
             other => return Err(format!("unexpected PDU: {}", other.short_description())),
         }
+    }
+}
+
+/// Receives one DIMSE message: its command set and, when the command says one follows, its
+/// data set. Both are capped: a peer cannot make the SCU accumulate without bound.
+async fn receive_message(
+    assoc: &mut AsyncClientAssociation<TcpStream>,
+) -> Result<(Command, Option<Vec<u8>>), String> {
+    const MAX_COMMAND: usize = 64 * 1024;
+    const MAX_IDENTIFIER: usize = 4 * 1024 * 1024;
+    let mut command_bytes = Vec::new();
+    let mut command: Option<Command> = None;
+    let mut data = Vec::new();
+    loop {
+        let pdvs = match assoc.receive().await.map_err(|e| e.to_string())? {
+            Pdu::PData { data } => data,
+            Pdu::AbortRQ { source } => return Err(format!("aborted by the peer ({source:?})")),
+            Pdu::ReleaseRQ => return Err("the peer released the association".into()),
+            other => return Err(format!("unexpected PDU: {}", other.short_description())),
+        };
+        for pdv in pdvs {
+            match (command.take(), &pdv.value_type) {
+                (None, PDataValueType::Command) => {
+                    command_bytes.extend_from_slice(&pdv.data);
+                    if command_bytes.len() > MAX_COMMAND {
+                        return Err(format!("command set longer than {MAX_COMMAND} bytes"));
+                    }
+                    if pdv.is_last {
+                        let c = Command::parse(&command_bytes).map_err(|e| e.to_string())?;
+                        if !c.has_data_set().map_err(|e| e.to_string())? {
+                            return Ok((c, None));
+                        }
+                        command = Some(c);
+                    }
+                }
+                (Some(c), PDataValueType::Data) => {
+                    data.extend_from_slice(&pdv.data);
+                    if data.len() > MAX_IDENTIFIER {
+                        return Err(format!("data set longer than {MAX_IDENTIFIER} bytes"));
+                    }
+                    if pdv.is_last {
+                        return Ok((c, Some(data)));
+                    }
+                    command = Some(c);
+                }
+                (_, kind) => return Err(format!("unexpected {kind:?} fragment")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_statuses_that_cannot_change_are_permanent() {
+        for code in [0x0122, 0xA900, 0xA9FF] {
+            assert!(is_permanent_status(code), "{code:#06X}");
+        }
+        // Out of resources, cannot understand, warnings and success are not.
+        for code in [0xA700, 0xA7FF, 0xC000, 0xB000, 0x0000, 0x0211] {
+            assert!(!is_permanent_status(code), "{code:#06X}");
+        }
+    }
+
+    #[test]
+    fn full_message_names_each_cause_once() {
+        let e = ScuError::Associate {
+            peer: "DEST@127.0.0.1:1".into(),
+            source: Box::new(
+                dicom_ul::association::Error::NoAcceptedPresentationContexts {
+                    backtrace: std::backtrace::Backtrace::capture(),
+                },
+            ),
+        };
+        let m = e.full_message();
+        assert_eq!(
+            m.matches("no presentation contexts accepted").count(),
+            1,
+            "{m}"
+        );
     }
 }

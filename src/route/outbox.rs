@@ -1,32 +1,84 @@
 //! The persistent outbox: one row per (result instance, destination), written before any
 //! send, and a delivery task that works through it.
 //!
-//! Exactly once per destination: a row is marked `sent` in the same moment the destination's
-//! success status is read, and only `pending` rows are ever sent, so a restart re-sends only
-//! what was not confirmed. (The one window left is a crash between the peer's status arriving
-//! and that update committing — microseconds; the peer then receives an identical instance
-//! again, which a PACS treats as a duplicate.) Failures are retried with exponential backoff
-//! and jitter until the row's deadline, then the row is `failed` until someone runs
-//! `m3dnode outbox retry`.
+//! Once per destination, as far as the destination lets us know: a row is marked `sent` when
+//! the destination's success status is read, and only `pending` rows are ever sent.
+//!
+//! The window in between is not short: it lasts from the moment the last fragment of the data
+//! set leaves until the status arrives, that is as long as the destination takes to store
+//! (seconds for a slow archive). A `kill -9` in that window, or a status that does not arrive
+//! within `delivery.timeout_seconds`, leaves a delivery whose outcome is unknown. Such a
+//! delivery is *unconfirmed*: just before the last fragment is sent, the row is marked so in
+//! the index (table `outbox_unconfirmed`, committed before the fragment leaves, so it survives
+//! a process crash). An unconfirmed row is not sent again blindly:
+//!
+//! - when the destination accepts Study Root C-FIND, it is asked first (IMAGE level, by
+//!   Study, Series and SOP Instance UID), and not before the unconfirmed attempt started plus
+//!   the next (doubled) timeout, so that a destination that was merely slow has finished. If
+//!   it holds the instance the row is `sent` without sending anything;
+//! - otherwise (or when it answers that it does not hold the instance) the row is sent again,
+//!   with a timeout doubled for each unconfirmed attempt (at most [`MAX_TIMEOUT_FACTOR`] times
+//!   `delivery.timeout_seconds`), so that a slow destination ends up answering.
+//!
+//! What can still reach a destination twice: a destination without Study Root C-FIND gets a
+//! second copy after a crash (or a timeout) in the window above, and one more for each doubling
+//! of the timeout that is still shorter than its storage time; a destination with C-FIND gets
+//! a second copy only if it takes longer to store than the next timeout (twice the one of the
+//! attempt it is storing, at most the cap) or answers C-FIND without the instance it holds. A PACS receiving an identical SOP
+//! Instance UID again treats it as a duplicate. A power cut (not a process crash) can also lose
+//! the mark: the index is written with `synchronous = NORMAL`.
+//!
+//! Failures are retried with exponential backoff and jitter until the row's deadline, then the
+//! row is `failed` until someone runs `m3dnode retry`. A permanent refusal (the destination
+//! rejects the association permanently, accepts no presentation context for the result's SOP
+//! class, or answers 0x0122 or 0xA9xx) fails the row at once: retrying unchanged cannot help.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rand::RngExt;
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::net::scu::{self, AeAddress, OutgoingFile, ScuOptions};
+use crate::net::scu::{self, AeAddress, InstanceKeys, OutgoingFile, ScuOptions, Verification};
 use crate::store::index::now;
 use crate::store::{Index, IndexError, Store};
+
+/// The timeout of an attempt grows to at most this many times `delivery.timeout_seconds`
+/// (doubling per unconfirmed attempt): 30 s grows to 8 minutes, enough for any archive that
+/// works at all, while a dead one is still detected within minutes.
+pub const MAX_TIMEOUT_FACTOR: u32 = 16;
+
+/// Unconfirmed attempts per row (see the module documentation); a row is here from the moment
+/// its last fragment may have reached the destination until the destination's answer (a
+/// status, or a C-FIND that finds the instance) is recorded.
+const UNCONFIRMED_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS outbox_unconfirmed (
+    outbox_id   INTEGER PRIMARY KEY,
+    attempts    INTEGER NOT NULL,
+    started_at  REAL NOT NULL
+);";
+
+/// Creates the outbox's own table (idempotent).
+pub fn ensure_schema(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(UNCONFIRMED_SCHEMA)
+}
+
+/// The timeout of an attempt after `unconfirmed` unconfirmed ones.
+fn timeout_after(base_seconds: u64, unconfirmed: i64) -> f64 {
+    let factor = 2f64
+        .powi(unconfirmed.clamp(0, 30) as i32)
+        .min(f64::from(MAX_TIMEOUT_FACTOR));
+    base_seconds.max(1) as f64 * factor
+}
 
 /// One outbox row, for listings.
 #[derive(Debug, Clone)]
 pub struct OutboxRow {
-    /// Row id (for `m3dnode outbox retry ID`).
+    /// Row id (for `m3dnode retry ID`).
     pub id: i64,
     /// The job that made the result.
     pub job_id: Option<i64>,
@@ -44,6 +96,8 @@ pub struct OutboxRow {
     pub last_error: Option<String>,
     /// When the destination confirmed it (Unix seconds).
     pub sent_at: Option<f64>,
+    /// Attempts whose outcome the destination never confirmed, still open.
+    pub unconfirmed: i64,
 }
 
 /// Adds a delivery per destination for a stored result; an existing row for the same
@@ -80,9 +134,12 @@ pub fn enqueue(
 /// The most recent rows, newest first.
 pub fn list(index: &Index, limit: usize) -> Result<Vec<OutboxRow>, IndexError> {
     index.with(|c| {
+        ensure_schema(c)?;
         c.prepare(
-            "SELECT id, job_id, sop_instance_uid, destination, address, state, attempts, last_error, sent_at
-             FROM outbox ORDER BY id DESC LIMIT ?1",
+            "SELECT id, job_id, sop_instance_uid, destination, address, state, o.attempts, last_error, sent_at,
+                    COALESCE(u.attempts, 0)
+             FROM outbox o LEFT JOIN outbox_unconfirmed u ON u.outbox_id = o.id
+             ORDER BY id DESC LIMIT ?1",
         )?
         .query_map([limit as i64], |r| {
             Ok(OutboxRow {
@@ -95,6 +152,7 @@ pub fn list(index: &Index, limit: usize) -> Result<Vec<OutboxRow>, IndexError> {
                 attempts: r.get(6)?,
                 last_error: r.get(7)?,
                 sent_at: r.get(8)?,
+                unconfirmed: r.get(9)?,
             })
         })?
         .collect()
@@ -141,6 +199,9 @@ impl Delivery {
     /// Works through the outbox until `shutdown` completes.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        if let Err(e) = self.store.index().with(ensure_schema) {
+            warn!(error = %e, "outbox: cannot create its table; unconfirmed deliveries cannot be tracked");
+        }
         loop {
             let wait = match self.deliver_due().await {
                 Ok(next) => next,
@@ -193,7 +254,7 @@ impl Delivery {
                 |r| r.get(0),
             )
         })?;
-        // Poll at least every second: `m3dnode outbox retry` writes from another process.
+        // Poll at least every second: `m3dnode retry` writes from another process.
         let wait = next.map(|n| (n - now()).clamp(0.0, 1.0)).unwrap_or(1.0);
         Ok(Duration::from_secs_f64(wait))
     }
@@ -203,70 +264,200 @@ impl Delivery {
             ae_title: ae.to_string(),
             address: address.to_string(),
         };
+        let base = self.config.delivery.timeout_seconds;
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let unconfirmed = self.unconfirmed(&ids)?;
+        let most = rows
+            .iter()
+            .filter_map(|r| unconfirmed.get(&r.id))
+            .max()
+            .copied()
+            .unwrap_or(0);
         let opts = ScuOptions {
             calling_ae: self.config.node.ae_title.clone(),
-            timeout: Duration::from_secs(self.config.delivery.timeout_seconds),
+            timeout: Duration::from_secs_f64(timeout_after(base, most)),
             ..Default::default()
         };
         let mut files = Vec::new();
+        let mut verify = Vec::new();
         let mut sendable = Vec::new();
         for row in rows {
-            match OutgoingFile::open(&self.store.root().join(&row.path)) {
+            let path = self.store.root().join(&row.path);
+            match OutgoingFile::open(&path) {
                 Ok(f) => {
+                    let keys = if unconfirmed.contains_key(&row.id) {
+                        InstanceKeys::read(&path)
+                            .inspect_err(|e| {
+                                warn!(outbox_id = row.id, error = %e, "cannot read the keys to verify an unconfirmed delivery; sending it again");
+                            })
+                            .ok()
+                    } else {
+                        None
+                    };
                     files.push(f);
+                    verify.push(keys);
                     sendable.push(row);
                 }
-                Err(e) => self.failed(&row, ae, &format!("result file unreadable: {e}"))?,
+                Err(e) => self.failed(&row, ae, &format!("result file unreadable: {e}"), None)?,
             }
         }
         if files.is_empty() {
             return Ok(());
         }
-        let outcomes = match scu::send_files(&files, &to, &opts).await {
+        let index = self.store.clone();
+        let row_ids: Vec<i64> = sendable.iter().map(|r| r.id).collect();
+        let mut mark = |i: usize| -> Result<(), String> {
+            let id = row_ids.get(i).copied().ok_or("no such row")?;
+            mark_unconfirmed(index.index(), id, base).map_err(|e| e.to_string())
+        };
+        let outcomes = match scu::send_files_with(&files, &verify, &to, &opts, &mut mark).await {
             Ok(o) => o,
             Err(e) => {
+                let why = e.full_message();
                 for row in &sendable {
-                    self.failed(row, ae, &e.to_string())?;
+                    if e.is_permanent() {
+                        self.refused(row, ae, address, &why)?;
+                    } else {
+                        self.failed(row, ae, &why, None)?;
+                    }
                 }
                 return Ok(());
             }
         };
-        for (row, outcome) in sendable.iter().zip(outcomes) {
+        for ((row, f), outcome) in sendable.iter().zip(&files).zip(outcomes) {
+            if outcome.verified == Verification::Found {
+                self.confirmed(row.id)?;
+                info!(
+                    destination = ae,
+                    outbox_id = row.id,
+                    sop_instance_uid = %f.sop_instance_uid,
+                    "the destination already holds the result (C-FIND after an unconfirmed delivery): marked sent, not sent again"
+                );
+                continue;
+            }
+            if let Verification::Unavailable(why) = &outcome.verified {
+                info!(destination = ae, outbox_id = row.id, reason = %why, "unconfirmed delivery could not be verified; sent again with a longer timeout");
+            }
             if outcome.is_success() {
-                self.store.index().with(|c| {
-                    c.execute(
-                        "UPDATE outbox SET state = 'sent', sent_at = ?1, attempts = attempts + 1, last_error = NULL WHERE id = ?2",
-                        params![now(), row.id],
-                    )
-                })?;
+                self.confirmed(row.id)?;
                 info!(destination = ae, outbox_id = row.id, path = %row.path, "result delivered");
+                continue;
+            }
+            let why = match (&outcome.result, &outcome.comment) {
+                (Ok(code), Some(c)) => format!("status {code:#06X}: {c}"),
+                (Ok(code), None) => format!("status {code:#06X}"),
+                (Err(e), _) => e.clone(),
+            };
+            if outcome.result.is_ok() {
+                // An answer, even a failure, settles whether the destination holds it.
+                self.clear_unconfirmed(row.id)?;
+            }
+            if outcome.permanent {
+                self.refused(row, ae, address, &why)?;
+            } else if outcome.unconfirmed {
+                let (k, started) = self.unconfirmed_since(row.id)?.unwrap_or((1, now()));
+                let not_before = started + timeout_after(base, k);
+                self.failed(
+                    row,
+                    ae,
+                    &format!("unconfirmed: the data set was sent but no status came back ({why})"),
+                    Some(not_before),
+                )?;
             } else {
-                let why = match (&outcome.result, &outcome.comment) {
-                    (Ok(code), Some(c)) => format!("status {code:#06X}: {c}"),
-                    (Ok(code), None) => format!("status {code:#06X}"),
-                    (Err(e), _) => e.clone(),
-                };
-                self.failed(row, ae, &why)?;
+                self.failed(row, ae, &why, None)?;
             }
         }
         Ok(())
     }
 
+    /// Open unconfirmed attempts of these rows.
+    fn unconfirmed(&self, ids: &[i64]) -> Result<HashMap<i64, i64>, IndexError> {
+        self.store.index().with(|c| {
+            let mut stmt =
+                c.prepare_cached("SELECT attempts FROM outbox_unconfirmed WHERE outbox_id = ?1")?;
+            let mut out = HashMap::new();
+            for id in ids {
+                if let Some(n) = stmt.query_row([id], |r| r.get::<_, i64>(0)).optional()? {
+                    out.insert(*id, n);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn unconfirmed_since(&self, id: i64) -> Result<Option<(i64, f64)>, IndexError> {
+        self.store.index().with(|c| {
+            c.query_row(
+                "SELECT attempts, started_at FROM outbox_unconfirmed WHERE outbox_id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+        })
+    }
+
+    fn clear_unconfirmed(&self, id: i64) -> Result<(), IndexError> {
+        self.store.index().with(|c| {
+            c.execute("DELETE FROM outbox_unconfirmed WHERE outbox_id = ?1", [id])
+                .map(|_| ())
+        })
+    }
+
+    /// The destination holds the instance: the row is `sent`.
+    fn confirmed(&self, id: i64) -> Result<(), IndexError> {
+        self.store.index().with(|c| {
+            let tx = c.unchecked_transaction()?;
+            tx.execute(
+                "UPDATE outbox SET state = 'sent', sent_at = ?1, attempts = attempts + 1, last_error = NULL WHERE id = ?2",
+                params![now(), id],
+            )?;
+            tx.execute("DELETE FROM outbox_unconfirmed WHERE outbox_id = ?1", [id])?;
+            tx.commit()
+        })
+    }
+
+    /// A permanent refusal: the row is `failed` at once (until `m3dnode retry`).
+    fn refused(&self, row: &Due, ae: &str, address: &str, why: &str) -> Result<(), IndexError> {
+        warn!(
+            destination = ae,
+            address,
+            outbox_id = row.id,
+            error = why,
+            "delivery refused for good by the destination; not retried (fix the destination's configuration, then `m3dnode retry`)"
+        );
+        self.store.index().with(|c| {
+            c.execute(
+                "UPDATE outbox SET state = 'failed', attempts = attempts + 1, last_error = ?1 WHERE id = ?2",
+                params![why, row.id],
+            )
+        })?;
+        Ok(())
+    }
+
     /// Records a failed attempt: schedules the next one, or gives up past the deadline.
-    fn failed(&self, row: &Due, ae: &str, why: &str) -> Result<(), IndexError> {
+    /// `not_before` (Unix seconds) holds an unconfirmed row back until the destination has had
+    /// the next timeout to finish storing it.
+    fn failed(
+        &self,
+        row: &Due,
+        ae: &str,
+        why: &str,
+        not_before: Option<f64>,
+    ) -> Result<(), IndexError> {
         let d = &self.config.delivery;
         let attempts = row.attempts + 1;
         let base = (d.retry_initial_seconds * 2f64.powi((attempts - 1).min(30) as i32))
             .min(d.retry_max_seconds);
-        let delay = base * rand::rng().random_range(0.8..1.2);
         let t = now();
+        let delay =
+            (base * rand::rng().random_range(0.8..1.2)).max(not_before.map_or(0.0, |n| n - t));
         if t + delay > row.deadline_at {
             warn!(
                 destination = ae,
                 outbox_id = row.id,
                 attempts,
                 error = why,
-                "delivery failed for good: deadline passed (retry with `m3dnode outbox retry`)"
+                "delivery failed for good: deadline passed (retry with `m3dnode retry`)"
             );
             self.store.index().with(|c| {
                 c.execute(
@@ -291,5 +482,44 @@ impl Delivery {
             })?;
         }
         Ok(())
+    }
+}
+
+/// Records, durably, that the destination may now hold the row's instance: called just before
+/// the last fragment of its data set is sent. Also holds the row back (should the process die
+/// now) until the destination has had the next, doubled timeout to finish.
+fn mark_unconfirmed(index: &Index, id: i64, base_timeout: u64) -> Result<(), IndexError> {
+    let t = now();
+    index.with(|c| {
+        let tx = c.unchecked_transaction()?;
+        tx.execute(
+            "INSERT INTO outbox_unconfirmed (outbox_id, attempts, started_at) VALUES (?1, 1, ?2)
+             ON CONFLICT (outbox_id) DO UPDATE SET attempts = attempts + 1, started_at = ?2",
+            params![id, t],
+        )?;
+        let k: i64 = tx.query_row(
+            "SELECT attempts FROM outbox_unconfirmed WHERE outbox_id = ?1",
+            [id],
+            |r| r.get(0),
+        )?;
+        tx.execute(
+            "UPDATE outbox SET next_attempt_at = ?1 WHERE id = ?2",
+            params![t + timeout_after(base_timeout, k), id],
+        )?;
+        tx.commit()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_timeout_doubles_per_unconfirmed_attempt_up_to_the_cap() {
+        assert_eq!(timeout_after(30, 0), 30.0);
+        assert_eq!(timeout_after(30, 1), 60.0);
+        assert_eq!(timeout_after(30, 3), 240.0);
+        assert_eq!(timeout_after(30, 4), 480.0);
+        assert_eq!(timeout_after(30, 50), 480.0);
     }
 }
