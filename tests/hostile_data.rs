@@ -388,12 +388,12 @@ fn deflate_bomb_is_bounded_on_receive_and_in_jobs() {
     plant(dir.path(), &ids, &bomb, false);
     let node = Node::start_in(dir, &mr_node_config());
     let (state, error) = wait_for_job_end(&node);
-    assert_eq!(state, "failed", "{error}");
-    assert!(error.contains("deflate bomb"), "{error}");
-    assert!(node.echo_ok());
     let hwm = vm_hwm_kb(&node);
     eprintln!("VmHWM after the job on the deflate bomb: {hwm} kB");
     assert!(hwm < RSS_BOUND_KB, "VmHWM {hwm} kB");
+    assert_eq!(state, "failed", "{error}");
+    assert!(error.contains("deflate bomb"), "{error}");
+    assert!(node.echo_ok());
 }
 
 /// (c) A job during which the node dies every time (simulated with kill -9 while it runs) is
