@@ -362,7 +362,8 @@ impl Store {
             .join(&header.study_instance_uid)
             .join(&header.series_instance_uid);
         let path = dir.join(format!("{}.dcm", header.sop_instance_uid));
-        if path.exists() {
+        let exists = path.exists();
+        if exists {
             if same_data_set(&path, temp.path(), data_offset)? {
                 debug!(sop_instance_uid = %header.sop_instance_uid, "identical instance received again");
                 self.index.upsert(
@@ -397,7 +398,7 @@ impl Store {
         }
         // The file being replaced stays reachable until the new one is indexed, so that a
         // refused commit can put it back (group.rs).
-        let backup = if path.exists() {
+        let backup = if exists {
             let backup = self.tmp.join(format!(
                 "replaced-{}.dcm",
                 BACKUPS.fetch_add(1, Ordering::Relaxed)
