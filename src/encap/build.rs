@@ -14,11 +14,14 @@
 //!
 //! Only a fixed list of attributes is copied from the source, so odd or
 //! image-specific attributes of the source never leak into the result.
-
-use std::borrow::Cow;
+//!
+//! The result keeps the source's Specific Character Set, and copied text holds the bytes
+//! stored in the source (see `raw.rs`): nothing is decoded and re-encoded, so names in
+//! ISO 2022 code extensions (Korean, Japanese) or in bytes the declared set cannot decode
+//! arrive unchanged. The node's own text is made to fit that character set ([`OwnText`]).
 
 use dicom_core::value::DataSetSequence;
-use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
+use dicom_core::{DataElement, DicomValue, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::{tags, uids};
 use dicom_encoding::text::{SpecificCharacterSet, TextCodec};
 use dicom_object::{FileDicomObject, FileMetaTableBuilder, InMemDicomObject};
@@ -112,9 +115,6 @@ const STUDY_OPTIONAL: &[Tag] = &[
     tags::PATIENT_SEX_NEUTERED,
 ];
 
-/// Text VRs whose encoding depends on the Specific Character Set.
-const CHARSET_VRS: &[VR] = &[VR::SH, VR::LO, VR::ST, VR::LT, VR::UT, VR::UC, VR::PN];
-
 /// Build a complete Encapsulated STL object (data set and file meta group,
 /// Explicit VR Little Endian) for `req.stl`, made from the series `src`.
 ///
@@ -203,6 +203,12 @@ pub fn build_encapsulated_stl(
     let software = required_lo(&eq.software_versions, "SoftwareVersions")?;
 
     let mut obj = InMemDicomObject::new_empty();
+    // The result is in the source's character set; the node's own text is made to fit it.
+    let charset = rep.get(tags::SPECIFIC_CHARACTER_SET).cloned();
+    let own = OwnText::for_charset(charset.as_ref().and_then(element_text).as_deref());
+    if let Some(charset) = charset {
+        obj.put(charset);
+    }
 
     // ---- Patient IE
     copy_type2(&mut obj, rep, PATIENT_TYPE2);
@@ -239,7 +245,7 @@ pub fn build_encapsulated_stl(
     );
     let series_description = clean_line(&req.series_description, LO_MAX);
     if !series_description.is_empty() {
-        put_str(
+        own.put(
             &mut obj,
             tags::SERIES_DESCRIPTION,
             VR::LO,
@@ -249,7 +255,7 @@ pub fn build_encapsulated_stl(
     if let Some(comment) = &req.metrics_comment {
         let comment = clean_text(comment, ST_MAX);
         if !comment.is_empty() {
-            put_str(
+            own.put(
                 &mut obj,
                 tags::COMMENTS_ON_THE_PERFORMED_PROCEDURE_STEP,
                 VR::ST,
@@ -267,14 +273,14 @@ pub fn build_encapsulated_stl(
     );
 
     // ---- Equipment IE: General and Enhanced General Equipment
-    put_str(&mut obj, tags::MANUFACTURER, VR::LO, &manufacturer);
-    put_str(&mut obj, tags::MANUFACTURER_MODEL_NAME, VR::LO, &model_name);
-    put_str(&mut obj, tags::DEVICE_SERIAL_NUMBER, VR::LO, &serial);
-    put_str(&mut obj, tags::SOFTWARE_VERSIONS, VR::LO, &software);
+    own.put(&mut obj, tags::MANUFACTURER, VR::LO, &manufacturer);
+    own.put(&mut obj, tags::MANUFACTURER_MODEL_NAME, VR::LO, &model_name);
+    own.put(&mut obj, tags::DEVICE_SERIAL_NUMBER, VR::LO, &serial);
+    own.put(&mut obj, tags::SOFTWARE_VERSIONS, VR::LO, &software);
     if let Some(institution) = &eq.institution_name {
         let institution = clean_line(institution, LO_MAX);
         if !institution.is_empty() {
-            put_str(&mut obj, tags::INSTITUTION_NAME, VR::LO, &institution);
+            own.put(&mut obj, tags::INSTITUTION_NAME, VR::LO, &institution);
         }
     }
 
@@ -298,7 +304,7 @@ pub fn build_encapsulated_stl(
     if title.is_empty() {
         obj.put(DataElement::empty(tags::DOCUMENT_TITLE, VR::ST));
     } else {
-        put_str(&mut obj, tags::DOCUMENT_TITLE, VR::ST, &title);
+        own.put(&mut obj, tags::DOCUMENT_TITLE, VR::ST, &title);
     }
     // Type 2; no code in CID 7061 names "a surface reconstructed from a
     // volume" well enough, so it is left empty.
@@ -363,9 +369,6 @@ pub fn build_encapsulated_stl(
     put_str(&mut obj, tags::SOP_INSTANCE_UID, VR::UI, &sop_uid);
     put_str(&mut obj, tags::INSTANCE_CREATION_DATE, VR::DA, &now_date);
     put_str(&mut obj, tags::INSTANCE_CREATION_TIME, VR::TM, &now_time);
-    if let Some(charset) = choose_charset(rep, &obj) {
-        put_str(&mut obj, tags::SPECIFIC_CHARACTER_SET, VR::CS, &charset);
-    }
 
     let meta = FileMetaTableBuilder::new()
         .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
@@ -463,9 +466,13 @@ fn required_lo(value: &str, name: &'static str) -> Result<String, EncapError> {
 fn has_value(obj: &InMemDicomObject, tag: Tag) -> bool {
     match obj.get(tag) {
         None => false,
-        Some(e) => match e.items() {
-            Some(items) => !items.is_empty(),
-            None => e.to_str().map(|s| !s.trim().is_empty()).unwrap_or(true),
+        Some(e) => match (e.items(), e.value()) {
+            (Some(items), _) => !items.is_empty(),
+            // Text kept as stored (raw.rs): blank unless something but padding is there.
+            (None, DicomValue::Primitive(PrimitiveValue::U8(bytes))) => {
+                bytes.iter().any(|b| !matches!(b, b' ' | b'\0'))
+            }
+            (None, _) => e.to_str().map(|s| !s.trim().is_empty()).unwrap_or(true),
         },
     }
 }
@@ -478,9 +485,14 @@ fn copy_type2(obj: &mut InMemDicomObject, src: &InMemDicomObject, list: &[(Tag, 
             Some(e) if e.vr() == vr => {
                 obj.put(e.clone());
             }
+            Some(e) if matches!(e.value(), DicomValue::Primitive(PrimitiveValue::U8(_))) => {
+                // Stored with another VR (UN): the bytes as stored, under the right VR,
+                // never decoded and re-encoded.
+                obj.put(DataElement::new(tag, vr, e.value().clone()));
+            }
             Some(e) => {
-                // Stored with another VR (e.g. UN from an implicit-VR source):
-                // keep the value when it reads as text, under the right VR.
+                // Stored with another VR: keep the value when it reads as text, under the
+                // right VR.
                 match e.to_str() {
                     Ok(s) if e.vr() != VR::SQ => put_str(obj, tag, vr, s.trim()),
                     _ => {
@@ -508,53 +520,78 @@ fn copy_present(obj: &mut InMemDicomObject, src: &InMemDicomObject, list: &[Tag]
     }
 }
 
-/// Decide the Specific Character Set of the result.
-///
-/// The source's value is copied when it can express every text value of the
-/// result (always so when all text is ASCII). Otherwise — non-ASCII text the
-/// source character set cannot encode, a character set dicom-rs cannot write,
-/// or code extensions (multi-valued, ISO 2022) — the result is written in
-/// UTF-8 (`ISO_IR 192`): every value is held as Unicode in memory, so
-/// nothing is lost.
-fn choose_charset(rep: &InMemDicomObject, obj: &InMemDicomObject) -> Option<String> {
-    let source = rep
-        .get(tags::SPECIFIC_CHARACTER_SET)
-        .and_then(|e| e.to_str().ok())
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.trim_matches('\\').is_empty());
-    let mut texts = Vec::new();
-    collect_texts(obj, &mut texts);
-    if texts.iter().all(|t| t.is_ascii()) {
-        return source;
-    }
-    let codec = source
-        .as_deref()
-        .filter(|cs| !cs.contains('\\'))
-        .and_then(SpecificCharacterSet::from_code);
-    if let Some(codec) = codec
-        && texts.iter().all(|t| codec.encode(t).is_ok())
-    {
-        return source;
-    }
-    tracing::warn!(
-        source_charset = ?source,
-        "non-ASCII text not expressible in the source character set; writing ISO_IR 192"
-    );
-    Some("ISO_IR 192".to_string())
+/// A value's text when it is text or bytes (a Specific Character Set kept as stored).
+fn element_text(e: &DataElement<InMemDicomObject>) -> Option<String> {
+    let text = match e.value() {
+        DicomValue::Primitive(PrimitiveValue::U8(bytes)) => {
+            String::from_utf8_lossy(bytes).into_owned()
+        }
+        _ => e.to_str().ok()?.into_owned(),
+    };
+    Some(text.trim_end_matches(['\0', ' ']).to_string())
 }
 
-/// All values of charset-dependent text VRs, nested sequences included.
-fn collect_texts<'a>(obj: &'a InMemDicomObject, out: &mut Vec<Cow<'a, str>>) {
-    for e in obj.iter() {
-        if let Some(items) = e.items() {
-            for item in items {
-                collect_texts(item, out);
-            }
-        } else if CHARSET_VRS.contains(&e.vr())
-            && let Ok(s) = e.to_str()
+/// How the node's own text (titles, descriptions, equipment) is written in the source's
+/// character set, which the result keeps (the source's text is copied as stored, so the
+/// character set cannot change).
+///
+/// ASCII is valid under every character set DICOM defines (in G0, before any escape), so
+/// it is always written as is. Other characters are encoded with the source's character
+/// set when that is one dicom-rs encodes without code extensions (a single ISO 8859 part,
+/// UTF-8, GB18030, GBK); otherwise — the default repertoire, ISO 2022 code extensions, JIS
+/// X 0201 — each is replaced by `?`, never written in bytes the declared set does not mean.
+enum OwnText {
+    Ascii,
+    Encoded(SpecificCharacterSet),
+}
+
+impl OwnText {
+    fn for_charset(charset: Option<&str>) -> OwnText {
+        const ENCODABLE: &[&str] = &[
+            "ISO_IR 100",
+            "ISO_IR 101",
+            "ISO_IR 109",
+            "ISO_IR 110",
+            "ISO_IR 126",
+            "ISO_IR 127",
+            "ISO_IR 138",
+            "ISO_IR 144",
+            "ISO_IR 166",
+            "ISO_IR 192",
+            "GB18030",
+            "GBK",
+        ];
+        match charset
+            .filter(|cs| ENCODABLE.contains(cs))
+            .and_then(SpecificCharacterSet::from_code)
         {
-            out.push(s);
+            Some(codec) => OwnText::Encoded(codec),
+            None => OwnText::Ascii,
         }
+    }
+
+    /// Puts `text` as `tag`: as a string when ASCII, else as the bytes of its encoding
+    /// (so that the writer, whatever codec it picks from (0008,0005), writes them as is).
+    fn put(&self, obj: &mut InMemDicomObject, tag: Tag, vr: VR, text: &str) {
+        if text.is_ascii() {
+            return put_str(obj, tag, vr, text);
+        }
+        let mut bytes = Vec::with_capacity(text.len());
+        let mut buf = [0u8; 4];
+        for c in text.chars() {
+            match self {
+                OwnText::Encoded(codec) => match codec.encode(c.encode_utf8(&mut buf)) {
+                    Ok(encoded) => bytes.extend_from_slice(&encoded),
+                    Err(_) => bytes.push(b'?'),
+                },
+                OwnText::Ascii if c.is_ascii() => bytes.push(c as u8),
+                OwnText::Ascii => bytes.push(b'?'),
+            }
+        }
+        if bytes.len() % 2 == 1 {
+            bytes.push(b' ');
+        }
+        obj.put(DataElement::new(tag, vr, PrimitiveValue::U8(bytes.into())));
     }
 }
 
@@ -651,7 +688,12 @@ mod tests {
                 representative = Some(obj.into_inner());
             }
         }
-        let representative = representative.expect("first file");
+        // As the node loads it: text values as stored.
+        let mut representative = representative.expect("first file");
+        super::super::raw::keep_stored_text(
+            &mut representative,
+            &super::super::stored_values(&files[0]).expect("stored values"),
+        );
         let series_instance_uid = representative
             .get(tags::SERIES_INSTANCE_UID)
             .expect("series UID")
@@ -832,12 +874,8 @@ mod tests {
     }
 
     fn text(obj: &InMemDicomObject, tag: Tag) -> String {
-        obj.get(tag)
-            .unwrap_or_else(|| panic!("{tag} missing"))
-            .to_str()
-            .unwrap_or_else(|e| panic!("{tag} not text: {e}"))
-            .trim_end_matches(['\0', ' '])
-            .to_string()
+        element_text(obj.get(tag).unwrap_or_else(|| panic!("{tag} missing")))
+            .unwrap_or_else(|| panic!("{tag} not text"))
     }
 
     #[test]
@@ -1084,7 +1122,7 @@ mod tests {
     }
 
     #[test]
-    fn non_ascii_text_keeps_or_upgrades_the_character_set() {
+    fn non_ascii_text_keeps_the_source_character_set() {
         let (src, _) = load_series("ct_head_axial_small");
         assert_eq!(
             text(&src.representative, tags::SPECIFIC_CHARACTER_SET),
@@ -1105,22 +1143,58 @@ mod tests {
         );
         assert_dciodvfy_clean(&path);
 
-        // Not Latin-1: written as UTF-8, and every value survives.
+        // Not Latin-1: the character set stays the source's (its text is copied as stored),
+        // and what it cannot express of the node's own text becomes `?`.
         let mut req = request(&stl);
         req.document_title = "Bone surface, iso ≥ 300 HU".to_string();
         let obj = build_encapsulated_stl(&src, &req).expect("build");
-        assert_eq!(text(&obj, tags::SPECIFIC_CHARACTER_SET), "ISO_IR 192");
+        assert_eq!(text(&obj, tags::SPECIFIC_CHARACTER_SET), "ISO_IR 100");
         let (_dir, path) = write_temp(&obj);
         let back = dicom_object::open_file(&path).expect("read back");
         assert_eq!(
             text(&back, tags::DOCUMENT_TITLE),
-            "Bone surface, iso ≥ 300 HU"
+            "Bone surface, iso ? 300 HU"
         );
         assert_eq!(
             text(&back, tags::PATIENT_NAME),
             text(&src.representative, tags::PATIENT_NAME)
         );
         assert_dciodvfy_clean(&path);
+    }
+
+    #[test]
+    fn text_the_declared_character_set_cannot_decode_is_copied_as_stored() {
+        let (src, files) = load_series("ct_head_axial_small");
+        // A source that declares UTF-8 but holds a Latin-1 name (a common fault): decoding
+        // and re-encoding would write U+FFFD; the stored bytes must pass through untouched.
+        let name = b"M\xfcller^Hans ".to_vec();
+        let mut obj = dicom_object::open_file(&files[0]).expect("source");
+        put_str(&mut obj, tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192");
+        obj.put(DataElement::new(
+            tags::PATIENT_NAME,
+            VR::PN,
+            PrimitiveValue::U8(name.clone().into()),
+        ));
+        let dir = tempfile::tempdir().expect("temp dir");
+        let source = dir.path().join("source.dcm");
+        obj.write_to_file(&source).expect("write source");
+        let loaded = SourceSeries::load(&source, src.instances.clone(), &src.series_instance_uid)
+            .expect("load");
+        let stl = tetra_binary();
+        let result = build_encapsulated_stl(&loaded, &request(&stl)).expect("build");
+        let (_dir, path) = write_temp(&result);
+        let stored = crate::encap::stored_values(&path).expect("read result");
+        let value = |tag| {
+            stored
+                .get(tag)
+                .expect("element")
+                .value()
+                .to_bytes()
+                .expect("bytes")
+                .into_owned()
+        };
+        assert_eq!(value(tags::PATIENT_NAME), name);
+        assert_eq!(value(tags::SPECIFIC_CHARACTER_SET), b"ISO_IR 192");
     }
 
     #[test]

@@ -29,9 +29,11 @@
 //! series-level, free-text attribute, so no private tags are needed.
 
 mod build;
+mod raw;
 mod read;
 
 pub use build::build_encapsulated_stl;
+pub use raw::stored_values;
 pub use read::extract_stl;
 
 use dicom_object::InMemDicomObject;
@@ -69,20 +71,25 @@ pub struct SourceInstance {
 impl SourceSeries {
     /// Describes a source series from its files: the first file's header (read up to, not
     /// including, Pixel Data) is the representative; `instances` lists every source image.
+    /// The representative's text values (and Specific Character Set) hold the bytes stored
+    /// in the file, so that the result carries them unchanged whatever the character set
+    /// (see `raw.rs`).
     pub fn load(
-        representative: &std::path::Path,
+        representative_path: &std::path::Path,
         instances: Vec<SourceInstance>,
         series_instance_uid: &str,
     ) -> Result<SourceSeries, EncapError> {
         let obj = dicom_object::OpenFileOptions::new()
             .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
-            .open_file(representative)
+            .open_file(representative_path)
             .map_err(|e| EncapError::ReadSource {
-                path: representative.to_path_buf(),
+                path: representative_path.to_path_buf(),
                 message: e.to_string(),
             })?;
+        let mut representative = obj.into_inner();
+        raw::keep_stored_text(&mut representative, &stored_values(representative_path)?);
         Ok(SourceSeries {
-            representative: obj.into_inner(),
+            representative,
             instances,
             series_instance_uid: series_instance_uid.to_string(),
         })

@@ -18,6 +18,7 @@ use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Mutex, MutexGuard};
 
@@ -31,6 +32,9 @@ pub(super) struct Pending {
     pub temp: tempfile::NamedTempFile,
     pub path: PathBuf,
     pub row: NewRow,
+    /// A hard link (in `tmp/`) to the file this instance replaces (`on_conflict = replace`),
+    /// so that a refused commit can put the acknowledged earlier file back.
+    pub backup: Option<PathBuf>,
 }
 
 /// What a waiting thread is woken with.
@@ -55,6 +59,9 @@ struct Queue {
 #[derive(Default)]
 pub(super) struct GroupCommit {
     queue: Mutex<Queue>,
+    /// A refused file could not be taken back out of the tree, so a file without an index
+    /// row may exist: the next start must repair even after a clean stop.
+    needs_repair: AtomicBool,
 }
 
 impl GroupCommit {
@@ -84,7 +91,9 @@ impl GroupCommit {
             q.instances += q.waiting.len() as u64;
             std::mem::take(&mut q.waiting)
         };
-        write_out(batch, sync, index);
+        if !write_out(batch, sync, index) {
+            self.needs_repair.store(true, Ordering::Relaxed);
+        }
         drop(guard);
         match rx.try_recv() {
             Ok(Turn::Done(result)) => result,
@@ -102,6 +111,11 @@ impl GroupCommit {
     #[cfg(test)]
     pub fn queued(&self) -> usize {
         self.lock().waiting.len()
+    }
+
+    /// Whether a refused file may have been left in the tree without an index row.
+    pub fn needs_repair(&self) -> bool {
+        self.needs_repair.load(Ordering::Relaxed)
     }
 
     /// (batches, instances) committed so far.
@@ -142,49 +156,109 @@ fn shared(e: &io::Error, what: &str) -> StoreError {
     StoreError::Io(io::Error::new(e.kind(), format!("{what}: {e}")))
 }
 
-/// Commits one batch and answers each member.
-fn write_out(batch: Vec<(Pending, SyncSender<Turn>)>, sync: bool, index: &Index) {
+/// A file renamed into place, waiting for its directory fsync and index row.
+struct Placed {
+    /// Index of its answer.
+    answer: usize,
+    path: PathBuf,
+    row: NewRow,
+    backup: Option<PathBuf>,
+}
+
+impl Placed {
+    /// Takes a refused file back out of the tree: the file it replaced is put back, or the
+    /// name is removed, so that no file is left that the index does not know and a re-send
+    /// is written afresh rather than taken for a duplicate. False when that failed.
+    fn undo(&self) -> bool {
+        let result = match &self.backup {
+            Some(backup) => fs::rename(backup, &self.path),
+            None => fs::remove_file(&self.path),
+        };
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(path = %self.path.display(), error = %e, "a refused instance could not be taken back out of the storage tree; the next start re-indexes it");
+                false
+            }
+        }
+    }
+}
+
+/// Fsyncs each directory once.
+fn sync_dirs<'a>(paths: impl Iterator<Item = &'a PathBuf>) -> Vec<(PathBuf, io::Error)> {
+    let dirs: BTreeSet<PathBuf> = paths
+        .filter_map(|path| path.parent().map(|d| d.to_path_buf()))
+        .collect();
+    dirs.into_iter()
+        .filter_map(|dir| match File::open(&dir).and_then(|d| d.sync_all()) {
+            Ok(()) => None,
+            Err(e) => Some((dir, e)),
+        })
+        .collect()
+}
+
+/// Commits one batch and answers each member. False when a refused file may have been left
+/// in the tree without an index row.
+fn write_out(batch: Vec<(Pending, SyncSender<Turn>)>, sync: bool, index: &Index) -> bool {
     let mut answers: Vec<(SyncSender<Turn>, Result<(), StoreError>)> = Vec::new();
-    // Files renamed into place, with the index of their answer.
-    let mut placed: Vec<(usize, PathBuf, NewRow)> = Vec::new();
+    let mut placed: Vec<Placed> = Vec::new();
+    let mut clean = true;
     for (pending, tx) in batch {
-        let Pending { temp, path, row } = pending;
+        let Pending {
+            temp,
+            path,
+            row,
+            backup,
+        } = pending;
         let result = temp.persist(&path).map(|_| ()).map_err(|e| e.error.into());
-        if result.is_ok() {
-            placed.push((answers.len(), path, row));
+        match &result {
+            Ok(()) => placed.push(Placed {
+                answer: answers.len(),
+                path,
+                row,
+                backup,
+            }),
+            // Nothing was replaced: the earlier file is still in place.
+            Err(_) => remove_backup(backup),
         }
         answers.push((tx, result));
     }
 
     if sync {
-        let dirs: BTreeSet<PathBuf> = placed
-            .iter()
-            .filter_map(|(_, path, _)| path.parent().map(|d| d.to_path_buf()))
-            .collect();
-        for dir in dirs {
-            if let Err(e) = File::open(&dir).and_then(|d| d.sync_all()) {
-                warn!(dir = %dir.display(), error = %e, "directory fsync failed; the instances renamed into it are refused");
-                // Not durable, so not acknowledged: take the files back so that a re-send
-                // is written again rather than found and taken for a duplicate.
-                let (failed, kept): (Vec<_>, Vec<_>) = placed
-                    .into_iter()
-                    .partition(|(_, path, _)| path.parent() == Some(dir.as_path()));
-                placed = kept;
-                for (i, path, _) in failed {
-                    let _ = fs::remove_file(&path);
-                    answers[i].1 = Err(shared(&e, "directory fsync failed"));
-                }
+        for (dir, e) in sync_dirs(placed.iter().map(|p| &p.path)) {
+            warn!(dir = %dir.display(), error = %e, "directory fsync failed; the instances renamed into it are refused");
+            // Not durable, so not acknowledged: take the files back.
+            let (failed, kept): (Vec<_>, Vec<_>) = placed
+                .into_iter()
+                .partition(|p| p.path.parent() == Some(dir.as_path()));
+            placed = kept;
+            for p in failed {
+                clean &= p.undo();
+                answers[p.answer].1 = Err(shared(&e, "directory fsync failed"));
             }
         }
     }
 
-    if let Err(e) = index.upsert_all(placed.iter().map(|(_, _, row)| row)) {
-        // The files are durable and the next start indexes them; the sender is told to
-        // retry, and the re-send is recognised as a duplicate and indexed then.
-        for (i, _, _) in &placed {
-            answers[*i].1 = Err(StoreError::Io(io::Error::other(format!(
+    if let Err(e) = index.upsert_all(placed.iter().map(|p| &p.row)) {
+        // The whole transaction is rolled back, so every file of the batch is refused and
+        // taken back out: a file the sender was told is not stored must not stay in the tree
+        // unindexed (it would be invisible to series tracking until the next repair).
+        warn!(instances = placed.len(), error = %e, "index update failed; the batch's instances are refused and their files taken back");
+        for p in &placed {
+            clean &= p.undo();
+            answers[p.answer].1 = Err(StoreError::Io(io::Error::other(format!(
                 "index update failed: {e}"
             ))));
+        }
+        if sync {
+            for (dir, e) in sync_dirs(placed.iter().map(|p| &p.path)) {
+                warn!(dir = %dir.display(), error = %e, "directory fsync after taking refused files back failed");
+                clean = false;
+            }
+        }
+    } else {
+        for p in placed {
+            remove_backup(p.backup);
         }
     }
     if answers.len() > 1 {
@@ -193,5 +267,14 @@ fn write_out(batch: Vec<(Pending, SyncSender<Turn>)>, sync: bool, index: &Index)
     for (tx, result) in answers {
         // A member whose thread is gone has nobody to tell.
         let _ = tx.send(Turn::Done(result));
+    }
+    clean
+}
+
+/// Drops the link to a replaced file once it is no longer needed (a leftover is removed
+/// with the rest of `tmp/` at the next start).
+fn remove_backup(backup: Option<PathBuf>) {
+    if let Some(b) = backup {
+        let _ = fs::remove_file(b);
     }
 }

@@ -65,6 +65,32 @@ pub enum StoreError {
     Index(#[from] IndexError),
 }
 
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Another process holds the storage root's lock file: two nodes on one storage would
+    /// delete each other's temp files at start and race on the index.
+    #[error(
+        "storage root `{}` is in use by another m3dnode{} (lock file {}); stop it or give this node another node.storage",
+        root.display(),
+        pid.map(|p| format!(" (PID {p})")).unwrap_or_default(),
+        LOCK_FILE
+    )]
+    Locked {
+        /// The storage root.
+        root: PathBuf,
+        /// The PID the holder wrote into the lock file, when readable.
+        pid: Option<u32>,
+    },
+    /// Creating, cleaning or repairing the storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The lock file under the storage root, held (advisory `flock`) by the serving process for
+/// as long as it lives, with its PID inside for the operator.
+pub const LOCK_FILE: &str = "m3dnode.lock";
+
 /// What the command set announced for the data set being received.
 #[derive(Debug, Clone)]
 pub struct Announced {
@@ -93,6 +119,9 @@ pub struct Stored {
 
 /// The storage root: layout, durability and the index.
 pub struct Store {
+    /// The open lock file: the advisory lock lasts as long as this descriptor, so for the
+    /// life of the store (the serving process).
+    _lock: File,
     root: PathBuf,
     tmp: PathBuf,
     index: Index,
@@ -107,8 +136,21 @@ pub struct Store {
 impl Store {
     /// Opens the store under `cfg.storage`, creating it if needed, removing temp files left by
     /// a crash, and re-indexing instances whose rows a power cut may have lost.
-    pub fn open(cfg: &NodeConfig) -> Result<Store, StoreError> {
+    ///
+    /// The storage root is locked first ([`LOCK_FILE`]): a second node on the same root would
+    /// otherwise delete the running node's temp files (instances being received) and repair
+    /// an index that is being written. Only `serve` opens a `Store`; `m3dnode jobs` and
+    /// `m3dnode retry` open the index alone and are meant to run beside the node (SQLite
+    /// serialises their few writes), so they take no lock.
+    pub fn open(cfg: &NodeConfig) -> Result<Store, OpenError> {
         let root = cfg.storage.clone();
+        fs::create_dir_all(&root).map_err(StoreError::from)?;
+        let lock = lock_root(&root)?;
+        Ok(Store::open_locked(cfg, root, lock)?)
+    }
+
+    /// [`Store::open`] once the root is locked.
+    fn open_locked(cfg: &NodeConfig, root: PathBuf, lock: File) -> Result<Store, StoreError> {
         let tmp = root.join("tmp");
         fs::create_dir_all(&tmp)?;
         let mut removed = 0;
@@ -125,6 +167,7 @@ impl Store {
         }
         let index = Index::open(&root.join("index.sqlite"))?;
         let store = Store {
+            _lock: lock,
             root,
             tmp,
             index,
@@ -204,8 +247,14 @@ impl Store {
         Ok(())
     }
 
-    /// Records a clean shutdown so that the next start can skip reconciliation.
+    /// Records a clean shutdown so that the next start can skip reconciliation, unless a
+    /// refused instance's file could not be taken back out of the tree this run: then the
+    /// next start repairs the index whatever the stop was like.
     pub fn mark_clean_shutdown(&self) -> Result<(), StoreError> {
+        if self.group.needs_repair() {
+            warn!("files without an index row may remain; the next start re-indexes the storage");
+            return Ok(());
+        }
         File::create(self.root.join("clean-shutdown"))?;
         Ok(())
     }
@@ -313,7 +362,8 @@ impl Store {
             .join(&header.study_instance_uid)
             .join(&header.series_instance_uid);
         let path = dir.join(format!("{}.dcm", header.sop_instance_uid));
-        if path.exists() {
+        let exists = path.exists();
+        if exists {
             if same_data_set(&path, temp.path(), data_offset)? {
                 debug!(sop_instance_uid = %header.sop_instance_uid, "identical instance received again");
                 self.index.upsert(
@@ -346,6 +396,18 @@ impl Store {
                 }
             }
         }
+        // The file being replaced stays reachable until the new one is indexed, so that a
+        // refused commit can put it back (group.rs).
+        let backup = if exists {
+            let backup = self.tmp.join(format!(
+                "replaced-{}.dcm",
+                BACKUPS.fetch_add(1, Ordering::Relaxed)
+            ));
+            fs::hard_link(&path, &backup)?;
+            Some(backup)
+        } else {
+            None
+        };
         self.create_dirs(&dir)?;
         if self.sync {
             // Each thread flushes its own file, so the flushes of concurrent instances are in
@@ -362,6 +424,7 @@ impl Store {
                 calling_ae: announced.calling_ae,
             },
             path: path.clone(),
+            backup,
         };
         self.group.commit(pending, self.sync, &self.index)?;
         Ok(Stored {
@@ -483,6 +546,9 @@ pub struct Incoming {
     /// reads them from memory instead of from the file.
     prefix: Vec<u8>,
 }
+
+/// Numbers the links to replaced files in `tmp/` (one process per storage root: the lock).
+static BACKUPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// How much of each data set [`Incoming`] keeps in memory: enough for the attributes before
 /// the pixel data of any ordinary image.
@@ -632,6 +698,39 @@ fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
 fn read_at(mut file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     file.seek(SeekFrom::Start(offset))?;
     file.read(buf)
+}
+
+/// Takes the storage root's advisory lock, or names the process that holds it. The lock is
+/// an `flock` on [`LOCK_FILE`], so it goes with the process however it ends (no stale lock
+/// after `kill -9`); the PID written into the file is only information for the message.
+fn lock_root(root: &Path) -> Result<File, OpenError> {
+    let path = root.join(LOCK_FILE);
+    let io = |e: io::Error| OpenError::Store(e.into());
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let pid = file
+                .read_to_string(&mut text)
+                .ok()
+                .and_then(|_| text.trim().parse().ok());
+            return Err(OpenError::Locked {
+                root: root.to_path_buf(),
+                pid,
+            });
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(io(e)),
+    }
+    file.set_len(0).map_err(io)?;
+    writeln!(file, "{}", std::process::id()).map_err(io)?;
+    Ok(file)
 }
 
 fn read_dirs(dir: &Path) -> io::Result<Vec<PathBuf>> {
@@ -835,44 +934,61 @@ mod tests {
         }
     }
 
-    #[test]
-    fn instances_arriving_during_a_commit_are_committed_together() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&NodeConfig {
-            storage: dir.path().to_path_buf(),
+    fn syncing_store(dir: &Path) -> Store {
+        Store::open(&NodeConfig {
+            storage: dir.to_path_buf(),
             min_free_mb: 0,
             sync: true,
             ..NodeConfig::default()
         })
-        .unwrap();
-        let sops: Vec<String> = (0..5).map(|i| format!("1.2.3.4.{}", 10 + i)).collect();
-        let mut arrived: Vec<Incoming> = sops
-            .iter()
-            .map(|sop| arrive(&store, sop, &data_set(sop)).unwrap())
-            .collect();
-        let store = &store;
-        let stored = std::thread::scope(|s| {
+        .unwrap()
+    }
+
+    /// Commits the first of `arrived` alone while the index is held (as a slow disk would
+    /// hold it) and lets the rest queue behind it, so that they form one batch; `hold` runs
+    /// on the held connection first.
+    fn commit_first_alone_then_batch(
+        store: &Store,
+        mut arrived: Vec<Incoming>,
+        on_conflict: OnConflict,
+        hold: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<()>,
+    ) -> Vec<Result<Stored, StoreError>> {
+        let batches = store.commit_counts().0;
+        let behind = arrived.len() - 1;
+        std::thread::scope(|s| {
             let mut threads = Vec::new();
-            // Hold the index so that the first commit stops inside its batch, as a slow disk
-            // would hold it, while the other four arrive.
             store
                 .index()
-                .with(|_| {
+                .with(|c| {
+                    hold(c)?;
                     let first = arrived.remove(0);
-                    threads.push(s.spawn(move || store.commit(first)));
-                    wait_until("the first batch", || store.commit_counts().0 == 1);
+                    threads.push(s.spawn(move || store.commit_with(first, on_conflict)));
+                    wait_until("the first batch", || store.commit_counts().0 == batches + 1);
                     for incoming in arrived.drain(..) {
-                        threads.push(s.spawn(move || store.commit(incoming)));
+                        threads.push(s.spawn(move || store.commit_with(incoming, on_conflict)));
                     }
-                    wait_until("four queued", || store.group.queued() == 4);
+                    wait_until("the rest queued", || store.group.queued() == behind);
                     Ok(())
                 })
                 .unwrap();
-            threads
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        })
+    }
+
+    #[test]
+    fn instances_arriving_during_a_commit_are_committed_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = syncing_store(dir.path());
+        let sops: Vec<String> = (0..5).map(|i| format!("1.2.3.4.{}", 10 + i)).collect();
+        let arrived: Vec<Incoming> = sops
+            .iter()
+            .map(|sop| arrive(&store, sop, &data_set(sop)).unwrap())
+            .collect();
+        let stored: Vec<Stored> =
+            commit_first_alone_then_batch(&store, arrived, store.on_conflict, |_| Ok(()))
                 .into_iter()
-                .map(|t| t.join().unwrap().unwrap())
-                .collect::<Vec<_>>()
-        });
+                .map(|r| r.unwrap())
+                .collect();
         // One batch for the first, one for the four that queued behind it.
         assert_eq!(store.commit_counts(), (2, 5));
         assert_eq!(store.index().count().unwrap(), 5);
@@ -883,6 +999,86 @@ mod tests {
             assert!(store.index().get(sop).unwrap().is_some());
         }
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    /// Every `.dcm` file under the series directories of the test data.
+    fn files_in_tree(root: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for study in read_dirs(root).unwrap() {
+            if study.ends_with("tmp") {
+                continue;
+            }
+            for series in read_dirs(&study).unwrap() {
+                out.extend(fs::read_dir(series).unwrap().map(|e| e.unwrap().path()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_failed_index_transaction_refuses_and_takes_back_the_whole_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = syncing_store(dir.path());
+        // An instance stored before, which a replacement in the failing batch must not lose.
+        let kept = "1.2.3.4.20";
+        receive(&store, kept, &data_set(kept)).unwrap();
+        let mut different = data_set(kept);
+        let last = different.len() - 1;
+        different[last] ^= 1;
+        let mut arrived = vec![arrive(&store, "1.2.3.4.21", &data_set("1.2.3.4.21")).unwrap()];
+        for i in 22..25 {
+            let sop = format!("1.2.3.4.{i}");
+            arrived.push(arrive(&store, &sop, &data_set(&sop)).unwrap());
+        }
+        arrived.push(arrive(&store, kept, &different).unwrap());
+        // The index refuses every write from now on (as a full disk would).
+        let results = commit_first_alone_then_batch(&store, arrived, OnConflict::Replace, |c| {
+            c.execute_batch(
+                "CREATE TRIGGER refuse BEFORE INSERT ON instances
+                 BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+            )
+        });
+        // The earlier instance, a lone one, then a batch of four (one a replacement).
+        assert_eq!(store.commit_counts(), (3, 6));
+        for r in &results {
+            assert!(
+                matches!(r, Err(StoreError::Io(e)) if e.to_string().contains("index update failed")),
+                "{:?}",
+                r.as_ref().map(|s| &s.path)
+            );
+        }
+        // Only the instance stored before remains, with its first content and its row.
+        let files = files_in_tree(dir.path());
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert!(fs::read(&files[0]).unwrap().ends_with(&data_set(kept)));
+        assert_eq!(store.index().count().unwrap(), 1);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert!(!store.group.needs_repair());
+    }
+
+    #[test]
+    fn a_second_store_on_the_same_root_is_refused_and_touches_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = store(dir.path());
+        let spare = first.temp_file().unwrap();
+        let cfg = NodeConfig {
+            storage: dir.path().to_path_buf(),
+            ..NodeConfig::default()
+        };
+        match Store::open(&cfg) {
+            Err(OpenError::Locked { root, pid }) => {
+                assert_eq!(root, dir.path());
+                assert_eq!(pid, Some(std::process::id()));
+            }
+            other => panic!("second open: {:?}", other.err()),
+        }
+        assert!(
+            spare.0.path().exists(),
+            "the first store's temp file was removed"
+        );
+        drop(first);
+        drop(spare);
+        Store::open(&cfg).expect("the lock goes with the first store");
     }
 
     #[test]
