@@ -334,10 +334,7 @@ impl Workers {
         info!("job started");
         // The job runs on the pool (large stacks, and its parallel loops use the same pool);
         // a panic anywhere in it fails this job instead of killing the worker.
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            pool.install(|| span.in_scope(|| self.execute(&job)))
-        }))
-        .unwrap_or_else(|payload| Err(format!("the job panicked: {}", panic_message(&*payload))));
+        let outcome = run_caught(pool, || span.in_scope(|| self.execute(&job)));
         match outcome {
             Ok(summary) => {
                 info!(seconds = format_args!("{:.2}", started.elapsed().as_secs_f64()), %summary, "job done")
@@ -455,6 +452,16 @@ impl Workers {
 }
 
 /// The message of a panic payload (`panic!` with a literal or a formatted message).
+/// Runs a job's body on the workers' pool; a panic anywhere in it (its parallel loops
+/// included) becomes the job's error instead of ending the worker thread.
+fn run_caught<F>(pool: &rayon::ThreadPool, body: F) -> Result<String, String>
+where
+    F: FnOnce() -> Result<String, String> + Send,
+{
+    catch_unwind(AssertUnwindSafe(|| pool.install(body)))
+        .unwrap_or_else(|payload| Err(format!("the job panicked: {}", panic_message(&*payload))))
+}
+
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
     if let Some(s) = payload.downcast_ref::<&str>() {
         s
@@ -462,5 +469,38 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
         s
     } else {
         "no message"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_job_fails_with_its_message_and_the_pool_goes_on() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let failed = run_caught(&pool, || {
+            // A panic inside one of the job's parallel loops, as a decoder bug would raise.
+            use rayon::prelude::*;
+            let sum: u32 = (0..64u32)
+                .into_par_iter()
+                .map(|i| {
+                    if i == 40 {
+                        panic!("slice {i} is odd")
+                    } else {
+                        i
+                    }
+                })
+                .sum();
+            Ok(format!("{sum}"))
+        });
+        assert_eq!(failed, Err("the job panicked: slice 40 is odd".to_string()));
+        assert_eq!(
+            run_caught(&pool, || Ok("next job".into())),
+            Ok("next job".into())
+        );
     }
 }
