@@ -591,6 +591,14 @@ mod tests {
                 "node.ae_title",
             ),
             ("[node]\nmax_associations = 0\n", "node.max_associations"),
+            (
+                "[node]\nassociation_request_timeout_seconds = 0\n",
+                "node.association_request_timeout_seconds",
+            ),
+            (
+                "[node]\nmax_connections_per_host = 0\n",
+                "node.max_connections_per_host",
+            ),
             ("[node]\nlisten = \"nowhere\"\n", "node.listen"),
             ("[node]\nlistn = \"0.0.0.0:1\"\n", "listn"),
             (
