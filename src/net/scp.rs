@@ -722,11 +722,14 @@ impl Handler {
                     }
                 }
                 Frame::ReleaseRq => {
-                    if pending.is_some() {
+                    if pending.take().is_some() {
                         info!(
                             "release requested during a transfer; the partial instance was discarded"
                         );
                     }
+                    // Temp files go before the peer learns the association is over, so that
+                    // what it sees next (tmp/ included) is the final state.
+                    self.spare = None;
                     let _ = self.send_pdu(&Pdu::ReleaseRP).await;
                     return AssociationEnd::Released;
                 }
