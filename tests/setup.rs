@@ -199,6 +199,16 @@ fn serve_and_test_install_from_the_one_list() {
         commands(&read(".ci/run")).contains(&"exec scripts/test".to_string()),
         "CI must run the README's test command"
     );
+    // The image builds from the same list (it once lacked what a new codec needed).
+    let dockerfile = read("docker/Dockerfile");
+    assert!(
+        dockerfile.contains(". scripts/prereqs.sh && install_prereqs docker PREREQS_BUILD"),
+        "docker/Dockerfile must install its build packages from scripts/prereqs.sh"
+    );
+    assert!(
+        !dockerfile.contains("apt-get install"),
+        "docker/Dockerfile installs packages outside scripts/prereqs.sh"
+    );
     // The two lists do not overlap: a package is either needed to build or only to test.
     let build = packages("PREREQS_BUILD");
     let test = packages("PREREQS_TEST");
