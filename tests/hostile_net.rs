@@ -375,3 +375,40 @@ fn associations_aborted_at_shutdown_are_reported_to_the_policy() {
         "aborted_associations = drop must apply to an association cut at shutdown; log:\n{log}"
     );
 }
+
+#[test]
+fn outgoing_associations_carry_the_nodes_implementation_class_uid() {
+    // A peer that reads the request and rejects it: what the node's SCU proposes.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let peer = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let rq = read_pdu(&mut s);
+        s.write_all(&[0x03, 0, 0, 0, 0, 4, 0, 0x01, 0x01, 0x01])
+            .unwrap();
+        rq
+    });
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_m3dnode"))
+        .args(["echo", &format!("PEER@{addr}")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let Some(Pdu::AssociationRQ(rq)) = peer.join().unwrap() else {
+        panic!("no A-ASSOCIATE-RQ")
+    };
+    assert!(
+        rq.user_variables
+            .contains(&UserVariableItem::ImplementationClassUID(
+                m3dnode::store::IMPLEMENTATION_CLASS_UID.into()
+            )),
+        "{:?}",
+        rq.user_variables
+    );
+    assert!(
+        rq.user_variables
+            .contains(&UserVariableItem::ImplementationVersionName(
+                m3dnode::net::accept::IMPLEMENTATION_VERSION_NAME.into()
+            ))
+    );
+}

@@ -17,12 +17,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use dicom_ul::Pdu;
-use dicom_ul::association::AsyncClientAssociation;
-use dicom_ul::association::client::ClientAssociationOptions;
+
+use super::request::{Association, Proposal, RequestError};
 use dicom_ul::pdu::{
     PDataValueType, PresentationContextNegotiated, PresentationContextResultReason,
 };
-use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 use super::dimse::{self, Command, status};
@@ -39,9 +38,9 @@ pub enum ScuError {
     Associate {
         /// The peer.
         peer: String,
-        /// dicom-ul's reason.
+        /// Why.
         #[source]
-        source: Box<dicom_ul::association::Error>,
+        source: Box<RequestError>,
     },
     /// The peer accepted none of the proposed presentation contexts.
     #[error("{peer} accepted no presentation context for {what}")]
@@ -292,46 +291,34 @@ async fn associate(
     to: &AeAddress,
     opts: &ScuOptions,
     contexts: &[(String, Vec<String>)],
-) -> Result<AsyncClientAssociation<TcpStream>, ScuError> {
-    let mut o = ClientAssociationOptions::new()
-        .calling_ae_title(opts.calling_ae.as_str())
-        .called_ae_title(to.ae_title.as_str())
-        .max_pdu_length(opts.max_pdu_length)
-        .connection_timeout(opts.timeout)
-        .read_timeout(opts.timeout)
-        .write_timeout(opts.timeout);
-    for (abstract_syntax, tss) in contexts {
-        o = o.with_presentation_context(
-            abstract_syntax.as_str(),
-            tss.iter().map(String::as_str).collect(),
-        );
-    }
-    let mut assoc = o
-        .establish_async(to.address.as_str())
+) -> Result<Association, ScuError> {
+    let proposal = Proposal {
+        calling_ae: &opts.calling_ae,
+        called_ae: &to.ae_title,
+        max_pdu: opts.max_pdu_length,
+        contexts,
+        timeout: opts.timeout,
+    };
+    Association::request(&to.address, &proposal)
         .await
-        .map_err(|source| associate_error(to, contexts, source))?;
-    let _ = assoc.inner_stream().set_nodelay(true);
-    Ok(assoc)
+        .map_err(|source| associate_error(to, contexts, source))
 }
 
 /// Classifies a failed association request: permanent refusals get their own variants.
 fn associate_error(
     to: &AeAddress,
     contexts: &[(String, Vec<String>)],
-    source: dicom_ul::association::Error,
+    source: RequestError,
 ) -> ScuError {
-    use dicom_ul::association::Error as UlError;
     use dicom_ul::pdu::AssociationRJResult;
     match &source {
-        UlError::Rejected { association_rj, .. }
-            if association_rj.result == AssociationRJResult::Permanent =>
-        {
+        RequestError::Rejected(rj) if rj.result == AssociationRJResult::Permanent => {
             ScuError::RejectedPermanent {
                 peer: to.to_string(),
-                reason: association_rj.source.to_string(),
+                reason: rj.source.to_string(),
             }
         }
-        UlError::NoAcceptedPresentationContexts { .. } => {
+        RequestError::NoAcceptedPresentationContexts => {
             let mut classes: Vec<String> = Vec::new();
             for (abstract_syntax, _) in contexts {
                 if abstract_syntax == STUDY_ROOT_FIND {
@@ -385,12 +372,7 @@ pub async fn echo(to: &AeAddress, opts: &ScuOptions) -> Result<(), ScuError> {
     }
 }
 
-fn accepted<S>(
-    assoc: &AsyncClientAssociation<S>,
-) -> impl Iterator<Item = &PresentationContextNegotiated>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
+fn accepted(assoc: &Association) -> impl Iterator<Item = &PresentationContextNegotiated> {
     assoc
         .presentation_contexts()
         .iter()
@@ -601,7 +583,7 @@ fn broken(message: impl fmt::Display) -> StoreOneError {
 }
 
 async fn store_one(
-    assoc: &mut AsyncClientAssociation<TcpStream>,
+    assoc: &mut Association,
     f: &OutgoingFile,
     pc: &PresentationContextNegotiated,
     message_id: u16,
@@ -622,7 +604,7 @@ async fn store_one(
     let cmd = dimse::c_store_rq(message_id, &f.sop_class_uid, &f.sop_instance_uid).encode();
     send_command(assoc, pc.id, &cmd).await.map_err(broken)?;
     let mut handed_over = false;
-    let mut send_piece = async |assoc: &mut AsyncClientAssociation<TcpStream>,
+    let mut send_piece = async |assoc: &mut Association,
                                 data: Vec<u8>,
                                 is_last: bool|
            -> Result<(), StoreOneError> {
@@ -697,7 +679,7 @@ enum FindError {
 
 /// Asks the peer whether it holds `f` (Study Root, IMAGE level, by SOP Instance UID).
 async fn find_instance(
-    assoc: &mut AsyncClientAssociation<TcpStream>,
+    assoc: &mut Association,
     pc: &PresentationContextNegotiated,
     keys: &InstanceKeys,
     f: &OutgoingFile,
@@ -836,11 +818,7 @@ fn inflate_data_set(f: &OutgoingFile) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-async fn send_command(
-    assoc: &mut AsyncClientAssociation<TcpStream>,
-    pc_id: u8,
-    bytes: &[u8],
-) -> Result<(), String> {
+async fn send_command(assoc: &mut Association, pc_id: u8, bytes: &[u8]) -> Result<(), String> {
     let max = assoc.acceptor_max_pdu_length();
     for pdu in dimse::pdata_pdus(pc_id, PDataValueType::Command, bytes, max, true) {
         assoc.send(&pdu).await.map_err(|e| e.to_string())?;
@@ -849,7 +827,7 @@ async fn send_command(
 }
 
 /// Receives PDUs until a complete command set has arrived.
-async fn receive_command(assoc: &mut AsyncClientAssociation<TcpStream>) -> Result<Command, String> {
+async fn receive_command(assoc: &mut Association) -> Result<Command, String> {
     let mut bytes = Vec::new();
     loop {
         match assoc.receive().await.map_err(|e| e.to_string())? {
@@ -872,9 +850,7 @@ async fn receive_command(assoc: &mut AsyncClientAssociation<TcpStream>) -> Resul
 
 /// Receives one DIMSE message: its command set and, when the command says one follows, its
 /// data set. Both are capped: a peer cannot make the SCU accumulate without bound.
-async fn receive_message(
-    assoc: &mut AsyncClientAssociation<TcpStream>,
-) -> Result<(Command, Option<Vec<u8>>), String> {
+async fn receive_message(assoc: &mut Association) -> Result<(Command, Option<Vec<u8>>), String> {
     const MAX_COMMAND: usize = 64 * 1024;
     const MAX_IDENTIFIER: usize = 4 * 1024 * 1024;
     let mut command_bytes = Vec::new();
@@ -937,11 +913,7 @@ mod tests {
     fn full_message_names_each_cause_once() {
         let e = ScuError::Associate {
             peer: "DEST@127.0.0.1:1".into(),
-            source: Box::new(
-                dicom_ul::association::Error::NoAcceptedPresentationContexts {
-                    backtrace: std::backtrace::Backtrace::capture(),
-                },
-            ),
+            source: Box::new(RequestError::NoAcceptedPresentationContexts),
         };
         let m = e.full_message();
         assert_eq!(
