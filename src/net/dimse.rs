@@ -43,6 +43,10 @@ pub mod status {
     pub const UNRECOGNIZED_OPERATION: u16 = 0x0211;
 }
 
+/// Command sets hold a dozen short elements (a C-FIND's identifier is a data set, not part
+/// of the command); anything near this size is not a command set, from either side.
+pub const MAX_COMMAND_SET: usize = 64 * 1024;
+
 /// Command Data Set Type value meaning "no data set follows".
 pub const NO_DATA_SET: u16 = 0x0101;
 

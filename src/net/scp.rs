@@ -593,10 +593,6 @@ impl Pending {
     }
 }
 
-/// Command sets hold a dozen short elements (a C-FIND's identifier is a data set, not part
-/// of the command); anything near this size is not a command set.
-const MAX_COMMAND_SET: usize = 64 * 1024;
-
 struct Handler {
     socket: TcpStream,
     agreed: Agreed,
@@ -668,9 +664,9 @@ impl Handler {
                                 warn!("command received while a data set was incomplete; aborting");
                                 return self.abort().await;
                             }
-                            if command_bytes.len() + pdv.data.len() > MAX_COMMAND_SET {
+                            if command_bytes.len() + pdv.data.len() > dimse::MAX_COMMAND_SET {
                                 warn!(
-                                    limit = MAX_COMMAND_SET,
+                                    limit = dimse::MAX_COMMAND_SET,
                                     "command set longer than any command set; aborting"
                                 );
                                 return self.abort().await;

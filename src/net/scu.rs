@@ -851,7 +851,6 @@ async fn receive_command(assoc: &mut Association) -> Result<Command, String> {
 /// Receives one DIMSE message: its command set and, when the command says one follows, its
 /// data set. Both are capped: a peer cannot make the SCU accumulate without bound.
 async fn receive_message(assoc: &mut Association) -> Result<(Command, Option<Vec<u8>>), String> {
-    const MAX_COMMAND: usize = 64 * 1024;
     const MAX_IDENTIFIER: usize = 4 * 1024 * 1024;
     let mut command_bytes = Vec::new();
     let mut command: Option<Command> = None;
@@ -867,8 +866,11 @@ async fn receive_message(assoc: &mut Association) -> Result<(Command, Option<Vec
             match (command.take(), &pdv.value_type) {
                 (None, PDataValueType::Command) => {
                     command_bytes.extend_from_slice(&pdv.data);
-                    if command_bytes.len() > MAX_COMMAND {
-                        return Err(format!("command set longer than {MAX_COMMAND} bytes"));
+                    if command_bytes.len() > dimse::MAX_COMMAND_SET {
+                        return Err(format!(
+                            "command set longer than {} bytes",
+                            dimse::MAX_COMMAND_SET
+                        ));
                     }
                     if pdv.is_last {
                         let c = Command::parse(&command_bytes).map_err(|e| e.to_string())?;
