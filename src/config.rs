@@ -49,6 +49,25 @@ pub struct Config {
     pub onnxruntime: OnnxRuntimeConfig,
     /// The NeuS surface fit of the `mvdiffusion` pipeline.
     pub neus: NeusConfig,
+    /// Query/Retrieve (C-FIND, C-MOVE, C-GET) served by the node.
+    pub query: QueryConfig,
+}
+
+/// `[query]`: the Query/Retrieve SCP.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryConfig {
+    /// At most this many C-FIND matches per request (0 = no limit). A query with more
+    /// matches gets the first `max_results` as pending responses, then a final 0xA700 whose
+    /// Error Comment asks to narrow the query: a navigation system that asks for every study
+    /// of a PACS-sized index should learn that it got a part, not believe it got the whole.
+    pub max_results: usize,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        QueryConfig { max_results: 1000 }
+    }
 }
 
 /// `[onnxruntime]`: the library and device of the model pipelines (see [`crate::onnx`]).
@@ -357,6 +376,51 @@ pub struct PeerConfig {
     /// Accept associations from this AE title only when they come from `address`'s host.
     #[serde(default)]
     pub check_host: bool,
+    /// What this peer may ask the node for; default all of them. C-FIND/C-MOVE/C-GET are
+    /// refused to AE titles that are not listed in `[[peers]]` at all.
+    #[serde(default = "Service::all")]
+    pub may: Vec<Service>,
+}
+
+/// A DIMSE service a peer may be allowed (`[[peers]] may`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Service {
+    /// C-ECHO.
+    Echo,
+    /// C-STORE to the node.
+    Store,
+    /// C-FIND.
+    Find,
+    /// C-MOVE.
+    Move,
+    /// C-GET.
+    Get,
+}
+
+impl Service {
+    /// Every service: the default of `may`.
+    pub fn all() -> Vec<Service> {
+        vec![
+            Service::Echo,
+            Service::Store,
+            Service::Find,
+            Service::Move,
+            Service::Get,
+        ]
+    }
+}
+
+impl std::fmt::Display for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Service::Echo => "C-ECHO",
+            Service::Store => "C-STORE",
+            Service::Find => "C-FIND",
+            Service::Move => "C-MOVE",
+            Service::Get => "C-GET",
+        })
+    }
 }
 
 /// Overrides given on the command line; they win over every other layer.
@@ -503,6 +567,17 @@ impl Config {
     /// The peer entry for an AE title, if any.
     pub fn peer(&self, ae_title: &str) -> Option<&PeerConfig> {
         self.peers.iter().find(|p| p.ae_title == ae_title)
+    }
+
+    /// Whether `calling_ae` may use `service`: echo and store are open to any AE unless
+    /// `require_known_peers` (checked at association) or its own `may` leaves them out;
+    /// find, move and get only to listed peers whose `may` names them (as in Orthanc, whose
+    /// query/retrieve is for its known modalities).
+    pub fn may(&self, calling_ae: &str, service: Service) -> bool {
+        match self.peer(calling_ae) {
+            Some(peer) => peer.may.contains(&service),
+            None => matches!(service, Service::Echo | Service::Store),
+        }
     }
 }
 

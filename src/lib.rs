@@ -27,6 +27,7 @@ pub mod encap;
 pub mod mesh;
 pub mod net;
 pub mod onnx;
+pub mod query;
 pub mod recon;
 pub mod route;
 pub mod series;

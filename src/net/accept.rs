@@ -157,6 +157,9 @@ pub struct Agreed {
     pub contexts: Vec<Context>,
     /// Refused ones.
     pub refused: Vec<Refused>,
+    /// SOP classes (of accepted contexts) on which the peer proposed, and we accepted, the
+    /// SCP role (PS3.7 D.3.3.4): the node may send C-STORE-RQ on them (C-GET).
+    pub scp_role: Vec<String>,
     /// The answer to send.
     pub ac: Pdu,
 }
@@ -187,6 +190,16 @@ pub struct Terms<'a> {
     /// AE title policy: `Err` with the reason to reject, after the called/calling titles
     /// (trimmed).
     pub access: &'a (dyn Fn(&str, &str) -> Result<(), AssociationRJServiceUserReason> + Sync),
+    /// SOP classes on which a requestor's proposal of the SCP role is accepted (storage
+    /// classes, for C-GET). Other role proposals get no reply item: the default roles stand.
+    pub scp_role: &'a (dyn Fn(&str) -> bool + Sync),
+    /// SOP classes whose extended negotiation (PS3.7 D.3.3.5) is answered with every
+    /// option declined: the Q/R classes, for which the node offers neither relational
+    /// queries or retrieval nor combined date-time, fuzzy or time zone matching.
+    /// PS3.7 D.3.3.5 lets the acceptor omit the reply with the same meaning; the node
+    /// answers with zeros instead, so that the refusal is visible in a peer's negotiation
+    /// log rather than left to inference.
+    pub decline_extended: &'a (dyn Fn(&str) -> bool + Sync),
 }
 
 fn unpad(s: &str) -> &str {
@@ -318,19 +331,55 @@ pub fn negotiate(rq: AssociationRQ, terms: &Terms<'_>) -> Decision {
             }
         }
     }
+    let accepted = |uid: &str| contexts.iter().any(|c: &Context| c.abstract_syntax == uid);
+    let mut scp_role = Vec::new();
+    let mut replies = Vec::new();
+    for item in &rq.user_variables {
+        match item {
+            UserVariableItem::ScuScpRoleSelectionSubItem(uid, roles) => {
+                let uid = unpad(uid);
+                if roles.scp
+                    && accepted(uid)
+                    && (terms.scp_role)(uid)
+                    && !scp_role.iter().any(|u| u == uid)
+                {
+                    scp_role.push(uid.to_string());
+                    replies.push(UserVariableItem::ScuScpRoleSelectionSubItem(
+                        uid.to_string(),
+                        dicom_ul::pdu::RequestorRoles {
+                            scu: roles.scu,
+                            scp: true,
+                        },
+                    ));
+                }
+            }
+            UserVariableItem::SopClassExtendedNegotiationSubItem(uid, info) => {
+                let uid = unpad(uid);
+                if accepted(uid) && (terms.decline_extended)(uid) {
+                    replies.push(UserVariableItem::SopClassExtendedNegotiationSubItem(
+                        uid.to_string(),
+                        vec![0; info.len().min(16)],
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut user_variables = vec![
+        UserVariableItem::MaxLength(terms.max_pdu),
+        UserVariableItem::ImplementationClassUID(
+            crate::store::IMPLEMENTATION_CLASS_UID.to_string(),
+        ),
+        UserVariableItem::ImplementationVersionName(IMPLEMENTATION_VERSION_NAME.to_string()),
+    ];
+    user_variables.extend(replies);
     let ac = Pdu::AssociationAC(AssociationAC {
         protocol_version: 1,
         calling_ae_title: rq.calling_ae_title,
         called_ae_title: rq.called_ae_title,
         application_context_name: APPLICATION_CONTEXT.to_string(),
         presentation_contexts: results,
-        user_variables: vec![
-            UserVariableItem::MaxLength(terms.max_pdu),
-            UserVariableItem::ImplementationClassUID(
-                crate::store::IMPLEMENTATION_CLASS_UID.to_string(),
-            ),
-            UserVariableItem::ImplementationVersionName(IMPLEMENTATION_VERSION_NAME.to_string()),
-        ],
+        user_variables,
     });
     Decision::Accept(Agreed {
         calling_ae,
@@ -338,6 +387,7 @@ pub fn negotiate(rq: AssociationRQ, terms: &Terms<'_>) -> Decision {
         peer_max_pdu,
         contexts,
         refused,
+        scp_role,
         ac,
     })
 }
@@ -388,6 +438,8 @@ mod tests {
             abstract_syntax: &|uid| uid == "1.2.840.10008.5.1.4.1.1.4",
             transfer_syntaxes: &["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"],
             access,
+            scp_role: &|uid| uid == "1.2.840.10008.5.1.4.1.1.4",
+            decline_extended: &|uid| uid == "1.2.840.10008.5.1.4.1.2.2.1",
         }
     }
 

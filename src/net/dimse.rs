@@ -25,6 +25,14 @@ pub mod field {
     pub const C_FIND_RSP: u16 = 0x8020;
     /// C-CANCEL-RQ
     pub const C_CANCEL_RQ: u16 = 0x0FFF;
+    /// C-GET-RQ
+    pub const C_GET_RQ: u16 = 0x0010;
+    /// C-GET-RSP
+    pub const C_GET_RSP: u16 = 0x8010;
+    /// C-MOVE-RQ
+    pub const C_MOVE_RQ: u16 = 0x0021;
+    /// C-MOVE-RSP
+    pub const C_MOVE_RSP: u16 = 0x8021;
 }
 
 /// DIMSE status codes (PS3.4 B.2.3 and PS3.7 C).
@@ -41,6 +49,18 @@ pub mod status {
     pub const SOP_CLASS_NOT_SUPPORTED: u16 = 0x0122;
     /// Unrecognized operation.
     pub const UNRECOGNIZED_OPERATION: u16 = 0x0211;
+    /// Refused: not authorized (PS3.7 C.4.1; the peer may not use this service).
+    pub const NOT_AUTHORIZED: u16 = 0x0124;
+    /// Pending: a match or a sub-operation report follows.
+    pub const PENDING: u16 = 0xFF00;
+    /// Cancel: the operation stopped after a C-CANCEL-RQ.
+    pub const CANCEL: u16 = 0xFE00;
+    /// Refused: out of resources, unable to perform sub-operations (C-MOVE/C-GET).
+    pub const SUB_OPERATIONS_IMPOSSIBLE: u16 = 0xA702;
+    /// Refused: Move Destination unknown.
+    pub const MOVE_DESTINATION_UNKNOWN: u16 = 0xA801;
+    /// Warning: sub-operations complete, one or more failures or warnings.
+    pub const SUB_OPERATIONS_FAILED: u16 = 0xB000;
 }
 
 /// Command sets hold a dozen short elements (a C-FIND's identifier is a data set, not part
@@ -59,6 +79,13 @@ const COMMAND_DATA_SET_TYPE: u32 = 0x0000_0800;
 const STATUS: u32 = 0x0000_0900;
 const ERROR_COMMENT: u32 = 0x0000_0902;
 const AFFECTED_SOP_INSTANCE_UID: u32 = 0x0000_1000;
+const MOVE_DESTINATION: u32 = 0x0000_0600;
+const REMAINING_SUB_OPERATIONS: u32 = 0x0000_1020;
+const COMPLETED_SUB_OPERATIONS: u32 = 0x0000_1021;
+const FAILED_SUB_OPERATIONS: u32 = 0x0000_1022;
+const WARNING_SUB_OPERATIONS: u32 = 0x0000_1023;
+const MOVE_ORIGINATOR_AE_TITLE: u32 = 0x0000_1030;
+const MOVE_ORIGINATOR_MESSAGE_ID: u32 = 0x0000_1031;
 
 /// A malformed command set.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -153,6 +180,25 @@ impl Command {
     pub fn error_comment(&self) -> Option<String> {
         self.text(ERROR_COMMENT)
     }
+
+    /// Move Destination (0000,0600) of a C-MOVE-RQ, trimmed.
+    pub fn move_destination(&self) -> Option<String> {
+        self.text(MOVE_DESTINATION).map(|s| s.trim().to_string())
+    }
+
+    /// Move Originator AE Title (0000,1030) of a C-STORE-RQ made for a C-MOVE.
+    pub fn move_originator_ae_title(&self) -> Option<String> {
+        self.text(MOVE_ORIGINATOR_AE_TITLE)
+            .map(|s| s.trim().to_string())
+    }
+
+    /// Move Originator Message ID (0000,1031) of a C-STORE-RQ made for a C-MOVE.
+    pub fn move_originator_message_id(&self) -> Result<u16, CommandError> {
+        self.u16(
+            MOVE_ORIGINATOR_MESSAGE_ID,
+            "Move Originator Message ID (0000,1031)",
+        )
+    }
 }
 
 /// Builds a command set; [`CommandBuilder::encode`] adds the group length.
@@ -236,6 +282,63 @@ pub fn c_store_rq(message_id: u16, sop_class_uid: &str, sop_instance_uid: &str) 
         .us(PRIORITY, 0)
         .us(COMMAND_DATA_SET_TYPE, 0x0000)
         .ui(AFFECTED_SOP_INSTANCE_UID, sop_instance_uid)
+}
+
+/// Sub-operation counts of a C-MOVE/C-GET response (PS3.7 9.3.3.2, 9.3.4.2).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubOperations {
+    /// Not yet attempted.
+    pub remaining: u16,
+    /// Succeeded.
+    pub completed: u16,
+    /// Failed.
+    pub failed: u16,
+    /// Succeeded with a warning status.
+    pub warning: u16,
+}
+
+/// A C-FIND/C-MOVE/C-GET response. `counts` are for C-MOVE/C-GET (remaining is left out of
+/// a final response other than Cancel, as PS3.4 C.4.2.1.6 asks); `has_identifier` says an identifier data
+/// set follows (a C-FIND match, or a Failed SOP Instance UID List).
+pub fn qr_rsp(
+    response_field: u16,
+    responding_to: u16,
+    sop_class_uid: &str,
+    status: u16,
+    has_identifier: bool,
+    counts: Option<SubOperations>,
+    error_comment: Option<&str>,
+) -> CommandBuilder {
+    let mut b = CommandBuilder::default()
+        .ui(AFFECTED_SOP_CLASS_UID, sop_class_uid)
+        .us(COMMAND_FIELD, response_field)
+        .us(MESSAGE_ID_BEING_RESPONDED_TO, responding_to)
+        .us(
+            COMMAND_DATA_SET_TYPE,
+            if has_identifier { 0x0000 } else { NO_DATA_SET },
+        )
+        .us(STATUS, status);
+    if let Some(c) = counts {
+        if status == status::PENDING || status == status::CANCEL {
+            b = b.us(REMAINING_SUB_OPERATIONS, c.remaining);
+        }
+        b = b
+            .us(COMPLETED_SUB_OPERATIONS, c.completed)
+            .us(FAILED_SUB_OPERATIONS, c.failed)
+            .us(WARNING_SUB_OPERATIONS, c.warning);
+    }
+    match error_comment {
+        Some(c) => b.lo(ERROR_COMMENT, c),
+        None => b,
+    }
+}
+
+impl CommandBuilder {
+    /// Adds Move Originator AE Title and Message ID (a C-STORE-RQ made for a C-MOVE).
+    pub fn move_originator(self, ae_title: &str, message_id: u16) -> Self {
+        self.lo(MOVE_ORIGINATOR_AE_TITLE, ae_title)
+            .us(MOVE_ORIGINATOR_MESSAGE_ID, message_id)
+    }
 }
 
 /// C-FIND-RQ with medium priority; an identifier (the query) follows.

@@ -27,16 +27,18 @@ use dicom_ul::pdu::{
     PresentationContextResultReason,
 };
 use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
-use tokio::task::JoinSet;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::task::{JoinHandle, JoinSet};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::Printable;
 use super::accept::{self, Agreed, Context, Decision, Terms};
 use super::dimse::{self, Command, field, status};
+use super::qr::{self, Writer};
 use super::wire::{Frame, PduReader, WireError};
-use crate::config::Config;
+use crate::config::{Config, Service};
 use crate::store::{Announced, Incoming, Store, StoreError, Stored, TempFile};
 
 /// Failures of the listener itself (single associations never end the server).
@@ -104,8 +106,8 @@ pub trait StoreObserver: Send + Sync {
 
 /// What every association handler shares.
 pub struct ScpContext {
-    config: Arc<Config>,
-    store: Arc<Store>,
+    pub(super) config: Arc<Config>,
+    pub(super) store: Arc<Store>,
     /// Resolved addresses of peers with `check_host = true`.
     peer_hosts: HashMap<String, Vec<IpAddr>>,
     observer: Option<Arc<dyn StoreObserver>>,
@@ -470,9 +472,15 @@ impl Connection {
         let access = |called: &str, calling: &str| ctx.check_access(peer_ip, called, calling);
         let terms = Terms {
             max_pdu: node.max_pdu_length,
-            abstract_syntax: &|uid| uid == super::VERIFICATION || super::is_storage_sop_class(uid),
+            abstract_syntax: &|uid| {
+                uid == super::VERIFICATION
+                    || super::is_storage_sop_class(uid)
+                    || crate::query::sop_class(uid).is_some()
+            },
             transfer_syntaxes: super::ACCEPTED_TRANSFER_SYNTAXES,
             access: &access,
+            scp_role: &super::is_storage_sop_class,
+            decline_extended: &|uid| crate::query::sop_class(uid).is_some(),
         };
         let agreed = match accept::negotiate(rq, &terms) {
             Decision::Accept(agreed) => agreed,
@@ -503,10 +511,11 @@ impl Connection {
                     info!(sop_class = %Printable(&sop_class), "presentation context refused: none of the proposed transfer syntaxes can be decoded by this node")
                 }
                 _ => {
-                    info!(sop_class = %Printable(&sop_class), "presentation context refused: not a storage SOP class")
+                    info!(sop_class = %Printable(&sop_class), "presentation context refused: not a SOP class this node serves")
                 }
             }
         }
+        let (read_half, write_half) = self.socket.into_split();
         let mut handler = Handler {
             calling_ae: agreed.calling_ae.clone(),
             report: EndReport {
@@ -514,7 +523,10 @@ impl Connection {
                 end: AssociationEnd::Cancelled,
                 new_instances: Vec::new(),
             },
-            socket: self.socket,
+            socket: read_half,
+            writer: Arc::new(Writer::new(write_half, agreed.peer_max_pdu)),
+            peer_ip,
+            op: None,
             agreed,
             ctx: self.ctx,
             stats: Stats::default(),
@@ -582,6 +594,12 @@ enum Pending {
     /// A request the node does not perform on this context (e.g. a C-FIND on Verification):
     /// its data set is read and dropped, then the failure response is sent.
     Refuse { pc_id: u8, response: Vec<u8> },
+    /// A C-FIND/C-MOVE/C-GET whose identifier is being read (at most
+    /// [`qr::MAX_IDENTIFIER`] bytes; beyond that it is dropped and `overflow` set).
+    Query {
+        request: qr::Request,
+        overflow: bool,
+    },
 }
 
 impl Pending {
@@ -589,12 +607,44 @@ impl Pending {
         match self {
             Pending::Store { reply, .. } => reply.pc_id,
             Pending::Refuse { pc_id, .. } => *pc_id,
+            Pending::Query { request, .. } => request.pc_id,
         }
     }
 }
 
+/// The Q/R operation running beside the reader.
+struct Running {
+    message_id: u16,
+    cancel: watch::Sender<bool>,
+    store_rsp: mpsc::Sender<Command>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Running {
+    /// However the association ends, its operation ends with it.
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Waits for the running operation to end (forever when there is none).
+async fn operation_ended(op: &mut Option<Running>) {
+    match op {
+        Some(r) if !r.task.is_finished() => {
+            let _ = (&mut r.task).await;
+        }
+        Some(_) => {}
+        None => std::future::pending().await,
+    }
+}
+
 struct Handler {
-    socket: TcpStream,
+    socket: OwnedReadHalf,
+    /// The sending side, shared with the running Q/R operation.
+    writer: Arc<Writer>,
+    peer_ip: IpAddr,
+    /// The Q/R operation in progress, if any.
+    op: Option<Running>,
     agreed: Agreed,
     ctx: Arc<ScpContext>,
     calling_ae: String,
@@ -618,9 +668,15 @@ impl Handler {
         let mut command_bytes: Vec<u8> = Vec::new();
         let mut pending: Option<Pending> = None;
         loop {
+            // The reader is cancel-safe: when the operation ends first, the PDU being read
+            // is resumed on the next turn.
             let next = tokio::select! {
                 biased;
                 _ = phase.wait_for(|p| *p == Phase::Aborting) => None,
+                _ = operation_ended(&mut self.op) => {
+                    self.op = None;
+                    continue;
+                }
                 frame = tokio::time::timeout(idle, reader.next(&mut self.socket)) => Some(frame),
             };
             let Some(next) = next else {
@@ -629,6 +685,8 @@ impl Handler {
                 return AssociationEnd::Shutdown;
             };
             let frame = match next {
+                // A peer waiting for its C-MOVE/C-GET to finish is not idle.
+                Err(_) if self.op.is_some() => continue,
                 Err(_) => {
                     warn!(
                         idle_seconds = idle.as_secs(),
@@ -699,6 +757,16 @@ impl Handler {
                         {
                             **target = Err(StoreError::Io(e));
                         }
+                        if let Pending::Query { request, overflow } = p
+                            && !*overflow
+                        {
+                            if request.identifier.len() + pdv.data.len() > qr::MAX_IDENTIFIER {
+                                *overflow = true;
+                                request.identifier = Vec::new();
+                            } else {
+                                request.identifier.extend_from_slice(pdv.data);
+                            }
+                        }
                         self.stats.bytes += pdv.data.len() as u64;
                         if pdv.is_last
                             && let Some(p) = pending.take()
@@ -710,6 +778,9 @@ impl Handler {
                                 Pending::Refuse { pc_id, response } => {
                                     self.send_command(pc_id, &response).await
                                 }
+                                Pending::Query { request, overflow } => {
+                                    self.start_operation(request, overflow).await
+                                }
                             };
                             if let Err(end) = done {
                                 return end;
@@ -718,6 +789,19 @@ impl Handler {
                     }
                 }
                 Frame::ReleaseRq => {
+                    if let Some(op) = self.op.take()
+                        && !op.task.is_finished()
+                    {
+                        // PS3.7 asks the requester to wait for the final response; one that
+                        // does not gets its operation cancelled, briefly waited for.
+                        info!(
+                            message_id = op.message_id,
+                            "release requested while an operation runs; cancelling it"
+                        );
+                        let _ = op.cancel.send(true);
+                        let mut op = op;
+                        let _ = tokio::time::timeout(Duration::from_secs(5), &mut op.task).await;
+                    }
                     if pending.take().is_some() {
                         info!(
                             "release requested during a transfer; the partial instance was discarded"
@@ -780,11 +864,47 @@ impl Handler {
         match field {
             field::C_ECHO_RQ if pc.abstract_syntax == super::VERIFICATION => {
                 debug!(message_id, "C-ECHO");
-                let rsp = dimse::c_echo_rsp(message_id, status::SUCCESS).encode();
+                let code = if self.authorized(Service::Echo) {
+                    status::SUCCESS
+                } else {
+                    status::NOT_AUTHORIZED
+                };
+                let rsp = dimse::c_echo_rsp(message_id, code).encode();
                 self.send_command(pc_id, &rsp).await?;
                 Ok(None)
             }
-            field::C_STORE_RQ if pc.abstract_syntax != super::VERIFICATION => {
+            field::C_FIND_RQ | field::C_MOVE_RQ | field::C_GET_RQ
+                if crate::query::sop_class(&pc.abstract_syntax).is_some_and(|(_, s)| {
+                    matches!(
+                        (s, field),
+                        (crate::query::Service::Find, field::C_FIND_RQ)
+                            | (crate::query::Service::Move, field::C_MOVE_RQ)
+                            | (crate::query::Service::Get, field::C_GET_RQ)
+                    )
+                }) =>
+            {
+                self.query_request(&cmd, field, message_id, &pc, has_data_set)
+                    .await
+            }
+            field::C_STORE_RQ if !self.authorized(Service::Store) => {
+                let sop_class_uid = cmd.affected_sop_class_uid().unwrap_or_default();
+                let sop_instance_uid = cmd.affected_sop_instance_uid().unwrap_or_default();
+                let response = dimse::c_store_rsp(
+                    message_id,
+                    &sop_class_uid,
+                    &sop_instance_uid,
+                    status::NOT_AUTHORIZED,
+                    Some("this AE title may not store here ([[peers]] may)"),
+                )
+                .encode();
+                if has_data_set {
+                    Ok(Some(Pending::Refuse { pc_id, response }))
+                } else {
+                    self.send_command(pc_id, &response).await?;
+                    Ok(None)
+                }
+            }
+            field::C_STORE_RQ if super::is_storage_sop_class(&pc.abstract_syntax) => {
                 let sop_class_uid = cmd.affected_sop_class_uid().unwrap_or_default();
                 let sop_instance_uid = cmd.affected_sop_instance_uid().unwrap_or_default();
                 let target = if sop_class_uid != pc.abstract_syntax {
@@ -825,8 +945,30 @@ impl Handler {
                 }
             }
             field::C_CANCEL_RQ => {
-                // Nothing the node runs can be cancelled; PS3.7 9.3.2.3 asks for no response.
-                debug!(message_id, "C-CANCEL-RQ ignored");
+                // PS3.7 9.3.2.3 asks for no response to a C-CANCEL-RQ; the operation it
+                // cancels answers 0xFE00.
+                let target = cmd.message_id_responded_to().ok();
+                match &self.op {
+                    Some(op) if Some(op.message_id) == target && !op.task.is_finished() => {
+                        debug!(message_id = op.message_id, "C-CANCEL-RQ");
+                        let _ = op.cancel.send(true);
+                    }
+                    _ => debug!(
+                        message_id = ?target,
+                        "C-CANCEL-RQ for no running operation ignored"
+                    ),
+                }
+                Ok(None)
+            }
+            field::C_STORE_RSP => {
+                match &self.op {
+                    Some(op) if !op.task.is_finished() => {
+                        if op.store_rsp.try_send(cmd).is_err() {
+                            warn!("C-STORE-RSP the running operation does not wait for; ignored");
+                        }
+                    }
+                    _ => warn!("C-STORE-RSP without a C-GET in progress; ignored"),
+                }
                 Ok(None)
             }
             other if other & 0x8000 != 0 => {
@@ -857,6 +999,159 @@ impl Handler {
                 }
             }
         }
+    }
+
+    /// Whether the peer may use `service` (`[[peers]] may`); a refusal is logged with who,
+    /// from where and what.
+    fn authorized(&self, service: Service) -> bool {
+        let ok = self.ctx.config.may(&self.calling_ae, service);
+        if !ok {
+            let listed = self.ctx.config.peer(&self.calling_ae).is_some();
+            warn!(
+                calling_ae = %Printable(&self.calling_ae),
+                peer_ip = %self.peer_ip,
+                service = %service,
+                reason = if listed { "its [[peers]] may leaves it out" } else { "the AE title is not in [[peers]]" },
+                "request refused: not authorized (0x0124)"
+            );
+        }
+        ok
+    }
+
+    /// A C-FIND/C-MOVE/C-GET-RQ: refuses it at once where it must (not authorized, another
+    /// operation runs, no identifier), else reads its identifier.
+    async fn query_request(
+        &mut self,
+        cmd: &Command,
+        field: u16,
+        message_id: u16,
+        pc: &Context,
+        has_data_set: bool,
+    ) -> Result<Option<Pending>, AssociationEnd> {
+        let service = match field {
+            field::C_FIND_RQ => Service::Find,
+            field::C_MOVE_RQ => Service::Move,
+            _ => Service::Get,
+        };
+        let refusal = if !self.authorized(service) {
+            Some((
+                status::NOT_AUTHORIZED,
+                format!("{service} is not permitted for this AE title"),
+            ))
+        } else if self.op.as_ref().is_some_and(|op| !op.task.is_finished()) {
+            warn!(
+                message_id,
+                "Q/R request while another operation runs on the association; refused"
+            );
+            Some((
+                status::OUT_OF_RESOURCES,
+                "another operation is in progress on this association (asynchronous operations are not negotiated)".to_string(),
+            ))
+        } else if !has_data_set {
+            Some((
+                status::CANNOT_UNDERSTAND,
+                "the request has no identifier".to_string(),
+            ))
+        } else {
+            None
+        };
+        if let Some((code, comment)) = refusal {
+            let response = dimse::qr_rsp(
+                field | 0x8000,
+                message_id,
+                &pc.abstract_syntax,
+                code,
+                false,
+                None,
+                Some(&comment),
+            )
+            .encode();
+            return if has_data_set {
+                Ok(Some(Pending::Refuse {
+                    pc_id: pc.id,
+                    response,
+                }))
+            } else {
+                self.send_command(pc.id, &response).await?;
+                Ok(None)
+            };
+        }
+        Ok(Some(Pending::Query {
+            request: qr::Request {
+                pc_id: pc.id,
+                sop_class_uid: pc.abstract_syntax.clone(),
+                transfer_syntax: pc.transfer_syntax.clone(),
+                message_id,
+                move_destination: cmd.move_destination(),
+                identifier: Vec::new(),
+            },
+            overflow: false,
+        }))
+    }
+
+    /// Starts the operation whose identifier has arrived.
+    async fn start_operation(
+        &mut self,
+        request: qr::Request,
+        overflow: bool,
+    ) -> Result<(), AssociationEnd> {
+        if overflow {
+            warn!(
+                message_id = request.message_id,
+                limit = qr::MAX_IDENTIFIER,
+                "Q/R identifier larger than the limit; refused with 0xA700"
+            );
+            let field = match crate::query::sop_class(&request.sop_class_uid) {
+                Some((_, crate::query::Service::Find)) => field::C_FIND_RSP,
+                Some((_, crate::query::Service::Move)) => field::C_MOVE_RSP,
+                _ => field::C_GET_RSP,
+            };
+            let response = dimse::qr_rsp(
+                field,
+                request.message_id,
+                &request.sop_class_uid,
+                status::OUT_OF_RESOURCES,
+                false,
+                None,
+                Some(&format!(
+                    "identifier larger than {} bytes",
+                    qr::MAX_IDENTIFIER
+                )),
+            )
+            .encode();
+            return self.send_command(request.pc_id, &response).await;
+        }
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        let (rsp_tx, rsp_rx) = mpsc::channel(4);
+        let get_contexts = self
+            .agreed
+            .contexts
+            .iter()
+            .filter(|c| self.agreed.scp_role.contains(&c.abstract_syntax))
+            .map(|c| dicom_ul::pdu::PresentationContextNegotiated {
+                id: c.id,
+                reason: PresentationContextResultReason::Acceptance,
+                transfer_syntax: c.transfer_syntax.clone(),
+                abstract_syntax: c.abstract_syntax.clone(),
+            })
+            .collect();
+        let env = qr::Env {
+            ctx: self.ctx.clone(),
+            writer: self.writer.clone(),
+            calling_ae: self.calling_ae.clone(),
+            get_contexts,
+            cancel: cancel_rx,
+            store_rsp: rsp_rx,
+        };
+        let message_id = request.message_id;
+        let task = tokio::spawn(qr::run(request, env).in_current_span());
+        self.op = Some(Running {
+            message_id,
+            cancel: cancel_tx,
+            store_rsp: rsp_tx,
+            task,
+        });
+        Ok(())
     }
 
     fn context(&self, pc_id: u8) -> Option<&Context> {
@@ -973,16 +1268,22 @@ impl Handler {
     async fn send_pdu(&mut self, pdu: &Pdu) -> std::io::Result<()> {
         self.out.clear();
         dicom_ul::write_pdu(&mut self.out, pdu).map_err(std::io::Error::other)?;
-        self.socket.write_all(&self.out).await
+        self.writer.write(&self.out).await
     }
 
+    /// Sends a command set (all its PDUs under one lock of the writer).
     async fn send_command(&mut self, pc_id: u8, bytes: &[u8]) -> Result<(), AssociationEnd> {
         let max = self.agreed.peer_max_pdu;
+        self.out.clear();
         for pdu in dimse::pdata_pdus(pc_id, PDataValueType::Command, bytes, max, true) {
-            if let Err(e) = self.send_pdu(&pdu).await {
-                warn!(error = %e, "sending a response failed");
+            if let Err(e) = dicom_ul::write_pdu(&mut self.out, &pdu) {
+                warn!(error = %e, "encoding a response failed");
                 return Err(AssociationEnd::SendFailed);
             }
+        }
+        if let Err(e) = self.writer.write(&self.out).await {
+            warn!(error = %e, "sending a response failed");
+            return Err(AssociationEnd::SendFailed);
         }
         Ok(())
     }

@@ -415,6 +415,41 @@ pub async fn send_files_with(
     opts: &ScuOptions,
     before_last_fragment: &mut (dyn FnMut(usize) -> Result<(), String> + Send),
 ) -> Result<Vec<SendOutcome>, ScuError> {
+    send_files_inner(files, verify, to, opts, before_last_fragment, None).await
+}
+
+/// What a C-MOVE SCP adds to sending files: the originator each C-STORE-RQ names, and a
+/// report after each file so that it can send its pending responses and stop on C-CANCEL.
+pub struct MoveSubOperations<'a> {
+    /// The AE title that asked for the move (0000,1030).
+    pub originator_ae: &'a str,
+    /// The Message ID of its C-MOVE-RQ (0000,1031).
+    pub originator_message_id: u16,
+    /// Called with each file's index and outcome as soon as it is known; `false` stops the
+    /// sending before the next file (the remaining files get no outcome).
+    pub after_each: &'a mut (dyn FnMut(usize, &SendOutcome) -> bool + Send),
+}
+
+/// [`send_files`] for the C-MOVE SCP: the sub-operations of one C-MOVE over one association.
+/// Returns one outcome per file attempted, in order, fewer than `files` when `after_each`
+/// stopped it.
+pub async fn send_files_moved(
+    files: &[OutgoingFile],
+    to: &AeAddress,
+    opts: &ScuOptions,
+    moved: &mut MoveSubOperations<'_>,
+) -> Result<Vec<SendOutcome>, ScuError> {
+    send_files_inner(files, &[], to, opts, &mut |_| Ok(()), Some(moved)).await
+}
+
+async fn send_files_inner(
+    files: &[OutgoingFile],
+    verify: &[Option<InstanceKeys>],
+    to: &AeAddress,
+    opts: &ScuOptions,
+    before_last_fragment: &mut (dyn FnMut(usize) -> Result<(), String> + Send),
+    mut moved: Option<&mut MoveSubOperations<'_>>,
+) -> Result<Vec<SendOutcome>, ScuError> {
     // One context per (class, own syntax), plus one per class with the two little-endian
     // syntaxes as the fallback every SCP supports.
     let mut contexts: Vec<(String, Vec<String>)> = Vec::new();
@@ -460,6 +495,13 @@ pub async fn send_files_with(
         message_id
     };
     for (i, f) in files.iter().enumerate() {
+        if i > 0
+            && let Some(m) = moved.as_deref_mut()
+            && let Some(last) = outcomes.last()
+            && !(m.after_each)(i - 1, last)
+        {
+            break;
+        }
         let outcome = |result: Result<u16, String>| SendOutcome {
             path: f.path.clone(),
             result,
@@ -500,16 +542,7 @@ pub async fn send_files_with(
                 continue;
             }
         }
-        let exact = negotiated.iter().find(|pc| {
-            pc.abstract_syntax == f.sop_class_uid && pc.transfer_syntax == f.transfer_syntax
-        });
-        let fallback = || {
-            negotiated
-                .iter()
-                .find(|pc| pc.abstract_syntax == f.sop_class_uid && is_native(&pc.transfer_syntax))
-                .filter(|_| has_native_fallback(&f.transfer_syntax))
-        };
-        let Some(pc) = exact.or_else(fallback).cloned() else {
+        let Some(pc) = choose_syntax(f, &negotiated).cloned() else {
             outcomes.push(SendOutcome {
                 verified,
                 permanent: true,
@@ -524,7 +557,10 @@ pub async fn send_files_with(
             continue;
         };
         let mut hook = || before_last_fragment(i);
-        match store_one(&mut assoc, f, &pc, next_id(), &mut hook).await {
+        let originator = moved
+            .as_deref()
+            .map(|m| (m.originator_ae, m.originator_message_id));
+        match store_one(&mut assoc, f, &pc, next_id(), originator, &mut hook).await {
             Ok((code, comment)) => {
                 debug!(path = %f.path.display(), status = format_args!("{code:#06X}"), "C-STORE");
                 outcomes.push(SendOutcome {
@@ -558,8 +594,86 @@ pub async fn send_files_with(
             }
         }
     }
+    if let Some(m) = moved
+        && outcomes.len() == files.len()
+        && let Some(last) = outcomes.last()
+    {
+        (m.after_each)(files.len() - 1, last);
+    }
     let _ = assoc.release().await;
     Ok(outcomes)
+}
+
+/// One side of an established association as [`store_one`] needs it, so that the same
+/// sender serves the node's own associations (send, delivery, C-MOVE) and the C-GET SCP,
+/// which sends its C-STORE sub-operations on the requester's association.
+pub trait StoreLink {
+    /// Largest PDU the receiving side accepts (its variable field length).
+    fn max_pdu(&self) -> u32;
+    /// Sends one PDU.
+    fn send(&mut self, pdu: &Pdu) -> impl Future<Output = Result<(), String>> + Send;
+    /// Receives the next command set addressed to this sender (the C-STORE-RSP).
+    fn receive_command(&mut self) -> impl Future<Output = Result<Command, String>> + Send;
+}
+
+impl StoreLink for Association {
+    fn max_pdu(&self) -> u32 {
+        self.acceptor_max_pdu_length()
+    }
+
+    async fn send(&mut self, pdu: &Pdu) -> Result<(), String> {
+        Association::send(self, pdu)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn receive_command(&mut self) -> Result<Command, String> {
+        receive_command(self).await
+    }
+}
+
+/// Why one C-STORE sub-operation on a [`StoreLink`] failed.
+#[derive(Debug)]
+pub enum StoreFailure {
+    /// This file could not be sent (unreadable, cannot be re-encoded); the link is usable.
+    File(String),
+    /// The link is broken.
+    Link(String),
+}
+
+/// Sends one stored file as a C-STORE-RQ on `pc` (its transfer syntax the stored one, or a
+/// native one the file can be re-encoded to, see [`choose_syntax`]) and returns the status
+/// and Error Comment of the response.
+pub async fn store_on<L: StoreLink>(
+    link: &mut L,
+    f: &OutgoingFile,
+    pc: &PresentationContextNegotiated,
+    message_id: u16,
+) -> Result<(u16, Option<String>), StoreFailure> {
+    store_one(link, f, pc, message_id, None, &mut || Ok(()))
+        .await
+        .map_err(|e| match e {
+            StoreOneError::File(m) => StoreFailure::File(m),
+            StoreOneError::Association { message, .. } => StoreFailure::Link(message),
+        })
+}
+
+/// Of the accepted presentation contexts `offered`, the one to send `f` on: its class in its
+/// stored transfer syntax, else in a native little-endian syntax the file can be re-encoded
+/// to. `None`: the file cannot be sent on these contexts.
+pub fn choose_syntax<'a>(
+    f: &OutgoingFile,
+    offered: &'a [PresentationContextNegotiated],
+) -> Option<&'a PresentationContextNegotiated> {
+    offered
+        .iter()
+        .find(|pc| pc.abstract_syntax == f.sop_class_uid && pc.transfer_syntax == f.transfer_syntax)
+        .or_else(|| {
+            offered
+                .iter()
+                .find(|pc| pc.abstract_syntax == f.sop_class_uid && is_native(&pc.transfer_syntax))
+                .filter(|_| has_native_fallback(&f.transfer_syntax))
+        })
 }
 
 enum StoreOneError {
@@ -582,14 +696,15 @@ fn broken(message: impl fmt::Display) -> StoreOneError {
     }
 }
 
-async fn store_one(
-    assoc: &mut Association,
+async fn store_one<L: StoreLink>(
+    assoc: &mut L,
     f: &OutgoingFile,
     pc: &PresentationContextNegotiated,
     message_id: u16,
+    originator: Option<(&str, u16)>,
     before_last_fragment: &mut (dyn FnMut() -> Result<(), String> + Send),
 ) -> Result<(u16, Option<String>), StoreOneError> {
-    let max = assoc.acceptor_max_pdu_length();
+    let max = assoc.max_pdu();
     let chunk = dimse::max_fragment(max);
     // Prepare the data set before the command, so that a local read error does not leave a
     // half-sent message on the association.
@@ -601,33 +716,37 @@ async fn store_one(
     let mut file = std::fs::File::open(&f.path).map_err(|e| StoreOneError::File(e.to_string()))?;
     file.seek(SeekFrom::Start(f.data_offset))
         .map_err(|e| StoreOneError::File(e.to_string()))?;
-    let cmd = dimse::c_store_rq(message_id, &f.sop_class_uid, &f.sop_instance_uid).encode();
-    send_command(assoc, pc.id, &cmd).await.map_err(broken)?;
+    let mut cmd = dimse::c_store_rq(message_id, &f.sop_class_uid, &f.sop_instance_uid);
+    if let Some((ae, id)) = originator {
+        cmd = cmd.move_originator(ae, id);
+    }
+    send_command_on(assoc, pc.id, &cmd.encode())
+        .await
+        .map_err(broken)?;
     let mut handed_over = false;
-    let mut send_piece = async |assoc: &mut Association,
-                                data: Vec<u8>,
-                                is_last: bool|
-           -> Result<(), StoreOneError> {
-        if is_last {
-            before_last_fragment().map_err(|e| broken(format!("before the last fragment: {e}")))?;
-            handed_over = true;
-        }
-        let pdu = Pdu::PData {
-            data: vec![dicom_ul::pdu::PDataValue {
-                presentation_context_id: pc.id,
-                value_type: PDataValueType::Data,
-                is_last,
-                data,
-            }],
+    let mut send_piece =
+        async |assoc: &mut L, data: Vec<u8>, is_last: bool| -> Result<(), StoreOneError> {
+            if is_last {
+                before_last_fragment()
+                    .map_err(|e| broken(format!("before the last fragment: {e}")))?;
+                handed_over = true;
+            }
+            let pdu = Pdu::PData {
+                data: vec![dicom_ul::pdu::PDataValue {
+                    presentation_context_id: pc.id,
+                    value_type: PDataValueType::Data,
+                    is_last,
+                    data,
+                }],
+            };
+            assoc
+                .send(&pdu)
+                .await
+                .map_err(|message| StoreOneError::Association {
+                    message,
+                    unconfirmed: is_last,
+                })
         };
-        assoc
-            .send(&pdu)
-            .await
-            .map_err(|e| StoreOneError::Association {
-                message: e.to_string(),
-                unconfirmed: is_last,
-            })
-    };
     match reencoded {
         Some(bytes) => {
             let n = bytes.len().div_ceil(chunk).max(1);
@@ -664,7 +783,7 @@ async fn store_one(
         message,
         unconfirmed: handed_over,
     };
-    let rsp = receive_command(assoc).await.map_err(unconfirmed)?;
+    let rsp = assoc.receive_command().await.map_err(unconfirmed)?;
     let code = rsp.status().map_err(|e| unconfirmed(e.to_string()))?;
     Ok((code, rsp.error_comment()))
 }
@@ -816,6 +935,18 @@ fn inflate_data_set(f: &OutgoingFile) -> Result<Vec<u8>, String> {
         ));
     }
     Ok(out)
+}
+
+async fn send_command_on<L: StoreLink>(
+    link: &mut L,
+    pc_id: u8,
+    bytes: &[u8],
+) -> Result<(), String> {
+    let max = link.max_pdu();
+    for pdu in dimse::pdata_pdus(pc_id, PDataValueType::Command, bytes, max, true) {
+        link.send(&pdu).await?;
+    }
+    Ok(())
 }
 
 async fn send_command(assoc: &mut Association, pc_id: u8, bytes: &[u8]) -> Result<(), String> {

@@ -54,9 +54,19 @@ pub enum Frame<'a> {
 }
 
 /// Reads PDUs into one buffer that lives as long as the association.
+///
+/// Cancel-safe: [`PduReader::next`] keeps what it has read of a PDU in the reader, so a
+/// caller may drop the future (a timer fired, a Q/R operation ended) and call it again
+/// without losing bytes. The handler relies on it to wait for the socket and for its running
+/// operation at once.
 pub struct PduReader {
     buf: Vec<u8>,
     max_len: u32,
+    head: [u8; 6],
+    /// Bytes of `head` read so far.
+    head_filled: usize,
+    /// Bytes of the current PDU's body read so far.
+    body_filled: usize,
 }
 
 impl PduReader {
@@ -65,6 +75,9 @@ impl PduReader {
         PduReader {
             buf: Vec::new(),
             max_len,
+            head: [0; 6],
+            head_filled: 0,
+            body_filled: 0,
         }
     }
 
@@ -73,8 +86,14 @@ impl PduReader {
         &mut self,
         stream: &mut R,
     ) -> Result<Frame<'_>, WireError> {
-        let mut head = [0u8; 6];
-        stream.read_exact(&mut head).await?;
+        while self.head_filled < 6 {
+            let n = stream.read(&mut self.head[self.head_filled..]).await?;
+            if n == 0 {
+                return Err(WireError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            self.head_filled += n;
+        }
+        let head = self.head;
         let kind = head[0];
         let len = u32::from_be_bytes([head[2], head[3], head[4], head[5]]);
         // Release and abort PDUs are 4 bytes long; a P-DATA-TF is bounded by what we announced.
@@ -84,14 +103,22 @@ impl PduReader {
             1024
         };
         if len > max {
+            self.head_filled = 0;
             return Err(WireError::TooLong { len, max });
         }
         let len = len as usize;
         if self.buf.len() < len {
             self.buf.resize(len, 0);
         }
-        let body = &mut self.buf[..len];
-        stream.read_exact(body).await?;
+        while self.body_filled < len {
+            let n = stream.read(&mut self.buf[self.body_filled..len]).await?;
+            if n == 0 {
+                return Err(WireError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            self.body_filled += n;
+        }
+        self.head_filled = 0;
+        self.body_filled = 0;
         Ok(match kind {
             P_DATA_TF => Frame::PData(Pdvs {
                 rest: &self.buf[..len],
