@@ -579,7 +579,13 @@ impl Operation {
             ),
             Ok(()) => (status::SUCCESS, None),
         };
-        let identifier = if tally.failed_uids.is_empty() || code == status::SUCCESS {
+        // The Failed SOP Instance UID List goes with a warning or a cancel, where some
+        // instances did arrive. With 0xA702 every one failed (the counts say so), and DCMTK's
+        // getscu stops reading at a refusal's command, so an identifier would reach it as an
+        // unexpected P-DATA during its release.
+        let identifier = if tally.failed_uids.is_empty()
+            || !(code == status::SUB_OPERATIONS_FAILED || code == status::CANCEL)
+        {
             None
         } else {
             failed_list(&tally.failed_uids, &self.request.transfer_syntax)

@@ -849,6 +849,34 @@ impl Handler {
                 return Err(self.abort().await);
             }
         };
+        if cmd.command_field() == Ok(field::C_STORE_RSP) {
+            // A C-GET sub-operation's answer (it carries no Message ID of its own).
+            match &self.op {
+                Some(op) if !op.task.is_finished() => {
+                    if op.store_rsp.try_send(cmd).is_err() {
+                        warn!("C-STORE-RSP the running operation does not wait for; ignored");
+                    }
+                }
+                _ => warn!("C-STORE-RSP without a C-GET in progress; ignored"),
+            }
+            return Ok(None);
+        }
+        if cmd.command_field() == Ok(field::C_CANCEL_RQ) {
+            // It has no Message ID of its own, only the one of the request it cancels.
+            // PS3.7 9.3.2.3 asks for no response; the cancelled operation answers 0xFE00.
+            let target = cmd.message_id_responded_to().ok();
+            match &self.op {
+                Some(op) if Some(op.message_id) == target && !op.task.is_finished() => {
+                    debug!(message_id = op.message_id, "C-CANCEL-RQ");
+                    let _ = op.cancel.send(true);
+                }
+                _ => debug!(
+                    message_id = ?target,
+                    "C-CANCEL-RQ for no running operation ignored"
+                ),
+            }
+            return Ok(None);
+        }
         let (Ok(field), Ok(message_id)) = (cmd.command_field(), cmd.message_id()) else {
             warn!("command set without Command Field or Message ID; aborting");
             return Err(self.abort().await);
@@ -943,33 +971,6 @@ impl Handler {
                     .await?;
                     Ok(None)
                 }
-            }
-            field::C_CANCEL_RQ => {
-                // PS3.7 9.3.2.3 asks for no response to a C-CANCEL-RQ; the operation it
-                // cancels answers 0xFE00.
-                let target = cmd.message_id_responded_to().ok();
-                match &self.op {
-                    Some(op) if Some(op.message_id) == target && !op.task.is_finished() => {
-                        debug!(message_id = op.message_id, "C-CANCEL-RQ");
-                        let _ = op.cancel.send(true);
-                    }
-                    _ => debug!(
-                        message_id = ?target,
-                        "C-CANCEL-RQ for no running operation ignored"
-                    ),
-                }
-                Ok(None)
-            }
-            field::C_STORE_RSP => {
-                match &self.op {
-                    Some(op) if !op.task.is_finished() => {
-                        if op.store_rsp.try_send(cmd).is_err() {
-                            warn!("C-STORE-RSP the running operation does not wait for; ignored");
-                        }
-                    }
-                    _ => warn!("C-STORE-RSP without a C-GET in progress; ignored"),
-                }
-                Ok(None)
             }
             other if other & 0x8000 != 0 => {
                 warn!(

@@ -134,7 +134,7 @@ impl Orthanc {
     }
 
     /// `POST path` with `data` (curl `--data-binary` syntax, e.g. `@file`), asserting 200.
-    fn post_json(&self, path: &str, data: &str, timeout_s: u32) -> Value {
+    pub fn post_json(&self, path: &str, data: &str, timeout_s: u32) -> Value {
         let t = timeout_s.to_string();
         let (code, body) = self.curl(&[
             "--max-time",
