@@ -294,7 +294,7 @@ fn findscu_at_every_level_with_wildcards_ranges_and_uid_lists() {
     );
     assert_eq!(
         f.values(tags::STUDY_INSTANCE_UID),
-        [mr.clone()],
+        [mr.as_str()],
         "{}",
         f.text
     );
@@ -314,7 +314,7 @@ fn findscu_at_every_level_with_wildcards_ranges_and_uid_lists() {
     );
     assert_eq!(
         f.values(tags::STUDY_INSTANCE_UID),
-        [ct.clone()],
+        [ct.as_str()],
         "{}",
         f.text
     );
@@ -333,7 +333,7 @@ fn findscu_at_every_level_with_wildcards_ranges_and_uid_lists() {
     );
     assert_eq!(
         f.values(tags::STUDY_INSTANCE_UID),
-        [ct.clone()],
+        [ct.as_str()],
         "{}",
         f.text
     );
@@ -351,7 +351,7 @@ fn findscu_at_every_level_with_wildcards_ranges_and_uid_lists() {
     );
     assert_eq!(
         f.values(tags::STUDY_INSTANCE_UID),
-        [mr.clone()],
+        [mr.as_str()],
         "{}",
         f.text
     );
