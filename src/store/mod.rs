@@ -14,9 +14,9 @@
 //! of instances that finish together (`group.rs`). This module does not decode pixels and
 //! knows nothing about the network.
 
+pub mod charset;
 mod group;
 pub mod header;
-pub mod index;
 pub mod uid;
 
 use std::fs::{self, File};
@@ -28,8 +28,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tracing::{debug, info, warn};
 
 use crate::config::{NodeConfig, OnConflict};
+/// The index under the names the store used before [`crate::db`] owned it.
+pub use crate::db::{Db as Index, DbError as IndexError, InstanceRow, NewRow};
 use header::{Encoding, Header, HeaderError};
-pub use index::{Index, IndexError, InstanceRow, NewRow};
 
 /// Our Implementation Class UID (a fixed UUID-derived UID under 2.25).
 pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.208962186301944432614089305626476003171";
@@ -225,7 +226,7 @@ impl Store {
                     else {
                         continue;
                     };
-                    if self.index.get(uid)?.is_some() {
+                    if self.index.has_instance(uid)? {
                         continue;
                     }
                     match read_part10_header(&path) {
@@ -475,13 +476,7 @@ impl Store {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e.into()),
             }
-            self.index.with(|c| {
-                c.execute(
-                    "DELETE FROM instances WHERE sop_instance_uid = ?1",
-                    [sop_instance_uid],
-                )
-                .map(|_| ())
-            })?;
+            self.index.delete_instance(sop_instance_uid)?;
         }
         Ok(())
     }
