@@ -53,11 +53,18 @@ fn decode_with(set: Option<&SpecificCharacterSet>, raw: &[u8]) -> String {
         // The common case, and every set agrees on it.
         return String::from_utf8_lossy(raw).into_owned();
     }
+    decode_always(set, raw)
+}
+
+/// Decodes with the set's codec even when the bytes are ASCII (ISO-2022-JP's are).
+/// dicom-encoding marks bytes a set cannot decode as `\ooo` escapes; UTF-8 and the default
+/// repertoire use U+FFFD instead.
+fn decode_always(set: Option<&SpecificCharacterSet>, raw: &[u8]) -> String {
     match set {
-        Some(set) => set
+        Some(set) if *set != SpecificCharacterSet::ISO_IR_192 => set
             .decode(raw)
             .unwrap_or_else(|_| String::from_utf8_lossy(raw).into_owned()),
-        None => String::from_utf8_lossy(raw).into_owned(),
+        _ => String::from_utf8_lossy(raw).into_owned(),
     }
 }
 
@@ -110,7 +117,7 @@ fn decode_iso2022(raw: &[u8], initial: Option<&SpecificCharacterSet>) -> String 
             if pass_escape {
                 let mut with = escape.to_vec();
                 with.extend_from_slice(run);
-                out.push_str(&decode_with(set.as_ref(), &with));
+                out.push_str(&decode_always(set.as_ref(), &with));
             } else {
                 out.push_str(&decode_with(set.as_ref(), run));
             }
