@@ -379,7 +379,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 "name an outbox id or use --all-failed"
             );
             let (cfg, index) = open_index(config, storage)?;
-            let n = crate::route::outbox::retry(&index, id, cfg.delivery.deadline_seconds)?;
+            let n = index.retry_deliveries(id, cfg.delivery.deadline_seconds)?;
             println!("{n} deliveries queued again");
             Ok(if n > 0 || all_failed {
                 ExitCode::SUCCESS
@@ -1039,7 +1039,7 @@ fn open_index(
         "no index at {} (node.storage)",
         path.display()
     );
-    let index = crate::store::Index::open(&path)?;
+    let index = crate::store::Index::open_existing(&path)?;
     Ok((cfg, index))
 }
 
@@ -1056,7 +1056,7 @@ fn print_jobs(_cfg: &Config, index: &crate::store::Index, limit: usize) -> Resul
         "{:>5}  {:<8} {:<22} {:>7}  {:<20}  series / result or error",
         "id", "state", "started", "seconds", "rule"
     );
-    for j in crate::series::jobs::list(index, limit)? {
+    for j in index.list_jobs(limit)? {
         let secs = match (j.started_at, j.finished_at) {
             (Some(s), Some(f)) => format!("{:.1}", f - s),
             _ => "-".into(),
@@ -1078,9 +1078,9 @@ fn print_jobs(_cfg: &Config, index: &crate::store::Index, limit: usize) -> Resul
         "{:>5}  {:<8} {:>8}  {:<16} {:<22} last error",
         "id", "state", "attempts", "destination", "sent"
     );
-    for o in crate::route::outbox::list(index, limit)? {
+    for o in index.list_deliveries(limit)? {
         // An open unconfirmed attempt: the destination may hold it; it is verified first.
-        let unconfirmed = if o.unconfirmed > 0 && o.state != "sent" {
+        let unconfirmed = if o.unconfirmed > 0 && o.state != crate::db::DeliveryState::Sent {
             format!("[{} unconfirmed] ", o.unconfirmed)
         } else {
             String::new()

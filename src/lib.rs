@@ -4,7 +4,8 @@
 //! The modules follow the data:
 //!
 //! - [`net`]: associations and DIMSE (C-ECHO, C-STORE as SCP and SCU).
-//! - [`store`]: durable files (temp file, fsync, rename) and the SQLite index.
+//! - [`store`]: durable files (temp file, fsync, rename).
+//! - [`db`]: the SQLite index: every table and statement, the versioned schema.
 //! - [`series`]: series completion, the job table and the worker pool.
 //! - [`volume`]: pixel decoding, slice geometry and assembly into a volume in patient mm.
 //! - [`onnx`]: ONNX Runtime for the model pipelines (library loading, device, session cache).
@@ -23,6 +24,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod db;
 pub mod encap;
 pub mod mesh;
 pub mod net;

@@ -300,7 +300,10 @@ fn plant(dir: &Path, ids: &Ids, file: &[u8], old_jobs_table: bool) {
     index
         .with(|c| {
             c.execute(
-                "INSERT INTO instances VALUES (?1, ?2, ?3, ?4, 'MR', 1, ?5, ?6, ?7, 'OLD', 0)",
+                "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_instance_uid,
+                 series_instance_uid, modality, instance_number, transfer_syntax, path, size,
+                 calling_ae, received_at)
+                 VALUES (?1, ?2, ?3, ?4, 'MR', 1, ?5, ?6, ?7, 'OLD', 0)",
                 rusqlite::params![
                     ids.sop,
                     MR,
@@ -316,7 +319,7 @@ fn plant(dir: &Path, ids: &Ids, file: &[u8], old_jobs_table: bool) {
                 ],
             )?;
             c.execute(
-                "INSERT INTO series (series_instance_uid, study_instance_uid, calling_ae, rule, state, first_at, last_at)
+                "INSERT INTO series_work (series_instance_uid, study_instance_uid, calling_ae, rule, state, first_at, last_at)
                  VALUES (?1, ?2, 'OLD', 'mr', 'receiving', 0, 0)",
                 rusqlite::params![ids.series, ids.study],
             )

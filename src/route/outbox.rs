@@ -33,39 +33,23 @@
 //! rejects the association permanently, accepts no presentation context for the result's SOP
 //! class, or answers 0x0122 or 0xA9xx) fails the row at once: retrying unchanged cannot help.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rand::RngExt;
-use rusqlite::{OptionalExtension, params};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::db::{DueDelivery, now};
 use crate::net::scu::{self, AeAddress, InstanceKeys, OutgoingFile, ScuOptions, Verification};
-use crate::store::index::now;
 use crate::store::{Index, IndexError, Store};
 
 /// The timeout of an attempt grows to at most this many times `delivery.timeout_seconds`
 /// (doubling per unconfirmed attempt): 30 s grows to 8 minutes, enough for any archive that
 /// works at all, while a dead one is still detected within minutes.
 pub const MAX_TIMEOUT_FACTOR: u32 = 16;
-
-/// Unconfirmed attempts per row (see the module documentation); a row is here from the moment
-/// its last fragment may have reached the destination until the destination's answer (a
-/// status, or a C-FIND that finds the instance) is recorded.
-const UNCONFIRMED_SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS outbox_unconfirmed (
-    outbox_id   INTEGER PRIMARY KEY,
-    attempts    INTEGER NOT NULL,
-    started_at  REAL NOT NULL
-);";
-
-/// Creates the outbox's own table (idempotent).
-pub fn ensure_schema(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(UNCONFIRMED_SCHEMA)
-}
 
 /// The timeout of an attempt after `unconfirmed` unconfirmed ones.
 fn timeout_after(base_seconds: u64, unconfirmed: i64) -> f64 {
@@ -75,103 +59,6 @@ fn timeout_after(base_seconds: u64, unconfirmed: i64) -> f64 {
     base_seconds.max(1) as f64 * factor
 }
 
-/// One outbox row, for listings.
-#[derive(Debug, Clone)]
-pub struct OutboxRow {
-    /// Row id (for `m3dnode retry ID`).
-    pub id: i64,
-    /// The job that made the result.
-    pub job_id: Option<i64>,
-    /// The result instance.
-    pub sop_instance_uid: String,
-    /// Destination AE title.
-    pub destination: String,
-    /// Destination address.
-    pub address: String,
-    /// `pending`, `sent` or `failed`.
-    pub state: String,
-    /// Attempts so far.
-    pub attempts: i64,
-    /// Last failure.
-    pub last_error: Option<String>,
-    /// When the destination confirmed it (Unix seconds).
-    pub sent_at: Option<f64>,
-    /// Attempts whose outcome the destination never confirmed, still open.
-    pub unconfirmed: i64,
-}
-
-/// Adds a delivery per destination for a stored result; an existing row for the same
-/// (instance, destination) is kept, so this is safe to repeat.
-pub fn enqueue(
-    conn: &rusqlite::Connection,
-    job_id: i64,
-    sop_instance_uid: &str,
-    rel_path: &str,
-    destinations: &[(String, String)],
-    deadline_seconds: f64,
-) -> rusqlite::Result<()> {
-    let t = now();
-    for (ae, address) in destinations {
-        conn.execute(
-            "INSERT INTO outbox (job_id, sop_instance_uid, path, destination, address, state,
-             next_attempt_at, deadline_at, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7, ?6)
-             ON CONFLICT (sop_instance_uid, destination) DO NOTHING",
-            params![
-                job_id,
-                sop_instance_uid,
-                rel_path,
-                ae,
-                address,
-                t,
-                t + deadline_seconds
-            ],
-        )?;
-    }
-    Ok(())
-}
-
-/// The most recent rows, newest first.
-pub fn list(index: &Index, limit: usize) -> Result<Vec<OutboxRow>, IndexError> {
-    index.with(|c| {
-        ensure_schema(c)?;
-        c.prepare(
-            "SELECT id, job_id, sop_instance_uid, destination, address, state, o.attempts, last_error, sent_at,
-                    COALESCE(u.attempts, 0)
-             FROM outbox o LEFT JOIN outbox_unconfirmed u ON u.outbox_id = o.id
-             ORDER BY id DESC LIMIT ?1",
-        )?
-        .query_map([limit as i64], |r| {
-            Ok(OutboxRow {
-                id: r.get(0)?,
-                job_id: r.get(1)?,
-                sop_instance_uid: r.get(2)?,
-                destination: r.get(3)?,
-                address: r.get(4)?,
-                state: r.get(5)?,
-                attempts: r.get(6)?,
-                last_error: r.get(7)?,
-                sent_at: r.get(8)?,
-                unconfirmed: r.get(9)?,
-            })
-        })?
-        .collect()
-    })
-}
-
-/// Puts failed rows (one, or all with `None`) back to pending with a fresh deadline; returns
-/// how many. The running node picks them up within a second.
-pub fn retry(index: &Index, id: Option<i64>, deadline_seconds: f64) -> Result<usize, IndexError> {
-    let t = now();
-    index.with(|c| {
-        c.execute(
-            "UPDATE outbox SET state = 'pending', next_attempt_at = ?1, deadline_at = ?2
-             WHERE state = 'failed' AND (?3 IS NULL OR id = ?3)",
-            params![t, t + deadline_seconds, id],
-        )
-    })
-}
-
 /// The delivery task.
 pub struct Delivery {
     config: Arc<Config>,
@@ -179,12 +66,7 @@ pub struct Delivery {
     notify: Arc<Notify>,
 }
 
-struct Due {
-    id: i64,
-    path: String,
-    attempts: i64,
-    deadline_at: f64,
-}
+type Due = DueDelivery;
 
 impl Delivery {
     /// A delivery task for the node; `notify` wakes it when new rows are written.
@@ -199,9 +81,6 @@ impl Delivery {
     /// Works through the outbox until `shutdown` completes.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        if let Err(e) = self.store.index().with(ensure_schema) {
-            warn!(error = %e, "outbox: cannot create its table; unconfirmed deliveries cannot be tracked");
-        }
         loop {
             let wait = match self.deliver_due().await {
                 Ok(next) => next,
@@ -221,39 +100,18 @@ impl Delivery {
     /// Sends every due row, one association per destination; returns how long to sleep.
     async fn deliver_due(&self) -> Result<Duration, IndexError> {
         let t = now();
-        let due: Vec<(String, String, Due)> = self.store.index().with(|c| {
-            c.prepare(
-                "SELECT destination, address, id, path, attempts, deadline_at FROM outbox
-                 WHERE state = 'pending' AND next_attempt_at <= ?1 ORDER BY id",
-            )?
-            .query_map([t], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    Due {
-                        id: r.get(2)?,
-                        path: r.get(3)?,
-                        attempts: r.get(4)?,
-                        deadline_at: r.get(5)?,
-                    },
-                ))
-            })?
-            .collect()
-        })?;
+        let due = self.store.index().due_deliveries(t)?;
         let mut by_destination: BTreeMap<(String, String), Vec<Due>> = BTreeMap::new();
-        for (ae, address, d) in due {
-            by_destination.entry((ae, address)).or_default().push(d);
+        for d in due {
+            by_destination
+                .entry((d.destination.clone(), d.address.clone()))
+                .or_default()
+                .push(d);
         }
         for ((ae, address), rows) in by_destination {
             self.send_to(&ae, &address, rows).await?;
         }
-        let next: Option<f64> = self.store.index().with(|c| {
-            c.query_row(
-                "SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending'",
-                [],
-                |r| r.get(0),
-            )
-        })?;
+        let next = self.store.index().next_delivery_at()?;
         // Poll at least every second: `m3dnode retry` writes from another process.
         let wait = next.map(|n| (n - now()).clamp(0.0, 1.0)).unwrap_or(1.0);
         Ok(Duration::from_secs_f64(wait))
@@ -266,7 +124,7 @@ impl Delivery {
         };
         let base = self.config.delivery.timeout_seconds;
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        let unconfirmed = self.unconfirmed(&ids)?;
+        let unconfirmed = self.store.index().unconfirmed_attempts(&ids)?;
         let most = rows
             .iter()
             .filter_map(|r| unconfirmed.get(&r.id))
@@ -370,50 +228,17 @@ impl Delivery {
         Ok(())
     }
 
-    /// Open unconfirmed attempts of these rows.
-    fn unconfirmed(&self, ids: &[i64]) -> Result<HashMap<i64, i64>, IndexError> {
-        self.store.index().with(|c| {
-            let mut stmt =
-                c.prepare_cached("SELECT attempts FROM outbox_unconfirmed WHERE outbox_id = ?1")?;
-            let mut out = HashMap::new();
-            for id in ids {
-                if let Some(n) = stmt.query_row([id], |r| r.get::<_, i64>(0)).optional()? {
-                    out.insert(*id, n);
-                }
-            }
-            Ok(out)
-        })
-    }
-
     fn unconfirmed_since(&self, id: i64) -> Result<Option<(i64, f64)>, IndexError> {
-        self.store.index().with(|c| {
-            c.query_row(
-                "SELECT attempts, started_at FROM outbox_unconfirmed WHERE outbox_id = ?1",
-                [id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-        })
+        self.store.index().unconfirmed_since(id)
     }
 
     fn clear_unconfirmed(&self, id: i64) -> Result<(), IndexError> {
-        self.store.index().with(|c| {
-            c.execute("DELETE FROM outbox_unconfirmed WHERE outbox_id = ?1", [id])
-                .map(|_| ())
-        })
+        self.store.index().clear_unconfirmed(id)
     }
 
     /// The destination holds the instance: the row is `sent`.
     fn confirmed(&self, id: i64) -> Result<(), IndexError> {
-        self.store.index().with(|c| {
-            let tx = c.unchecked_transaction()?;
-            tx.execute(
-                "UPDATE outbox SET state = 'sent', sent_at = ?1, attempts = attempts + 1, last_error = NULL WHERE id = ?2",
-                params![now(), id],
-            )?;
-            tx.execute("DELETE FROM outbox_unconfirmed WHERE outbox_id = ?1", [id])?;
-            tx.commit()
-        })
+        self.store.index().mark_sent(id)
     }
 
     /// A permanent refusal: the row is `failed` at once (until `m3dnode retry`).
@@ -425,13 +250,9 @@ impl Delivery {
             error = why,
             "delivery refused for good by the destination; not retried (fix the destination's configuration, then `m3dnode retry`)"
         );
-        self.store.index().with(|c| {
-            c.execute(
-                "UPDATE outbox SET state = 'failed', attempts = attempts + 1, last_error = ?1 WHERE id = ?2",
-                params![why, row.id],
-            )
-        })?;
-        Ok(())
+        self.store
+            .index()
+            .mark_failed(row.id, row.attempts + 1, why)
     }
 
     /// Records a failed attempt: schedules the next one, or gives up past the deadline.
@@ -459,12 +280,7 @@ impl Delivery {
                 error = why,
                 "delivery failed for good: deadline passed (retry with `m3dnode retry`)"
             );
-            self.store.index().with(|c| {
-                c.execute(
-                    "UPDATE outbox SET state = 'failed', attempts = ?1, last_error = ?2 WHERE id = ?3",
-                    params![attempts, why, row.id],
-                )
-            })?;
+            self.store.index().mark_failed(row.id, attempts, why)?;
         } else {
             warn!(
                 destination = ae,
@@ -474,12 +290,9 @@ impl Delivery {
                 error = why,
                 "delivery failed; will retry"
             );
-            self.store.index().with(|c| {
-                c.execute(
-                    "UPDATE outbox SET attempts = ?1, last_error = ?2, next_attempt_at = ?3 WHERE id = ?4",
-                    params![attempts, why, t + delay, row.id],
-                )
-            })?;
+            self.store
+                .index()
+                .reschedule_delivery(row.id, attempts, why, t + delay)?;
         }
         Ok(())
     }
@@ -489,25 +302,7 @@ impl Delivery {
 /// the last fragment of its data set is sent. Also holds the row back (should the process die
 /// now) until the destination has had the next, doubled timeout to finish.
 fn mark_unconfirmed(index: &Index, id: i64, base_timeout: u64) -> Result<(), IndexError> {
-    let t = now();
-    index.with(|c| {
-        let tx = c.unchecked_transaction()?;
-        tx.execute(
-            "INSERT INTO outbox_unconfirmed (outbox_id, attempts, started_at) VALUES (?1, 1, ?2)
-             ON CONFLICT (outbox_id) DO UPDATE SET attempts = attempts + 1, started_at = ?2",
-            params![id, t],
-        )?;
-        let k: i64 = tx.query_row(
-            "SELECT attempts FROM outbox_unconfirmed WHERE outbox_id = ?1",
-            [id],
-            |r| r.get(0),
-        )?;
-        tx.execute(
-            "UPDATE outbox SET next_attempt_at = ?1 WHERE id = ?2",
-            params![t + timeout_after(base_timeout, k), id],
-        )?;
-        tx.commit()
-    })
+    index.mark_unconfirmed(id, |k| timeout_after(base_timeout, k))
 }
 
 #[cfg(test)]

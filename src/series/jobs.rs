@@ -1,5 +1,5 @@
-//! Reconstruction jobs: the `jobs` table (queued -> running -> done | failed) and the bounded
-//! pool of worker threads that run them.
+//! Reconstruction jobs (the `jobs` table of [`crate::db`], queued -> running -> done | failed)
+//! and the bounded pool of worker threads that run them.
 //!
 //! Workers are OS threads, not async tasks: a reconstruction is seconds of CPU and must not
 //! starve the associations on the runtime. A job's result UIDs are fixed when it is queued,
@@ -18,16 +18,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OptionalExtension, params};
 use tracing::{error, info, info_span, warn};
 
 use crate::config::Config;
+use crate::db::{JobRow, NewDeliveries};
 use crate::recon::multiview::MultiviewOptions;
 use crate::recon::mvdiffusion::Pipeline;
-use crate::route::{Rule, outbox};
-use crate::store::index::now;
-use crate::store::uid::new_uid;
-use crate::store::{Index, IndexError, Store};
+use crate::route::Rule;
+use crate::store::{IndexError, Store};
 
 /// Starts of one job (each counted before it runs) after which a crash at start-up fails it.
 pub const MAX_ATTEMPTS: i64 = 3;
@@ -51,20 +49,6 @@ pub enum SpawnError {
     /// The workers' rayon pool could not be built.
     #[error("starting the job workers' thread pool: {0}")]
     Pool(#[from] rayon::ThreadPoolBuildError),
-    /// The jobs table could not be migrated.
-    #[error("preparing the jobs table: {0}")]
-    Index(#[from] IndexError),
-}
-
-/// Adds the `attempts` column to a jobs table made by an older release (in place).
-fn ensure_attempts_column(c: &Connection) -> rusqlite::Result<()> {
-    let present = c
-        .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'attempts'")?
-        .exists([])?;
-    if !present {
-        c.execute_batch("ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")?;
-    }
-    Ok(())
 }
 
 /// Wakes idle workers when a job is queued.
@@ -107,125 +91,20 @@ impl JobQueue {
     }
 }
 
-/// One row of the job list.
-#[derive(Debug, Clone)]
-pub struct JobRow {
-    /// Job id.
-    pub id: i64,
-    /// Source series.
-    pub series_instance_uid: String,
-    /// Rule that routed it.
-    pub rule: String,
-    /// queued, running, done or failed.
-    pub state: String,
-    /// Result version (Instance Number).
-    pub version: i64,
-    /// Result SOP Instance UID.
-    pub result_sop_instance_uid: String,
-    /// Times (Unix seconds).
-    pub created_at: f64,
-    /// Start of the last run.
-    pub started_at: Option<f64>,
-    /// End of the last run.
-    pub finished_at: Option<f64>,
-    /// Why it failed.
-    pub error: Option<String>,
-    /// Mesh summary of a done job.
-    pub summary: Option<String>,
-}
-
-/// Columns of [`JobRow`], in [`job_row`]'s order.
-const JOB_COLUMNS: &str = "id, series_instance_uid, rule, state, version, result_sop_instance_uid, created_at, started_at, finished_at, error, summary";
-
-fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
-    Ok(JobRow {
-        id: r.get(0)?,
-        series_instance_uid: r.get(1)?,
-        rule: r.get(2)?,
-        state: r.get(3)?,
-        version: r.get(4)?,
-        result_sop_instance_uid: r.get(5)?,
-        created_at: r.get(6)?,
-        started_at: r.get(7)?,
-        finished_at: r.get(8)?,
-        error: r.get(9)?,
-        summary: r.get(10)?,
-    })
-}
-
-/// Queues a job for a complete series (a new result version in the series' result series).
-pub fn queue_job(store: &Store, series_uid: &str, rule: &str) -> Result<i64, IndexError> {
-    store.index().with(|c| {
-        let tx = c.unchecked_transaction()?;
-        let (result_series, version): (Option<String>, i64) = tx.query_row(
-            "SELECT result_series_uid, result_version FROM series WHERE series_instance_uid = ?1",
-            [series_uid],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        let result_series = result_series.unwrap_or_else(new_uid);
-        let version = version + 1;
-        tx.execute(
-            "UPDATE series SET state = 'processed', result_series_uid = ?2, result_version = ?3 WHERE series_instance_uid = ?1",
-            params![series_uid, result_series, version],
-        )?;
-        tx.execute(
-            "INSERT INTO jobs (series_instance_uid, rule, state, version, result_series_uid, result_sop_instance_uid, created_at)
-             VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6)",
-            params![series_uid, rule, version, result_series, new_uid(), now()],
-        )?;
-        let id = tx.last_insert_rowid();
-        tx.commit()?;
-        Ok(id)
-    })
-}
-
 /// Jobs a crash or kill left running go back to the queue, unless they have been started
 /// [`MAX_ATTEMPTS`] times already: a job that crashes the node would otherwise crash it again
 /// at every start. Those are failed with the reason. Returns how many were re-queued.
 pub fn requeue_interrupted(store: &Store) -> Result<usize, IndexError> {
-    let (failed, requeued) = store.index().with(|c| {
-        ensure_attempts_column(c)?;
-        let tx = c.unchecked_transaction()?;
-        let failed: Vec<(i64, String, i64)> = tx
-            .prepare(
-                "UPDATE jobs SET state = 'failed', finished_at = ?1,
-                 error = 'the node stopped ' || attempts || ' times while running this job (crash or kill); not retried'
-                 WHERE state = 'running' AND attempts >= ?2
-                 RETURNING id, series_instance_uid, attempts",
-            )?
-            .query_map(params![now(), MAX_ATTEMPTS], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        let requeued = tx.execute(
-            "UPDATE jobs SET state = 'queued',
-             error = 'interrupted by a restart (start ' || attempts || ' of ' || ?1 || '); re-queued'
-             WHERE state = 'running'",
-            [MAX_ATTEMPTS],
-        )?;
-        tx.commit()?;
-        Ok((failed, requeued))
-    })?;
-    for (job_id, series_instance_uid, attempts) in failed {
+    let (failed, requeued) = store.index().requeue_interrupted_jobs(MAX_ATTEMPTS)?;
+    for f in failed {
         error!(
-            job_id,
-            %series_instance_uid,
-            attempts,
+            job_id = f.id,
+            series_instance_uid = %f.series_instance_uid,
+            attempts = f.attempts,
             "job failed: the node stopped every time it ran (crash or kill); not retried"
         );
     }
     Ok(requeued)
-}
-
-/// The most recent jobs, newest first.
-pub fn list(index: &Index, limit: usize) -> Result<Vec<JobRow>, IndexError> {
-    index.with(|c| {
-        c.prepare(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs ORDER BY id DESC LIMIT ?1"
-        ))?
-        .query_map([limit as i64], job_row)?
-        .collect()
-    })
 }
 
 /// What a worker needs.
@@ -273,7 +152,6 @@ impl Workers {
     /// stacks (jobs read headers and decode in parallel). A thread that cannot be started is
     /// an error: a node without its workers would queue jobs that never run.
     pub fn spawn(self: Arc<Self>) -> Result<Vec<std::thread::JoinHandle<()>>, SpawnError> {
-        self.store.index().with(ensure_attempts_column)?;
         let pool = rayon::ThreadPoolBuilder::new()
             .thread_name(|i| format!("job-pool-{i}"))
             .stack_size(WORKER_STACK)
@@ -313,18 +191,7 @@ impl Workers {
     /// Takes the oldest queued job, marks it running and counts the start (committed before
     /// the job runs, so that a crash during it is counted too).
     fn claim(&self) -> Result<Option<JobRow>, IndexError> {
-        self.store.index().with(|c| {
-            c.query_row(
-                &format!(
-                    "UPDATE jobs SET state = 'running', started_at = ?1, attempts = attempts + 1
-                     WHERE id = (SELECT id FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1)
-                     RETURNING {JOB_COLUMNS}"
-                ),
-                [now()],
-                job_row,
-            )
-            .optional()
-        })
+        self.store.index().claim_job()
     }
 
     fn run(&self, job: JobRow, pool: &rayon::ThreadPool) {
@@ -341,13 +208,7 @@ impl Workers {
             }
             Err(message) => {
                 error!(error = %message, "job failed");
-                let r = self.store.index().with(|c| {
-                    c.execute(
-                        "UPDATE jobs SET state = 'failed', finished_at = ?2, error = ?3 WHERE id = ?1",
-                        params![job.id, now(), message],
-                    )
-                });
-                if let Err(e) = r {
+                if let Err(e) = self.store.index().fail_job(job.id, &message) {
                     warn!(error = %e, "could not record the job failure");
                 }
             }
@@ -362,16 +223,9 @@ impl Workers {
             .find(|r| r.name == job.rule)
             .ok_or_else(|| format!("rule `{}` is no longer configured", job.rule))?;
         let index = self.store.index();
-        let (result_series, calling_ae): (String, String) = index
-            .with(|c| {
-                c.query_row(
-                    "SELECT j.result_series_uid, s.calling_ae FROM jobs j JOIN series s USING (series_instance_uid) WHERE j.id = ?1",
-                    [job.id],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-            })
-            .map_err(|e| e.to_string())?;
-        let destinations = rule.destinations_for(&calling_ae, &self.config)?;
+        let source = index.job_source(job.id).map_err(|e| e.to_string())?;
+        let result_series = source.result_series_uid;
+        let destinations = rule.destinations_for(&source.calling_ae, &self.config)?;
         let rows = index
             .series(&job.series_instance_uid)
             .map_err(|e| e.to_string())?;
@@ -435,16 +289,14 @@ impl Workers {
             m.volume_mm3,
             if m.watertight { "yes" } else { "no" }
         );
+        let deliveries = NewDeliveries {
+            sop_instance_uid: &job.result_sop_instance_uid,
+            path: &rel,
+            destinations: &destinations,
+            deadline_seconds: self.config.delivery.deadline_seconds,
+        };
         index
-            .with(|c| {
-                let tx = c.unchecked_transaction()?;
-                outbox::enqueue(&tx, job.id, &job.result_sop_instance_uid, &rel, &destinations, self.config.delivery.deadline_seconds)?;
-                tx.execute(
-                    "UPDATE jobs SET state = 'done', finished_at = ?2, error = NULL, summary = ?3 WHERE id = ?1",
-                    params![job.id, now(), summary],
-                )?;
-                tx.commit()
-            })
+            .finish_job(job.id, &summary, &deliveries)
             .map_err(|e| format!("recording the result failed: {e}"))?;
         self.delivery.notify_one();
         Ok(summary)

@@ -16,14 +16,13 @@ use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
-use rusqlite::{OptionalExtension, params};
 use tracing::{info, info_span, warn};
 
 use crate::config::{AbortedAssociations, Config, LateInstances};
+use crate::db::{NewSeriesWork, SeriesState, SeriesWork};
 use crate::net::scp::{AssociationEnd, StoreObserver};
 use crate::route::{self, Rule, SeriesFacts};
 use crate::store::header::Header;
-use crate::store::index::now;
 use crate::store::{IndexError, Store, Stored};
 use jobs::JobQueue;
 
@@ -150,11 +149,7 @@ fn is_reconstructable(h: &Header) -> bool {
 impl State {
     /// After a restart: series still receiving get a fresh quiet period.
     fn resume(&mut self) -> Result<(), IndexError> {
-        let rows: Vec<(String, String, Option<i64>)> = self.store.index().with(|c| {
-            c.prepare("SELECT series_instance_uid, rule, expected FROM series WHERE state = 'receiving' AND rule IS NOT NULL")?
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect()
-        })?;
+        let rows = self.store.index().receiving_series()?;
         for (uid, rule, expected) in rows {
             let Some(r) = self.rules.iter().find(|r| r.name == rule) else {
                 warn!(series_instance_uid = %uid, rule, "series was routed by a rule that no longer exists; not processed");
@@ -258,23 +253,22 @@ impl State {
             return Ok(());
         }
         // Known from an earlier run or an earlier association?
-        let known: Option<(Option<String>, String, Option<i64>)> =
-            self.store.index().with(|c| {
-                c.prepare_cached(
-                    "SELECT rule, state, expected FROM series WHERE series_instance_uid = ?1",
-                )?
-                .query_row([uid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .optional()
-            })?;
+        let known = self.store.index().series_work(uid)?;
         let (rule, processed, expected) = match known {
-            Some((None, ..)) => {
+            Some(SeriesWork { rule: None, .. }) => {
                 // Unrouted, and already logged as such.
                 self.remember_unrouted(uid);
                 return Ok(());
             }
-            Some((Some(rule), state, expected)) => {
-                (rule, state == "processed", expected.map(|e| e as u64))
-            }
+            Some(SeriesWork {
+                rule: Some(rule),
+                state,
+                expected,
+            }) => (
+                rule,
+                state == SeriesState::Processed,
+                expected.map(|e| e as u64),
+            ),
             None => {
                 let facts = SeriesFacts::from_header(h, calling_ae, called_ae);
                 let rule = if is_reconstructable(h) {
@@ -282,21 +276,15 @@ impl State {
                 } else {
                     None
                 };
-                let t = now();
-                self.store.index().with(|c| {
-                    c.execute(
-                        "INSERT INTO series (series_instance_uid, study_instance_uid, calling_ae, rule, state, expected, first_at, last_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
-                        params![
-                            uid,
-                            h.study_instance_uid,
-                            calling_ae,
-                            rule.map(|r| r.name.clone()),
-                            if rule.is_some() { "receiving" } else { "unrouted" },
-                            rule.and_then(|r| r.expected_instances()).map(i64::from).or(h.images_in_acquisition),
-                            t
-                        ],
-                    )
+                self.store.index().add_series_work(&NewSeriesWork {
+                    series_instance_uid: uid,
+                    study_instance_uid: &h.study_instance_uid,
+                    calling_ae,
+                    rule: rule.map(|r| r.name.as_str()),
+                    expected: rule
+                        .and_then(|r| r.expected_instances())
+                        .map(i64::from)
+                        .or(h.images_in_acquisition),
                 })?;
                 let Some(rule) = rule else {
                     info!(series_instance_uid = %uid, modality = h.modality.as_deref().unwrap_or(""), calling_ae, "series matches no rule: stored, not processed");
@@ -354,12 +342,7 @@ impl State {
                 live.count = live.count.saturating_sub(1);
                 if live.count == 0 && !live.processed {
                     self.live.remove(series_uid);
-                    let _ = self.store.index().with(|c| {
-                        c.execute(
-                            "DELETE FROM series WHERE series_instance_uid = ?1",
-                            [series_uid],
-                        )
-                    });
+                    let _ = self.store.index().forget_series_work(series_uid);
                 }
             }
         }
@@ -383,7 +366,7 @@ impl State {
             };
             let span = info_span!("series", series_instance_uid = %uid);
             let _g = span.enter();
-            match jobs::queue_job(&self.store, &uid, &live.rule) {
+            match self.store.index().queue_job(&uid, &live.rule) {
                 Ok(id) => {
                     info!(job_id = id, instances = live.count, rule = %live.rule, "series complete: job queued");
                     live.processed = true;
@@ -405,7 +388,7 @@ fn late_instance(
         LateInstances::Rebuild => {
             info!(series_instance_uid = %uid, "instance arrived after the series was processed: the result will be rebuilt (series.late_instances = rebuild)");
             live.processed = false;
-            store.index().with(|c| c.execute("UPDATE series SET state = 'receiving', last_at = ?2 WHERE series_instance_uid = ?1", params![uid, now()]))?;
+            store.index().reopen_series(uid)?;
         }
         LateInstances::Ignore => {
             if !live.late_logged {

@@ -25,7 +25,7 @@ use std::sync::{Mutex, MutexGuard};
 use tracing::{debug, warn};
 
 use super::StoreError;
-use super::index::{Index, NewRow};
+use super::{Index, NewRow};
 
 /// A checked instance whose temp file is complete, waiting to be made durable under `path`.
 pub(super) struct Pending {

@@ -17,6 +17,8 @@
 
 use std::io::{self, BufRead, BufReader, Read, Seek};
 
+use super::charset::Charset;
+
 /// Why a data set was not accepted; these end as status 0xC000 ("cannot understand").
 #[derive(Debug, thiserror::Error)]
 pub enum HeaderError {
@@ -123,6 +125,49 @@ pub struct Header {
     pub body_part_examined: Option<String>,
     /// (0020,1002), which scanners use to announce how many images a series will hold.
     pub images_in_acquisition: Option<i64>,
+    /// The attributes of the query index, decoded to UTF-8.
+    pub query: QueryAttrs,
+}
+
+/// What the query index holds of an instance besides its UIDs (docs/qr-contract.md): text
+/// decoded to UTF-8 by the instance's Specific Character Set, trailing padding removed, empty
+/// values `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct QueryAttrs {
+    /// (0008,0005), as received (its values joined by `\\`).
+    pub charset: Option<String>,
+    /// (0010,0020)
+    pub patient_id: Option<String>,
+    /// (0010,0021)
+    pub issuer: Option<String>,
+    /// (0010,0010)
+    pub patient_name: Option<String>,
+    /// (0010,0030)
+    pub birth_date: Option<String>,
+    /// (0010,0040)
+    pub sex: Option<String>,
+    /// (0008,0020)
+    pub study_date: Option<String>,
+    /// (0008,0030)
+    pub study_time: Option<String>,
+    /// (0008,0050)
+    pub accession: Option<String>,
+    /// (0020,0010)
+    pub study_id: Option<String>,
+    /// (0008,1030)
+    pub study_description: Option<String>,
+    /// (0008,0090)
+    pub referring: Option<String>,
+    /// (0020,0011)
+    pub series_number: Option<i64>,
+    /// (0008,0021)
+    pub series_date: Option<String>,
+    /// (0008,0031)
+    pub series_time: Option<String>,
+    /// (0042,0010)
+    pub document_title: Option<String>,
+    /// (0042,0012)
+    pub mime_type: Option<String>,
 }
 
 impl Header {
@@ -195,6 +240,12 @@ fn walk<R: Read + Seek>(reader: R, len: u64, enc: Encoding) -> Result<Header, He
 /// dicom-object, because files stored by older releases were not walked this thoroughly
 /// (deep defined-length nesting, deflate bombs). The 128-byte preamble is optional.
 pub fn check_part10(path: &std::path::Path) -> Result<(), HeaderError> {
+    scan_part10(path).map(drop)
+}
+
+/// [`check_part10`] that also returns what the walk read: the header (its required attributes
+/// not checked) and the transfer syntax. The query index's back-fill reads stored files with it.
+pub fn scan_part10(path: &std::path::Path) -> Result<(Header, String), HeaderError> {
     let mut file = std::fs::File::open(path)?;
     let size = file.metadata()?.len();
     let mut head = [0u8; 144];
@@ -226,12 +277,12 @@ pub fn check_part10(path: &std::path::Path) -> Result<(), HeaderError> {
         "the file meta information has no transfer syntax",
     ))?;
     let offset = start + 16 + u64::from(group_len);
-    walk(
+    let header = walk(
         file,
         size.saturating_sub(offset),
         Encoding::of_transfer_syntax(&ts),
-    )
-    .map(drop)
+    )?;
+    Ok((header, ts))
 }
 
 /// Transfer Syntax UID (0002,0010) from the meta group's elements (explicit VR little endian).
@@ -406,6 +457,9 @@ struct Walker<'a> {
     /// Deflated input: how many bytes beyond the declared image size it may inflate to.
     inflate_allowance: Option<u64>,
     image: ImageSize,
+    /// Values in the instance's character set, decoded once the walk has read (0008,0005)
+    /// (it precedes them all, tags ascend, but decoding at the end keeps `keep` simple).
+    text: Vec<(u32, Vec<u8>)>,
 }
 
 enum Element {
@@ -443,11 +497,32 @@ impl<'a> Walker<'a> {
             header: Header::default(),
             inflate_allowance: None,
             image: ImageSize::default(),
+            text: Vec::new(),
         }
     }
 
     fn run(mut self) -> Result<Header, HeaderError> {
         self.elements(Level::Top, self.enc.explicit, None)?;
+        let charset = Charset::new(self.header.query.charset.as_deref());
+        let h = &mut self.header;
+        for (tag, raw) in std::mem::take(&mut self.text) {
+            let text = charset.decode(&raw);
+            let value = (!text.is_empty()).then_some(text);
+            let q = &mut h.query;
+            match tag {
+                0x0008_0050 => q.accession = value,
+                0x0008_0090 => q.referring = value,
+                0x0008_1030 => q.study_description = value,
+                0x0008_103E => h.series_description = value,
+                0x0010_0010 => q.patient_name = value,
+                0x0010_0020 => q.patient_id = value,
+                0x0010_0021 => q.issuer = value,
+                0x0020_0010 => q.study_id = value,
+                0x0042_0010 => q.document_title = value,
+                0x0042_0012 => q.mime_type = value,
+                _ => {}
+            }
+        }
         Ok(self.header)
     }
 
@@ -762,7 +837,24 @@ impl<'a> Walker<'a> {
     fn wants(&self, tag: u32) -> bool {
         matches!(
             tag,
-            0x0028_0002
+            0x0008_0005
+                | 0x0008_0020
+                | 0x0008_0021
+                | 0x0008_0030
+                | 0x0008_0031
+                | 0x0008_0050
+                | 0x0008_0090
+                | 0x0008_1030
+                | 0x0010_0010
+                | 0x0010_0020
+                | 0x0010_0021
+                | 0x0010_0030
+                | 0x0010_0040
+                | 0x0020_0010
+                | 0x0020_0011
+                | 0x0042_0010
+                | 0x0042_0012
+                | 0x0028_0002
                 | 0x0028_0008
                 | 0x0028_0010
                 | 0x0028_0011
@@ -798,6 +890,12 @@ impl<'a> Walker<'a> {
                     .unwrap_or(0);
                 return;
             }
+            // Text in the instance's character set: decoded in `run`.
+            0x0008_0050 | 0x0008_0090 | 0x0008_1030 | 0x0008_103E | 0x0010_0010 | 0x0010_0020
+            | 0x0010_0021 | 0x0020_0010 | 0x0042_0010 | 0x0042_0012 => {
+                self.text.push((tag, raw.to_vec()));
+                return;
+            }
             _ => {}
         }
         let text = String::from_utf8_lossy(raw)
@@ -809,8 +907,15 @@ impl<'a> Walker<'a> {
         match tag {
             0x0008_0016 => h.sop_class_uid = text,
             0x0008_0018 => h.sop_instance_uid = text,
+            0x0008_0005 => h.query.charset = opt(text),
+            0x0008_0020 => h.query.study_date = opt(text),
+            0x0008_0021 => h.query.series_date = opt(text),
+            0x0008_0030 => h.query.study_time = opt(text),
+            0x0008_0031 => h.query.series_time = opt(text),
             0x0008_0060 => h.modality = opt(text),
-            0x0008_103E => h.series_description = opt(text),
+            0x0010_0030 => h.query.birth_date = opt(text),
+            0x0010_0040 => h.query.sex = opt(text),
+            0x0020_0011 => h.query.series_number = text.parse().ok(),
             0x0018_0015 => h.body_part_examined = opt(text),
             0x0020_000D => h.study_instance_uid = text,
             0x0020_000E => h.series_instance_uid = text,

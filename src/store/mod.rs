@@ -14,9 +14,9 @@
 //! of instances that finish together (`group.rs`). This module does not decode pixels and
 //! knows nothing about the network.
 
+pub mod charset;
 mod group;
 pub mod header;
-pub mod index;
 pub mod uid;
 
 use std::fs::{self, File};
@@ -28,8 +28,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tracing::{debug, info, warn};
 
 use crate::config::{NodeConfig, OnConflict};
+/// The index under the names the store used before [`crate::db`] owned it.
+pub use crate::db::{Db as Index, DbError as IndexError, InstanceRow, NewRow};
 use header::{Encoding, Header, HeaderError};
-pub use index::{Index, IndexError, InstanceRow, NewRow};
 
 /// Our Implementation Class UID (a fixed UUID-derived UID under 2.25).
 pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.208962186301944432614089305626476003171";
@@ -225,7 +226,7 @@ impl Store {
                     else {
                         continue;
                     };
-                    if self.index.get(uid)?.is_some() {
+                    if self.index.has_instance(uid)? {
                         continue;
                     }
                     match read_part10_header(&path) {
@@ -475,13 +476,7 @@ impl Store {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e.into()),
             }
-            self.index.with(|c| {
-                c.execute(
-                    "DELETE FROM instances WHERE sop_instance_uid = ?1",
-                    [sop_instance_uid],
-                )
-                .map(|_| ())
-            })?;
+            self.index.delete_instance(sop_instance_uid)?;
         }
         Ok(())
     }
@@ -1124,6 +1119,214 @@ mod tests {
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         let series = dir.path().join("1.2.3").join("1.2.3.4");
         assert_eq!(fs::read_dir(series).unwrap().count(), 80);
+    }
+
+    /// An instance with query attributes: `text` are (tag, VR, raw bytes) in the instance's
+    /// character set.
+    fn query_data_set(sop: &str, study: &str, series: &str, text: &[(Tag, VR, &[u8])]) -> Vec<u8> {
+        let mut obj = InMemDicomObject::new_empty();
+        let mut ui = |tag, v: &str| obj.put(DataElement::new(tag, VR::UI, PrimitiveValue::from(v)));
+        ui(tags::SOP_CLASS_UID, MR);
+        ui(tags::SOP_INSTANCE_UID, sop);
+        ui(tags::STUDY_INSTANCE_UID, study);
+        ui(tags::SERIES_INSTANCE_UID, series);
+        for (tag, vr, bytes) in text {
+            // ASCII as text (the encoder writes numbers held as bytes as decimal strings),
+            // other bytes raw, as the test's character set encodes them.
+            let value = match std::str::from_utf8(bytes) {
+                Ok(ascii) if bytes.is_ascii() => PrimitiveValue::from(ascii),
+                _ => {
+                    let mut v = bytes.to_vec();
+                    if v.len() % 2 == 1 {
+                        v.push(b' ');
+                    }
+                    PrimitiveValue::U8(v.into())
+                }
+            };
+            obj.put(DataElement::new(*tag, *vr, value));
+        }
+        let mut out = Vec::new();
+        obj.write_dataset_with_ts(
+            &mut out,
+            &dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased(),
+        )
+        .unwrap();
+        out
+    }
+
+    fn query_rows(store: &Store, sql: &str) -> Vec<String> {
+        store
+            .index()
+            .with(|c| c.prepare(sql)?.query_map([], |r| r.get(0))?.collect())
+            .unwrap()
+    }
+
+    #[test]
+    fn received_instances_write_their_patient_study_and_series_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let patient: &[(Tag, VR, &[u8])] = &[
+            (tags::SPECIFIC_CHARACTER_SET, VR::CS, b"ISO_IR 100"),
+            (tags::STUDY_DATE, VR::DA, b"20240131"),
+            (tags::STUDY_TIME, VR::TM, b"101500.25"),
+            (tags::ACCESSION_NUMBER, VR::SH, b"A7"),
+            (tags::MODALITY, VR::CS, b"MR"),
+            (tags::REFERRING_PHYSICIAN_NAME, VR::PN, b"Dr\xe9^Ana"),
+            (tags::STUDY_DESCRIPTION, VR::LO, b"T\xeate"),
+            (tags::SERIES_DESCRIPTION, VR::LO, b"t1 axial"),
+            (tags::PATIENT_NAME, VR::PN, b"M\xfcller^J\xfcrgen"),
+            (tags::PATIENT_ID, VR::LO, b"P1"),
+            (tags::ISSUER_OF_PATIENT_ID, VR::LO, b"HOSP"),
+            (tags::PATIENT_BIRTH_DATE, VR::DA, b"19700101"),
+            (tags::PATIENT_SEX, VR::CS, b"F"),
+            (tags::BODY_PART_EXAMINED, VR::CS, b"HEAD"),
+            (tags::STUDY_ID, VR::SH, b"S1"),
+            (tags::SERIES_NUMBER, VR::IS, b"4"),
+            (tags::FRAME_OF_REFERENCE_UID, VR::UI, b"1.2.9"),
+        ];
+        for i in 0..3 {
+            let sop = format!("1.2.3.4.{}", 30 + i);
+            receive(
+                &store,
+                &sop,
+                &query_data_set(&sop, "1.2.3", "1.2.3.4", patient),
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            query_rows(
+                &store,
+                "SELECT patient_id || '|' || issuer || '|' || name || '|' || birth_date || '|' || sex || '|' || charset FROM patients"
+            ),
+            ["P1|HOSP|Müller^Jürgen|19700101|F|ISO_IR 100"]
+        );
+        assert_eq!(
+            query_rows(
+                &store,
+                "SELECT study_date || '|' || study_time || '|' || accession || '|' || study_id || '|' || description || '|' || referring FROM studies"
+            ),
+            ["20240131|101500.25|A7|S1|Tête|Dré^Ana"]
+        );
+        assert_eq!(
+            query_rows(
+                &store,
+                "SELECT study_uid || '|' || modality || '|' || series_number || '|' || description || '|' || body_part || '|' || frame_of_reference_uid FROM series"
+            ),
+            ["1.2.3|MR|4|t1 axial|HEAD|1.2.9"]
+        );
+        // A later instance with other values updates the rows (its series description, and
+        // its study now belongs to another patient: the last writer wins).
+        let mut other: Vec<(Tag, VR, &[u8])> = patient.to_vec();
+        for (tag, _, v) in other.iter_mut() {
+            if *tag == tags::SERIES_DESCRIPTION {
+                *v = b"t1 axial fixed";
+            }
+            if *tag == tags::PATIENT_ID {
+                *v = b"P2";
+            }
+        }
+        receive(
+            &store,
+            "1.2.3.4.40",
+            &query_data_set("1.2.3.4.40", "1.2.3", "1.2.3.4", &other),
+        )
+        .unwrap();
+        assert_eq!(
+            query_rows(&store, "SELECT description FROM series"),
+            ["t1 axial fixed"]
+        );
+        assert_eq!(
+            query_rows(
+                &store,
+                "SELECT p.patient_id FROM studies s JOIN patients p ON p.pk = s.patient_pk"
+            ),
+            ["P2"]
+        );
+        assert_eq!(
+            query_rows(&store, "SELECT patient_id FROM patients ORDER BY 1"),
+            ["P1", "P2"]
+        );
+        // A series without any of the attributes: '' keys, NULL values.
+        receive(
+            &store,
+            "1.2.5.6.1",
+            &query_data_set("1.2.5.6.1", "1.2.5", "1.2.5.6", &[]),
+        )
+        .unwrap();
+        assert_eq!(
+            query_rows(
+                &store,
+                "SELECT '[' || patient_id || '][' || issuer || ']' || COALESCE(name, 'NULL') FROM patients WHERE patient_id = ''"
+            ),
+            ["[][]NULL"]
+        );
+        // Dropping every instance of a series removes its query rows.
+        store.delete_instance("1.2.5.6.1").unwrap();
+        assert_eq!(
+            query_rows(&store, "SELECT series_uid FROM series"),
+            ["1.2.3.4"]
+        );
+        assert_eq!(
+            query_rows(&store, "SELECT study_uid FROM studies"),
+            ["1.2.3"]
+        );
+        assert_eq!(
+            query_rows(&store, "SELECT patient_id FROM patients ORDER BY 1"),
+            ["P1", "P2"]
+        );
+    }
+
+    #[test]
+    fn a_result_stored_by_the_node_writes_its_rows_with_title_and_mime_type() {
+        use dicom_object::{FileMetaTableBuilder, mem::InMemDicomObject};
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let stl_class = "1.2.840.10008.5.1.4.1.1.104.3";
+        let mut obj = InMemDicomObject::new_empty();
+        let mut put =
+            |tag, vr, v: &str| obj.put(DataElement::new(tag, vr, PrimitiveValue::from(v)));
+        put(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192");
+        put(tags::SOP_CLASS_UID, VR::UI, stl_class);
+        put(tags::SOP_INSTANCE_UID, VR::UI, "1.2.3.9.1");
+        put(tags::MODALITY, VR::CS, "M3D");
+        put(tags::PATIENT_NAME, VR::PN, "Wang^XiaoDong=王^小東");
+        put(tags::PATIENT_ID, VR::LO, "P9");
+        put(tags::STUDY_INSTANCE_UID, VR::UI, "1.2.3");
+        put(tags::SERIES_INSTANCE_UID, VR::UI, "1.2.3.9");
+        put(tags::FRAME_OF_REFERENCE_UID, VR::UI, "1.2.9");
+        put(tags::DOCUMENT_TITLE, VR::ST, "Bone surface, iso 300 HU");
+        put(
+            tags::MIME_TYPE_OF_ENCAPSULATED_DOCUMENT,
+            VR::LO,
+            "model/stl",
+        );
+        let obj = obj
+            .with_meta(
+                FileMetaTableBuilder::new()
+                    .media_storage_sop_class_uid(stl_class)
+                    .media_storage_sop_instance_uid("1.2.3.9.1")
+                    .transfer_syntax("1.2.840.10008.1.2.1"),
+            )
+            .unwrap();
+        store.store_object(&obj, "M3DNODE").unwrap();
+        assert_eq!(
+            query_rows(
+                &store,
+                "SELECT document_title || '|' || mime_type FROM instances"
+            ),
+            ["Bone surface, iso 300 HU|model/stl"]
+        );
+        assert_eq!(
+            query_rows(
+                &store,
+                "SELECT modality || '|' || frame_of_reference_uid FROM series"
+            ),
+            ["M3D|1.2.9"]
+        );
+        assert_eq!(
+            query_rows(&store, "SELECT name FROM patients"),
+            ["Wang^XiaoDong=王^小東"]
+        );
     }
 
     #[test]

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# The index database's figures (issue 13): ingest with the query index against the release
+# before it, the index size per instance, and the migration of a large old storage.
+#
+#   bench/db.sh ingest OLD_BINARY [RUNS]          A/B C-STORE ingest, old vs this tree
+#   bench/db.sh migration OLD_BINARY [SERIES] [PER_SERIES]
+#                                                 old-schema storage of SERIES x PER_SERIES
+#                                                 64x64 instances (default 1000 x 100), then
+#                                                 the migration by `serve`, timed; a second
+#                                                 copy is killed (-9) mid-migration and restarted
+#
+# OLD_BINARY: `m3dnode` built from commit 3255488 (the last release without the query index):
+#   git worktree add /tmp/oldsrc 3255488
+#   (cd /tmp/oldsrc && CARGO_TARGET_DIR=/tmp/oldbuild cargo build --release)
+#   git worktree remove /tmp/oldsrc
+#
+# ingest: a 300-instance 512x512 16-bit MR series from ../shared/bench/make_series.py, sent by
+# DCMTK storescu (one association) to both binaries in turn, order rotated per run, by the
+# shared harness (../shared/bench/ingest.sh), durable and with `sync = false`. The harness
+# empties the output dirs between runs, index included (the node keeps writing its unlinked
+# index), so every run is a first arrival of the series' files for both binaries.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what=${1:?usage: bench/db.sh ingest|migration OLD_BINARY ...}
+old=${2:?usage: bench/db.sh ingest|migration OLD_BINARY ...}
+shared=${SHARED_BENCH:-../shared/bench}
+scratch=${SCRATCH:-${TMPDIR:-/tmp}/m3dnode-bench}
+mkdir -p "$scratch/tmp"
+py=${PYTHON:-$PWD/target/pyenv/bin/python}
+cargo build --release -q
+new=$PWD/target/release/m3dnode
+
+case $what in
+ingest)
+    runs=${3:-21}
+    series=$scratch/series/mr300
+    [ -d "$series" ] || "$py" "$shared/make_series.py" --modality MR --rows 512 --cols 512 --slices 300 "$series"
+    scp="serve --listen 127.0.0.1:{port} --storage {outdir} --ae-title {aet}"
+    env_d="env M3DNODE__NODE__MIN_FREE_MB=1 RUST_LOG=warn"
+    env_n="env M3DNODE__NODE__SYNC=false M3DNODE__NODE__MIN_FREE_MB=1 RUST_LOG=warn"
+    echo "# load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+    TMPDIR=$scratch/tmp PYTHON=$py "$shared/ingest.sh" -d "$series" -e -1 -n "$runs" \
+        "$env_n $old $scp" "$env_n $new $scp" "$env_d $old $scp" "$env_d $new $scp"
+    echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+    ;;
+migration)
+    nseries=${3:-1000}
+    per=${4:-100}
+    root=$scratch/migration
+    rm -rf "$root"
+    mkdir -p "$root"
+    # The old release makes its (empty) index; the storage is then filled in its layout with
+    # the rows that release writes, straight into its tables.
+    "$old" serve --listen 127.0.0.1:0 --storage "$root/v0" > "$root/out" 2> "$root/old.log" &
+    pid=$!
+    for _ in $(seq 100); do grep -q listening "$root/out" && break; sleep 0.1; done
+    kill -TERM $pid; wait $pid || true
+    "$py" - "$root/v0" "$nseries" "$per" "$PWD/testdata/files/pydicom/MR_small.dcm" <<'PY'
+import sys, sqlite3, time, pathlib, pydicom
+root, nseries, per, template = pathlib.Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+ds = pydicom.dcmread(template)
+# Fixed-width UIDs, patched per file as bytes: 100,000 pydicom writes would take minutes.
+def uid(kind, a, b): return f"1.2.826.0.1.3680043.10.1338.{kind}.{a:06d}.{b:06d}"
+ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = uid(1, 0, 0), uid(2, 0, 0), uid(3, 0, 0)
+ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+ds.SpecificCharacterSet = "ISO_IR 100"
+ds.PatientName = "Bench^Patient^000000"
+ds.PatientID = "PID000000"
+ds.StudyDate, ds.AccessionNumber, ds.StudyDescription = "20240101", "ACC000000", "bench study"
+ds.SeriesDescription, ds.SeriesNumber, ds.InstanceNumber = "bench series", 1, 1
+tmp = root / "template.dcm"
+ds.save_as(tmp, enforce_file_format=True)
+raw = tmp.read_bytes()
+tmp.unlink()
+db = sqlite3.connect(root / "index.sqlite")
+t0 = time.time()
+rows = []
+for s in range(nseries):
+    study, series = uid(1, s // 2, 0), uid(2, s, 0)   # two series per study
+    d = root / study / series
+    d.mkdir(parents=True, exist_ok=True)
+    base = (raw.replace(uid(1, 0, 0).encode(), study.encode())
+               .replace(uid(2, 0, 0).encode(), series.encode())
+               .replace(b"PID000000", f"PID{s // 4:06d}".encode())     # two studies per patient
+               .replace(b"Bench^Patient^000000", f"Bench^Patient^{s // 4:06d}".encode())
+               .replace(b"ACC000000", f"ACC{s // 2:06d}".encode()))
+    for i in range(per):
+        sop = uid(3, s, i)
+        (d / f"{sop}.dcm").write_bytes(base.replace(uid(3, 0, 0).encode(), sop.encode()))
+        rows.append((sop, ds.SOPClassUID, study, series, "MR", i + 1, ds.file_meta.TransferSyntaxUID,
+                     f"{study}/{series}/{sop}.dcm", len(base), "BENCH", time.time()))
+    if len(rows) >= 20000:
+        db.executemany("INSERT INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows); db.commit(); rows = []
+db.executemany("INSERT INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+db.commit()
+db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+db.close()
+print(f"# wrote {nseries * per} instances in {time.time() - t0:.1f} s")
+PY
+    sync
+    size() { stat -c %s "$1/index.sqlite"; }
+    n=$((nseries * per))
+    echo "# old-schema index: $(size "$root/v0") bytes, $(( $(size "$root/v0") / n )) bytes/instance"
+    cp -a "$root/v0" "$root/killed"
+    echo "# load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+    # The migration, timed from start to the listening line (the migration runs before it).
+    start=$(date +%s.%N)
+    "$new" serve --listen 127.0.0.1:0 --storage "$root/v0" > "$root/out" 2> "$root/new.log" &
+    pid=$!
+    until grep -q listening "$root/out"; do sleep 0.05; kill -0 $pid; done
+    end=$(date +%s.%N)
+    kill -TERM $pid; wait $pid || true
+    echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+    grep -E "back-filling|migrated" "$root/new.log" | sed 's/^/#   /'
+    printf "# migration of %d instances: %.1f s to listening\n" "$n" "$(echo "$end - $start" | bc)"
+    echo "# new-schema index after a clean stop: $(size "$root/v0") bytes, $(( $(size "$root/v0") / n )) bytes/instance"
+    sqlite3 "$root/v0/index.sqlite" "SELECT 'patients', COUNT(*) FROM patients UNION ALL SELECT 'studies', COUNT(*) FROM studies UNION ALL SELECT 'series', COUNT(*) FROM series UNION ALL SELECT 'user_version', user_version FROM pragma_user_version" | sed 's/^/#   /'
+    # Killed mid-migration, then restarted: it finishes where it stopped.
+    "$new" serve --listen 127.0.0.1:0 --storage "$root/killed" > "$root/out2" 2> "$root/killed.log" &
+    pid=$!
+    until grep -q "back-filling the query index done=" "$root/killed.log" 2>/dev/null; do sleep 0.2; kill -0 $pid; done
+    kill -9 $pid; wait $pid || true
+    echo "# killed (-9) after: $(grep 'back-filling the query index done=' "$root/killed.log" | tail -1 | sed 's/.*index //')"
+    start=$(date +%s.%N)
+    "$new" serve --listen 127.0.0.1:0 --storage "$root/killed" > "$root/out2" 2> "$root/killed2.log" &
+    pid=$!
+    until grep -q listening "$root/out2"; do sleep 0.05; kill -0 $pid; done
+    end=$(date +%s.%N)
+    kill -TERM $pid; wait $pid || true
+    grep -E "migrating|migrated" "$root/killed2.log" | sed 's/^/#   /'
+    printf "# restart finished in %.1f s\n" "$(echo "$end - $start" | bc)"
+    sqlite3 "$root/killed/index.sqlite" "SELECT 'patients', COUNT(*) FROM patients UNION ALL SELECT 'studies', COUNT(*) FROM studies UNION ALL SELECT 'series', COUNT(*) FROM series UNION ALL SELECT 'user_version', user_version FROM pragma_user_version" | sed 's/^/#   /'
+    ;;
+*) echo "unknown: $what" >&2; exit 2 ;;
+esac
