@@ -5,6 +5,8 @@
 //!
 //! - [`net`]: associations and DIMSE (C-ECHO, C-STORE as SCP and SCU).
 //! - [`store`]: durable files (temp file, fsync, rename) and the SQLite index.
+//! - [`query`]: Query/Retrieve matching (C-FIND identifiers against the query index, C-MOVE/C-GET
+//!   resolution).
 //! - [`series`]: series completion, the job table and the worker pool.
 //! - [`volume`]: pixel decoding, slice geometry and assembly into a volume in patient mm.
 //! - [`onnx`]: ONNX Runtime for the model pipelines (library loading, device, session cache).
@@ -27,6 +29,7 @@ pub mod encap;
 pub mod mesh;
 pub mod net;
 pub mod onnx;
+pub mod query;
 pub mod recon;
 pub mod route;
 pub mod series;
