@@ -150,30 +150,23 @@ fn combined_date_time(f: &mut Filter, date: &Key, time: &Key, dcol: &str, tcol: 
         return false;
     };
     let mut parts = Vec::new();
-    if let Some(d1) = d1 {
+    // (date end, time end, strictly inside, at the end, time bound)
+    let ends = [
+        (d1, t1, ">", ">=", t1.map(time_lower)),
+        (d2, t2, "<", "<=", t2.map(time_upper)),
+    ];
+    for (d, t, inside, at, bound) in ends {
+        let Some(d) = d else { continue };
         // The plain bound lets the date index narrow the rows first.
-        parts.push(format!("{dcol} >= {}", f.param(d1.to_string())));
-        if let Some(t1) = t1 {
+        parts.push(format!("{dcol} {at} {}", f.param(d.to_string())));
+        if let (Some(_), Some(bound)) = (t, bound) {
             let (p1, p2, p3) = (
-                f.param(d1.to_string()),
-                f.param(d1.to_string()),
-                f.param(time_lower(t1)),
+                f.param(d.to_string()),
+                f.param(d.to_string()),
+                f.param(bound),
             );
             parts.push(format!(
-                "({dcol} > {p1} OR ({dcol} = {p2} AND {tcol} >= {p3}))"
-            ));
-        }
-    }
-    if let Some(d2) = d2 {
-        parts.push(format!("{dcol} <= {}", f.param(d2.to_string())));
-        if let Some(t2) = t2 {
-            let (p1, p2, p3) = (
-                f.param(d2.to_string()),
-                f.param(d2.to_string()),
-                f.param(time_upper(t2)),
-            );
-            parts.push(format!(
-                "({dcol} < {p1} OR ({dcol} = {p2} AND {tcol} <= {p3}))"
+                "({dcol} {inside} {p1} OR ({dcol} = {p2} AND {tcol} {at} {p3}))"
             ));
         }
     }

@@ -75,6 +75,9 @@ CREATE INDEX instances_series ON instances(series_instance_uid);
 /// UID root of synthetic rows (a documentation root, not the node's).
 const ROOT: &str = "1.2.826.0.1.3680043.9.7433";
 
+/// Encapsulated STL Storage.
+const STL: &str = "1.2.840.10008.5.1.4.1.1.104.3";
+
 /// Family names with weights out of 1000 (skewed like a real register).
 const FAMILY: &[(&str, u32)] = &[
     ("MUELLER", 80),
@@ -253,69 +256,54 @@ pub fn fill(
             } else {
                 "1.2.840.10008.5.1.4.1.1.4"
             };
-            let mut written = 0;
-            for k in 0..n_series {
-                let se_uid = format!("{st_uid}.{}", k + 1);
+            // (series number, modality, description, instances, SOP class, document title)
+            let mut plan: Vec<(u64, &str, String, u64, &str, Option<&str>)> = (0..n_series)
+                .map(|k| {
+                    let count = if k + 1 == n_series {
+                        images - images / n_series * k
+                    } else {
+                        images / n_series
+                    };
+                    let d = format!("{description} {}", k + 1);
+                    (k + 1, modality, d, count, sop_class, None)
+                })
+                .collect();
+            if result {
+                let title = Some("Bone surface, iso 300 HU");
+                plan.push((100, "M3D", "Bone surface".into(), 1, STL, title));
+            }
+            for (number, modality, series_description, count, sop_class, title) in plan {
+                let se_uid = format!("{st_uid}.{number}");
                 series.execute(params![
                     se_uid,
                     st_uid,
                     modality,
-                    k as i64 + 1,
-                    format!("{description} {}", k + 1),
+                    number as i64,
+                    series_description,
                     body,
                     for_uid,
                     day,
                     time
                 ])?;
-                let count = if k + 1 == n_series {
-                    images - written
-                } else {
-                    images / n_series
-                };
                 for n in 0..count {
-                    let sop = format!("{se_uid}.{}", n + 1);
                     instance.execute(params![
-                        sop,
+                        format!("{se_uid}.{}", n + 1),
                         sop_class,
                         st_uid,
                         se_uid,
                         modality,
                         n as i64 + 1,
-                        format!("{s}/{}/{}.dcm", k + 1, n + 1),
-                        526_000i64,
-                        "SCANNER",
-                        None::<String>,
-                        None::<String>
+                        format!("{s}/{number}/{}.dcm", n + 1),
+                        if title.is_some() {
+                            2_400_000i64
+                        } else {
+                            526_000
+                        },
+                        if title.is_some() { "" } else { "SCANNER" },
+                        title,
+                        title.map(|_| "model/stl")
                     ])?;
                 }
-                written += count;
-            }
-            if result {
-                let se_uid = format!("{st_uid}.100");
-                series.execute(params![
-                    se_uid,
-                    st_uid,
-                    "M3D",
-                    100i64,
-                    "Bone surface",
-                    body,
-                    for_uid,
-                    day,
-                    time
-                ])?;
-                instance.execute(params![
-                    format!("{se_uid}.1"),
-                    "1.2.840.10008.5.1.4.1.1.104.3",
-                    st_uid,
-                    se_uid,
-                    "M3D",
-                    1i64,
-                    format!("{s}/100/1.dcm"),
-                    2_400_000i64,
-                    "",
-                    "Bone surface, iso 300 HU",
-                    "model/stl"
-                ])?;
             }
         }
     }

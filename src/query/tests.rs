@@ -92,6 +92,11 @@ fn q(model: Model, service: Service, keys: &[(&str, &str)]) -> Result<Query, Que
     Query::parse(model, service, &synthetic::identifier(keys), ELE)
 }
 
+/// A Study Root C-FIND identifier.
+fn sr(keys: &[(&str, &str)]) -> Result<Query, QueryError> {
+    q(Model::StudyRoot, Service::Find, keys)
+}
+
 fn find_all(conn: &Connection, query: &Query) -> Vec<InMemDicomObject> {
     let found = query.find(conn, 0, ELE).unwrap();
     assert!(!found.truncated);
@@ -273,12 +278,7 @@ fn date_and_time_ranges_combine() {
 fn modalities_in_study_matches_and_returns_all_modalities() {
     assert_eq!(studies(&[("00080061", "MR")]), ["1.2", "1.4"]);
     assert_eq!(studies(&[("00080061", "M3D")]), ["1.1"]);
-    let query = q(
-        Model::StudyRoot,
-        Service::Find,
-        &[("00080052", "STUDY"), ("0020000D", "1.1"), ("00080061", "")],
-    )
-    .unwrap();
+    let query = sr(&[("00080052", "STUDY"), ("0020000D", "1.1"), ("00080061", "")]).unwrap();
     assert_eq!(
         values(&db(), &query, tags::MODALITIES_IN_STUDY),
         ["CT\\M3D"]
@@ -287,19 +287,15 @@ fn modalities_in_study_matches_and_returns_all_modalities() {
 
 #[test]
 fn return_keys_unique_keys_and_derived_counts() {
-    let query = q(
-        Model::StudyRoot,
-        Service::Find,
-        &[
-            ("00080052", "STUDY"),
-            ("00100020", "P1"),
-            ("00100010", ""),
-            ("00080020", ""),
-            ("00081090", ""), // Manufacturer's Model Name: not in the index
-            ("00201206", ""),
-            ("00201208", ""),
-        ],
-    )
+    let query = sr(&[
+        ("00080052", "STUDY"),
+        ("00100020", "P1"),
+        ("00100010", ""),
+        ("00080020", ""),
+        ("00081090", ""), // Manufacturer's Model Name: not in the index
+        ("00201206", ""),
+        ("00201208", ""),
+    ])
     .unwrap();
     let found = find_all(&db(), &query);
     assert_eq!(found.len(), 2);
@@ -338,16 +334,12 @@ fn return_keys_unique_keys_and_derived_counts() {
 #[test]
 fn series_and_image_levels_with_results() {
     let conn = db();
-    let query = q(
-        Model::StudyRoot,
-        Service::Find,
-        &[
-            ("00080052", "SERIES"),
-            ("0020000D", "1.1"),
-            ("00080060", ""),
-            ("00201209", ""),
-        ],
-    )
+    let query = sr(&[
+        ("00080052", "SERIES"),
+        ("0020000D", "1.1"),
+        ("00080060", ""),
+        ("00201209", ""),
+    ])
     .unwrap();
     let mut rows: Vec<(String, String, String)> = find_all(&conn, &query)
         .iter()
@@ -367,15 +359,11 @@ fn series_and_image_levels_with_results() {
             ("1.1.2".into(), "M3D".into(), "1".into())
         ]
     );
-    let query = q(
-        Model::StudyRoot,
-        Service::Find,
-        &[
-            ("00080052", "SERIES"),
-            ("0020000D", "1.1"),
-            ("00080060", "M3D"),
-        ],
-    )
+    let query = sr(&[
+        ("00080052", "SERIES"),
+        ("0020000D", "1.1"),
+        ("00080060", "M3D"),
+    ])
     .unwrap();
     assert_eq!(values(&conn, &query, tags::SERIES_INSTANCE_UID), ["1.1.2"]);
 
@@ -418,7 +406,7 @@ fn series_and_image_levels_with_results() {
 #[test]
 fn limit_and_truncation() {
     let conn = db();
-    let query = q(Model::StudyRoot, Service::Find, &[("00080052", "STUDY")]).unwrap();
+    let query = sr(&[("00080052", "STUDY")]).unwrap();
     let found = query.find(&conn, 2, ELE).unwrap();
     assert_eq!((found.matches.len(), found.truncated), (2, true));
     let found = query.find(&conn, 6, ELE).unwrap();
@@ -527,94 +515,68 @@ fn retrieve_resolution_in_stable_order() {
 /// Every refusal, with its status and a comment that fits an LO.
 #[test]
 fn refusals_have_status_and_short_comment() {
-    let cases: Vec<(Result<Query, QueryError>, u16, &str)> = vec![
+    let study_root: &[(&[(&str, &str)], u16, &str)] = &[
+        (&[("00100020", "P1")], 0xA900, "Level (0008,0052) missing"),
+        (&[("00080052", "")], 0xA900, "missing"),
         (
-            q(Model::StudyRoot, Service::Find, &[("00100020", "P1")]),
-            0xA900,
-            "Level (0008,0052) missing",
-        ),
-        (
-            q(Model::StudyRoot, Service::Find, &[("00080052", "")]),
-            0xA900,
-            "missing",
-        ),
-        (
-            q(Model::StudyRoot, Service::Find, &[("00080052", "FOO")]),
+            &[("00080052", "FOO")],
             0xA900,
             "invalid Query/Retrieve Level",
         ),
         (
-            q(Model::StudyRoot, Service::Find, &[("00080052", "PATIENT")]),
+            &[("00080052", "PATIENT")],
             0xA900,
             "not in the StudyRoot model",
         ),
         (
-            q(Model::PatientRoot, Service::Find, &[("00080052", "STUDY")]),
-            0xA900,
-            "(0010,0020) must be a single value",
-        ),
-        (
-            q(Model::StudyRoot, Service::Find, &[("00080052", "SERIES")]),
+            &[("00080052", "SERIES")],
             0xA900,
             "(0020,000D) must be a single value",
         ),
         (
-            q(
-                Model::StudyRoot,
-                Service::Find,
-                &[("00080052", "SERIES"), ("0020000D", "1.*")],
-            ),
+            &[("00080052", "SERIES"), ("0020000D", "1.*")],
             0xA900,
             "(0020,000D)",
         ),
         (
-            q(
-                Model::StudyRoot,
-                Service::Find,
-                &[("00080052", "SERIES"), ("0020000D", "1.1\\1.2")],
-            ),
+            &[("00080052", "SERIES"), ("0020000D", "1.1\\1.2")],
             0xA900,
             "(0020,000D)",
         ),
         (
-            q(
-                Model::StudyRoot,
-                Service::Find,
-                &[("00080052", "STUDY"), ("0020000E", "")],
-            ),
+            &[("00080052", "STUDY"), ("0020000E", "")],
             0xA900,
             "key (0020,000E) is below the STUDY level",
         ),
         (
-            q(
-                Model::StudyRoot,
-                Service::Find,
-                &[("00080052", "STUDY"), ("00080020", "2020-01-01")],
-            ),
+            &[("00080052", "STUDY"), ("00080020", "2020-01-01")],
             0xC000,
             "invalid value in key (0008,0020)",
         ),
         (
-            q(
-                Model::StudyRoot,
-                Service::Find,
-                &[("00080052", "STUDY"), ("00080030", "noon")],
-            ),
+            &[("00080052", "STUDY"), ("00080030", "noon")],
             0xC000,
             "(0008,0030)",
         ),
         (
-            q(
-                Model::StudyRoot,
-                Service::Find,
-                &[
-                    ("00080052", "SERIES"),
-                    ("0020000D", "1.1"),
-                    ("00200011", "x"),
-                ],
-            ),
+            &[
+                ("00080052", "SERIES"),
+                ("0020000D", "1.1"),
+                ("00200011", "x"),
+            ],
             0xC000,
             "(0020,0011)",
+        ),
+    ];
+    let mut cases: Vec<(Result<Query, QueryError>, u16, &str)> = study_root
+        .iter()
+        .map(|&(keys, status, needle)| (sr(keys), status, needle))
+        .collect();
+    cases.extend([
+        (
+            q(Model::PatientRoot, Service::Find, &[("00080052", "STUDY")]),
+            0xA900,
+            "(0010,0020) must be a single value",
         ),
         (
             Query::parse(
@@ -659,7 +621,7 @@ fn refusals_have_status_and_short_comment() {
             0xC000,
             "malformed identifier",
         ),
-    ];
+    ]);
     for (i, (result, status, needle)) in cases.into_iter().enumerate() {
         let err = result.expect_err(&format!("case {i} was accepted"));
         assert_eq!(err.status(), status, "case {i}: {err}");
@@ -1010,4 +972,14 @@ fn benchmark_queries_use_indexes() {
             "{keys:?}"
         );
     }
+    // A long UID list is one JSON parameter, looked up in the primary key per UID.
+    let list: Vec<String> = (0..40).map(|s| synthetic::study_uid(7, s)).collect();
+    let query = sr(&[("00080052", "STUDY"), ("0020000D", &list.join("\\"))]).unwrap();
+    let plan = query.explain(&conn).unwrap();
+    assert!(
+        plan.iter()
+            .any(|l| l.contains("sqlite_autoindex_studies_1 (study_uid=?)")),
+        "{plan:#?}"
+    );
+    assert_eq!(query.find(&conn, 0, ELE).unwrap().matches.len(), 40);
 }
