@@ -6,6 +6,8 @@
 //! - [`net`]: associations and DIMSE (C-ECHO, C-STORE as SCP and SCU).
 //! - [`store`]: durable files (temp file, fsync, rename).
 //! - [`db`]: the SQLite index: every table and statement, the versioned schema.
+//! - [`query`]: Query/Retrieve matching (C-FIND identifiers against the query index, C-MOVE/C-GET
+//!   resolution).
 //! - [`series`]: series completion, the job table and the worker pool.
 //! - [`volume`]: pixel decoding, slice geometry and assembly into a volume in patient mm.
 //! - [`onnx`]: ONNX Runtime for the model pipelines (library loading, device, session cache).

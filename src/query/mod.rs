@@ -1,222 +1,363 @@
-//! PLACEHOLDER for branch qr-scp only: the contract's signatures (docs/qr-contract.md) with
-//! UID-only matching on the `instances` table, so that the net layer compiles and its tests
-//! run. The real module comes from branch qr-query and replaces this file on merge.
-#![allow(missing_docs)]
+//! Query/Retrieve matching (PS3.4 Annex C): reads a C-FIND/C-MOVE/C-GET identifier, matches it
+//! against the SQLite query index and encodes the C-FIND response identifiers.
+//!
+//! It owns the meaning of the keys (which attribute lives at which level, in which column, how
+//! it is matched) and nothing of the network: [`crate::net`] hands it the identifier bytes and
+//! the presentation context's transfer syntax, and sends what it returns. It only reads the
+//! index; the tables are written by the database module (schema in `docs/qr-contract.md`).
+//!
+//! Main types: [`Query`] (a parsed, checked identifier), [`Found`] (C-FIND matches, already
+//! encoded), [`InstanceRef`] (what a C-MOVE/C-GET names), [`QueryError`] (every refusal, with
+//! its DIMSE status and an Error Comment).
+//!
+//! What is matched (PS3.4 C.2.2.2): single value, universal (zero length, or `*`), wildcard
+//! (`*`, `?`, as SQLite GLOB), lists (backslash-separated values: UID list matching, and for
+//! other attributes any-of), DA/TM ranges (`A-B`, `-B`, `A-`), Study Date + Study Time (and
+//! Series Date + Time) combined into one date-time range when both are ranges (C.2.2.2.5).
+//! Matching is case-sensitive for every VR, Person Name included (as DCMTK's dcmqrscp does);
+//! a PN key is compared with the whole stored name, component groups (`=`) as received.
+//! A stored value that is absent (NULL) matches only universal keys.
+//!
+//! Not matched, only returned: keys the index does not hold (they come back empty), the
+//! derived counts (Number of ... Related ...), and sequences (an empty sequence comes back
+//! empty; a sequence with items is refused with 0xC000).
+//!
+//! ```
+//! # use m3dnode::query::{Model, Query, Service, synthetic};
+//! let conn = rusqlite::Connection::open_in_memory()?;
+//! conn.execute_batch(synthetic::SCHEMA)?;
+//! synthetic::fill(&conn, 20, 10, 1)?;
+//! let ident = synthetic::identifier(&[("00080052", "STUDY"), ("00100010", "SMI*")]);
+//! let query = Query::parse(Model::StudyRoot, Service::Find, &ident, m3dnode::net::EXPLICIT_VR_LE)?;
+//! let found = query.find(&conn, 100, m3dnode::net::EXPLICIT_VR_LE)?;
+//! assert!(!found.truncated);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
-use dicom_core::{DataElement, PrimitiveValue, VR};
-use dicom_dictionary_std::tags;
-use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
-use dicom_object::InMemDicomObject;
+mod charset;
+mod find;
+mod keys;
+mod parse;
+pub mod synthetic;
+#[cfg(test)]
+mod tests;
 
+use dicom_core::Tag;
+
+use charset::Charset;
+use keys::Key;
+
+/// The information model of a Q/R SOP class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Model {
+    /// Patient Root: PATIENT / STUDY / SERIES / IMAGE.
     PatientRoot,
+    /// Study Root: STUDY / SERIES / IMAGE (patient attributes are study attributes).
     StudyRoot,
 }
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+
+/// A Query/Retrieve Level (0008,0052).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
+    /// `PATIENT`
     Patient,
+    /// `STUDY`
     Study,
+    /// `SERIES`
     Series,
+    /// `IMAGE`
     Image,
 }
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Service {
-    Find,
-    Move,
-    Get,
-}
 
-pub const SOP_CLASSES: &[&str] = &[
-    "1.2.840.10008.5.1.4.1.2.1.1",
-    "1.2.840.10008.5.1.4.1.2.1.2",
-    "1.2.840.10008.5.1.4.1.2.1.3",
-    "1.2.840.10008.5.1.4.1.2.2.1",
-    "1.2.840.10008.5.1.4.1.2.2.2",
-    "1.2.840.10008.5.1.4.1.2.2.3",
-];
-
-pub fn sop_class(uid: &str) -> Option<(Model, Service)> {
-    let i = SOP_CLASSES.iter().position(|c| *c == uid)?;
-    let model = if i < 3 {
-        Model::PatientRoot
-    } else {
-        Model::StudyRoot
-    };
-    Some((model, [Service::Find, Service::Move, Service::Get][i % 3]))
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum QueryError {
-    #[error("cannot read the identifier: {0}")]
-    Unreadable(String),
-    #[error("identifier does not fit: {0}")]
-    Mismatch(String),
-    #[error("index: {0}")]
-    Index(#[from] rusqlite::Error),
-}
-
-impl QueryError {
-    pub fn status(&self) -> u16 {
+impl Level {
+    /// The code string of the level, as in (0008,0052).
+    pub fn code(self) -> &'static str {
         match self {
-            QueryError::Unreadable(_) => 0xC000,
-            QueryError::Mismatch(_) => 0xA900,
-            QueryError::Index(_) => 0xA700,
+            Level::Patient => "PATIENT",
+            Level::Study => "STUDY",
+            Level::Series => "SERIES",
+            Level::Image => "IMAGE",
         }
     }
 }
 
-pub struct Query {
-    level: Level,
-    keys: InMemDicomObject,
+impl std::fmt::Display for Level {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code())
+    }
 }
 
+/// The DIMSE service of a Q/R SOP class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// C-FIND
+    Find,
+    /// C-MOVE
+    Move,
+    /// C-GET
+    Get,
+}
+
+/// The Q/R SOP classes this node accepts, with their model and service.
+const CLASSES: &[(&str, Model, Service)] = &[
+    (
+        "1.2.840.10008.5.1.4.1.2.1.1",
+        Model::PatientRoot,
+        Service::Find,
+    ),
+    (
+        "1.2.840.10008.5.1.4.1.2.1.2",
+        Model::PatientRoot,
+        Service::Move,
+    ),
+    (
+        "1.2.840.10008.5.1.4.1.2.1.3",
+        Model::PatientRoot,
+        Service::Get,
+    ),
+    (
+        "1.2.840.10008.5.1.4.1.2.2.1",
+        Model::StudyRoot,
+        Service::Find,
+    ),
+    (
+        "1.2.840.10008.5.1.4.1.2.2.2",
+        Model::StudyRoot,
+        Service::Move,
+    ),
+    (
+        "1.2.840.10008.5.1.4.1.2.2.3",
+        Model::StudyRoot,
+        Service::Get,
+    ),
+];
+
+/// All Q/R SOP classes this node accepts (Patient Root and Study Root; FIND, MOVE, GET).
+pub const SOP_CLASSES: &[&str] = &[
+    CLASSES[0].0,
+    CLASSES[1].0,
+    CLASSES[2].0,
+    CLASSES[3].0,
+    CLASSES[4].0,
+    CLASSES[5].0,
+];
+
+/// The model and service a Q/R SOP Class UID names (None: not a Q/R class).
+pub fn sop_class(uid: &str) -> Option<(Model, Service)> {
+    let uid = uid.trim_end_matches(['\0', ' ']);
+    CLASSES
+        .iter()
+        .find(|(u, _, _)| *u == uid)
+        .map(|&(_, m, s)| (m, s))
+}
+
+/// The largest identifier [`Query::parse`] reads (after inflating a deflated one). A
+/// 10,000-value UID list is about 650 KB; 4 MiB leaves room for that and for generous keys
+/// while bounding what one request can make the node hold.
+pub const MAX_IDENTIFIER_BYTES: usize = 4 << 20;
+
+/// The deepest nesting of sequences read in an identifier. Matching keys are one level deep
+/// (a sequence and its item); deeper data is no query and is refused before it costs stack or
+/// memory.
+pub const MAX_DEPTH: usize = 4;
+
+/// Why an identifier cannot be answered. [`QueryError::status`] gives the DIMSE status,
+/// [`QueryError::comment`] the Error Comment (0000,0902).
+///
+/// Messages name tags, levels and limits, never values of the identifier: they may be logged
+/// and sent back without carrying patient data.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueryError {
+    /// The identifier is larger than [`MAX_IDENTIFIER_BYTES`].
+    #[error("identifier larger than {limit} bytes")]
+    TooLarge {
+        /// The cap in bytes.
+        limit: usize,
+    },
+    /// Sequences nest deeper than [`MAX_DEPTH`].
+    #[error("identifier nested deeper than {limit} levels")]
+    TooDeep {
+        /// The cap.
+        limit: usize,
+    },
+    /// The bytes are not a data set in the transfer syntax.
+    #[error("malformed identifier: {0}")]
+    Malformed(String),
+    /// The transfer syntax is unknown or cannot carry a data set.
+    #[error("unsupported transfer syntax {0}")]
+    TransferSyntax(String),
+    /// (0008,0052) is absent or empty.
+    #[error("Query/Retrieve Level (0008,0052) missing")]
+    MissingLevel,
+    /// (0008,0052) holds no level this node knows.
+    #[error("invalid Query/Retrieve Level (0008,0052)")]
+    InvalidLevel,
+    /// The level does not exist in the model (Study Root has no PATIENT level).
+    #[error("level {level} not in the {model:?} model")]
+    LevelNotInModel {
+        /// The level asked for.
+        level: Level,
+        /// The model of the SOP class.
+        model: Model,
+    },
+    /// A unique key that the hierarchical model requires is absent, empty or not one value.
+    #[error("{tag} must be a single value at level {level}")]
+    MissingUniqueKey {
+        /// The unique key.
+        tag: TagName,
+        /// The query level.
+        level: Level,
+    },
+    /// A key of a level below the query level.
+    #[error("key {tag} is below the {level} level")]
+    KeyBelowLevel {
+        /// The key.
+        tag: TagName,
+        /// The query level.
+        level: Level,
+    },
+    /// A sequence with items as a matching key.
+    #[error("sequence matching not supported: {tag}")]
+    SequenceMatching {
+        /// The sequence.
+        tag: TagName,
+    },
+    /// A key value that its VR does not allow (e.g. a malformed date range).
+    #[error("invalid value in key {tag}")]
+    InvalidValue {
+        /// The key.
+        tag: TagName,
+    },
+    /// A Specific Character Set this node cannot decode.
+    #[error("unsupported Specific Character Set")]
+    Charset,
+    /// The index could not be read.
+    #[error("index database: {0}")]
+    Database(#[from] rusqlite::Error),
+    /// A response identifier could not be written.
+    #[error("cannot encode response: {0}")]
+    Encode(String),
+}
+
+/// A tag shown as `(gggg,eeee)` in messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TagName(pub Tag);
+
+impl std::fmt::Display for TagName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "({:04X},{:04X})", self.0.0, self.0.1)
+    }
+}
+
+impl QueryError {
+    /// The DIMSE status to answer with: 0xA900 (identifier does not match SOP class) for an
+    /// identifier whose structure the model forbids (level, unique keys, keys below the
+    /// level); 0xC000 (unable to process) for what could be a valid identifier but cannot be
+    /// read or answered here (malformed, too large, sequence matching, character set,
+    /// database).
+    pub fn status(&self) -> u16 {
+        match self {
+            QueryError::MissingLevel
+            | QueryError::InvalidLevel
+            | QueryError::LevelNotInModel { .. }
+            | QueryError::MissingUniqueKey { .. }
+            | QueryError::KeyBelowLevel { .. } => 0xA900,
+            _ => 0xC000,
+        }
+    }
+
+    /// The Error Comment (0000,0902): the message cut to the 64 characters an LO holds.
+    pub fn comment(&self) -> String {
+        let mut s: String = self
+            .to_string()
+            .chars()
+            .map(|c| if c.is_ascii_graphic() { c } else { ' ' })
+            .collect();
+        s.truncate(64);
+        s
+    }
+}
+
+/// A parsed identifier, checked against its model, level and service.
+#[derive(Debug, Clone)]
+pub struct Query {
+    model: Model,
+    service: Service,
+    level: Level,
+    /// The identifier's keys in tag order, plus the unique keys of the level and above and the
+    /// level itself when the identifier lacked them.
+    keys: Vec<Key>,
+    charset: Charset,
+}
+
+/// C-FIND matches.
+#[derive(Debug)]
 pub struct Found {
+    /// Each match as a response identifier encoded in the requested transfer syntax.
     pub matches: Vec<Vec<u8>>,
+    /// More matches existed than `limit`.
     pub truncated: bool,
 }
 
+/// A stored instance that a C-MOVE/C-GET names.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceRef {
+    /// SOP Class UID.
     pub sop_class_uid: String,
+    /// SOP Instance UID.
     pub sop_instance_uid: String,
+    /// The transfer syntax the instance is stored in.
     pub transfer_syntax: String,
+    /// Relative to the storage root.
     pub path: String,
 }
 
-fn text(o: &InMemDicomObject, tag: dicom_core::Tag) -> Option<String> {
-    o.element(tag)
-        .ok()
-        .and_then(|e| e.to_str().ok())
-        .map(|s| s.trim_matches(['\0', ' ']).to_string())
-        .filter(|s| !s.is_empty())
-}
-
 impl Query {
+    /// Parses an identifier data set (`bytes` encoded in transfer syntax `ts_uid`).
+    /// `Service::Move`/`Get` identifiers name what to retrieve (unique keys down to the level).
     pub fn parse(
-        _model: Model,
-        _service: Service,
+        model: Model,
+        service: Service,
         bytes: &[u8],
         ts_uid: &str,
     ) -> Result<Query, QueryError> {
-        let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry
-            .get(ts_uid)
-            .ok_or_else(|| QueryError::Unreadable(format!("transfer syntax {ts_uid}")))?;
-        let keys = InMemDicomObject::read_dataset_with_ts(bytes, ts)
-            .map_err(|e| QueryError::Unreadable(e.to_string()))?;
-        let level = match text(&keys, tags::QUERY_RETRIEVE_LEVEL).as_deref() {
-            Some("PATIENT") => Level::Patient,
-            Some("STUDY") => Level::Study,
-            Some("SERIES") => Level::Series,
-            Some("IMAGE") => Level::Image,
-            other => {
-                return Err(QueryError::Mismatch(format!(
-                    "Query/Retrieve Level {other:?}"
-                )));
-            }
-        };
-        Ok(Query { level, keys })
+        parse::parse(model, service, bytes, ts_uid)
     }
 
+    /// The Query/Retrieve Level.
     pub fn level(&self) -> Level {
         self.level
     }
 
-    fn rows(&self, conn: &rusqlite::Connection) -> Result<Vec<[String; 6]>, QueryError> {
-        let mut sql = "SELECT study_instance_uid, series_instance_uid, sop_instance_uid, \
-                       sop_class_uid, transfer_syntax, path FROM instances WHERE 1=1"
-            .to_string();
-        let mut args: Vec<String> = Vec::new();
-        for (tag, col) in [
-            (tags::STUDY_INSTANCE_UID, "study_instance_uid"),
-            (tags::SERIES_INSTANCE_UID, "series_instance_uid"),
-            (tags::SOP_INSTANCE_UID, "sop_instance_uid"),
-            (tags::MODALITY, "modality"),
-        ] {
-            if let Some(v) = text(&self.keys, tag) {
-                let values: Vec<&str> = v.split('\\').collect();
-                sql.push_str(&format!(
-                    " AND {col} IN ({})",
-                    vec!["?"; values.len()].join(",")
-                ));
-                args.extend(values.into_iter().map(str::to_string));
-            }
-        }
-        sql.push_str(" ORDER BY study_instance_uid, series_instance_uid, instance_number");
-        let mut st = conn.prepare(&sql)?;
-        let rows = st.query_map(rusqlite::params_from_iter(args.iter()), |r| {
-            Ok([
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-            ])
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+    /// The information model.
+    pub fn model(&self) -> Model {
+        self.model
     }
 
+    /// C-FIND: the matches, each already encoded as a response identifier in `ts_uid`
+    /// (every requested return key present, empty when unknown; Specific Character Set of the
+    /// query when every value fits it, else ISO_IR 192; Query/Retrieve Level set).
+    /// At most `limit` matches (0: no limit); `truncated` tells whether more existed.
+    /// Matches come in index order, which is not specified.
     pub fn find(
         &self,
         conn: &rusqlite::Connection,
         limit: usize,
         ts_uid: &str,
     ) -> Result<Found, QueryError> {
-        let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry
-            .get(ts_uid)
-            .ok_or_else(|| QueryError::Unreadable(format!("transfer syntax {ts_uid}")))?;
-        let depth = match self.level {
-            Level::Patient => 0,
-            Level::Study => 1,
-            Level::Series => 2,
-            Level::Image => 3,
-        };
-        let mut seen = std::collections::BTreeSet::new();
-        let mut matches = Vec::new();
-        let mut truncated = false;
-        for r in self.rows(conn)? {
-            let key = r[..depth].to_vec();
-            if !seen.insert(key) {
-                continue;
-            }
-            if limit != 0 && matches.len() == limit {
-                truncated = true;
-                break;
-            }
-            let mut o = self.keys.clone();
-            for (i, tag) in [
-                tags::STUDY_INSTANCE_UID,
-                tags::SERIES_INSTANCE_UID,
-                tags::SOP_INSTANCE_UID,
-            ]
-            .into_iter()
-            .enumerate()
-            .take(depth)
-            {
-                o.put(DataElement::new(
-                    tag,
-                    VR::UI,
-                    PrimitiveValue::from(r[i].as_str()),
-                ));
-            }
-            let mut out = Vec::new();
-            o.write_dataset_with_ts(&mut out, ts)
-                .map_err(|e| QueryError::Unreadable(e.to_string()))?;
-            matches.push(out);
-        }
-        Ok(Found { matches, truncated })
+        find::find(self, conn, limit, ts_uid)
     }
 
+    /// The SQLite plan of the statement [`Query::find`] runs (EXPLAIN QUERY PLAN, one line per
+    /// step): benches and tests check with it that the index answers, not a table scan.
+    pub fn explain(&self, conn: &rusqlite::Connection) -> Result<Vec<String>, QueryError> {
+        find::explain(self, conn)
+    }
+
+    /// C-MOVE / C-GET: the instances the identifier names, in study/series/instance-number
+    /// order (Study and Series Instance UID, then Instance Number, then SOP Instance UID).
     pub fn instances(&self, conn: &rusqlite::Connection) -> Result<Vec<InstanceRef>, QueryError> {
-        Ok(self
-            .rows(conn)?
-            .into_iter()
-            .map(|r| InstanceRef {
-                sop_instance_uid: r[2].clone(),
-                sop_class_uid: r[3].clone(),
-                transfer_syntax: r[4].clone(),
-                path: r[5].clone(),
-            })
-            .collect())
+        find::instances(self, conn)
     }
 }

@@ -1,0 +1,167 @@
+//! C-FIND matching latency at SQL level (plain `harness = false`, no criterion). Run with
+//! `cargo bench --bench query`.
+//!
+//! Loads a synthetic index (`query::synthetic::fill`, default 10,000 studies x 100 instances
+//! = 1,000,000 instances) into a SQLite file in WAL mode with the library's default page
+//! cache, as the node opens its index, then times `Query::parse` + `Query::find` (encoding
+//! the responses included) for the four queries of issue 13, 100 runs each on one
+//! connection, each run with another patient / month / study so that no run repeats the
+//! previous one's pages exactly. Prints the load time, the plans, and median and p99 per query.
+//!
+//! `QUERY_BENCH_STUDIES`, `QUERY_BENCH_INSTANCES` and `QUERY_BENCH_RUNS` change the size and
+//! the repetitions.
+
+use std::time::{Duration, Instant};
+
+use m3dnode::query::{Model, Query, Service, synthetic};
+
+const TS: &str = "1.2.840.10008.1.2.1";
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let studies = env("QUERY_BENCH_STUDIES", 10_000);
+    let per_study = env("QUERY_BENCH_INSTANCES", 100);
+    let runs = env("QUERY_BENCH_RUNS", 100) as usize;
+    let seed = 1;
+
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("index.sqlite");
+    let conn = rusqlite::Connection::open(&path)?;
+    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
+    conn.execute_batch(synthetic::SCHEMA)?;
+    let t = Instant::now();
+    synthetic::fill(&conn, studies, per_study, seed)?;
+    let load = t.elapsed();
+    let (patients, instances, smi): (i64, i64, i64) = conn.query_row(
+        "SELECT (SELECT COUNT(*) FROM patients), (SELECT COUNT(*) FROM instances), \
+         (SELECT COUNT(*) FROM patients WHERE name GLOB 'SMI*')",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    let size = std::fs::metadata(&path)?.len()
+        + std::fs::metadata(path.with_extension("sqlite-wal")).map_or(0, |m| m.len());
+    println!(
+        "index: {studies} studies, {patients} patients ({smi} SMI*), {instances} instances, \
+         {:.0} MB, loaded in {:.1} s",
+        size as f64 / 1e6,
+        load.as_secs_f64()
+    );
+
+    type Keys = Box<dyn Fn(u64) -> Vec<(String, String)>>;
+    let study_returns = [
+        ("00100010", ""),
+        ("00100020", ""),
+        ("00080020", ""),
+        ("00080030", ""),
+        ("00081030", ""),
+        ("00080061", ""),
+        ("00201208", ""),
+    ];
+    let with = move |mut keys: Vec<(String, String)>| {
+        keys.extend(
+            study_returns
+                .iter()
+                .filter(|(t, _)| !keys.iter().any(|(k, _)| k == t))
+                .map(|(t, v)| (t.to_string(), v.to_string()))
+                .collect::<Vec<_>>(),
+        );
+        keys
+    };
+    let n_patients = patients.max(1) as u64;
+    let cases: Vec<(&str, f64, Keys)> = vec![
+        (
+            "STUDY by Patient ID",
+            5.0,
+            Box::new(move |i| {
+                with(vec![
+                    ("00080052".into(), "STUDY".into()),
+                    (
+                        "00100020".into(),
+                        synthetic::patient_id(i * 7919 % n_patients),
+                    ),
+                ])
+            }),
+        ),
+        (
+            "STUDY by Patient's Name SMI*",
+            20.0,
+            Box::new(move |_| {
+                with(vec![
+                    ("00080052".into(), "STUDY".into()),
+                    ("00100010".into(), "SMI*".into()),
+                ])
+            }),
+        ),
+        (
+            "STUDY by Study Date, one month",
+            20.0,
+            Box::new(move |i| {
+                let (y, m) = (2019 + (i / 12) % 6, 1 + i % 12);
+                with(vec![
+                    ("00080052".into(), "STUDY".into()),
+                    ("00080020".into(), format!("{y}{m:02}01-{y}{m:02}31")),
+                ])
+            }),
+        ),
+        (
+            "SERIES by Study Instance UID",
+            2.0,
+            Box::new(move |i| {
+                vec![
+                    ("00080052".into(), "SERIES".into()),
+                    (
+                        "0020000D".into(),
+                        synthetic::study_uid(seed, i * 7919 % studies),
+                    ),
+                    ("0020000E".into(), String::new()),
+                    ("00080060".into(), String::new()),
+                    ("00200011".into(), String::new()),
+                    ("0008103E".into(), String::new()),
+                    ("00201209".into(), String::new()),
+                ]
+            }),
+        ),
+    ];
+
+    println!(
+        "{:<32} {:>9} {:>9} {:>8} {:>8}",
+        "query", "median ms", "p99 ms", "goal ms", "matches"
+    );
+    for (name, goal, keys) in &cases {
+        let ident = |i| {
+            let k = keys(i);
+            let refs: Vec<(&str, &str)> = k.iter().map(|(t, v)| (t.as_str(), v.as_str())).collect();
+            synthetic::identifier(&refs)
+        };
+        let plan = Query::parse(Model::StudyRoot, Service::Find, &ident(0), TS)?.explain(&conn)?;
+        let mut times: Vec<Duration> = Vec::with_capacity(runs);
+        let mut matches = 0;
+        for i in 0..runs as u64 {
+            let bytes = ident(i);
+            let t = Instant::now();
+            let query = Query::parse(Model::StudyRoot, Service::Find, &bytes, TS)?;
+            let found = query.find(&conn, 1000, TS)?;
+            times.push(t.elapsed());
+            matches += found.matches.len();
+        }
+        times.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let p99 = times[(times.len() * 99 / 100).min(times.len() - 1)];
+        println!(
+            "{name:<32} {:>9.3} {:>9.3} {goal:>8.1} {:>8.1}",
+            ms(times[times.len() / 2]),
+            ms(p99),
+            matches as f64 / runs as f64
+        );
+        for line in plan {
+            println!("    plan: {line}");
+        }
+    }
+    Ok(())
+}
