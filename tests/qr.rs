@@ -345,7 +345,6 @@ fn findscu_at_every_level_with_wildcards_ranges_and_uid_lists() {
             "QueryRetrieveLevel=STUDY",
             "StudyDate=-20001231",
             "StudyInstanceUID",
-            "StudyDate",
         ],
         &[],
     );
@@ -410,6 +409,7 @@ fn findscu_at_every_level_with_wildcards_ranges_and_uid_lists() {
         "-S",
         &[
             "QueryRetrieveLevel=SERIES",
+            &format!("StudyInstanceUID={ct}"),
             "Modality=C?",
             "SeriesInstanceUID",
         ],
@@ -426,10 +426,14 @@ fn findscu_at_every_level_with_wildcards_ranges_and_uid_lists() {
 #[test]
 fn find_stops_at_max_results_with_a_refusal_that_says_so() {
     let node = loaded_node("[query]\nmax_results = 5\n");
+    let ct_series = attr(
+        &first_file(&series(CT)),
+        dicom_dictionary_std::tags::SERIES_INSTANCE_UID,
+    );
     let r = qr_client(
         &node,
         json!({"op": "find", "identifier": {"QueryRetrieveLevel": "IMAGE",
-            "StudyInstanceUID": ct_study(), "SeriesInstanceUID": "", "SOPInstanceUID": ""}}),
+            "StudyInstanceUID": ct_study(), "SeriesInstanceUID": ct_series, "SOPInstanceUID": ""}}),
     );
     assert_eq!(r.len(), 6, "{r:?}");
     assert_eq!(status_of(final_of(&r)), 0xA700);
@@ -452,6 +456,7 @@ fn c_cancel_stops_a_find_mid_stream() {
     let out = storescu(&node, &[tmp.path().to_path_buf()]);
     assert!(out.status.success(), "{}", text(&out));
     let study = attr(&files[0], dicom_dictionary_std::tags::STUDY_INSTANCE_UID);
+    let series = attr(&files[0], dicom_dictionary_std::tags::SERIES_INSTANCE_UID);
     let dir = tempfile::tempdir().unwrap();
     let out = run(Command::new(tool("findscu"))
         .env("TCP_BUFFER_LENGTH", "4096")
@@ -465,6 +470,8 @@ fn c_cancel_stops_a_find_mid_stream() {
             "QueryRetrieveLevel=IMAGE",
             "-k",
             &format!("StudyInstanceUID={study}"),
+            "-k",
+            &format!("SeriesInstanceUID={series}"),
             "-k",
             "SOPInstanceUID",
             "127.0.0.1",
@@ -483,7 +490,7 @@ fn c_cancel_stops_a_find_mid_stream() {
     let r = qr_client(
         &node,
         json!({"op": "find", "cancel_after": 1, "identifier": {"QueryRetrieveLevel": "IMAGE",
-            "StudyInstanceUID": study, "SOPInstanceUID": ""}}),
+            "StudyInstanceUID": study, "SeriesInstanceUID": series, "SOPInstanceUID": ""}}),
     );
     assert_eq!(status_of(final_of(&r)), 0xFE00, "{:?}", final_of(&r));
     assert!(node.echo_ok());
