@@ -22,18 +22,6 @@ fn ct_series() -> PathBuf {
     testdata().join("series").join(CT)
 }
 
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("M3DNODE_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyenv/bin/python");
-    assert!(
-        venv.is_file(),
-        "no test venv: run scripts/test (it installs pynetdicom into target/pyenv)"
-    );
-    venv
-}
-
 /// A pynetdicom Storage SCP. Every C-STORE request is logged (`STORE uid`) when it arrives,
 /// before the handler sleeps, so the log counts deliveries even of stores whose answer never
 /// reached the node; the instance is written and becomes findable after the sleep.

@@ -23,33 +23,6 @@ fn series(name: &str) -> PathBuf {
     testdata().join("series").join(name)
 }
 
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("M3DNODE_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyenv/bin/python");
-    assert!(
-        venv.is_file(),
-        "no test venv: run scripts/test (it installs pynetdicom into target/pyenv)"
-    );
-    venv
-}
-
-fn attr(path: &Path, tag: dicom_core::Tag) -> String {
-    let obj = dicom_object::OpenFileOptions::new()
-        .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
-        .open_file(path)
-        .unwrap();
-    obj.element(tag)
-        .map(|e| {
-            e.to_str()
-                .unwrap()
-                .trim_end_matches(['\0', ' '])
-                .to_string()
-        })
-        .unwrap_or_default()
-}
-
 fn first_file(dir: &Path) -> PathBuf {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()

@@ -285,19 +285,9 @@ impl Operation {
                 return;
             }
         };
-        let found = match found {
-            Ok(Ok(Ok(found))) => found,
-            Ok(Ok(Err(e))) => return self.fail(e.status(), &e.to_string()).await,
-            Ok(Err(e)) => {
-                return self
-                    .fail(status::OUT_OF_RESOURCES, &format!("index unavailable: {e}"))
-                    .await;
-            }
-            Err(e) => {
-                return self
-                    .fail(status::OUT_OF_RESOURCES, &format!("query task failed: {e}"))
-                    .await;
-            }
+        let found = match flatten(found) {
+            Ok(found) => found,
+            Err((code, comment)) => return self.fail(code, &comment).await,
         };
         let mut sent = 0usize;
         for m in &found.matches {
@@ -384,19 +374,9 @@ impl Operation {
             let refs = store.index().with(|c| Ok(q.instances(c)))?;
             Ok::<_, crate::store::IndexError>(refs.map(|refs| open_files(store.root(), refs)))
         });
-        let files = match job.await {
-            Ok(Ok(Ok(files))) => files,
-            Ok(Ok(Err(e))) => return self.fail(e.status(), &e.to_string()).await,
-            Ok(Err(e)) => {
-                return self
-                    .fail(status::OUT_OF_RESOURCES, &format!("index unavailable: {e}"))
-                    .await;
-            }
-            Err(e) => {
-                return self
-                    .fail(status::OUT_OF_RESOURCES, &format!("query task failed: {e}"))
-                    .await;
-            }
+        let files = match flatten(job.await) {
+            Ok(files) => files,
+            Err((code, comment)) => return self.fail(code, &comment).await,
         };
         let mut tally = Tally::default();
         tally.counts.remaining = count(files.len());
@@ -632,6 +612,22 @@ impl Operation {
             comment.as_deref(),
         )
         .await;
+    }
+}
+
+/// The status and Error Comment of a query that ran on a blocking thread and failed: in
+/// the query (its own status), at the index, or in the task.
+fn flatten<T>(
+    r: Result<
+        Result<Result<T, query::QueryError>, crate::store::IndexError>,
+        tokio::task::JoinError,
+    >,
+) -> Result<T, (u16, String)> {
+    match r {
+        Ok(Ok(Ok(v))) => Ok(v),
+        Ok(Ok(Err(e))) => Err((e.status(), e.to_string())),
+        Ok(Err(e)) => Err((status::OUT_OF_RESOURCES, format!("index unavailable: {e}"))),
+        Err(e) => Err((status::OUT_OF_RESOURCES, format!("query task failed: {e}"))),
     }
 }
 

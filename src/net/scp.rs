@@ -925,12 +925,7 @@ impl Handler {
                     Some("this AE title may not store here ([[peers]] may)"),
                 )
                 .encode();
-                if has_data_set {
-                    Ok(Some(Pending::Refuse { pc_id, response }))
-                } else {
-                    self.send_command(pc_id, &response).await?;
-                    Ok(None)
-                }
+                self.refuse(pc_id, response, has_data_set).await
             }
             field::C_STORE_RQ if super::is_storage_sop_class(&pc.abstract_syntax) => {
                 let sop_class_uid = cmd.affected_sop_class_uid().unwrap_or_default();
@@ -992,13 +987,24 @@ impl Handler {
                     status::UNRECOGNIZED_OPERATION,
                 )
                 .encode();
-                if has_data_set {
-                    Ok(Some(Pending::Refuse { pc_id, response }))
-                } else {
-                    self.send_command(pc_id, &response).await?;
-                    Ok(None)
-                }
+                self.refuse(pc_id, response, has_data_set).await
             }
+        }
+    }
+
+    /// Answers a refused request: after its data set, if one follows (read and dropped),
+    /// else at once.
+    async fn refuse(
+        &mut self,
+        pc_id: u8,
+        response: Vec<u8>,
+        has_data_set: bool,
+    ) -> Result<Option<Pending>, AssociationEnd> {
+        if has_data_set {
+            Ok(Some(Pending::Refuse { pc_id, response }))
+        } else {
+            self.send_command(pc_id, &response).await?;
+            Ok(None)
         }
     }
 
@@ -1067,15 +1073,7 @@ impl Handler {
                 Some(&comment),
             )
             .encode();
-            return if has_data_set {
-                Ok(Some(Pending::Refuse {
-                    pc_id: pc.id,
-                    response,
-                }))
-            } else {
-                self.send_command(pc.id, &response).await?;
-                Ok(None)
-            };
+            return self.refuse(pc.id, response, has_data_set).await;
         }
         Ok(Some(Pending::Query {
             request: qr::Request {

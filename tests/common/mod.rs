@@ -9,6 +9,37 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The test venv's python (pynetdicom, pydicom): `M3DNODE_PYTHON`, else `target/pyenv`,
+/// which scripts/test installs.
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("M3DNODE_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyenv/bin/python");
+    assert!(
+        venv.is_file(),
+        "no test venv: run scripts/test (it installs pynetdicom into target/pyenv)"
+    );
+    venv
+}
+
+/// A text attribute of a Part 10 file (read up to the pixel data), without padding; empty
+/// when absent.
+pub fn attr(path: &Path, tag: dicom_core::Tag) -> String {
+    let obj = dicom_object::OpenFileOptions::new()
+        .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
+        .open_file(path)
+        .unwrap();
+    obj.element(tag)
+        .map(|e| {
+            e.to_str()
+                .unwrap()
+                .trim_end_matches(['\0', ' '])
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
 pub fn testdata() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata")
 }
