@@ -983,3 +983,80 @@ fn benchmark_queries_use_indexes() {
     );
     assert_eq!(query.find(&conn, 0, ELE).unwrap().matches.len(), 40);
 }
+
+/// A response written as a Part 10 file (in a directory that lives as long as the result).
+fn response_file(response: &[u8]) -> (tempfile::TempDir, std::path::PathBuf) {
+    let meta = dicom_object::meta::FileMetaTableBuilder::new()
+        .transfer_syntax(ELE)
+        .media_storage_sop_class_uid("1.2.840.10008.5.1.4.1.2.2.1")
+        .media_storage_sop_instance_uid("1.2.3.4")
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("response.dcm");
+    let mut file = vec![0u8; 128];
+    file.extend_from_slice(b"DICM");
+    meta.write(&mut file).unwrap();
+    file.extend_from_slice(response);
+    std::fs::write(&path, file).unwrap();
+    (dir, path)
+}
+
+/// Patient's Name of a response as a real peer decodes it: DCMTK's `dcmdump +U8`, or pydicom
+/// (as pynetdicom peers read it) for ISO 2022, which DCMTK's iconv build cannot decode (no JIS
+/// X 0208, no single-valued `ISO 2022 IR 100`).
+fn peer_decoded_name(response: &[u8], iso2022: bool) -> String {
+    let (_dir, path) = response_file(response);
+    let out = if iso2022 {
+        std::process::Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/target/pyenv/bin/python"
+        ))
+        .args([
+            "-c",
+            "import sys, pydicom; print('[' + str(pydicom.dcmread(sys.argv[1]).PatientName) + ']')",
+        ])
+        .arg(&path)
+        .output()
+        .expect("pydicom in target/pyenv (scripts/test installs it)")
+    } else {
+        std::process::Command::new("dcmdump")
+            .arg("+U8")
+            .arg(&path)
+            .output()
+            .expect("dcmdump (DCMTK) is installed for the tests")
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Real peers read the responses in every character set as the names stored.
+#[test]
+fn peers_decode_responses() {
+    let conn = db();
+    let yamada = "Yamada^Tarou=山田^太郎=やまだ^たろう";
+    for (charset, id, name, iso2022) in [
+        (&b"ISO 2022 IR 6\\ISO 2022 IR 87"[..], "P4", yamada, true),
+        (b"\\ISO 2022 IR 87", "P4", yamada, true),
+        (b"ISO_IR 100", "P3", "Müller^Jörg", false),
+        (b"ISO 2022 IR 100", "P3", "Müller^Jörg", true),
+        (b"ISO_IR 192", "P4", yamada, false),
+        // Falls back to ISO_IR 192.
+        (b"ISO_IR 100", "P4", yamada, false),
+    ] {
+        let ident = raw_identifier(&[
+            (tags::SPECIFIC_CHARACTER_SET, VR::CS, charset),
+            (tags::QUERY_RETRIEVE_LEVEL, VR::CS, b"STUDY"),
+            (tags::PATIENT_ID, VR::LO, id.as_bytes()),
+            (tags::PATIENT_NAME, VR::PN, b""),
+        ]);
+        let query = Query::parse(Model::StudyRoot, Service::Find, &ident, ELE).unwrap();
+        let found = query.find(&conn, 0, ELE).unwrap();
+        let decoded = peer_decoded_name(&found.matches[0], iso2022);
+        assert!(decoded.contains(&format!("[{name}]")), "{decoded}");
+    }
+}
