@@ -658,6 +658,39 @@ mod tests {
     }
 
     #[test]
+    fn may_defaults_to_all_and_q_r_needs_a_listed_peer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[[peers]]\nae_title = \"NAV\"\naddress = \"nav:104\"\n\
+             [[peers]]\nae_title = \"MODALITY\"\naddress = \"ct:104\"\nmay = [\"echo\", \"store\"]\n\
+             [query]\nmax_results = 0\n",
+        )
+        .unwrap();
+        let cfg = Config::load(Some(&path), env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(cfg.query.max_results, 0);
+        for s in Service::all() {
+            assert!(cfg.may("NAV", s), "{s}");
+        }
+        assert!(cfg.may("MODALITY", Service::Store));
+        assert!(!cfg.may("MODALITY", Service::Find));
+        assert!(cfg.may("STRANGER", Service::Echo) && cfg.may("STRANGER", Service::Store));
+        for s in [Service::Find, Service::Move, Service::Get] {
+            assert!(!cfg.may("STRANGER", s), "{s}");
+        }
+        std::fs::write(
+            &path,
+            "[[peers]]\nae_title = \"NAV\"\naddress = \"nav:104\"\nmay = [\"query\"]\n",
+        )
+        .unwrap();
+        let err = Config::load(Some(&path), env(&[]), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("query"), "{err}");
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let cases = [

@@ -488,6 +488,69 @@ mod tests {
         assert!(IMPLEMENTATION_VERSION_NAME.len() <= 16);
     }
 
+    #[test]
+    fn scp_role_is_accepted_for_storage_and_extended_negotiation_declined() {
+        use dicom_ul::pdu::RequestorRoles;
+        let ok = |_: &str, _: &str| Ok(());
+        let mut t = terms(&ok);
+        let accepts =
+            |uid: &str| uid == "1.2.840.10008.5.1.4.1.1.4" || uid == "1.2.840.10008.5.1.4.1.2.2.1";
+        t.abstract_syntax = &accepts;
+        let mut request = rq(1, APPLICATION_CONTEXT);
+        request.user_variables.extend([
+            UserVariableItem::ScuScpRoleSelectionSubItem(
+                "1.2.840.10008.5.1.4.1.1.4".into(),
+                RequestorRoles {
+                    scu: false,
+                    scp: true,
+                },
+            ),
+            // A role for a class it did not propose gets no reply.
+            UserVariableItem::ScuScpRoleSelectionSubItem(
+                "1.2.840.10008.5.1.4.1.1.2".into(),
+                RequestorRoles {
+                    scu: false,
+                    scp: true,
+                },
+            ),
+            UserVariableItem::SopClassExtendedNegotiationSubItem(
+                "1.2.840.10008.5.1.4.1.2.2.1".into(),
+                vec![1, 1, 1],
+            ),
+        ]);
+        let Decision::Accept(a) = negotiate(request, &t) else {
+            panic!("refused")
+        };
+        assert_eq!(a.scp_role, vec!["1.2.840.10008.5.1.4.1.1.4".to_string()]);
+        let Pdu::AssociationAC(ac) = a.ac else {
+            panic!()
+        };
+        assert!(
+            ac.user_variables
+                .contains(&UserVariableItem::ScuScpRoleSelectionSubItem(
+                    "1.2.840.10008.5.1.4.1.1.4".into(),
+                    RequestorRoles {
+                        scu: false,
+                        scp: true
+                    }
+                ))
+        );
+        assert!(!ac.user_variables.iter().any(|v| matches!(v,
+            UserVariableItem::ScuScpRoleSelectionSubItem(uid, _) if uid == "1.2.840.10008.5.1.4.1.1.2")));
+        assert!(
+            ac.user_variables
+                .contains(&UserVariableItem::SopClassExtendedNegotiationSubItem(
+                    "1.2.840.10008.5.1.4.1.2.2.1".into(),
+                    vec![0, 0, 0]
+                ))
+        );
+        // The AC round-trips through dicom-ul's writer and reader.
+        let mut wire = Vec::new();
+        dicom_ul::write_pdu(&mut wire, &Pdu::AssociationAC(ac.clone())).unwrap();
+        let back = dicom_ul::read_pdu(wire.as_slice(), 1 << 20, true).unwrap();
+        assert_eq!(back, Some(Pdu::AssociationAC(ac)));
+    }
+
     #[tokio::test]
     async fn reads_exactly_the_request_and_leaves_the_rest() {
         let mut wire = Vec::new();

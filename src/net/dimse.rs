@@ -462,6 +462,53 @@ mod tests {
     }
 
     #[test]
+    fn q_r_responses_carry_counts_and_originators() {
+        let c = SubOperations {
+            remaining: 3,
+            completed: 2,
+            failed: 1,
+            warning: 0,
+        };
+        let pending = qr_rsp(
+            field::C_MOVE_RSP,
+            9,
+            "1.2.840.10008.5.1.4.1.2.2.2",
+            status::PENDING,
+            false,
+            Some(c),
+            None,
+        )
+        .encode();
+        let cmd = Command::parse(&pending).unwrap();
+        assert_eq!(cmd.status(), Ok(status::PENDING));
+        assert_eq!(cmd.u16(REMAINING_SUB_OPERATIONS, "r"), Ok(3));
+        assert_eq!(cmd.u16(FAILED_SUB_OPERATIONS, "f"), Ok(1));
+        // A final success leaves Remaining out (PS3.4 C.4.2.1.6).
+        let done = qr_rsp(
+            field::C_MOVE_RSP,
+            9,
+            "1.2.840.10008.5.1.4.1.2.2.2",
+            status::SUCCESS,
+            false,
+            Some(c),
+            None,
+        )
+        .encode();
+        assert!(
+            Command::parse(&done)
+                .unwrap()
+                .u16(REMAINING_SUB_OPERATIONS, "r")
+                .is_err()
+        );
+        let store = c_store_rq(4, "1.2.840.10008.5.1.4.1.1.4", "1.2.3")
+            .move_originator("NAV", 9)
+            .encode();
+        let cmd = Command::parse(&store).unwrap();
+        assert_eq!(cmd.move_originator_ae_title().as_deref(), Some("NAV"));
+        assert_eq!(cmd.move_originator_message_id(), Ok(9));
+    }
+
+    #[test]
     fn command_set_parses_with_dicom_object_too() {
         // An independent reader agrees with our encoding.
         let bytes = c_echo_rsp(3, 0).encode();

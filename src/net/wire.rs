@@ -246,6 +246,29 @@ mod tests {
         assert!(matches!(r.next(&mut stream).await, Err(WireError::Io(_))));
     }
 
+    /// A PDU arriving in pieces, with the read dropped between them (as the handler does when
+    /// its operation ends first), is still read whole.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_dropped_read_resumes_where_it_stopped() {
+        use tokio::io::AsyncWriteExt;
+        let wire = pdu(P_DATA_TF, &item(1, 0b11, b"command!"));
+        let (mut tx, mut rx) = tokio::io::duplex(64);
+        let mut r = PduReader::new(1000);
+        for piece in [&wire[..3], &wire[3..9], &wire[9..]] {
+            tx.write_all(piece).await.unwrap();
+            let got =
+                tokio::time::timeout(std::time::Duration::from_millis(50), r.next(&mut rx)).await;
+            if let Ok(frame) = got {
+                let Frame::PData(mut pdvs) = frame.unwrap() else {
+                    panic!("not P-DATA")
+                };
+                assert_eq!(pdvs.next().unwrap().unwrap().data, b"command!");
+                return;
+            }
+        }
+        panic!("the PDU was never completed");
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn refuses_oversized_and_malformed_pdus() {
         let wire = pdu(P_DATA_TF, &[0; 2000]);
