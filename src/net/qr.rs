@@ -158,6 +158,7 @@ pub async fn run(request: Request, env: Env) {
         model,
         service,
         started: Instant::now(),
+        aborted: false,
     };
     async move {
         match service {
@@ -175,6 +176,8 @@ struct Operation {
     model: Model,
     service: Service,
     started: Instant,
+    /// The association was aborted (a C-GET sub-operation broke it): no final response.
+    aborted: bool,
 }
 
 /// How sub-operations went.
@@ -518,6 +521,23 @@ impl Operation {
                     tally.record(&f.sop_instance_uid, None);
                 }
                 Err(StoreFailure::Link(reason)) => {
+                    // A C-STORE-RQ may be half on the wire (a stored file that cannot be read
+                    // to its end, a requester that stopped answering): nothing more can be
+                    // said on this association in order, so it is aborted.
+                    warn!(
+                        sop_instance_uid = %f.sop_instance_uid,
+                        reason = %Printable(&reason),
+                        completed = tally.counts.completed,
+                        "C-GET sub-operation broke the association; aborting it"
+                    );
+                    let mut abort = Vec::new();
+                    let pdu = super::accept::abort(
+                        dicom_ul::pdu::AbortRQServiceProviderReason::ReasonNotSpecified,
+                    );
+                    if dicom_ul::write_pdu(&mut abort, &pdu).is_ok() {
+                        let _ = self.env.writer.write(&abort).await;
+                    }
+                    self.aborted = true;
                     for rest in &files[i..] {
                         tally.record(&rest.sop_instance_uid, None);
                     }
@@ -534,6 +554,9 @@ impl Operation {
 
     /// The final response of a C-MOVE/C-GET.
     async fn finish(&self, outcome: Result<(), String>, tally: Tally, total: usize) {
+        if self.aborted {
+            return;
+        }
         let c = tally.counts;
         let attempted = c.completed + c.failed + c.warning;
         let (code, comment) = match &outcome {
