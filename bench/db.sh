@@ -27,8 +27,13 @@ shared=${SHARED_BENCH:-../shared/bench}
 scratch=${SCRATCH:-${TMPDIR:-/tmp}/m3dnode-bench}
 mkdir -p "$scratch/tmp"
 py=${PYTHON:-$PWD/target/pyenv/bin/python}
-cargo build --release -q
-new=$PWD/target/release/m3dnode
+# NEW_BINARY: an already built binary of this tree (skips the build).
+if [ -n "${NEW_BINARY:-}" ]; then
+    new=$NEW_BINARY
+else
+    cargo build --release -q
+    new=$PWD/target/release/m3dnode
+fi
 
 case $what in
 ingest)
@@ -60,7 +65,7 @@ import sys, sqlite3, time, pathlib, pydicom
 root, nseries, per, template = pathlib.Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 ds = pydicom.dcmread(template)
 # Fixed-width UIDs, patched per file as bytes: 100,000 pydicom writes would take minutes.
-def uid(kind, a, b): return f"1.2.826.0.1.3680043.10.1338.{kind}.{a:06d}.{b:06d}"
+def uid(kind, a, b): return f"1.2.826.0.1.3680043.10.1338.{kind}.1{a:06d}.1{b:06d}"
 ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = uid(1, 0, 0), uid(2, 0, 0), uid(3, 0, 0)
 ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
 ds.SpecificCharacterSet = "ISO_IR 100"
@@ -99,19 +104,35 @@ print(f"# wrote {nseries * per} instances in {time.time() - t0:.1f} s")
 PY
     sync
     size() { stat -c %s "$1/index.sqlite"; }
+    # Starts the new node on storage $1 (log $2), waits for its listening line (the
+    # migration runs before it), stops it; sets start and end.
+    serve_timed() {
+        rm -f "$root/out"
+        start=$(date +%s.%N)
+        "$new" serve --listen 127.0.0.1:0 --storage "$1" > "$root/out" 2> "$2" &
+        pid=$!
+        until grep -qs listening "$root/out"; do sleep 0.05; kill -0 $pid; done
+        end=$(date +%s.%N)
+        kill -TERM $pid; wait $pid || true
+    }
     n=$((nseries * per))
     echo "# old-schema index: $(size "$root/v0") bytes, $(( $(size "$root/v0") / n )) bytes/instance"
     cp -a "$root/v0" "$root/killed"
+    # Cold start: the stored files out of the page cache (as after a reboot), so that the
+    # back-fill reads them from the disk.
+    "$py" - "$root/v0" <<'PY'
+import os, sys
+for d, _, files in os.walk(sys.argv[1]):
+    for f in files:
+        fd = os.open(os.path.join(d, f), os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+PY
     echo "# load before: $(cut -d' ' -f1-3 /proc/loadavg)"
     # The migration, timed from start to the listening line (the migration runs before it).
-    start=$(date +%s.%N)
-    "$new" serve --listen 127.0.0.1:0 --storage "$root/v0" > "$root/out" 2> "$root/new.log" &
-    pid=$!
-    until grep -q listening "$root/out"; do sleep 0.05; kill -0 $pid; done
-    end=$(date +%s.%N)
-    kill -TERM $pid; wait $pid || true
+    serve_timed "$root/v0" "$root/new.log"
     echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)"
-    grep -E "back-filling|migrated" "$root/new.log" | sed 's/^/#   /'
+    grep -E "back-filling|migrated" "$root/new.log" | sed 's/^/#   /' || true
     printf "# migration of %d instances: %.1f s to listening\n" "$n" "$(echo "$end - $start" | bc)"
     echo "# new-schema index after a clean stop: $(size "$root/v0") bytes, $(( $(size "$root/v0") / n )) bytes/instance"
     sqlite3 "$root/v0/index.sqlite" "SELECT 'patients', COUNT(*) FROM patients UNION ALL SELECT 'studies', COUNT(*) FROM studies UNION ALL SELECT 'series', COUNT(*) FROM series UNION ALL SELECT 'user_version', user_version FROM pragma_user_version" | sed 's/^/#   /'
@@ -121,13 +142,8 @@ PY
     until grep -q "back-filling the query index done=" "$root/killed.log" 2>/dev/null; do sleep 0.2; kill -0 $pid; done
     kill -9 $pid; wait $pid || true
     echo "# killed (-9) after: $(grep 'back-filling the query index done=' "$root/killed.log" | tail -1 | sed 's/.*index //')"
-    start=$(date +%s.%N)
-    "$new" serve --listen 127.0.0.1:0 --storage "$root/killed" > "$root/out2" 2> "$root/killed2.log" &
-    pid=$!
-    until grep -q listening "$root/out2"; do sleep 0.05; kill -0 $pid; done
-    end=$(date +%s.%N)
-    kill -TERM $pid; wait $pid || true
-    grep -E "migrating|migrated" "$root/killed2.log" | sed 's/^/#   /'
+    serve_timed "$root/killed" "$root/killed2.log"
+    grep -E "migrating|migrated" "$root/killed2.log" | sed 's/^/#   /' || true
     printf "# restart finished in %.1f s\n" "$(echo "$end - $start" | bc)"
     sqlite3 "$root/killed/index.sqlite" "SELECT 'patients', COUNT(*) FROM patients UNION ALL SELECT 'studies', COUNT(*) FROM studies UNION ALL SELECT 'series', COUNT(*) FROM series UNION ALL SELECT 'user_version', user_version FROM pragma_user_version" | sed 's/^/#   /'
     ;;

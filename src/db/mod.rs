@@ -207,3 +207,38 @@ fn in_transaction<T>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_index_gets_the_latest_schema_and_the_cli_refuses_an_older_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        let db = Db::open(&path).unwrap();
+        assert_eq!(db.schema_version().unwrap(), LATEST_VERSION);
+        drop(db);
+        assert!(Db::open_existing(&path).is_ok());
+        // A schema 1 index (as a release before 2 would leave it): `jobs` must not touch it.
+        let old = dir.path().join("old.sqlite");
+        let c = Connection::open(&old).unwrap();
+        c.execute_batch(include_str!("migrations/0001_initial.sql"))
+            .unwrap();
+        c.pragma_update(None, "user_version", 1).unwrap();
+        drop(c);
+        match Db::open_existing(&old) {
+            Err(DbError::NeedsMigration {
+                found: 1, known, ..
+            }) => {
+                assert_eq!(known, LATEST_VERSION)
+            }
+            other => panic!("{:?}", other.err()),
+        }
+        // `serve` migrates it.
+        assert_eq!(
+            Db::open(&old).unwrap().schema_version().unwrap(),
+            LATEST_VERSION
+        );
+    }
+}

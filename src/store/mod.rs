@@ -864,12 +864,7 @@ mod tests {
     /// A data set whose last element lies far beyond the in-memory prefix, so the header walk
     /// must cross from memory to the file.
     fn data_set(sop: &str) -> Vec<u8> {
-        let mut obj = InMemDicomObject::new_empty();
-        let mut ui = |tag, v: &str| obj.put(DataElement::new(tag, VR::UI, PrimitiveValue::from(v)));
-        ui(tags::SOP_CLASS_UID, MR);
-        ui(tags::SOP_INSTANCE_UID, sop);
-        ui(tags::STUDY_INSTANCE_UID, "1.2.3");
-        ui(tags::SERIES_INSTANCE_UID, "1.2.3.4");
+        let mut obj = uid_object(sop, "1.2.3", "1.2.3.4");
         obj.put(DataElement::new(
             tags::PIXEL_DATA,
             VR::OB,
@@ -880,6 +875,21 @@ mod tests {
             VR::OB,
             PrimitiveValue::U8(vec![0u8; 10].into()),
         ));
+        explicit_le(&obj)
+    }
+
+    /// An MR object with its four UIDs.
+    fn uid_object(sop: &str, study: &str, series: &str) -> InMemDicomObject {
+        let mut obj = InMemDicomObject::new_empty();
+        let mut ui = |tag, v: &str| obj.put(DataElement::new(tag, VR::UI, PrimitiveValue::from(v)));
+        ui(tags::SOP_CLASS_UID, MR);
+        ui(tags::SOP_INSTANCE_UID, sop);
+        ui(tags::STUDY_INSTANCE_UID, study);
+        ui(tags::SERIES_INSTANCE_UID, series);
+        obj
+    }
+
+    fn explicit_le(obj: &InMemDicomObject) -> Vec<u8> {
         let mut out = Vec::new();
         obj.write_dataset_with_ts(
             &mut out,
@@ -1124,12 +1134,7 @@ mod tests {
     /// An instance with query attributes: `text` are (tag, VR, raw bytes) in the instance's
     /// character set.
     fn query_data_set(sop: &str, study: &str, series: &str, text: &[(Tag, VR, &[u8])]) -> Vec<u8> {
-        let mut obj = InMemDicomObject::new_empty();
-        let mut ui = |tag, v: &str| obj.put(DataElement::new(tag, VR::UI, PrimitiveValue::from(v)));
-        ui(tags::SOP_CLASS_UID, MR);
-        ui(tags::SOP_INSTANCE_UID, sop);
-        ui(tags::STUDY_INSTANCE_UID, study);
-        ui(tags::SERIES_INSTANCE_UID, series);
+        let mut obj = uid_object(sop, study, series);
         for (tag, vr, bytes) in text {
             // ASCII as text (the encoder writes numbers held as bytes as decimal strings),
             // other bytes raw, as the test's character set encodes them.
@@ -1145,13 +1150,7 @@ mod tests {
             };
             obj.put(DataElement::new(*tag, *vr, value));
         }
-        let mut out = Vec::new();
-        obj.write_dataset_with_ts(
-            &mut out,
-            &dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased(),
-        )
-        .unwrap();
-        out
+        explicit_le(&obj)
     }
 
     fn query_rows(store: &Store, sql: &str) -> Vec<String> {
