@@ -75,6 +75,10 @@ CREATE INDEX instances_series ON instances(series_instance_uid);
 /// UID root of synthetic rows (a documentation root, not the node's).
 const ROOT: &str = "1.2.826.0.1.3680043.9.7433";
 
+/// One synthetic series: number, modality, description, instances, SOP class, and the
+/// Document Title of a result.
+type SeriesPlan<'a> = (u64, &'a str, String, u64, &'a str, Option<&'a str>);
+
 /// Encapsulated STL Storage.
 const STL: &str = "1.2.840.10008.5.1.4.1.1.104.3";
 
@@ -256,8 +260,7 @@ pub fn fill(
             } else {
                 "1.2.840.10008.5.1.4.1.1.4"
             };
-            // (series number, modality, description, instances, SOP class, document title)
-            let mut plan: Vec<(u64, &str, String, u64, &str, Option<&str>)> = (0..n_series)
+            let mut plan: Vec<SeriesPlan> = (0..n_series)
                 .map(|k| {
                     let count = if k + 1 == n_series {
                         images - images / n_series * k

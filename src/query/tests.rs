@@ -512,10 +512,13 @@ fn retrieve_resolution_in_stable_order() {
     assert!(matches!(err, QueryError::MissingUniqueKey { .. }), "{err}");
 }
 
+/// Keys of a Study Root C-FIND, the status and a part of the message they must get.
+type RefusalCase<'a> = (&'a [(&'a str, &'a str)], u16, &'a str);
+
 /// Every refusal, with its status and a comment that fits an LO.
 #[test]
 fn refusals_have_status_and_short_comment() {
-    let study_root: &[(&[(&str, &str)], u16, &str)] = &[
+    let study_root: &[RefusalCase] = &[
         (&[("00100020", "P1")], 0xA900, "Level (0008,0052) missing"),
         (&[("00080052", "")], 0xA900, "missing"),
         (
