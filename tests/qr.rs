@@ -253,98 +253,46 @@ fn findscu_at_every_level_with_wildcards_ranges_and_uid_lists() {
         f.text
     );
     assert!(f.matches[0].element(tags::PATIENT_BIRTH_DATE).is_ok());
-    // Patient Root, STUDY level below a patient.
-    let f = findscu(
-        &node,
-        "FINDSCU",
-        "-P",
-        &[
-            "QueryRetrieveLevel=STUDY",
-            "PatientID=COLIN27",
-            "StudyInstanceUID",
-        ],
-        &[],
-    );
-    assert_eq!(
-        f.values(tags::STUDY_INSTANCE_UID),
-        [mr.as_str()],
-        "{}",
-        f.text
-    );
-    // Study Root, STUDY level: wildcard on the name, date ranges, a UID list.
+    // Which studies match: Patient Root below a patient, then Study Root with a wildcard on
+    // the name, date ranges (closed and open), a UID list with an unknown UID.
+    let mut both = vec![ct.as_str(), mr.as_str()];
+    both.sort();
+    let list = format!("StudyInstanceUID={ct}\\{mr}\\1.2.3.4");
+    let cases: [(&str, &[&str], Vec<&str>); 5] = [
+        ("-P", &["PatientID=COLIN27"], vec![mr.as_str()]),
+        ("-S", &["PatientName=Cran*"], vec![ct.as_str()]),
+        ("-S", &["StudyDate=20120901-20120930"], vec![ct.as_str()]),
+        ("-S", &["StudyDate=-20001231"], vec![mr.as_str()]),
+        ("-S", &[list.as_str()], both),
+    ];
+    for (model, keys, expected) in cases {
+        let mut all = vec!["QueryRetrieveLevel=STUDY", "StudyInstanceUID"];
+        all.extend_from_slice(keys);
+        let f = findscu(&node, "FINDSCU", model, &all, &[]);
+        assert_eq!(
+            f.values(tags::STUDY_INSTANCE_UID),
+            expected,
+            "{keys:?}: {}",
+            f.text
+        );
+    }
     let f = findscu(
         &node,
         "FINDSCU",
         "-S",
         &[
             "QueryRetrieveLevel=STUDY",
-            "PatientName=Cran*",
             "StudyInstanceUID",
             "ModalitiesInStudy",
             "NumberOfStudyRelatedInstances",
+            "StudyDate",
+            "PatientName=Cran*",
         ],
         &[],
-    );
-    assert_eq!(
-        f.values(tags::STUDY_INSTANCE_UID),
-        [ct.as_str()],
-        "{}",
-        f.text
     );
     assert_eq!(f.values(tags::NUMBER_OF_STUDY_RELATED_INSTANCES), ["54"]);
     assert_eq!(f.values(tags::MODALITIES_IN_STUDY), ["CT"]);
-    let f = findscu(
-        &node,
-        "FINDSCU",
-        "-S",
-        &[
-            "QueryRetrieveLevel=STUDY",
-            "StudyDate=20120901-20120930",
-            "StudyInstanceUID",
-        ],
-        &[],
-    );
-    assert_eq!(
-        f.values(tags::STUDY_INSTANCE_UID),
-        [ct.as_str()],
-        "{}",
-        f.text
-    );
-    let f = findscu(
-        &node,
-        "FINDSCU",
-        "-S",
-        &[
-            "QueryRetrieveLevel=STUDY",
-            "StudyDate=-20001231",
-            "StudyInstanceUID",
-        ],
-        &[],
-    );
-    assert_eq!(
-        f.values(tags::STUDY_INSTANCE_UID),
-        [mr.as_str()],
-        "{}",
-        f.text
-    );
-    let f = findscu(
-        &node,
-        "FINDSCU",
-        "-S",
-        &[
-            "QueryRetrieveLevel=STUDY",
-            &format!("StudyInstanceUID={ct}\\{mr}\\1.2.3.4"),
-            "StudyDate",
-        ],
-        &[],
-    );
-    let mut both = vec![ct.clone(), mr.clone()];
-    both.sort();
-    assert_eq!(f.values(tags::STUDY_INSTANCE_UID), both, "{}", f.text);
-    assert!(
-        f.values(tags::STUDY_DATE)
-            .contains(&CT_STUDY_DATE.to_string())
-    );
+    assert_eq!(f.values(tags::STUDY_DATE), [CT_STUDY_DATE]);
     // SERIES and IMAGE levels.
     let f = findscu(
         &node,
