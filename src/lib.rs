@@ -3,7 +3,8 @@
 //!
 //! The modules follow the data:
 //!
-//! - [`net`]: associations and DIMSE (C-ECHO, C-STORE as SCP and SCU).
+//! - [`net`]: associations and DIMSE (C-ECHO, C-STORE as SCP and SCU; C-FIND, C-MOVE, C-GET
+//!   as SCP).
 //! - [`store`]: durable files (temp file, fsync, rename).
 //! - [`db`]: the SQLite index: every table and statement, the versioned schema.
 //! - [`query`]: Query/Retrieve matching (C-FIND identifiers against the query index, C-MOVE/C-GET

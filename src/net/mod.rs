@@ -1,5 +1,5 @@
 //! The DICOM network side: association negotiation and DIMSE, as service class provider
-//! ([`scp`]) and user ([`scu`]).
+//! ([`scp`], with its Query/Retrieve operations in [`qr`]) and user ([`scu`]).
 //!
 //! The upper layer (PDUs, A-ASSOCIATE negotiation) is dicom-ul's; this module adds the node's
 //! policy (which AEs, which SOP classes, which transfer syntaxes, how many associations) and the
