@@ -980,3 +980,39 @@ fn navigation_finds_and_pulls_the_mesh() {
         bytes.len()
     );
 }
+
+/// A requester may send its next C-FIND the moment it has read the final response: it must
+/// never be refused as a second, concurrent operation (the benchmark's tight loop found this).
+#[test]
+fn back_to_back_finds_on_one_association_are_never_refused() {
+    use dicom_core::VR;
+    use dicom_dictionary_std::tags;
+    use m3dnode::net::dimse;
+    let node = loaded_node("");
+    let mut assoc = raw_find_association(&node, "QR");
+    assoc.inner_stream().set_nodelay(true).unwrap();
+    let pc = assoc.presentation_contexts()[0].id;
+    let ct = ct_study();
+    let query = identifier(&[
+        (tags::QUERY_RETRIEVE_LEVEL, VR::CS, "STUDY"),
+        (tags::STUDY_INSTANCE_UID, VR::UI, &ct),
+    ]);
+    for id in 1..=300u16 {
+        send_message(
+            &mut assoc,
+            pc,
+            &dimse::c_find_rq(id, STUDY_FIND).encode(),
+            Some(&query),
+        );
+        let mut matches = 0;
+        let status = loop {
+            let rsp = read_response(&mut assoc);
+            match rsp.status().unwrap() {
+                0xFF00 | 0xFF01 => matches += 1,
+                s => break s,
+            }
+        };
+        assert_eq!((status, matches), (0x0000, 1), "query {id}");
+    }
+    assoc.release().unwrap();
+}

@@ -14,6 +14,7 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use dicom_ul::Pdu;
@@ -63,32 +64,57 @@ impl Writer {
         command: &[u8],
         data: Option<&[u8]>,
     ) -> std::io::Result<()> {
-        let mut out = Vec::with_capacity(command.len() + data.map_or(0, <[u8]>::len) + 64);
-        let mut pdus = dimse::pdata_pdus(
-            pc_id,
-            PDataValueType::Command,
-            command,
-            self.peer_max_pdu,
-            true,
-        );
-        if let Some(d) = data {
-            pdus.extend(dimse::pdata_pdus(
-                pc_id,
-                PDataValueType::Data,
-                d,
-                self.peer_max_pdu,
-                true,
-            ));
-        }
-        for pdu in &pdus {
-            dicom_ul::write_pdu(&mut out, pdu).map_err(std::io::Error::other)?;
-        }
+        let mut out = Vec::new();
+        encode_message(&mut out, pc_id, command, data, self.peer_max_pdu)?;
         self.write(&out).await
+    }
+
+    /// Sends an operation's final response, setting `done` under the writer's lock first:
+    /// a requester may send its next request as soon as it reads this response, and the
+    /// reader must by then see the operation as over (not refuse the request as a second
+    /// concurrent one).
+    pub async fn send_final(
+        &self,
+        pc_id: u8,
+        command: &[u8],
+        data: Option<&[u8]>,
+        done: &AtomicBool,
+    ) -> std::io::Result<()> {
+        let mut out = Vec::new();
+        encode_message(&mut out, pc_id, command, data, self.peer_max_pdu)?;
+        let mut half = self.half.lock().await;
+        done.store(true, Ordering::SeqCst);
+        half.write_all(&out).await
     }
 
     async fn lock(&self) -> MutexGuard<'_, OwnedWriteHalf> {
         self.half.lock().await
     }
+}
+
+/// Encodes a message (command set, then the data set if any) as P-DATA PDUs into `out`.
+fn encode_message(
+    out: &mut Vec<u8>,
+    pc_id: u8,
+    command: &[u8],
+    data: Option<&[u8]>,
+    max_pdu: u32,
+) -> std::io::Result<()> {
+    out.reserve(command.len() + data.map_or(0, <[u8]>::len) + 64);
+    let mut pdus = dimse::pdata_pdus(pc_id, PDataValueType::Command, command, max_pdu, true);
+    if let Some(d) = data {
+        pdus.extend(dimse::pdata_pdus(
+            pc_id,
+            PDataValueType::Data,
+            d,
+            max_pdu,
+            true,
+        ));
+    }
+    for pdu in &pdus {
+        dicom_ul::write_pdu(out, pdu).map_err(std::io::Error::other)?;
+    }
+    Ok(())
 }
 
 /// A Q/R request whose identifier has been read, ready to run.
@@ -121,6 +147,9 @@ pub struct Env {
     pub cancel: watch::Receiver<bool>,
     /// C-STORE-RSPs the reader received (C-GET sub-operations).
     pub store_rsp: mpsc::Receiver<Command>,
+    /// Set when the final response is about to be written: from then on the operation is
+    /// over as far as the requester can tell.
+    pub done: Arc<AtomicBool>,
 }
 
 /// The response command field of a Q/R request field.
@@ -232,12 +261,17 @@ impl Operation {
             comment,
         )
         .encode();
-        match self
-            .env
-            .writer
-            .send_message(self.request.pc_id, &cmd, identifier)
-            .await
-        {
+        let writer = &self.env.writer;
+        let sent = if code == status::PENDING {
+            writer
+                .send_message(self.request.pc_id, &cmd, identifier)
+                .await
+        } else {
+            writer
+                .send_final(self.request.pc_id, &cmd, identifier, &self.env.done)
+                .await
+        };
+        match sent {
             Ok(()) => true,
             Err(e) => {
                 warn!(error = %e, "sending a response failed; operation ended");

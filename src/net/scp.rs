@@ -617,7 +617,17 @@ struct Running {
     message_id: u16,
     cancel: watch::Sender<bool>,
     store_rsp: mpsc::Sender<Command>,
+    /// Set by the operation just before its final response goes out.
+    done: Arc<std::sync::atomic::AtomicBool>,
     task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Still running as far as the requester can know: its final response has not been
+    /// sent. (The task itself ends a moment later.)
+    fn active(&self) -> bool {
+        !self.done.load(std::sync::atomic::Ordering::SeqCst) && !self.task.is_finished()
+    }
 }
 
 impl Drop for Running {
@@ -686,7 +696,7 @@ impl Handler {
             };
             let frame = match next {
                 // A peer waiting for its C-MOVE/C-GET to finish is not idle.
-                Err(_) if self.op.is_some() => continue,
+                Err(_) if self.op.as_ref().is_some_and(Running::active) => continue,
                 Err(_) => {
                     warn!(
                         idle_seconds = idle.as_secs(),
@@ -790,7 +800,7 @@ impl Handler {
                 }
                 Frame::ReleaseRq => {
                     if let Some(op) = self.op.take()
-                        && !op.task.is_finished()
+                        && op.active()
                     {
                         // PS3.7 asks the requester to wait for the final response; one that
                         // does not gets its operation cancelled, briefly waited for.
@@ -852,7 +862,7 @@ impl Handler {
         if cmd.command_field() == Ok(field::C_STORE_RSP) {
             // A C-GET sub-operation's answer (it carries no Message ID of its own).
             match &self.op {
-                Some(op) if !op.task.is_finished() => {
+                Some(op) if op.active() => {
                     if op.store_rsp.try_send(cmd).is_err() {
                         warn!("C-STORE-RSP the running operation does not wait for; ignored");
                     }
@@ -866,7 +876,7 @@ impl Handler {
             // PS3.7 9.3.2.3 asks for no response; the cancelled operation answers 0xFE00.
             let target = cmd.message_id_responded_to().ok();
             match &self.op {
-                Some(op) if Some(op.message_id) == target && !op.task.is_finished() => {
+                Some(op) if Some(op.message_id) == target && op.active() => {
                     debug!(message_id = op.message_id, "C-CANCEL-RQ");
                     let _ = op.cancel.send(true);
                 }
@@ -1045,7 +1055,7 @@ impl Handler {
                 status::NOT_AUTHORIZED,
                 format!("{service} is not permitted for this AE title"),
             ))
-        } else if self.op.as_ref().is_some_and(|op| !op.task.is_finished()) {
+        } else if self.op.as_ref().is_some_and(Running::active) {
             warn!(
                 message_id,
                 "Q/R request while another operation runs on the association; refused"
@@ -1122,6 +1132,7 @@ impl Handler {
         }
         let (cancel_tx, cancel_rx) = watch::channel(false);
         let (rsp_tx, rsp_rx) = mpsc::channel(4);
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let get_contexts = self
             .agreed
             .contexts
@@ -1141,6 +1152,7 @@ impl Handler {
             get_contexts,
             cancel: cancel_rx,
             store_rsp: rsp_rx,
+            done: done.clone(),
         };
         let message_id = request.message_id;
         let task = tokio::spawn(qr::run(request, env).in_current_span());
@@ -1148,6 +1160,7 @@ impl Handler {
             message_id,
             cancel: cancel_tx,
             store_rsp: rsp_tx,
+            done,
             task,
         });
         Ok(())
