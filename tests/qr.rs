@@ -366,54 +366,58 @@ fn find_stops_at_max_results_with_a_refusal_that_says_so() {
     );
 }
 
-/// findscu reads responses one at a time and cancels after the first; its socket buffers
-/// are made small (DCMTK's TCP_BUFFER_LENGTH), so the node cannot have written every
-/// match into them before the C-CANCEL-RQ arrives.
+/// findscu reads responses one at a time and cancels after the first. The index holds 40,000
+/// studies (synthetic rows, `query::synthetic`), whose ~14 MB of responses are more than the
+/// loopback socket buffers hold, so the node is still writing matches when the C-CANCEL-RQ
+/// arrives and must stop there.
 #[test]
 fn c_cancel_stops_a_find_mid_stream() {
-    let node = qr_node("sync = false\n[query]\nmax_results = 0\n");
-    let tmp = tempfile::tempdir().unwrap();
-    let files = write_mr_series(tmp.path(), 5000, 2, 2);
-    let out = storescu(&node, &[tmp.path().to_path_buf()]);
-    assert!(out.status.success(), "{}", text(&out));
-    let study = attr(&files[0], dicom_dictionary_std::tags::STUDY_INSTANCE_UID);
-    let series = attr(&files[0], dicom_dictionary_std::tags::SERIES_INSTANCE_UID);
+    const STUDIES: u64 = 40_000;
     let dir = tempfile::tempdir().unwrap();
-    let out = run(Command::new(tool("findscu"))
-        .env("TCP_BUFFER_LENGTH", "4096")
-        .args([
-            "-v", "-aet", "FINDSCU", "-aec", "M3DNODE", "-S", "--cancel", "1",
-        ])
-        .args(["-X", "-od"])
-        .arg(dir.path())
-        .args([
-            "-k",
-            "QueryRetrieveLevel=IMAGE",
-            "-k",
-            &format!("StudyInstanceUID={study}"),
-            "-k",
-            &format!("SeriesInstanceUID={series}"),
-            "-k",
-            "SOPInstanceUID",
-            "127.0.0.1",
-            &node.port(),
-        ]));
-    let t = text(&out);
-    let received = std::fs::read_dir(dir.path()).unwrap().count();
-    assert!(t.contains("Received Final Find Response (Cancel"), "{t}");
-    eprintln!("{received} of 5000 matches arrived before the final 0xFE00");
+    let storage = dir.path().join("var");
+    std::fs::create_dir_all(&storage).unwrap();
+    {
+        let db = m3dnode::db::Db::open(&storage.join("index.sqlite")).unwrap();
+        db.with(|c| m3dnode::query::synthetic::fill(c, STUDIES, 1, 1))
+            .unwrap();
+    }
+    let node = Node::start_in(
+        dir,
+        "[query]\nmax_results = 0\n[[peers]]\nae_title = \"FINDSCU\"\naddress = \"127.0.0.1:1\"\n[[peers]]\nae_title = \"QR\"\naddress = \"127.0.0.1:1\"\n",
+    );
+    let keys = [
+        "QueryRetrieveLevel=STUDY",
+        "StudyInstanceUID",
+        "PatientName",
+        "PatientID",
+        "StudyDate",
+        "StudyTime",
+        "AccessionNumber",
+        "StudyDescription",
+        "ModalitiesInStudy",
+        "NumberOfStudyRelatedInstances",
+    ];
+    let f = findscu(&node, "FINDSCU", "-S", &keys, &["--cancel", "1"]);
     assert!(
-        received < 5000,
+        f.text.contains("Received Final Find Response (Cancel"),
+        "{}",
+        f.text.lines().rev().take(5).collect::<Vec<_>>().join("\n")
+    );
+    let received = f.matches.len();
+    eprintln!("{received} of {STUDIES} matches arrived before the final 0xFE00");
+    assert!(
+        (received as u64) < STUDIES,
         "{received} matches arrived after the cancel"
     );
     assert!(node.log().contains("C-FIND cancelled"), "{}", node.log());
     // pynetdicom's C-CANCEL too.
     let r = qr_client(
         &node,
-        json!({"op": "find", "cancel_after": 1, "identifier": {"QueryRetrieveLevel": "IMAGE",
-            "StudyInstanceUID": study, "SeriesInstanceUID": series, "SOPInstanceUID": ""}}),
+        json!({"op": "find", "cancel_after": 1, "identifier": {"QueryRetrieveLevel": "STUDY",
+            "StudyInstanceUID": "", "PatientName": "", "StudyDate": "", "StudyDescription": ""}}),
     );
     assert_eq!(status_of(final_of(&r)), 0xFE00, "{:?}", final_of(&r));
+    assert!((r.len() as u64) < STUDIES);
     assert!(node.echo_ok());
 }
 
