@@ -3,6 +3,8 @@
 # before it, the index size per instance, and the migration of a large old storage.
 #
 #   bench/db.sh ingest OLD_BINARY [RUNS]          A/B C-STORE ingest, old vs this tree
+#   bench/db.sh cpu OLD_BINARY [RUNS]             A/B CPU seconds of the node per series
+#                                                 received (SYNC=true for durable)
 #   bench/db.sh migration OLD_BINARY [SERIES] [PER_SERIES]
 #                                                 old-schema storage of SERIES x PER_SERIES
 #                                                 64x64 instances (default 1000 x 100), then
@@ -21,7 +23,7 @@
 # index), so every run is a first arrival of the series' files for both binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-what=${1:?usage: bench/db.sh ingest|migration OLD_BINARY ...}
+what=${1:?usage: bench/db.sh ingest|cpu|migration OLD_BINARY ...}
 old=${2:?usage: bench/db.sh ingest|migration OLD_BINARY ...}
 shared=${SHARED_BENCH:-../shared/bench}
 scratch=${SCRATCH:-${TMPDIR:-/tmp}/m3dnode-bench}
@@ -47,6 +49,57 @@ ingest)
     TMPDIR=$scratch/tmp PYTHON=$py "$shared/ingest.sh" -d "$series" -e -1 -n "$runs" \
         "$env_n $old $scp" "$env_n $new $scp" "$env_d $old $scp" "$env_d $new $scp"
     echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+    ;;
+cpu)
+    # CPU seconds the node spends per series received (user + system, from /proc), old and
+    # new alternating: less sensitive than throughput to a machine shared with other work.
+    runs=${3:-15}
+    series=$scratch/series/mr300
+    [ -d "$series" ] || "$py" "$shared/make_series.py" --modality MR --rows 512 --cols 512 --slices 300 "$series"
+    root=$scratch/cpu
+    rm -rf "$root"
+    mkdir -p "$root"
+    declare -A pid port
+    for b in old new; do
+        bin=$old; [ $b = new ] && bin=$new
+        M3DNODE__NODE__SYNC=${SYNC:-false} M3DNODE__NODE__MIN_FREE_MB=1 RUST_LOG=warn \
+            "$bin" serve --listen 127.0.0.1:0 --storage "$root/$b" > "$root/$b.out" 2> "$root/$b.log" &
+        pid[$b]=$!
+        until grep -qs listening "$root/$b.out"; do sleep 0.05; done
+        port[$b]=$(sed -n 's/.*127.0.0.1:\([0-9]*\).*/\1/p' "$root/$b.out")
+    done
+    # User and system ticks. System time is mostly ext4 creating files (inode allocation in
+    # a directory whose files the runs keep deleting, `recently_deleted` in perf), which
+    # depends on the directory's history, not on the node: user time is the node's own work.
+    ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
+    hz=$(getconf CLK_TCK)
+    echo "# sync=${SYNC:-false}, load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+    for r in $(seq "$runs"); do
+        order="old new"; [ $((r % 2)) = 0 ] && order="new old"
+        for b in $order; do
+            rm -rf "${root:?}/$b"/1.* "${root:?}/$b"/2.*
+            read -r u0 s0 < <(ticks "${pid[$b]}")
+            TCP_NODELAY=1 storescu -aec M3DNODE +sd "127.0.0.1" "${port[$b]}" "$series" >/dev/null
+            read -r u1 s1 < <(ticks "${pid[$b]}")
+            echo "run $r $b $(echo "scale=3; ($u1 - $u0) / $hz" | bc) $(echo "scale=3; ($s1 - $s0) / $hz" | bc)"
+        done
+    done | tee "$root/runs"
+    kill -TERM "${pid[old]}" "${pid[new]}"; wait || true
+    echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+    "$py" - "$root/runs" <<'PY'
+import sys, statistics, collections
+runs = collections.defaultdict(dict)
+for line in open(sys.argv[1]):
+    _, r, b, user, system = line.split()
+    runs[r][b] = (float(user), float(system))
+for i, what in enumerate(["user", "system"]):
+    old = [v["old"][i] for v in runs.values()]
+    new = [v["new"][i] for v in runs.values()]
+    ratio = [v["new"][i] / v["old"][i] for v in runs.values() if v["old"][i] > 0]
+    print(f"# {what} CPU s per 300 instances: old median {statistics.median(old):.3f}, new median {statistics.median(new):.3f}; "
+          f"sums old {sum(old):.2f} new {sum(new):.2f} ({sum(new) / sum(old):.3f}); "
+          f"new/old per run: median {statistics.median(ratio):.3f} [{min(ratio):.3f}-{max(ratio):.3f}]")
+PY
     ;;
 migration)
     nseries=${3:-1000}
