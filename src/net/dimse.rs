@@ -25,6 +25,14 @@ pub mod field {
     pub const C_FIND_RSP: u16 = 0x8020;
     /// C-CANCEL-RQ
     pub const C_CANCEL_RQ: u16 = 0x0FFF;
+    /// C-MOVE-RQ
+    pub const C_MOVE_RQ: u16 = 0x0021;
+    /// C-MOVE-RSP
+    pub const C_MOVE_RSP: u16 = 0x8021;
+    /// C-GET-RQ
+    pub const C_GET_RQ: u16 = 0x0010;
+    /// C-GET-RSP
+    pub const C_GET_RSP: u16 = 0x8010;
 }
 
 /// DIMSE status codes (PS3.4 B.2.3 and PS3.7 C).
@@ -59,6 +67,11 @@ const COMMAND_DATA_SET_TYPE: u32 = 0x0000_0800;
 const STATUS: u32 = 0x0000_0900;
 const ERROR_COMMENT: u32 = 0x0000_0902;
 const AFFECTED_SOP_INSTANCE_UID: u32 = 0x0000_1000;
+const MOVE_DESTINATION: u32 = 0x0000_0600;
+const REMAINING_SUBOPERATIONS: u32 = 0x0000_1020;
+const COMPLETED_SUBOPERATIONS: u32 = 0x0000_1021;
+const FAILED_SUBOPERATIONS: u32 = 0x0000_1022;
+const WARNING_SUBOPERATIONS: u32 = 0x0000_1023;
 
 /// A malformed command set.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -153,6 +166,22 @@ impl Command {
     pub fn error_comment(&self) -> Option<String> {
         self.text(ERROR_COMMENT)
     }
+
+    /// The sub-operation counts of a C-MOVE-RSP or C-GET-RSP: remaining, completed, failed,
+    /// warning (0000,1020-1023). Each is optional in a response (PS3.7 9.3.4.2, 9.3.3.2), so an
+    /// absent or malformed one is `None`.
+    pub fn sub_operations(&self) -> [Option<u16>; 4] {
+        [
+            REMAINING_SUBOPERATIONS,
+            COMPLETED_SUBOPERATIONS,
+            FAILED_SUBOPERATIONS,
+            WARNING_SUBOPERATIONS,
+        ]
+        .map(|tag| match self.elements.get(&tag).map(Vec::as_slice) {
+            Some([a, b]) => Some(u16::from_le_bytes([*a, *b])),
+            _ => None,
+        })
+    }
 }
 
 /// Builds a command set; [`CommandBuilder::encode`] adds the group length.
@@ -246,6 +275,35 @@ pub fn c_find_rq(message_id: u16, sop_class_uid: &str) -> CommandBuilder {
         .us(MESSAGE_ID, message_id)
         .us(PRIORITY, 0)
         .us(COMMAND_DATA_SET_TYPE, 0x0000)
+}
+
+/// C-MOVE-RQ with medium priority to the AE title `destination`; an identifier follows.
+pub fn c_move_rq(message_id: u16, sop_class_uid: &str, destination: &str) -> CommandBuilder {
+    CommandBuilder::default()
+        .ui(AFFECTED_SOP_CLASS_UID, sop_class_uid)
+        .us(COMMAND_FIELD, field::C_MOVE_RQ)
+        .us(MESSAGE_ID, message_id)
+        .us(PRIORITY, 0)
+        .us(COMMAND_DATA_SET_TYPE, 0x0000)
+        .lo(MOVE_DESTINATION, destination)
+}
+
+/// C-GET-RQ with medium priority; an identifier follows.
+pub fn c_get_rq(message_id: u16, sop_class_uid: &str) -> CommandBuilder {
+    CommandBuilder::default()
+        .ui(AFFECTED_SOP_CLASS_UID, sop_class_uid)
+        .us(COMMAND_FIELD, field::C_GET_RQ)
+        .us(MESSAGE_ID, message_id)
+        .us(PRIORITY, 0)
+        .us(COMMAND_DATA_SET_TYPE, 0x0000)
+}
+
+/// C-CANCEL-RQ (PS3.7 9.3.2.3) for the operation with Message ID `responding_to`.
+pub fn c_cancel_rq(responding_to: u16) -> CommandBuilder {
+    CommandBuilder::default()
+        .us(COMMAND_FIELD, field::C_CANCEL_RQ)
+        .us(MESSAGE_ID_BEING_RESPONDED_TO, responding_to)
+        .us(COMMAND_DATA_SET_TYPE, NO_DATA_SET)
 }
 
 /// The largest PDV value that fits a peer's maximum PDU length, even (DCMTK rejects odd
@@ -387,6 +445,38 @@ mod tests {
         ));
         let cmd = Command::parse(&bytes[..12]).unwrap();
         assert!(cmd.command_field().is_err());
+    }
+
+    #[test]
+    fn retrieve_requests_parse_with_dicom_object() {
+        use dicom_dictionary_std::tags;
+        let ts = dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN.erased();
+        let bytes = c_move_rq(9, "1.2.840.10008.5.1.4.1.2.2.2", "STORESCP").encode();
+        let obj =
+            dicom_object::InMemDicomObject::read_dataset_with_ts(bytes.as_slice(), &ts).unwrap();
+        // AE is padded with a space to even length, as PS3.5 6.2 wants.
+        assert_eq!(
+            obj.element(tags::MOVE_DESTINATION)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .trim_end(),
+            "STORESCP"
+        );
+        assert_eq!(
+            obj.element(tags::COMMAND_FIELD)
+                .unwrap()
+                .to_int::<u16>()
+                .unwrap(),
+            field::C_MOVE_RQ
+        );
+        let cancel = Command::parse(&c_cancel_rq(9).encode()).unwrap();
+        assert_eq!(cancel.command_field(), Ok(field::C_CANCEL_RQ));
+        assert_eq!(cancel.message_id_responded_to(), Ok(9));
+        assert_eq!(cancel.has_data_set(), Ok(false));
+        let get = Command::parse(&c_get_rq(4, "1.2.840.10008.5.1.4.1.2.2.3").encode()).unwrap();
+        assert_eq!(get.command_field(), Ok(field::C_GET_RQ));
+        assert_eq!(get.sub_operations(), [None; 4]);
     }
 
     #[test]
