@@ -592,7 +592,7 @@ impl QrAssociation {
         }
     }
 
-    fn from_request(&self, e: RequestError) -> QrError {
+    fn request_error(&self, e: RequestError) -> QrError {
         match e {
             RequestError::Timeout(seconds) => QrError::Timeout {
                 peer: self.peer.to_string(),
@@ -653,7 +653,7 @@ impl QrAssociation {
         for pdu in dimse::pdata_pdus(pc_id, kind, bytes, max, true) {
             if let Err(e) = self.assoc.send(&pdu).await {
                 self.broken = true;
-                return Err(self.from_request(e));
+                return Err(self.request_error(e));
             }
         }
         Ok(())
@@ -712,7 +712,7 @@ impl QrAssociation {
                 }
                 Woke::Readable(Err(e)) => {
                     self.broken = true;
-                    return Err(self.from_request(e));
+                    return Err(self.request_error(e));
                 }
                 Woke::Readable(Ok(())) => {}
             }
@@ -720,7 +720,7 @@ impl QrAssociation {
                 Ok(p) => p,
                 Err(e) => {
                     self.broken = true;
-                    return Err(self.from_request(e));
+                    return Err(self.request_error(e));
                 }
             };
             match pdu {
