@@ -1,7 +1,7 @@
 //! The command-line front end. It parses arguments, sets up logging and the runtime, and
 //! calls into the library; it holds no logic the server lacks. Only this module picks exit
 //! codes: 0 success, 1 a command that ran and failed (e.g. a file that was not stored), 2 bad
-//! usage or configuration.
+//! usage or configuration; the Q/R commands add the codes of [`qr_exit`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
