@@ -607,3 +607,164 @@ fn a_peer_that_never_answers_times_out() {
     assert!(text(&out).contains("no answer"), "{}", text(&out));
     assert!(py.log().contains("FIND"), "{}", py.log());
 }
+
+/// One PDU from a raw socket (the scripted peer below).
+fn read_pdu(s: &mut std::net::TcpStream) -> Option<dicom_ul::Pdu> {
+    use std::io::Read;
+    let mut head = [0u8; 6];
+    s.read_exact(&mut head).ok()?;
+    let len = u32::from_be_bytes([head[2], head[3], head[4], head[5]]) as usize;
+    let mut pdu = head.to_vec();
+    pdu.resize(6 + len, 0);
+    s.read_exact(&mut pdu[6..]).ok()?;
+    dicom_ul::read_pdu(pdu.as_slice(), 1 << 24, false).ok()?
+}
+
+/// A peer that accepts the association (every context, Explicit VR Little Endian), reads one
+/// request (command and identifier), then writes `reply` as it is and holds the socket.
+fn scripted_peer(reply: Vec<u8>) -> u16 {
+    use dicom_ul::pdu::{
+        AssociationAC, PDataValueType, PresentationContextResult, PresentationContextResultReason,
+        UserVariableItem,
+    };
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let Ok((mut s, _)) = listener.accept() else {
+            return;
+        };
+        let Some(dicom_ul::Pdu::AssociationRQ(rq)) = read_pdu(&mut s) else {
+            return;
+        };
+        let ac = dicom_ul::Pdu::AssociationAC(AssociationAC {
+            protocol_version: 1,
+            calling_ae_title: rq.calling_ae_title.clone(),
+            called_ae_title: rq.called_ae_title.clone(),
+            application_context_name: rq.application_context_name.clone(),
+            presentation_contexts: rq
+                .presentation_contexts
+                .iter()
+                .map(|pc| PresentationContextResult {
+                    id: pc.id,
+                    reason: PresentationContextResultReason::Acceptance,
+                    transfer_syntax: "1.2.840.10008.1.2.1".into(),
+                })
+                .collect(),
+            user_variables: vec![UserVariableItem::MaxLength(16384)],
+        });
+        let mut out = Vec::new();
+        dicom_ul::write_pdu(&mut out, &ac).unwrap();
+        s.write_all(&out).unwrap();
+        // The request: until the identifier's last fragment.
+        while let Some(dicom_ul::Pdu::PData { data }) = read_pdu(&mut s) {
+            if data
+                .iter()
+                .any(|v| v.value_type == PDataValueType::Data && v.is_last)
+            {
+                break;
+            }
+        }
+        let _ = s.write_all(&reply);
+        std::thread::sleep(Duration::from_secs(10));
+    });
+    port
+}
+
+fn pdata(value_type: dicom_ul::pdu::PDataValueType, is_last: bool, data: Vec<u8>) -> Vec<u8> {
+    let pdu = dicom_ul::Pdu::PData {
+        data: vec![dicom_ul::pdu::PDataValue {
+            presentation_context_id: 1,
+            value_type,
+            is_last,
+            data,
+        }],
+    };
+    let mut out = Vec::new();
+    dicom_ul::write_pdu(&mut out, &pdu).unwrap();
+    out
+}
+
+/// An Implicit VR Little Endian command set with the group length first.
+fn command_set(elements: &[(u16, Vec<u8>)]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (elem, value) in elements {
+        body.extend_from_slice(&0u16.to_le_bytes());
+        body.extend_from_slice(&elem.to_le_bytes());
+        body.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        body.extend_from_slice(value);
+    }
+    let mut out = vec![0, 0, 0, 0, 4, 0, 0, 0];
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+#[test]
+fn malformed_responses_end_in_a_protocol_error_not_a_panic() {
+    use dicom_ul::pdu::PDataValueType::{Command as C, Data as D};
+    let pending_find = |responding_to: u16| {
+        command_set(&[
+            (0x0100, 0x8020u16.to_le_bytes().to_vec()),
+            (0x0120, responding_to.to_le_bytes().to_vec()),
+            (0x0800, 0u16.to_le_bytes().to_vec()),
+            (0x0900, 0xFF00u16.to_le_bytes().to_vec()),
+        ])
+    };
+    // A pending response followed by 5 MB of identifier (over the 4 MiB cap), in PDUs that
+    // each fit our maximum.
+    let mut huge = pdata(C, true, pending_find(1));
+    for i in 0..20 {
+        huge.extend(pdata(D, i == 19, vec![0x41; 250_000]));
+    }
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "truncated command set",
+            pdata(C, true, vec![0, 0, 0, 0, 4, 0, 0, 0, 200]),
+            "truncated",
+        ),
+        (
+            "not a PDU at all",
+            b"HTTP/1.1 400 Bad Request\r\n\r\n".to_vec(),
+            "association",
+        ),
+        (
+            "response to another request",
+            pdata(C, true, pending_find(77)),
+            "response to message 1",
+        ),
+        (
+            "identifier that is no data set",
+            [
+                pdata(C, true, pending_find(1)),
+                pdata(D, true, vec![0x08, 0x00, 0x52, 0x00, 0xFF]),
+            ]
+            .concat(),
+            "malformed response identifier",
+        ),
+        ("identifier over the cap", huge, "longer than"),
+        (
+            "a PDU larger than we accept",
+            {
+                let mut p = vec![0x04, 0, 0x7F, 0xFF, 0xFF, 0xFF];
+                p.extend(vec![0; 64]);
+                p
+            },
+            "exceeds",
+        ),
+    ];
+    for (what, reply, says) in cases {
+        let port = scripted_peer(reply);
+        let out = m3dnode(&[
+            "find",
+            &format!("FAKE@127.0.0.1:{port}"),
+            "--timeout",
+            "5",
+            "-k",
+            "PatientName",
+        ]);
+        assert_eq!(code(&out), 5, "{what}: {}", text(&out));
+        assert!(text(&out).contains(says), "{what}: {}", text(&out));
+        assert!(!text(&out).contains("panicked"), "{what}: {}", text(&out));
+    }
+}
