@@ -768,3 +768,36 @@ fn malformed_responses_end_in_a_protocol_error_not_a_panic() {
         assert!(!text(&out).contains("panicked"), "{what}: {}", text(&out));
     }
 }
+
+#[test]
+fn move_to_a_destination_that_is_down_lists_the_failed_instances() {
+    let dest = Destination::down("DEST");
+    let scp = QrScp::start(Some(dest.port));
+    scp.load(&[CT]);
+    let ct = original(CT);
+    let out = m3dnode(&[
+        "move",
+        &scp.peer(),
+        "--dest",
+        "DEST",
+        "-L",
+        "SERIES",
+        "-k",
+        &format!("StudyInstanceUID={}", ct.study),
+        "-k",
+        &format!("SeriesInstanceUID={}", ct.series),
+    ]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    let failed: BTreeSet<String> = stdout_lines(&out)
+        .iter()
+        .filter_map(|l| l.strip_prefix("FAILED ").map(str::to_string))
+        .collect();
+    assert_eq!(
+        failed,
+        ct.instances.keys().cloned().collect(),
+        "{}",
+        text(&out)
+    );
+    let last = stdout_lines(&out).pop().unwrap_or_default();
+    assert!(last.starts_with("0 completed"), "{last}");
+}
