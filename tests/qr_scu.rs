@@ -468,7 +468,8 @@ fn failures_have_distinct_exit_codes() {
 }
 
 /// A pynetdicom Study Root C-FIND SCP: `slow` yields a match every 0.2 s until cancelled
-/// (logging `CANCELLED`), `silent` never answers.
+/// (logging `CANCELLED`), `silent` never answers, `charsets` answers a UTF-8 and a Latin-1
+/// match.
 const FIND_SCP: &str = r#"
 import sys, time
 from pydicom.dataset import Dataset
@@ -482,6 +483,14 @@ def on_find(event):
     log.write("FIND\n")
     if mode == "silent":
         time.sleep(120)
+        return
+    if mode == "charsets":
+        for cs, name in (("ISO_IR 192", "Müller^Jürgen"), ("ISO_IR 100", "Gonçalves^Inês")):
+            r = Dataset()
+            r.SpecificCharacterSet = cs
+            r.QueryRetrieveLevel = "STUDY"
+            r.PatientName = name
+            yield (0xFF00, r)
         return
     for i in range(600):
         if event.is_cancelled:
@@ -800,4 +809,21 @@ fn move_to_a_destination_that_is_down_lists_the_failed_instances() {
     );
     let last = stdout_lines(&out).pop().unwrap_or_default();
     assert!(last.starts_with("0 completed"), "{last}");
+}
+
+#[test]
+fn matches_are_printed_in_utf8_whatever_their_character_set() {
+    let py = PyFind::start("charsets");
+    let out = m3dnode(&[
+        "find",
+        &format!("SLOW@127.0.0.1:{}", py.port),
+        "-k",
+        "PatientName",
+    ]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let names: Vec<String> = stdout_lines(&out)
+        .iter()
+        .filter_map(|l| field(l, "PatientName"))
+        .collect();
+    assert_eq!(names, ["Müller^Jürgen", "Gonçalves^Inês"], "{}", text(&out));
 }
