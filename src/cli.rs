@@ -844,11 +844,12 @@ async fn retrieve(qr: QrArgs, what: Retrieve) -> Result<ExitCode> {
     for path in &o.stored {
         println!("OK {}", path.display());
     }
+    // The peer chose these UIDs: one that holds a line break must not forge a line.
     for (uid, why) in &o.refused {
-        println!("REFUSED {uid}: {why}");
+        println!("REFUSED {}: {why}", crate::net::Printable(uid));
     }
     for uid in &o.failed_uids {
-        println!("FAILED {uid}");
+        println!("FAILED {}", crate::net::Printable(uid));
     }
     println!(
         "{} completed, {} failed, {} warning{} (status {:#06X}, {}{})",

@@ -681,9 +681,18 @@ fn scripted_peer(reply: Vec<u8>) -> u16 {
 }
 
 fn pdata(value_type: dicom_ul::pdu::PDataValueType, is_last: bool, data: Vec<u8>) -> Vec<u8> {
+    pdata_on(1, value_type, is_last, data)
+}
+
+fn pdata_on(
+    pc_id: u8,
+    value_type: dicom_ul::pdu::PDataValueType,
+    is_last: bool,
+    data: Vec<u8>,
+) -> Vec<u8> {
     let pdu = dicom_ul::Pdu::PData {
         data: vec![dicom_ul::pdu::PDataValue {
-            presentation_context_id: 1,
+            presentation_context_id: pc_id,
             value_type,
             is_last,
             data,
@@ -826,4 +835,112 @@ fn matches_are_printed_in_utf8_whatever_their_character_set() {
         .filter_map(|l| field(l, "PatientName"))
         .collect();
     assert_eq!(names, ["Müller^Jürgen", "Gonçalves^Inês"], "{}", text(&out));
+}
+
+/// A UI value padded to even length.
+fn ui(v: &str) -> Vec<u8> {
+    let mut b = v.as_bytes().to_vec();
+    if b.len() % 2 == 1 {
+        b.push(0);
+    }
+    b
+}
+
+#[test]
+fn get_refuses_sub_operations_it_cannot_keep_safely() {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    use dicom_ul::pdu::PDataValueType::{Command as C, Data as D};
+    const MR_CLASS: &str = "1.2.840.10008.5.1.4.1.1.4";
+    // Context 1 is Study Root GET, 3 Encapsulated STL, 5 MR (qr_scu's proposal order).
+    let store_rq = |id: u16, instance: &str| {
+        command_set(&[
+            (0x0002, ui(MR_CLASS)),
+            (0x0100, 0x0001u16.to_le_bytes().to_vec()),
+            (0x0110, id.to_le_bytes().to_vec()),
+            (0x0700, 0u16.to_le_bytes().to_vec()),
+            (0x0800, 0u16.to_le_bytes().to_vec()),
+            (0x1000, ui(instance)),
+        ])
+    };
+    let data_set = |instance: &str| {
+        let mut obj = dicom_object::InMemDicomObject::new_empty();
+        for (tag, v) in [
+            (tags::SOP_CLASS_UID, MR_CLASS),
+            (tags::SOP_INSTANCE_UID, instance),
+            (tags::STUDY_INSTANCE_UID, "1.2.3"),
+            (tags::SERIES_INSTANCE_UID, "1.2.3.4"),
+        ] {
+            obj.put(DataElement::new(tag, VR::UI, PrimitiveValue::from(v)));
+        }
+        let ts = dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased();
+        let mut out = Vec::new();
+        obj.write_dataset_with_ts(&mut out, &ts).unwrap();
+        out
+    };
+    let mut reply = Vec::new();
+    // A UID that would be a path outside the folder.
+    reply.extend(pdata_on(5, C, true, store_rq(11, "../../escaped")));
+    reply.extend(pdata_on(5, D, true, data_set("1.2.3.4.5")));
+    // A data set that is not the instance announced.
+    reply.extend(pdata_on(5, C, true, store_rq(12, "1.2.3.4.6")));
+    reply.extend(pdata_on(5, D, true, data_set("1.2.3.4.7")));
+    // An MR instance on the Q/R context.
+    reply.extend(pdata_on(1, C, true, store_rq(13, "1.2.3.4.8")));
+    reply.extend(pdata_on(1, D, true, data_set("1.2.3.4.8")));
+    // One that is fine.
+    reply.extend(pdata_on(5, C, true, store_rq(14, "1.2.3.4.9")));
+    reply.extend(pdata_on(5, D, true, data_set("1.2.3.4.9")));
+    reply.extend(pdata(
+        C,
+        true,
+        command_set(&[
+            (0x0100, 0x8010u16.to_le_bytes().to_vec()),
+            (0x0120, 1u16.to_le_bytes().to_vec()),
+            (0x0800, 0x0101u16.to_le_bytes().to_vec()),
+            (0x0900, 0xB000u16.to_le_bytes().to_vec()),
+            (0x1021, 1u16.to_le_bytes().to_vec()),
+            (0x1022, 3u16.to_le_bytes().to_vec()),
+        ]),
+    ));
+    let port = scripted_peer(reply);
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("a").join("b");
+    let out = m3dnode(&[
+        "get",
+        &format!("FAKE@127.0.0.1:{port}"),
+        "--timeout",
+        "5",
+        "-o",
+        dir.to_str().unwrap(),
+        "-k",
+        "StudyInstanceUID=1.2.3",
+    ]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("REFUSED ../../escaped: "), "{t}");
+    assert!(
+        t.contains("REFUSED 1.2.3.4.6: the data set's SOP Instance UID differs"),
+        "{t}"
+    );
+    assert!(t.contains("REFUSED 1.2.3.4.8: the SOP class is not"), "{t}");
+    assert!(t.contains("1 completed, 3 failed"), "{t}");
+    let mut files: Vec<String> = walk(root.path());
+    files.sort();
+    assert_eq!(files, ["a/b/1.2.3.4.9.dcm"], "{t}");
+}
+
+/// Every file below `dir`, relative to it.
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            out.extend(walk(&p).into_iter().map(|f| format!("{name}/{f}")));
+        } else {
+            out.push(p.file_name().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    out
 }

@@ -1063,17 +1063,23 @@ impl QrAssociation {
             self.broken = true;
             return Err(self.protocol("a C-STORE-RQ without message ID or data set"));
         };
-        let ts = self
+        let context = self
             .assoc
             .presentation_contexts()
             .iter()
             .find(|pc| pc.id == pc_id && pc.reason == PresentationContextResultReason::Acceptance)
-            .map(|pc| pc.transfer_syntax.clone());
+            .map(|pc| (pc.abstract_syntax.clone(), pc.transfer_syntax.clone()));
         let mut refuse: Option<(u16, String)> = None;
-        if ts.is_none() {
+        if context.is_none() {
             refuse = Some((
                 status::CANNOT_UNDERSTAND,
                 format!("presentation context {pc_id} was not accepted"),
+            ));
+        } else if context.as_ref().is_some_and(|(abs, _)| *abs != class) {
+            // PS3.7 9.1.1.1: a C-STORE travels on a context of its own SOP class.
+            refuse = Some((
+                status::SOP_CLASS_NOT_SUPPORTED,
+                "the SOP class is not the presentation context's".into(),
             ));
         } else if !crate::store::uid::is_valid_uid(&instance)
             || !crate::store::uid::is_valid_uid(&class)
@@ -1084,7 +1090,7 @@ impl QrAssociation {
                 "the C-STORE-RQ's SOP Instance or Class UID is not a UID".into(),
             ));
         }
-        let ts = ts.unwrap_or_default();
+        let ts = context.map(|(_, ts)| ts).unwrap_or_default();
         let (code, why) = match refuse {
             Some((code, why)) => {
                 let _ = self.read_data(op, cancel, pc_id, Sink::Discard).await?;
