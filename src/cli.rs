@@ -703,10 +703,11 @@ fn qr_failure(e: &QrError) -> ExitCode {
     ExitCode::from(match e {
         _ if e.is_timeout() => qr_exit::TIMEOUT,
         QrError::Associate(_) | QrError::NotAccepted { .. } => qr_exit::ASSOCIATION,
-        QrError::Protocol { .. } | QrError::Encode(_) => qr_exit::PROTOCOL,
+        QrError::Protocol { .. } => qr_exit::PROTOCOL,
         QrError::Cancelled { .. } => qr_exit::CANCELLED,
         QrError::Status { .. }
         | QrError::Key { .. }
+        | QrError::Encode(_)
         | QrError::Output { .. }
         | QrError::Timeout { .. } => 1,
     })

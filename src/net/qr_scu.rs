@@ -303,8 +303,13 @@ fn primitive(vr: VR, v: &str) -> Result<PrimitiveValue, String> {
 
 /// Builds an identifier: Query/Retrieve Level and the keys (a later key for the same tag
 /// replaces an earlier one; an explicit `QueryRetrieveLevel` key wins over `level`).
-/// `charset`, when given, becomes Specific Character Set (0008,0005).
+/// `charset`, when given, becomes Specific Character Set (0008,0005); without it, values that
+/// are not all ASCII are sent as UTF-8 (`ISO_IR 192`), the one set every value fits.
 pub fn identifier(level: Level, keys: &[Key], charset: Option<&str>) -> InMemDicomObject {
+    let non_ascii = keys
+        .iter()
+        .any(|k| k.value.as_deref().is_some_and(|v| !v.is_ascii()));
+    let charset = charset.or(non_ascii.then_some("ISO_IR 192"));
     let mut obj = InMemDicomObject::new_empty();
     obj.put(DataElement::new(
         tags::QUERY_RETRIEVE_LEVEL,
@@ -1334,6 +1339,16 @@ mod tests {
         );
         assert_eq!(keyword(tags::PATIENT_NAME), "PatientName");
         assert_eq!(keyword(Tag(0x0009, 0x1001)), "0009,1001");
+        // Non-ASCII values without a declared set go as UTF-8, and say so.
+        let keys = vec!["PatientName=Müller*".parse::<Key>().unwrap()];
+        let obj = identifier(Level::Patient, &keys, None);
+        assert_eq!(
+            value_text(obj.element(tags::SPECIFIC_CHARACTER_SET).unwrap()),
+            "ISO_IR 192"
+        );
+        let mut bytes = Vec::new();
+        obj.write_dataset_with_ts(&mut bytes, &ts).unwrap();
+        assert!(bytes.windows(7).any(|w| w == "Müller".as_bytes()));
     }
 
     #[test]
