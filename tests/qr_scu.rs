@@ -944,3 +944,74 @@ fn walk(dir: &Path) -> Vec<String> {
     }
     out
 }
+
+/// Orthanc as the archive: its C-FIND, C-MOVE and C-GET SCPs, with this SCU registered as a
+/// modality (`M3DSCU`, through the REST API) that may query and retrieve.
+#[test]
+fn orthanc_answers_find_move_and_get() {
+    use common::orthanc::Orthanc;
+    let dest = Destination::up("DEST");
+    let orthanc = Orthanc::start("NODE", free_port());
+    for (name, body) in [
+        (
+            "scu",
+            serde_json::json!({"AET": "M3DSCU", "Host": "127.0.0.1", "Port": 1,
+                "AllowFind": true, "AllowMove": true, "AllowGet": true}),
+        ),
+        (
+            "dest",
+            serde_json::json!({"AET": "DEST", "Host": "127.0.0.1", "Port": dest.port}),
+        ),
+    ] {
+        let out = run(Command::new("curl")
+            .args(["-sS", "--fail", "-X", "PUT", "--data-binary"])
+            .arg(body.to_string())
+            .arg(orthanc.url(&format!("/modalities/{name}"))));
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let (_, n) = orthanc.upload_dir(&testdata().join("series").join(CT));
+    let ct = original(CT);
+    assert_eq!(n, ct.instances.len());
+    let peer = format!("ORTHANC@127.0.0.1:{}", orthanc.dicom_port);
+    let series_keys = [
+        "-k".to_string(),
+        format!("StudyInstanceUID={}", ct.study),
+        "-k".to_string(),
+        format!("SeriesInstanceUID={}", ct.series),
+    ];
+    let with_keys = |args: &[&str]| -> Output {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--calling-ae", "M3DSCU", "-L", "SERIES"]);
+        all.extend(series_keys.iter().map(String::as_str));
+        m3dnode(&all)
+    };
+
+    let out = with_keys(&[
+        "find",
+        &peer,
+        "-k",
+        "Modality",
+        "-k",
+        "NumberOfSeriesRelatedInstances",
+    ]);
+    assert_eq!(code(&out), 0, "{}\n{}", text(&out), orthanc.log_tail(30));
+    let lines = stdout_lines(&out);
+    assert_eq!(lines.len(), 1, "{}", text(&out));
+    assert_eq!(field(&lines[0], "Modality").as_deref(), Some("CT"));
+    assert_eq!(
+        field(&lines[0], "NumberOfSeriesRelatedInstances"),
+        Some(n.to_string())
+    );
+
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = with_keys(&["get", &peer, "-o", out_dir.path().to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}\n{}", text(&out), orthanc.log_tail(30));
+    for (uid, original) in &ct.instances {
+        let got = out_dir.path().join(format!("{uid}.dcm"));
+        assert!(data_set(&got) == data_set(original), "{uid} differs");
+    }
+
+    let out = with_keys(&["move", &peer, "--dest", "DEST"]);
+    assert_eq!(code(&out), 0, "{}\n{}", text(&out), orthanc.log_tail(30));
+    assert_eq!(dest.files().len(), n);
+}
