@@ -1,7 +1,7 @@
 //! The command-line front end. It parses arguments, sets up logging and the runtime, and
 //! calls into the library; it holds no logic the server lacks. Only this module picks exit
 //! codes: 0 success, 1 a command that ran and failed (e.g. a file that was not stored), 2 bad
-//! usage or configuration.
+//! usage or configuration; the Q/R commands add the codes of [`qr_exit`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,9 +13,11 @@ use clap::{Parser, Subcommand};
 use tracing::info;
 
 use crate::config::{Config, Overrides};
+use crate::net::qr_scu::{self, QrAssociation, QrError};
 use crate::net::scp::{self, ScpContext};
 use crate::net::scu::{self, AeAddress, OutgoingFile, ScuOptions};
 use crate::store::Store;
+use dicom_core::header::Header as _;
 
 /// A DICOM node that turns received CT/MR series into surface meshes (Encapsulated STL).
 #[derive(Debug, Parser)]
@@ -89,6 +91,12 @@ enum Command {
     /// Benchmarks (see bench/README.md).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Query a remote AE (C-FIND): one line per match on stdout.
+    Find(Box<FindArgs>),
+    /// Have a remote AE send what the keys name to another AE (C-MOVE).
+    Move(Box<MoveArgs>),
+    /// Retrieve what the keys name into a folder (C-GET), one Part 10 file per instance.
+    Get(Box<GetArgs>),
     /// Send DICOM files (directories are walked recursively) with C-STORE.
     Send {
         /// Files or directories.
@@ -104,6 +112,87 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+}
+
+/// What `find`, `move` and `get` share: the peer, the identifier and the association.
+#[derive(Debug, clap::Args)]
+struct QrArgs {
+    /// The remote AE, `AE@host:port`.
+    peer: AeAddress,
+    /// A key: `Tag=Value` to match, `Tag` (or `Tag=`) to have it returned. Tag is a keyword
+    /// (`PatientName`) or `gggg,eeee`. Repeatable.
+    #[arg(short = 'k', long = "key")]
+    keys: Vec<qr_scu::Key>,
+    /// Query/Retrieve Level: PATIENT, STUDY, SERIES or IMAGE.
+    #[arg(short = 'L', long, default_value = "STUDY")]
+    level: qr_scu::Level,
+    /// Patient Root information model.
+    #[arg(short = 'P', long, conflicts_with = "study_root")]
+    patient_root: bool,
+    /// Study Root information model (the default).
+    #[arg(short = 'S', long)]
+    study_root: bool,
+    /// Specific Character Set of the identifier, e.g. `ISO_IR 192` for UTF-8 values.
+    #[arg(long)]
+    charset: Option<String>,
+    /// Our calling AE title.
+    #[arg(long, default_value = "M3DNODE")]
+    calling_ae: String,
+    /// Seconds to wait for the connection and for each response.
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+}
+
+impl QrArgs {
+    fn model(&self) -> qr_scu::Model {
+        if self.patient_root {
+            qr_scu::Model::PatientRoot
+        } else {
+            qr_scu::Model::StudyRoot
+        }
+    }
+
+    fn options(&self) -> ScuOptions {
+        ScuOptions {
+            calling_ae: self.calling_ae.clone(),
+            timeout: Duration::from_secs(self.timeout),
+            ..Default::default()
+        }
+    }
+
+    fn identifier(&self) -> dicom_object::InMemDicomObject {
+        qr_scu::identifier(self.level, &self.keys, self.charset.as_deref())
+    }
+}
+
+/// Arguments of `m3dnode find`.
+#[derive(Debug, clap::Args)]
+struct FindArgs {
+    #[command(flatten)]
+    qr: QrArgs,
+    /// One JSON object per match (keyword: value) instead of tab-separated `keyword=value`.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `m3dnode move`.
+#[derive(Debug, clap::Args)]
+struct MoveArgs {
+    #[command(flatten)]
+    qr: QrArgs,
+    /// The AE title the peer is to send to (it must know its address).
+    #[arg(long)]
+    dest: String,
+}
+
+/// Arguments of `m3dnode get`.
+#[derive(Debug, clap::Args)]
+struct GetArgs {
+    #[command(flatten)]
+    qr: QrArgs,
+    /// Folder for the retrieved instances (`<SOP Instance UID>.dcm`); created if missing.
+    #[arg(short = 'o', long)]
+    output: PathBuf,
 }
 
 /// Arguments of `m3dnode neus`.
@@ -353,6 +442,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 Err(e) => Ok(network_failure(&e)),
             }
         }
+        Command::Find(args) => find(*args).await,
+        Command::Move(args) => retrieve(args.qr, Retrieve::Move(args.dest)).await,
+        Command::Get(args) => retrieve(args.qr, Retrieve::Get(args.output)).await,
         Command::Send {
             paths,
             to,
@@ -582,6 +674,203 @@ async fn send(
     }
     println!("{sent} sent, {failed} failed");
     Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Exit codes of `find`, `move` and `get` beyond 0, 1 and 2, so that a script can tell a
+/// peer that is down from one that answered "no".
+mod qr_exit {
+    /// The association could not be established (unreachable, rejected, nothing accepted).
+    pub const ASSOCIATION: u8 = 3;
+    /// The peer did not answer within `--timeout`.
+    pub const TIMEOUT: u8 = 4;
+    /// The association broke or the peer sent something malformed.
+    pub const PROTOCOL: u8 = 5;
+    /// Cancelled with Ctrl-C (128 + SIGINT, as shells report it).
+    pub const CANCELLED: u8 = 130;
+}
+
+/// The exit code and message of a failed Q/R operation.
+fn qr_failure(e: &QrError) -> ExitCode {
+    let message = match e {
+        QrError::Associate(e) => e.full_message(),
+        other => other.to_string(),
+    };
+    eprintln!("m3dnode: {message}");
+    ExitCode::from(match e {
+        _ if e.is_timeout() => qr_exit::TIMEOUT,
+        QrError::Associate(_) | QrError::NotAccepted { .. } => qr_exit::ASSOCIATION,
+        QrError::Protocol { .. } => qr_exit::PROTOCOL,
+        QrError::Cancelled { .. } => qr_exit::CANCELLED,
+        QrError::Status { .. }
+        | QrError::Key { .. }
+        | QrError::Encode(_)
+        | QrError::Output { .. }
+        | QrError::Timeout { .. } => 1,
+    })
+}
+
+/// A cancel signal that fires on the first Ctrl-C.
+fn cancel_on_ctrl_c() -> qr_scu::Cancel {
+    let (tx, cancel) = qr_scu::Cancel::channel();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("m3dnode: cancelling (C-CANCEL sent)");
+            let _ = tx.send(true);
+        }
+    });
+    cancel
+}
+
+/// A match as one line: tab-separated `Keyword=value` (tabs and line breaks inside values
+/// escaped), or one JSON object.
+fn match_line(obj: &dicom_object::InMemDicomObject, json: bool) -> String {
+    if json {
+        let map: serde_json::Map<String, serde_json::Value> = obj
+            .iter()
+            .map(|e| {
+                (
+                    qr_scu::keyword(e.tag()),
+                    serde_json::Value::String(qr_scu::value_text(e)),
+                )
+            })
+            .collect();
+        return serde_json::Value::Object(map).to_string();
+    }
+    obj.iter()
+        .map(|e| {
+            let v: String = qr_scu::value_text(e)
+                .chars()
+                .flat_map(|c| {
+                    if c.is_control() {
+                        c.escape_default().collect::<Vec<_>>()
+                    } else {
+                        vec![c]
+                    }
+                })
+                .collect();
+            format!("{}={v}", qr_scu::keyword(e.tag()))
+        })
+        .collect::<Vec<_>>()
+        .join("\t")
+}
+
+async fn find(args: FindArgs) -> Result<ExitCode> {
+    use std::io::Write;
+    let qr = &args.qr;
+    let mut assoc = match QrAssociation::connect(
+        &qr.peer,
+        &qr.options(),
+        &[qr.model()],
+        &[qr_scu::Service::Find],
+    )
+    .await
+    {
+        Ok(a) => a,
+        Err(e) => return Ok(qr_failure(&e)),
+    };
+    let mut cancel = cancel_on_ctrl_c();
+    let json = args.json;
+    // A closed stdout (`| head`) cancels the query instead of panicking.
+    let result = assoc
+        .find_with(qr.model(), &qr.identifier(), &mut cancel, &mut |m| {
+            writeln!(std::io::stdout(), "{}", match_line(&m, json)).is_ok()
+        })
+        .await;
+    assoc.release().await;
+    match result {
+        Ok(outcome) if outcome.cancelled => {
+            eprintln!("m3dnode: cancelled after {} matches", outcome.matches);
+            Ok(ExitCode::from(qr_exit::CANCELLED))
+        }
+        Ok(outcome) => {
+            eprintln!("{} matches", outcome.matches);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Ok(qr_failure(&e)),
+    }
+}
+
+enum Retrieve {
+    Move(String),
+    Get(PathBuf),
+}
+
+/// What a C-MOVE/C-GET status means (PS3.4 C.4.2.1.5, C.4.3.1.4).
+fn retrieve_status_meaning(code: u16) -> &'static str {
+    match code {
+        0x0000 => "success",
+        0xFE00 => "cancelled",
+        0xB000 => "warning: some sub-operations failed",
+        0xA701 | 0xA702 => "refused: out of resources",
+        0xA801 => "refused: move destination unknown",
+        0xA900 => "identifier does not match SOP class",
+        0x0122 => "SOP class not supported",
+        0x0124 => "not authorized",
+        c if c & 0xF000 == 0xC000 => "unable to process",
+        _ => "failure",
+    }
+}
+
+async fn retrieve(qr: QrArgs, what: Retrieve) -> Result<ExitCode> {
+    if let Retrieve::Move(dest) = &what {
+        anyhow::ensure!(
+            crate::config::check_ae_title(dest).is_ok(),
+            "`{dest}` is not an AE title"
+        );
+    }
+    let service = match what {
+        Retrieve::Move(_) => qr_scu::Service::Move,
+        Retrieve::Get(_) => qr_scu::Service::Get,
+    };
+    let mut assoc =
+        match QrAssociation::connect(&qr.peer, &qr.options(), &[qr.model()], &[service]).await {
+            Ok(a) => a,
+            Err(e) => return Ok(qr_failure(&e)),
+        };
+    let mut cancel = cancel_on_ctrl_c();
+    let ident = qr.identifier();
+    let result = match &what {
+        Retrieve::Move(dest) => assoc.move_to(qr.model(), &ident, dest, &mut cancel).await,
+        Retrieve::Get(dir) => assoc.get(qr.model(), &ident, dir, &mut cancel).await,
+    };
+    assoc.release().await;
+    let o = match result {
+        Ok(o) => o,
+        Err(e) => return Ok(qr_failure(&e)),
+    };
+    for path in &o.stored {
+        println!("OK {}", path.display());
+    }
+    // The peer chose these UIDs: one that holds a line break must not forge a line.
+    for (uid, why) in &o.refused {
+        println!("REFUSED {}: {why}", crate::net::Printable(uid));
+    }
+    for uid in &o.failed_uids {
+        println!("FAILED {}", crate::net::Printable(uid));
+    }
+    println!(
+        "{} completed, {} failed, {} warning{} (status {:#06X}, {}{})",
+        o.completed,
+        o.failed,
+        o.warning,
+        o.remaining
+            .filter(|r| *r > 0)
+            .map(|r| format!(", {r} remaining"))
+            .unwrap_or_default(),
+        o.status,
+        retrieve_status_meaning(o.status),
+        o.comment
+            .as_deref()
+            .map(|c| format!(": {}", crate::net::Printable(c)))
+            .unwrap_or_default()
+    );
+    Ok(if o.cancelled {
+        ExitCode::from(qr_exit::CANCELLED)
+    } else if o.is_success() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -199,6 +199,22 @@ impl Command {
             "Move Originator Message ID (0000,1031)",
         )
     }
+
+    /// The sub-operation counts of a C-MOVE-RSP or C-GET-RSP: remaining, completed, failed,
+    /// warning (0000,1020-1023). Each is optional in a response (PS3.7 9.3.4.2, 9.3.3.2), so an
+    /// absent or malformed one is `None`.
+    pub fn sub_operations(&self) -> [Option<u16>; 4] {
+        [
+            REMAINING_SUB_OPERATIONS,
+            COMPLETED_SUB_OPERATIONS,
+            FAILED_SUB_OPERATIONS,
+            WARNING_SUB_OPERATIONS,
+        ]
+        .map(|tag| match self.elements.get(&tag).map(Vec::as_slice) {
+            Some([a, b]) => Some(u16::from_le_bytes([*a, *b])),
+            _ => None,
+        })
+    }
 }
 
 /// Builds a command set; [`CommandBuilder::encode`] adds the group length.
@@ -349,6 +365,35 @@ pub fn c_find_rq(message_id: u16, sop_class_uid: &str) -> CommandBuilder {
         .us(MESSAGE_ID, message_id)
         .us(PRIORITY, 0)
         .us(COMMAND_DATA_SET_TYPE, 0x0000)
+}
+
+/// C-MOVE-RQ with medium priority to the AE title `destination`; an identifier follows.
+pub fn c_move_rq(message_id: u16, sop_class_uid: &str, destination: &str) -> CommandBuilder {
+    CommandBuilder::default()
+        .ui(AFFECTED_SOP_CLASS_UID, sop_class_uid)
+        .us(COMMAND_FIELD, field::C_MOVE_RQ)
+        .us(MESSAGE_ID, message_id)
+        .us(PRIORITY, 0)
+        .us(COMMAND_DATA_SET_TYPE, 0x0000)
+        .lo(MOVE_DESTINATION, destination)
+}
+
+/// C-GET-RQ with medium priority; an identifier follows.
+pub fn c_get_rq(message_id: u16, sop_class_uid: &str) -> CommandBuilder {
+    CommandBuilder::default()
+        .ui(AFFECTED_SOP_CLASS_UID, sop_class_uid)
+        .us(COMMAND_FIELD, field::C_GET_RQ)
+        .us(MESSAGE_ID, message_id)
+        .us(PRIORITY, 0)
+        .us(COMMAND_DATA_SET_TYPE, 0x0000)
+}
+
+/// C-CANCEL-RQ (PS3.7 9.3.2.3) for the operation with Message ID `responding_to`.
+pub fn c_cancel_rq(responding_to: u16) -> CommandBuilder {
+    CommandBuilder::default()
+        .us(COMMAND_FIELD, field::C_CANCEL_RQ)
+        .us(MESSAGE_ID_BEING_RESPONDED_TO, responding_to)
+        .us(COMMAND_DATA_SET_TYPE, NO_DATA_SET)
 }
 
 /// The largest PDV value that fits a peer's maximum PDU length, even (DCMTK rejects odd
@@ -537,6 +582,38 @@ mod tests {
         ));
         let cmd = Command::parse(&bytes[..12]).unwrap();
         assert!(cmd.command_field().is_err());
+    }
+
+    #[test]
+    fn retrieve_requests_parse_with_dicom_object() {
+        use dicom_dictionary_std::tags;
+        let ts = dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN.erased();
+        let bytes = c_move_rq(9, "1.2.840.10008.5.1.4.1.2.2.2", "STORESCP").encode();
+        let obj =
+            dicom_object::InMemDicomObject::read_dataset_with_ts(bytes.as_slice(), &ts).unwrap();
+        // AE is padded with a space to even length, as PS3.5 6.2 wants.
+        assert_eq!(
+            obj.element(tags::MOVE_DESTINATION)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .trim_end(),
+            "STORESCP"
+        );
+        assert_eq!(
+            obj.element(tags::COMMAND_FIELD)
+                .unwrap()
+                .to_int::<u16>()
+                .unwrap(),
+            field::C_MOVE_RQ
+        );
+        let cancel = Command::parse(&c_cancel_rq(9).encode()).unwrap();
+        assert_eq!(cancel.command_field(), Ok(field::C_CANCEL_RQ));
+        assert_eq!(cancel.message_id_responded_to(), Ok(9));
+        assert_eq!(cancel.has_data_set(), Ok(false));
+        let get = Command::parse(&c_get_rq(4, "1.2.840.10008.5.1.4.1.2.2.3").encode()).unwrap();
+        assert_eq!(get.command_field(), Ok(field::C_GET_RQ));
+        assert_eq!(get.sub_operations(), [None; 4]);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod accept;
 pub mod dimse;
 pub mod qr;
+pub mod qr_scu;
 pub mod request;
 pub mod scp;
 pub mod scu;

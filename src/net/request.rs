@@ -11,7 +11,7 @@ use std::time::Duration;
 use dicom_ul::Pdu;
 use dicom_ul::pdu::{
     AssociationRJ, AssociationRQ, PresentationContextNegotiated, PresentationContextProposed,
-    PresentationContextResultReason, UserVariableItem,
+    PresentationContextResultReason, RequestorRoles, UserVariableItem,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -85,6 +85,17 @@ async fn timed<T>(
 impl Association {
     /// Connects to `address` and negotiates the association.
     pub async fn request(address: &str, p: &Proposal<'_>) -> Result<Association, RequestError> {
+        Self::request_with_roles(address, p, &[]).await
+    }
+
+    /// [`Association::request`] with SCP/SCU Role Selection items (PS3.7 D.3.3.4): a C-GET
+    /// requester must offer to be the SCP of each storage class it wants sub-operations for,
+    /// or a conforming peer cannot send it a single instance. Each entry is (SOP class, roles).
+    pub async fn request_with_roles(
+        address: &str,
+        p: &Proposal<'_>,
+        roles: &[(String, RequestorRoles)],
+    ) -> Result<Association, RequestError> {
         let socket = timed(p.timeout, async {
             TcpStream::connect(address)
                 .await
@@ -102,21 +113,25 @@ impl Association {
                 transfer_syntaxes: tss.clone(),
             })
             .collect();
+        let mut user_variables = vec![
+            UserVariableItem::MaxLength(p.max_pdu),
+            UserVariableItem::ImplementationClassUID(
+                crate::store::IMPLEMENTATION_CLASS_UID.to_string(),
+            ),
+            UserVariableItem::ImplementationVersionName(IMPLEMENTATION_VERSION_NAME.to_string()),
+        ];
+        user_variables.extend(
+            roles
+                .iter()
+                .map(|(uid, r)| UserVariableItem::ScuScpRoleSelectionSubItem(uid.clone(), *r)),
+        );
         let rq = Pdu::AssociationRQ(AssociationRQ {
             protocol_version: 1,
             calling_ae_title: p.calling_ae.to_string(),
             called_ae_title: p.called_ae.to_string(),
             application_context_name: APPLICATION_CONTEXT.to_string(),
             presentation_contexts: proposed.clone(),
-            user_variables: vec![
-                UserVariableItem::MaxLength(p.max_pdu),
-                UserVariableItem::ImplementationClassUID(
-                    crate::store::IMPLEMENTATION_CLASS_UID.to_string(),
-                ),
-                UserVariableItem::ImplementationVersionName(
-                    IMPLEMENTATION_VERSION_NAME.to_string(),
-                ),
-            ],
+            user_variables,
         });
         let mut assoc = Association {
             socket,
@@ -176,6 +191,18 @@ impl Association {
     /// The acceptor's maximum PDU length.
     pub fn acceptor_max_pdu_length(&self) -> u32 {
         self.acceptor_max_pdu
+    }
+
+    /// Completes when the peer has sent something (or closed). Unlike [`Association::receive`]
+    /// it is cancel-safe, so that a caller can wait for either the peer or its own signal
+    /// (a C-CANCEL on Ctrl-C) without losing half a PDU.
+    pub async fn readable(&self) -> Result<(), RequestError> {
+        self.socket.readable().await.map_err(RequestError::Io)
+    }
+
+    /// The per-PDU timeout this association was requested with.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Sends one PDU.

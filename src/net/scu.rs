@@ -305,7 +305,7 @@ async fn associate(
 }
 
 /// Classifies a failed association request: permanent refusals get their own variants.
-fn associate_error(
+pub(crate) fn associate_error(
     to: &AeAddress,
     contexts: &[(String, Vec<String>)],
     source: RequestError,
