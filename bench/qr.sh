@@ -18,6 +18,8 @@
 #   --systems LIST     of node,orthanc,dcmqrscp (all three)
 #   --clients LIST     of raw,pynetdicom: the C-FIND clients (both)
 #   --count Q          timed queries per kind (100), after 5 warm-up ones
+#   --no-derived       leave Modalities in Study and Number of Study Related Series/Instances
+#                      out of the STUDY-level return keys
 #   --rounds R         find rounds, each over every system, order rotated (1)
 #   --runs R           retrieve runs, order rotated per run (5)
 #   --slices S         instances in the retrieve series (300)
@@ -41,7 +43,7 @@ root=$PWD
 mode=${1:-}
 case $mode in find|retrieve|all) shift ;; *) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 2 ;; esac
 studies=10000 per_study=100 minutes=10 workers=4 dcmqr_max=500 systems=node,orthanc,dcmqrscp
-clients=raw,pynetdicom count=100 rounds=1 runs=5 slices=300 seed=1
+clients=raw,pynetdicom count=100 rounds=1 runs=5 slices=300 seed=1 derived=()
 node_bin=$root/target/release/m3dnode work=
 while [ $# -gt 0 ]; do
     case $1 in
@@ -50,6 +52,7 @@ while [ $# -gt 0 ]; do
         --clients) clients=$2 ;; --count) count=$2 ;; --rounds) rounds=$2 ;; --runs) runs=$2 ;;
         --slices) slices=$2 ;; --seed) seed=$2 ;; --node) node_bin=$(realpath "$2") ;;
         --work) work=$2 ;;
+        --no-derived) derived=(--no-derived); shift; continue ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift 2
@@ -215,9 +218,6 @@ run_find() {
         done
     fi
     [ ${#names[@]} -gt 0 ] || { echo "no system to measure" >&2; exit 1; }
-    local kmin=${sizes[0]}
-    for k in "${sizes[@]}"; do [ "$k" -lt "$kmin" ] && kmin=$k; done
-    echo "keys drawn from the first $kmin studies (the smallest system)"
     local n=${#names[@]} fail=0
     for r in $(seq "$rounds"); do
         local files=()
@@ -226,8 +226,8 @@ run_find() {
             for c in ${clients//,/ }; do
                 local out=$res/round$r-${names[$j]}-$c.json
                 "$py" bench/qr_latency.py --port "${ports[$j]}" --aec "${aets[$j]}" --name "${names[$j]}" \
-                    --size "${sizes[$j]}" --key-studies "$kmin" --per-study "$per_study" --seed "$seed" \
-                    --count "$count" --client "$c" --json-out "$out" || fail=1
+                    --size "${sizes[$j]}" --per-study "$per_study" --seed "$seed" \
+                    --count "$count" --client "$c" "${derived[@]}" --json-out "$out" || fail=1
                 files+=("$out")
             done
         done
@@ -329,8 +329,13 @@ retrieve_once() {
 
 echo "# bench/qr.sh $mode: $(date -u +%FT%TZ), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg); systems $systems"
 echo "# Orthanc $("$orthanc_bin" --version 2>/dev/null | head -1 | awk '{print $2}'), $(dcmqrscp --version 2>&1 | head -1), $("$py" -c 'import pynetdicom,pydicom; print("pynetdicom", pynetdicom.__version__, "pydicom", pydicom.__version__)')"
-case $mode in
-    find) run_find ;;
-    retrieve) run_retrieve ;;
-    all) run_find; run_retrieve ;;
-esac
+# One compound command, read whole before it runs: editing this file during a run cannot
+# change what the running shell reads next.
+{
+    case $mode in
+        find) run_find ;;
+        retrieve) run_retrieve ;;
+        all) run_find; run_retrieve ;;
+    esac
+    exit
+}

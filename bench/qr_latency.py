@@ -4,10 +4,10 @@
 Kinds (qr_data.py): STUDY by Patient ID, STUDY by Patient's Name `SMI*`, STUDY by a one-month
 Study Date range, SERIES by Study Instance UID; Study Root. Per kind, 5 warm-up queries and
 then `--count` timed ones, each timed from sending the C-FIND-RQ to receiving the final
-response (all pending responses read). The keys come from the first `--key-studies` studies,
-so that systems of different sizes get the same queries; each answer's number of matches is
-checked against what a system holding studies 0..`--size`-1 must return, and afterwards a few
-answers per kind are decoded and their UIDs compared (untimed).
+response (all pending responses read). The keys come from the first `--key-studies` studies
+(default: all `--size` of them; systems of one size get the same queries); each answer's number
+of matches is checked against what a system holding studies 0..`--size`-1 must return, and
+afterwards a few answers per kind are decoded and their UIDs compared (untimed).
 
 Two clients, the same wire traffic:
   pynetdicom  pynetdicom's Association.send_c_find, TCP_NODELAY set on its socket. Its reactor
@@ -17,8 +17,8 @@ Two clients, the same wire traffic:
               command set parsed, identifiers kept as bytes. Its CPU per query is printed.
 C-ECHO round trips on the same association give each system's floor.
 
-  qr_latency.py --port 4242 --aec ORTHANC --name orthanc --size 5000 --key-studies 500 \
-      --client raw --json-out orthanc.json
+  qr_latency.py --port 4242 --aec ORTHANC --name orthanc --size 5000 --client raw \
+      --json-out orthanc.json
   qr_latency.py --count-studies --port 4242 --aec ORTHANC     # universal STUDY query
   qr_latency.py --report a.json b.json ...                     # tables and ratios
 
@@ -404,7 +404,6 @@ def report(files, base_name):
             rs.append(json.load(open(f)))
         else:
             print(f"(no result: {os.path.basename(f)}, see the errors above)")
-    by = {(r["name"], r["client"]): r for r in rs}
     for client in sorted({r["client"] for r in rs}):
         print(f"\n### client {client}\n")
         print("| system | studies | C-ECHO ms | " + " | ".join(
@@ -452,7 +451,7 @@ def main():
     ap.add_argument("--name", help="the system's name in the output")
     ap.add_argument("--size", type=int, help="studies the system holds (0..size-1)")
     ap.add_argument("--key-studies", type=int, help="draw keys from the first N studies "
-                    "(the smallest size of the systems compared); default --size")
+                    "(default --size)")
     ap.add_argument("--per-study", type=int, default=100)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--count", type=int, default=100, help="timed queries per kind")
