@@ -428,7 +428,8 @@ def report(files, base_name):
                 ratios = [r["kinds"][k]["median_ms"] / b["kinds"][k]["median_ms"]
                           for k in qr_data.KINDS]
                 same = " (same size)" if b["size"] == r["size"] else ""
-                print(f"\nmedian {r['name']} / {b['name']}{same}: " + ", ".join(
+                print(f"\nmedian {r['name']} / {b['name']}{same} (> 1: {b['name']} is faster): "
+                      + ", ".join(
                     f"{qr_data.KIND_TITLES[k]} {x:.2f}x" for k, x in zip(qr_data.KINDS, ratios)))
     return 1 if any(r["problems"] for r in rs) or len(rs) < len(files) else 0
 
