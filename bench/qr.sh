@@ -235,6 +235,9 @@ run_find() {
         "$py" bench/qr_latency.py --report "${files[@]}" || fail=1
     done
     [ "$fail" = 0 ] || { echo "C-FIND: some answers differ from the data set (PROBLEM lines above)" >&2; exit 1; }
+    # Idle, but they hold memory and wake now and then: stop them before `retrieve` is timed.
+    for g in "${groups[@]}"; do stop "$g"; done
+    groups=()
 }
 
 # ---- C-MOVE / C-GET throughput ----------------------------------------------------------
