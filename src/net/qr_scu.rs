@@ -55,80 +55,7 @@ pub const DEFAULT_MAX_INSTANCE: u64 = 4 * 1024 * 1024 * 1024;
 /// Presentation context IDs are odd numbers 1-255 (PS3.8 9.3.2.2).
 const MAX_CONTEXTS: usize = 128;
 
-/// The Query/Retrieve information model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Model {
-    /// Patient Root.
-    PatientRoot,
-    /// Study Root.
-    StudyRoot,
-}
-
-/// The DIMSE service of a Query/Retrieve SOP class.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Service {
-    /// C-FIND.
-    Find,
-    /// C-MOVE.
-    Move,
-    /// C-GET.
-    Get,
-}
-
-impl Model {
-    /// The SOP Class UID of `service` in this model.
-    pub fn sop_class(self, service: Service) -> &'static str {
-        match (self, service) {
-            (Model::PatientRoot, Service::Find) => "1.2.840.10008.5.1.4.1.2.1.1",
-            (Model::PatientRoot, Service::Move) => "1.2.840.10008.5.1.4.1.2.1.2",
-            (Model::PatientRoot, Service::Get) => "1.2.840.10008.5.1.4.1.2.1.3",
-            (Model::StudyRoot, Service::Find) => "1.2.840.10008.5.1.4.1.2.2.1",
-            (Model::StudyRoot, Service::Move) => "1.2.840.10008.5.1.4.1.2.2.2",
-            (Model::StudyRoot, Service::Get) => "1.2.840.10008.5.1.4.1.2.2.3",
-        }
-    }
-}
-
-/// Query/Retrieve Level (0008,0052).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
-    /// PATIENT
-    Patient,
-    /// STUDY
-    Study,
-    /// SERIES
-    Series,
-    /// IMAGE
-    Image,
-}
-
-impl Level {
-    /// The value of Query/Retrieve Level.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Level::Patient => "PATIENT",
-            Level::Study => "STUDY",
-            Level::Series => "SERIES",
-            Level::Image => "IMAGE",
-        }
-    }
-}
-
-impl FromStr for Level {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_uppercase().as_str() {
-            "PATIENT" => Ok(Level::Patient),
-            "STUDY" => Ok(Level::Study),
-            "SERIES" => Ok(Level::Series),
-            "IMAGE" | "INSTANCE" => Ok(Level::Image),
-            _ => Err(format!(
-                "`{s}` is not a level (PATIENT, STUDY, SERIES, IMAGE)"
-            )),
-        }
-    }
-}
+pub use crate::query::{Level, Model, Service};
 
 /// Why a Q/R operation failed as a whole.
 #[derive(Debug, thiserror::Error)]
@@ -314,7 +241,7 @@ pub fn identifier(level: Level, keys: &[Key], charset: Option<&str>) -> InMemDic
     obj.put(DataElement::new(
         tags::QUERY_RETRIEVE_LEVEL,
         VR::CS,
-        PrimitiveValue::from(level.as_str()),
+        PrimitiveValue::from(level.code()),
     ));
     if let Some(cs) = charset {
         obj.put(DataElement::new(

@@ -87,6 +87,33 @@ impl std::fmt::Display for Level {
     }
 }
 
+impl std::str::FromStr for Level {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_uppercase().as_str() {
+            "PATIENT" => Ok(Level::Patient),
+            "STUDY" => Ok(Level::Study),
+            "SERIES" => Ok(Level::Series),
+            "IMAGE" | "INSTANCE" => Ok(Level::Image),
+            _ => Err(format!(
+                "`{s}` is not a level (PATIENT, STUDY, SERIES, IMAGE)"
+            )),
+        }
+    }
+}
+
+impl Model {
+    /// The SOP Class UID of `service` in this model.
+    pub fn sop_class(self, service: Service) -> &'static str {
+        CLASSES
+            .iter()
+            .find(|(_, m, s)| *m == self && *s == service)
+            .map(|(uid, ..)| *uid)
+            .unwrap_or_default()
+    }
+}
+
 /// The DIMSE service of a Q/R SOP class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Service {
