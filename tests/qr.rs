@@ -421,6 +421,81 @@ fn c_cancel_stops_a_find_mid_stream() {
     assert!(node.echo_ok());
 }
 
+/// Each received file's data set is byte for byte the one the node stored.
+fn assert_same_as_stored(node: &Node, got: &[PathBuf]) {
+    use dicom_dictionary_std::tags;
+    for f in got {
+        let sop = attr(f, tags::SOP_INSTANCE_UID);
+        let stored = node
+            .storage()
+            .join(attr(f, tags::STUDY_INSTANCE_UID))
+            .join(attr(f, tags::SERIES_INSTANCE_UID))
+            .join(format!("{sop}.dcm"));
+        assert!(data_set(f) == data_set(&stored), "{sop} differs");
+    }
+}
+
+/// A pynetdicom Storage SCP that logs each C-STORE-RQ's Move Originator AE Title and
+/// Message ID (`ORIG <ae> <id>`) into `<dir>/orig.log`.
+const ORIGINATOR_SCP: &str = r#"
+import os, sys
+from pynetdicom import AE, evt, AllStoragePresentationContexts
+port, out = int(sys.argv[1]), sys.argv[2]
+log = open(os.path.join(out, "orig.log"), "a", buffering=1)
+def on_store(event):
+    rq = event.request
+    log.write("ORIG %s %s\n" % (str(rq.MoveOriginatorApplicationEntityTitle).strip(),
+                                rq.MoveOriginatorMessageID))
+    return 0x0000
+ae = AE(ae_title="PYDEST")
+ae.supported_contexts = AllStoragePresentationContexts
+open(os.path.join(out, "ready"), "w").close()
+ae.start_server(("127.0.0.1", port), block=True, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+"#;
+
+#[test]
+fn move_sub_operations_name_their_originator() {
+    let port = free_port();
+    let out = tempfile::tempdir().unwrap();
+    let mut scp = Command::new(python())
+        .args(["-c", ORIGINATOR_SCP])
+        .arg(port.to_string())
+        .arg(out.path())
+        .spawn()
+        .unwrap();
+    assert!(wait_for(Duration::from_secs(20), || out
+        .path()
+        .join("ready")
+        .exists()
+        && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()));
+    let node = loaded_node(&format!(
+        "[[peers]]\nae_title = \"PYDEST\"\naddress = \"127.0.0.1:{port}\"\n"
+    ));
+    let r = qr_client(
+        &node,
+        json!({"op": "move", "dest": "PYDEST", "identifier":
+            {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": mr_study()}}),
+    );
+    let _ = scp.kill();
+    let _ = scp.wait();
+    assert_eq!(status_of(final_of(&r)), 0, "{r:?}");
+    let log = std::fs::read_to_string(out.path().join("orig.log")).unwrap();
+    let n = std::fs::read_dir(series(MR)).unwrap().count();
+    assert_eq!(
+        log.lines().filter(|l| *l == "ORIG QR 7").count(),
+        n,
+        "{log}"
+    );
+    // One pending response per instance but the last, counting down.
+    let pending: Vec<u64> = r
+        .iter()
+        .filter(|v| status_of(v) == 0xFF00)
+        .map(|v| v["NumberOfRemainingSuboperations"].as_u64().unwrap())
+        .collect();
+    assert_eq!(pending.len(), n - 1, "{r:?}");
+    assert!(pending.windows(2).all(|w| w[0] > w[1]), "{pending:?}");
+}
+
 #[test]
 fn movescu_into_a_listed_storescp_delivers_identical_data_sets() {
     let dest = Destination::up("DEST");
@@ -446,17 +521,7 @@ fn movescu_into_a_listed_storescp_delivers_identical_data_sets() {
     assert!(t.contains("Received Final Move Response (Success)"), "{t}");
     let got = dest.files();
     assert_eq!(got.len(), 54, "{t}");
-    for f in &got {
-        let sop = attr(f, dicom_dictionary_std::tags::SOP_INSTANCE_UID);
-        let series = attr(f, dicom_dictionary_std::tags::SERIES_INSTANCE_UID);
-        let stored = node
-            .storage()
-            .join(&ct)
-            .join(&series)
-            .join(format!("{sop}.dcm"));
-        assert!(data_set(f) == data_set(&stored), "{sop} differs");
-    }
-    // Each sub-operation named its originator.
+    assert_same_as_stored(&node, &got);
     let log = std::fs::read_to_string(dest.dir.path().join("storescp.log")).unwrap();
     assert!(!log.contains("E: "), "{log}");
     assert!(node.log().contains("C-MOVE done"), "{}", node.log());
@@ -528,16 +593,7 @@ fn getscu_receives_identical_data_sets() {
         .map(|e| e.path())
         .collect();
     assert_eq!(got.len(), 54, "{t}\n{}", node.log());
-    for f in &got {
-        let sop = attr(f, dicom_dictionary_std::tags::SOP_INSTANCE_UID);
-        let series = attr(f, dicom_dictionary_std::tags::SERIES_INSTANCE_UID);
-        let stored = node
-            .storage()
-            .join(&ct)
-            .join(&series)
-            .join(format!("{sop}.dcm"));
-        assert!(data_set(f) == data_set(&stored), "{sop} differs");
-    }
+    assert_same_as_stored(&node, &got);
     assert!(node.log().contains("C-GET done"), "{}", node.log());
 }
 
