@@ -171,15 +171,17 @@ PY
     n=$((nseries * per))
     echo "# old-schema index: $(size "$root/v0") bytes, $(( $(size "$root/v0") / n )) bytes/instance"
     cp -a "$root/v0" "$root/killed"
+    sync   # dirty pages cannot be dropped from the cache
     # Cold start: the stored files out of the page cache (as after a reboot), so that the
     # back-fill reads them from the disk.
-    "$py" - "$root/v0" <<'PY'
+    "$py" - "$root/v0" "$root/killed" <<'PY'
 import os, sys
-for d, _, files in os.walk(sys.argv[1]):
-    for f in files:
-        fd = os.open(os.path.join(d, f), os.O_RDONLY)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        os.close(fd)
+for top in sys.argv[1:]:
+    for d, _, files in os.walk(top):
+        for f in files:
+            fd = os.open(os.path.join(d, f), os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
 PY
     echo "# load before: $(cut -d' ' -f1-3 /proc/loadavg)"
     # The migration, timed from start to the listening line (the migration runs before it).
@@ -192,9 +194,10 @@ PY
     # Killed mid-migration, then restarted: it finishes where it stopped.
     "$new" serve --listen 127.0.0.1:0 --storage "$root/killed" > "$root/out2" 2> "$root/killed.log" &
     pid=$!
-    until grep -q "back-filling the query index done=" "$root/killed.log" 2>/dev/null; do sleep 0.2; kill -0 $pid; done
+    until grep -q "migrating the index to schema 2" "$root/killed.log" 2>/dev/null; do sleep 0.05; kill -0 $pid; done
+    sleep 1
     kill -9 $pid; wait $pid || true
-    echo "# killed (-9) after: $(grep 'back-filling the query index done=' "$root/killed.log" | tail -1 | sed 's/.*index //')"
+    echo "# killed (-9) 1 s into the back-fill: $(sqlite3 "$root/killed/index.sqlite" "SELECT COUNT(*) FROM instances WHERE rowid <= (SELECT last_rowid FROM backfill)") instances done, user_version $(sqlite3 "$root/killed/index.sqlite" "PRAGMA user_version")"
     serve_timed "$root/killed" "$root/killed2.log"
     grep -E "migrating|migrated" "$root/killed2.log" | sed 's/^/#   /' || true
     printf "# restart finished in %.1f s\n" "$(echo "$end - $start" | bc)"
