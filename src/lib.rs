@@ -3,8 +3,7 @@
 //!
 //! The modules follow the data:
 //!
-//! - [`net`]: associations and DIMSE (C-ECHO, C-STORE as SCP and SCU; C-FIND, C-MOVE, C-GET
-//!   as SCP).
+//! - [`net`]: associations and DIMSE (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET as SCP and SCU).
 //! - [`store`]: durable files (temp file, fsync, rename).
 //! - [`db`]: the SQLite index: every table and statement, the versioned schema.
 //! - [`query`]: Query/Retrieve matching (C-FIND identifiers against the query index, C-MOVE/C-GET
@@ -18,7 +17,7 @@
 //! - [`encap`]: the Encapsulated STL object (built from a mesh and its source series).
 //! - [`route`]: routing rules and the persistent delivery outbox.
 //! - [`config`]: the validated configuration.
-//! - [`cli`]: the command-line front end (`serve`, `echo`, `send`, `recon`).
+//! - [`cli`]: the command-line front end (`serve`, `echo`, `send`, `find`, `move`, `get`, `recon`, ...).
 //!
 //! Cargo features: `gpu-cuda` runs the NeuS fit on burn's CUDA backend (kernels compiled by
 //! NVRTC at run time, so building needs no CUDA toolkit; without a driver `device = "auto"`
