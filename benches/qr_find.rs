@@ -131,7 +131,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("00080061", ""),
         ("00201208", ""),
     ];
-    let n_patients = (studies / 2).max(1);
+    // The keys of every run, drawn as bench/qr_data.py draws them (leaked: the boxed key
+    // makers below must be 'static).
+    let scheme = synthetic::Scheme::new(seed, per_study)?;
+    let drawn: Vec<synthetic::Study> = scheme.studies().take(studies as usize).collect();
+    let drawn_keys: &'static [synthetic::QueryKeys] = (0..runs.max(1))
+        .map(|q| scheme.query_keys(&drawn, q))
+        .collect::<Vec<_>>()
+        .leak();
     type Keys = Box<dyn Fn(u64) -> Vec<(String, String)>>;
     let with = move |mut keys: Vec<(String, String)>| {
         for (t, v) in study_returns {
@@ -148,10 +155,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Box::new(move |i| {
                 with(vec![
                     ("00080052".into(), "STUDY".into()),
-                    (
-                        "00100020".into(),
-                        synthetic::patient_id(i * 7919 % n_patients),
-                    ),
+                    ("00100020".into(), drawn_keys[i as usize].patient_id.clone()),
                 ])
             }),
         ),
@@ -169,10 +173,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "STUDY by Study Date, one month",
             20.0,
             Box::new(move |i| {
-                let (y, m) = (2019 + (i / 12) % 6, 1 + i % 12);
                 with(vec![
                     ("00080052".into(), "STUDY".into()),
-                    ("00080020".into(), format!("{y}{m:02}01-{y}{m:02}31")),
+                    ("00080020".into(), drawn_keys[i as usize].month.clone()),
                 ])
             }),
         ),
@@ -182,10 +185,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Box::new(move |i| {
                 vec![
                     ("00080052".into(), "SERIES".into()),
-                    (
-                        "0020000D".into(),
-                        synthetic::study_uid(seed, i * 7919 % studies),
-                    ),
+                    ("0020000D".into(), drawn_keys[i as usize].study_uid.clone()),
                     ("0020000E".into(), String::new()),
                     ("00080060".into(), String::new()),
                     ("00200011".into(), String::new()),

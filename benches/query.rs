@@ -5,8 +5,9 @@
 //! = 1,000,000 instances) into a SQLite file in WAL mode with the library's default page
 //! cache, as the node opens its index, then times `Query::parse` + `Query::find` (encoding
 //! the responses included) for the four queries of issue 13, 100 runs each on one
-//! connection, each run with another patient / month / study so that no run repeats the
-//! previous one's pages exactly. Prints the load time, the plans, and median and p99 per query.
+//! connection, each run with another patient / month / study (drawn from the data set as
+//! bench/qr_data.py draws them for bench/qr.sh) so that no run repeats the previous one's
+//! pages exactly. Prints the load time, the plans, and median and p99 per query.
 //!
 //! `QUERY_BENCH_STUDIES`, `QUERY_BENCH_INSTANCES` and `QUERY_BENCH_RUNS` change the size and
 //! the repetitions.
@@ -32,12 +33,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("index.sqlite");
+    // The node's schema, made by its database module; then a plain connection to time on.
+    drop(m3dnode::db::Db::open(&path)?);
     let conn = rusqlite::Connection::open(&path)?;
-    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
-    conn.execute_batch(synthetic::SCHEMA)?;
     let t = Instant::now();
     synthetic::fill(&conn, studies, per_study, seed)?;
     let load = t.elapsed();
+    // The keys of every run, drawn as bench/qr_data.py draws them (leaked: the boxed key
+    // makers below must be 'static).
+    let scheme = synthetic::Scheme::new(seed, per_study)?;
+    let drawn: Vec<synthetic::Study> = scheme.studies().take(studies as usize).collect();
+    let drawn_keys: &'static [synthetic::QueryKeys] = (0..runs.max(1) as u64)
+        .map(|q| scheme.query_keys(&drawn, q))
+        .collect::<Vec<_>>()
+        .leak();
     let (patients, instances, smi): (i64, i64, i64) = conn.query_row(
         "SELECT (SELECT COUNT(*) FROM patients), (SELECT COUNT(*) FROM instances), \
          (SELECT COUNT(*) FROM patients WHERE name GLOB 'SMI*')",
@@ -73,7 +82,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         keys
     };
-    let n_patients = patients.max(1) as u64;
     let cases: Vec<(&str, f64, Keys)> = vec![
         (
             "STUDY by Patient ID",
@@ -81,10 +89,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Box::new(move |i| {
                 with(vec![
                     ("00080052".into(), "STUDY".into()),
-                    (
-                        "00100020".into(),
-                        synthetic::patient_id(i * 7919 % n_patients),
-                    ),
+                    ("00100020".into(), drawn_keys[i as usize].patient_id.clone()),
                 ])
             }),
         ),
@@ -102,10 +107,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "STUDY by Study Date, one month",
             20.0,
             Box::new(move |i| {
-                let (y, m) = (2019 + (i / 12) % 6, 1 + i % 12);
                 with(vec![
                     ("00080052".into(), "STUDY".into()),
-                    ("00080020".into(), format!("{y}{m:02}01-{y}{m:02}31")),
+                    ("00080020".into(), drawn_keys[i as usize].month.clone()),
                 ])
             }),
         ),
@@ -115,10 +119,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Box::new(move |i| {
                 vec![
                     ("00080052".into(), "SERIES".into()),
-                    (
-                        "0020000D".into(),
-                        synthetic::study_uid(seed, i * 7919 % studies),
-                    ),
+                    ("0020000D".into(), drawn_keys[i as usize].study_uid.clone()),
                     ("0020000E".into(), String::new()),
                     ("00080060".into(), String::new()),
                     ("00200011".into(), String::new()),

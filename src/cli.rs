@@ -242,6 +242,24 @@ enum BenchCommand {
     /// The mvdiffusion pipeline: session creation, whole runs, time per denoising step inside
     /// and outside ONNX Runtime, peak memory. Takes the arguments of `m3dnode views`.
     Views(Box<ViewsArgs>),
+    /// The Q/R benchmark's data set (bench/README.md, "The data set") written straight into a
+    /// storage's index, as bench/qr.sh loads the node: the rows `serve` would have written for
+    /// the files `bench/qr_data.py` makes, without the files (C-FIND only). The storage must
+    /// not hold studies yet.
+    QrLoad {
+        /// The storage root (node.storage of the node that serves it); created if missing.
+        #[arg(long)]
+        storage: PathBuf,
+        /// Studies 0..N of the data set.
+        #[arg(long)]
+        studies: u64,
+        /// Instances per study, in min(4, M) series.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+        per_study: u64,
+        /// Data-set seed (part of every UID).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=999))]
+        seed: u64,
+    },
     /// NeuS on analytic views (see tests/neus.rs): seconds per step, total, and the mean
     /// surface distance to the true shape.
     Neus {
@@ -491,6 +509,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             steps,
             size,
         }) => tokio::task::spawn_blocking(move || bench_neus(&shape, fast, steps, size)).await?,
+        Command::Bench(BenchCommand::QrLoad {
+            storage,
+            studies,
+            per_study,
+            seed,
+        }) => {
+            tokio::task::spawn_blocking(move || bench_qr_load(&storage, studies, per_study, seed))
+                .await?
+        }
         Command::Bench(BenchCommand::Mc {
             npy,
             level,
@@ -1306,6 +1333,49 @@ fn bench_mc(
             voxels / median / 1e6
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `m3dnode bench qr-load`: fills `<storage>/index.sqlite` with the benchmark's data set.
+/// The index is opened (created, migrated) by [`crate::db::Db::open`] under the storage lock,
+/// as `serve` opens it, so that `serve` takes it as its own afterwards.
+fn bench_qr_load(
+    storage: &std::path::Path,
+    studies: u64,
+    per_study: u64,
+    seed: u64,
+) -> Result<ExitCode> {
+    std::fs::create_dir_all(storage).with_context(|| format!("creating {}", storage.display()))?;
+    let _lock = crate::store::lock_root(storage)?;
+    let path = storage.join("index.sqlite");
+    let db = crate::db::Db::open(&path)?;
+    let held: i64 = db.with(|c| c.query_row("SELECT COUNT(*) FROM studies", [], |r| r.get(0)))?;
+    anyhow::ensure!(
+        held == 0,
+        "{} already holds {held} studies; qr-load fills an empty storage (remove it, or give another --storage)",
+        path.display()
+    );
+    let start = std::time::Instant::now();
+    let filled = db.with(|c| crate::query::synthetic::fill(c, studies, per_study, seed))?;
+    let secs = start.elapsed().as_secs_f64();
+    // Everything into the main file, so that its size is the index's.
+    db.with(|c| c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)"))?;
+    drop(db);
+    let size: u64 = ["index.sqlite", "index.sqlite-wal"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(storage.join(f)).ok())
+        .map(|m| m.len())
+        .sum();
+    println!(
+        "qr-load: {} studies, {} patients, {} series, {} instances (seed {seed}) in {secs:.1} s \
+         ({:.0} instances/s); index {:.1} MB",
+        filled.studies,
+        filled.patients,
+        filled.series,
+        filled.instances,
+        filled.instances as f64 / secs.max(1e-9),
+        size as f64 / 1e6
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -24,12 +24,12 @@
 //!
 //! ```
 //! # use m3dnode::query::{Model, Query, Service, synthetic};
-//! let conn = rusqlite::Connection::open_in_memory()?;
-//! conn.execute_batch(synthetic::SCHEMA)?;
-//! synthetic::fill(&conn, 20, 10, 1)?;
+//! # let dir = tempfile::tempdir()?;
+//! let db = m3dnode::db::Db::open(&dir.path().join("index.sqlite"))?;
+//! db.with(|conn| synthetic::fill(conn, 20, 10, 1))?;
 //! let ident = synthetic::identifier(&[("00080052", "STUDY"), ("00100010", "SMI*")]);
 //! let query = Query::parse(Model::StudyRoot, Service::Find, &ident, m3dnode::net::EXPLICIT_VR_LE)?;
-//! let found = query.find(&conn, 100, m3dnode::net::EXPLICIT_VR_LE)?;
+//! let found = db.with(|conn| Ok(query.find(conn, 100, m3dnode::net::EXPLICIT_VR_LE)))??;
 //! assert!(!found.truncated);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```

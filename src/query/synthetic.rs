@@ -1,142 +1,212 @@
-//! A synthetic query index for benchmarks: realistic rows written straight into the
-//! contract's tables, without files behind them.
+//! The Q/R benchmark's data set (bench/README.md, "The data set"), written straight into the
+//! query index: the patients, studies, series and instances that `bench/qr_data.py` writes as
+//! files for Orthanc and dcmqrscp, so that the node and its peers answer the same queries over
+//! the same data (`m3dnode bench qr-load`, the query tests and benches).
 //!
-//! Realistic in what the timed queries depend on: several studies per patient, family names
-//! drawn from a skewed list (about 1.5 % of patients match `SMI*`, as SMITH, SMIRNOV and
-//! SMILEY would in a Western-European register), study dates spread evenly over 2019-2024 (a
-//! month holds about 1/72 of the studies), 1-4 image series per study plus, in about a third
-//! of the studies, an M3D series holding one Encapsulated STL result.
+//! Every value is a pure function of the seed, the study index and the instance index (one
+//! SplitMix64 hash), so the first K studies are the same data whoever makes them and however
+//! many are made. `bench/qr_data.py` is the reference: change both or neither (the tests below
+//! compare this module with the files it writes).
+//!
+//! Rows only, no files behind them: C-FIND never reads the stored files, C-MOVE and C-GET of
+//! these instances fail.
 
 use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::StandardDataDictionary;
 use dicom_object::InMemDicomObject;
 use rusqlite::{Connection, params};
 
-/// The contract's query index tables (docs/qr-contract.md) with today's `instances` table and
-/// its two new columns. A copy for tests and benches until the database module that owns the
-/// DDL lands; then they should create the tables through it.
-pub const SCHEMA: &str = "
-CREATE TABLE patients (
-    pk          INTEGER PRIMARY KEY,
-    patient_id  TEXT NOT NULL,
-    issuer      TEXT NOT NULL,
-    name        TEXT,
-    birth_date  TEXT,
-    sex         TEXT,
-    charset     TEXT,
-    UNIQUE (patient_id, issuer)
-);
-CREATE INDEX patients_name ON patients(name);
-CREATE TABLE studies (
-    study_uid    TEXT PRIMARY KEY,
-    patient_pk   INTEGER NOT NULL REFERENCES patients(pk),
-    study_date   TEXT,
-    study_time   TEXT,
-    accession    TEXT,
-    study_id     TEXT,
-    description  TEXT,
-    referring    TEXT,
-    charset      TEXT
-);
-CREATE INDEX studies_patient ON studies(patient_pk);
-CREATE INDEX studies_date ON studies(study_date);
-CREATE INDEX studies_accession ON studies(accession);
-CREATE TABLE series (
-    series_uid    TEXT PRIMARY KEY,
-    study_uid     TEXT NOT NULL,
-    modality      TEXT,
-    series_number INTEGER,
-    description   TEXT,
-    body_part     TEXT,
-    frame_of_reference_uid TEXT,
-    series_date   TEXT,
-    series_time   TEXT,
-    charset       TEXT
-);
-CREATE INDEX series_study ON series(study_uid);
-CREATE TABLE instances (
-    sop_instance_uid    TEXT PRIMARY KEY,
-    sop_class_uid       TEXT NOT NULL,
-    study_instance_uid  TEXT NOT NULL,
-    series_instance_uid TEXT NOT NULL,
-    modality            TEXT,
-    instance_number     INTEGER,
-    transfer_syntax     TEXT NOT NULL,
-    path                TEXT NOT NULL,
-    size                INTEGER NOT NULL,
-    calling_ae          TEXT NOT NULL,
-    received_at         REAL NOT NULL,
-    document_title      TEXT,
-    mime_type           TEXT
-);
-CREATE INDEX instances_series ON instances(series_instance_uid);
-";
+/// Root of every UID of the data set: a UUID-derived root (PS3.5 B.2) drawn once for this
+/// benchmark, extended by `.seed.kind.study[.n]`.
+pub const UID_ROOT: &str = "2.25.13974899806710873671008007745640960696";
 
-/// UID root of synthetic rows (a documentation root, not the node's).
-const ROOT: &str = "1.2.826.0.1.3680043.9.7433";
+/// The largest seed: with it, 1,000,000 studies and 10,000 instances a study, the longest UID
+/// has 63 characters (64 is the limit).
+pub const MAX_SEED: u64 = 999;
 
-/// One synthetic series: number, modality, description, instances, SOP class, and the
-/// Document Title of a result.
-type SeriesPlan<'a> = (u64, &'a str, String, u64, &'a str, Option<&'a str>);
+/// Hash tags of the stored values: one per drawn attribute, so that the draws are independent.
+const T_STUDIES_PER_PATIENT: u64 = 1;
+const T_SURNAME: u64 = 2;
+const T_GIVEN: u64 = 3;
+const T_SEX: u64 = 4;
+const T_BIRTH: u64 = 5;
+const T_DATE: u64 = 6;
+const T_TIME: u64 = 7;
+const T_MODALITY: u64 = 8;
+const T_REFERRING: u64 = 9;
+/// Hash tag choosing the study whose patient query `q` asks for (Patient ID queries).
+const T_Q_PATIENT: u64 = 101;
+/// Hash tag choosing the month (0 = 2020-01, of 72) of Study Date query `q`.
+const T_Q_MONTH: u64 = 102;
+/// Hash tag choosing the study of SERIES query `q`.
+const T_Q_STUDY: u64 = 103;
 
-/// Encapsulated STL Storage.
-const STL: &str = "1.2.840.10008.5.1.4.1.1.104.3";
-
-/// Family names with weights out of 1000 (skewed like a real register).
-const FAMILY: &[(&str, u32)] = &[
-    ("MUELLER", 80),
-    ("SCHMIDT", 70),
-    ("MARTIN", 60),
-    ("GARCIA", 60),
-    ("ROSSI", 50),
-    ("JANSEN", 50),
-    ("NOWAK", 50),
-    ("DUBOIS", 45),
-    ("BROWN", 45),
-    ("JONES", 45),
-    ("WILSON", 40),
-    ("TAYLOR", 40),
-    ("MOREAU", 40),
-    ("SMITH", 10),
-    ("SMIRNOV", 3),
-    ("SMILEY", 2),
-    ("SIMMONS", 30),
-    ("SIMON", 40),
-    ("SAMSON", 30),
-    ("FISCHER", 40),
-    ("WEBER", 40),
-    ("MEYER", 40),
-    ("BAUER", 40),
-    ("KOCH", 40),
+/// 64 surnames, drawn uniformly: SMITH and SMIRNOV make `SMI*` match ~3 % of the patients;
+/// SMALL, SIMMONS and SCHMIDT are near misses.
+const SURNAMES: [&str; 64] = [
+    "SMITH",
+    "SMIRNOV",
+    "JOHNSON",
+    "WILLIAMS",
+    "BROWN",
+    "JONES",
+    "GARCIA",
+    "MILLER",
+    "DAVIS",
+    "RODRIGUEZ",
+    "MARTINEZ",
+    "HERNANDEZ",
+    "LOPEZ",
+    "GONZALEZ",
+    "WILSON",
+    "ANDERSON",
+    "THOMAS",
+    "TAYLOR",
+    "MOORE",
+    "JACKSON",
+    "MARTIN",
+    "LEE",
+    "PEREZ",
+    "THOMPSON",
+    "WHITE",
+    "HARRIS",
+    "SANCHEZ",
+    "CLARK",
+    "RAMIREZ",
+    "LEWIS",
+    "ROBINSON",
+    "WALKER",
+    "YOUNG",
+    "ALLEN",
+    "KING",
+    "WRIGHT",
+    "SCOTT",
+    "TORRES",
+    "NGUYEN",
+    "HILL",
+    "FLORES",
+    "GREEN",
+    "ADAMS",
+    "NELSON",
+    "BAKER",
+    "HALL",
+    "RIVERA",
+    "CAMPBELL",
+    "MITCHELL",
+    "CARTER",
+    "ROBERTS",
+    "MUELLER",
+    "SCHMIDT",
+    "SCHNEIDER",
+    "FISCHER",
+    "WEBER",
+    "MEYER",
+    "WAGNER",
+    "ROSSI",
+    "RUSSO",
+    "DUBOIS",
+    "IVANOV",
+    "SMALL",
+    "SIMMONS",
+];
+const GIVEN_F: [&str; 16] = [
+    "MARY", "ANNA", "ELENA", "SOPHIE", "LAURA", "JULIA", "MARIA", "EMMA", "OLGA", "CLAIRE",
+    "SARAH", "LINDA", "KAREN", "NINA", "EVA", "ROSA",
+];
+const GIVEN_M: [&str; 16] = [
+    "JOHN", "PETER", "IVAN", "LUCAS", "DAVID", "MICHAEL", "THOMAS", "PAUL", "JAMES", "ANDREW",
+    "MARCO", "KARL", "PIERRE", "JOSE", "ALEXEI", "OMAR",
+];
+const REFERRING: [&str; 8] = [
+    "HOUSE^GREGORY",
+    "GREY^MEREDITH",
+    "ROSS^DOUG",
+    "KILDARE^JAMES",
+    "WHO^JOHN",
+    "QUINN^MIKAELA",
+    "STRANGE^STEPHEN",
+    "ZHIVAGO^YURI",
 ];
 
-const GIVEN: &[&str] = &[
-    "ANNA", "JOHN", "MARIA", "PETER", "LUCAS", "EMMA", "NOAH", "SOFIA", "PAUL", "LEA", "JAN", "MIA",
-];
+/// The study's modality, which picks the SOP class and the descriptions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Modality {
+    /// MR Image Storage.
+    Mr,
+    /// CT Image Storage.
+    Ct,
+}
 
-const STUDIES: &[(&str, &str, &str)] = &[
-    ("CT", "CT HEAD W/O CONTRAST", "HEAD"),
-    ("CT", "CT CHEST", "CHEST"),
-    ("MR", "MR BRAIN NAVIGATION", "HEAD"),
-    ("MR", "MR KNEE", "KNEE"),
-    ("CT", "CT ABDOMEN PELVIS", "ABDOMEN"),
-];
-
-/// SplitMix64: a small seeded generator, so that a seed gives the same index everywhere.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+impl Modality {
+    /// The Modality value.
+    pub fn code(self) -> &'static str {
+        match self {
+            Modality::Mr => "MR",
+            Modality::Ct => "CT",
+        }
     }
 
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+    /// SOP Class UID of its instances.
+    pub fn sop_class(self) -> &'static str {
+        match self {
+            Modality::Mr => "1.2.840.10008.5.1.4.1.1.4",
+            Modality::Ct => "1.2.840.10008.5.1.4.1.1.2",
+        }
     }
+
+    fn study_description(self) -> &'static str {
+        match self {
+            Modality::Mr => "MR HEAD",
+            Modality::Ct => "CT HEAD",
+        }
+    }
+
+    fn series_description(self, k: u64) -> &'static str {
+        let list = match self {
+            Modality::Mr => ["T1 MPRAGE", "T2 TSE", "FLAIR", "DWI"],
+            Modality::Ct => ["HEAD 0.6", "HEAD 5.0", "BONE 0.6", "ANGIO"],
+        };
+        list[(k % 4) as usize]
+    }
+}
+
+/// Explicit VR Little Endian, the transfer syntax of every instance.
+const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+
+/// Size recorded for every instance: about that of the file `qr_data.py` writes (1,136 to
+/// 1,146 bytes at seed 1, by UID length). Only reported, never read.
+const FILE_SIZE: i64 = 1_140;
+
+/// Calling AE title recorded for the rows: none sent them.
+const LOADER_AE: &str = "QR-LOAD";
+
+/// Days from 1970-01-01 to 2020-01-01 (first study date), and the study dates' span in days
+/// (to 2025-12-31).
+const DATE0: i64 = 18_262;
+const DATE_DAYS: u64 = 2_192;
+/// Days from 1970-01-01 to 1930-01-01 (first birth date), and the span (to 1999-12-31).
+const BIRTH0: i64 = -14_610;
+const BIRTH_DAYS: u64 = 25_567;
+
+/// Why a data set cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemeError {
+    /// The seed is part of every UID: beyond [`MAX_SEED`] the longest UIDs outgrow 64
+    /// characters.
+    #[error("seed {0} is outside 0..={MAX_SEED} (it is part of every UID)")]
+    Seed(u64),
+    /// A study without instances would have no series either.
+    #[error("at least one instance per study is needed")]
+    NoInstances,
+}
+
+/// SplitMix64's output function (Steele, Lea and Flood, "Fast splittable pseudorandom number
+/// generators", OOPSLA 2014), on wrapping 64-bit words.
+pub fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// `YYYYMMDD` of a day counted from 1970-01-01 (Howard Hinnant's civil_from_days).
@@ -153,164 +223,365 @@ fn date(days: i64) -> String {
     format!("{y:04}{m:02}{d:02}")
 }
 
-/// Days from 1970-01-01 to 2019-01-01, and the six years of study dates.
-const FIRST_DAY: i64 = 17_897;
-const DAYS: u64 = 2_192;
-
-/// The patient ID of the `k`-th synthetic patient (for benchmark queries).
-pub fn patient_id(k: u64) -> String {
-    format!("PID{k:08}")
+/// Month `m` of the study dates (0 = 2020-01, 71 = 2025-12) as a DA range
+/// `YYYYMM01-YYYYMMDD`, as the benchmark's Study Date queries ask.
+pub fn month_range(m: u64) -> String {
+    let (y, mo) = (2020 + m / 12, m % 12 + 1);
+    let last = match mo {
+        2 if y.is_multiple_of(4) && (!y.is_multiple_of(100) || y.is_multiple_of(400)) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    format!("{y:04}{mo:02}01-{y:04}{mo:02}{last:02}")
 }
 
-/// The Study Instance UID of the `s`-th synthetic study of the index made with `seed`.
-pub fn study_uid(seed: u64, s: u64) -> String {
-    format!("{ROOT}.{seed}.{s}")
+/// One patient of the data set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Patient {
+    /// 0-based, in the order of their studies.
+    pub index: u64,
+    /// `P%06d` of index + 1.
+    pub id: String,
+    /// `SURNAME^GIVEN`.
+    pub name: String,
+    /// `F` or `M`.
+    pub sex: &'static str,
+    /// `YYYYMMDD`.
+    pub birth_date: String,
 }
 
-/// Inserts `studies` studies of `instances_per_study` instances each (patients, studies,
-/// series, instances) in one transaction, reproducibly for a `seed`. Each patient has 1-3
-/// studies; patient `k` is [`patient_id`]`(k)`, study `s` is [`study_uid`]`(seed, s)`.
-/// 10,000 x 100 takes about ten seconds on one core of this machine.
+/// One study of the data set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Study {
+    /// 0-based.
+    pub index: u64,
+    /// Its patient.
+    pub patient: Patient,
+    /// Study Instance UID.
+    pub uid: String,
+    /// Study Date (and Series and Content Date).
+    pub date: String,
+    /// Study Time `HHMMSS` (and Series and Content Time).
+    pub time: String,
+    /// Accession Number.
+    pub accession: String,
+    /// Study ID.
+    pub study_id: String,
+    /// Referring Physician's Name.
+    pub referring: &'static str,
+    /// Modality of every series.
+    pub modality: Modality,
+}
+
+/// One series of a study.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Series {
+    /// Series Instance UID.
+    pub uid: String,
+    /// Series Number (1-based).
+    pub number: u64,
+    /// Series Description.
+    pub description: &'static str,
+    /// Instances in it.
+    pub instances: u64,
+}
+
+/// The data set of one seed with `per_study` instances a study, in min(4, per_study) series.
+#[derive(Debug, Clone)]
+pub struct Scheme {
+    seed: u64,
+    per_study: u64,
+}
+
+impl Scheme {
+    /// The data set of `seed` (0..=[`MAX_SEED`]), `per_study` (>= 1) instances a study.
+    pub fn new(seed: u64, per_study: u64) -> Result<Scheme, SchemeError> {
+        if seed > MAX_SEED {
+            return Err(SchemeError::Seed(seed));
+        }
+        if per_study == 0 {
+            return Err(SchemeError::NoInstances);
+        }
+        Ok(Scheme { seed, per_study })
+    }
+
+    /// `h(tag, i) = mix(mix(seed ^ (tag << 32)) ^ i)`: the only source of randomness.
+    pub fn h(&self, tag: u64, i: u64) -> u64 {
+        mix(mix(self.seed ^ (tag << 32)) ^ i)
+    }
+
+    /// Series per study.
+    pub fn series_per_study(&self) -> u64 {
+        self.per_study.min(4)
+    }
+
+    /// `UID_ROOT.seed.kind.numbers...`; kinds: 1 study, 2 series, 3 instance, 4 frame of
+    /// reference.
+    fn uid(&self, kind: u8, numbers: &[u64]) -> String {
+        use std::fmt::Write;
+        let mut s = format!("{UID_ROOT}.{}.{kind}", self.seed);
+        for n in numbers {
+            let _ = write!(s, ".{n}");
+        }
+        s
+    }
+
+    /// Patient `p`.
+    pub fn patient(&self, p: u64) -> Patient {
+        let female = self.h(T_SEX, p) % 2 == 1;
+        let given = if female { GIVEN_F } else { GIVEN_M }[(self.h(T_GIVEN, p) % 16) as usize];
+        Patient {
+            index: p,
+            id: format!("P{:06}", p + 1),
+            name: format!("{}^{given}", SURNAMES[(self.h(T_SURNAME, p) % 64) as usize]),
+            sex: if female { "F" } else { "M" },
+            birth_date: date(BIRTH0 + (self.h(T_BIRTH, p) % BIRTH_DAYS) as i64),
+        }
+    }
+
+    /// Studies this many the patient `p` owns (the last patient of a load may have fewer).
+    fn studies_of(&self, p: u64) -> u64 {
+        1 + self.h(T_STUDIES_PER_PATIENT, p) % 4
+    }
+
+    /// Study `s` of `patient`.
+    fn study(&self, s: u64, patient: Patient) -> Study {
+        let modality = [Modality::Mr, Modality::Ct][(self.h(T_MODALITY, s) % 2) as usize];
+        let t = 7 * 3600 + self.h(T_TIME, s) % (12 * 3600);
+        Study {
+            index: s,
+            patient,
+            uid: self.study_uid(s),
+            date: date(DATE0 + (self.h(T_DATE, s) % DATE_DAYS) as i64),
+            time: format!("{:02}{:02}{:02}", t / 3600, t / 60 % 60, t % 60),
+            accession: format!("A{:08}", s + 1),
+            study_id: (s + 1).to_string(),
+            referring: REFERRING[(self.h(T_REFERRING, s) % 8) as usize],
+            modality,
+        }
+    }
+
+    /// Studies 0, 1, 2, ... in order (without end): patient p owns the next
+    /// `1 + h(1, p) % 4` of them.
+    pub fn studies(&self) -> Studies<'_> {
+        Studies {
+            scheme: self,
+            next_study: 0,
+            next_patient: 0,
+            patient: None,
+            left: 0,
+        }
+    }
+
+    /// The series of a study: number k + 1 holds the instances j with j % n == k.
+    pub fn series(&self, study: &Study) -> Vec<Series> {
+        let n = self.series_per_study();
+        (0..n)
+            .map(|k| Series {
+                uid: self.uid(2, &[study.index + 1, k + 1]),
+                number: k + 1,
+                description: study.modality.series_description(k),
+                instances: (self.per_study - k).div_ceil(n),
+            })
+            .collect()
+    }
+
+    /// Study Instance UID of study `s` (0-based).
+    pub fn study_uid(&self, s: u64) -> String {
+        self.uid(1, &[s + 1])
+    }
+
+    /// Frame of Reference UID of the series of study `s`.
+    pub fn frame_of_reference_uid(&self, s: u64) -> String {
+        self.uid(4, &[s + 1])
+    }
+
+    /// SOP Instance UID of instance `j` (0-based) of study `s`; it is in series `j % n`, with
+    /// Instance Number `j / n + 1`.
+    pub fn instance_uid(&self, s: u64, j: u64) -> String {
+        self.uid(3, &[s + 1, j + 1])
+    }
+}
+
+/// The matching keys of the benchmark's query number `q` (bench/README.md, "What `find`
+/// does"), drawn as `qr_data.py`'s `make_queries` draws them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryKeys {
+    /// STUDY by Patient ID: the patient of a drawn study.
+    pub patient_id: String,
+    /// STUDY by Study Date: a drawn month, `YYYYMM01-YYYYMMDD`.
+    pub month: String,
+    /// SERIES by Study Instance UID: a drawn study.
+    pub study_uid: String,
+}
+
+impl Scheme {
+    /// The keys of query `q` on a system holding `studies` (the first K of the data set, not
+    /// empty).
+    pub fn query_keys(&self, studies: &[Study], q: u64) -> QueryKeys {
+        let k = studies.len().max(1) as u64;
+        let pick = |tag| &studies[(self.h(tag, q) % k) as usize];
+        QueryKeys {
+            patient_id: pick(T_Q_PATIENT).patient.id.clone(),
+            month: month_range(self.h(T_Q_MONTH, q) % 72),
+            study_uid: pick(T_Q_STUDY).uid.clone(),
+        }
+    }
+}
+
+/// The studies of a [`Scheme`], in order.
+#[derive(Debug)]
+pub struct Studies<'a> {
+    scheme: &'a Scheme,
+    next_study: u64,
+    next_patient: u64,
+    patient: Option<Patient>,
+    /// Studies the current patient still owns.
+    left: u64,
+}
+
+impl Iterator for Studies<'_> {
+    type Item = Study;
+
+    fn next(&mut self) -> Option<Study> {
+        if self.left == 0 || self.patient.is_none() {
+            let p = self.next_patient;
+            self.next_patient += 1;
+            self.left = self.scheme.studies_of(p);
+            self.patient = Some(self.scheme.patient(p));
+        }
+        let patient = self.patient.clone()?;
+        self.left -= 1;
+        let s = self.next_study;
+        self.next_study += 1;
+        Some(self.scheme.study(s, patient))
+    }
+}
+
+/// What [`fill`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Filled {
+    /// Patients rows.
+    pub patients: u64,
+    /// Studies rows.
+    pub studies: u64,
+    /// Series rows.
+    pub series: u64,
+    /// Instances rows.
+    pub instances: u64,
+}
+
+/// Writes studies 0..`studies` of the data set of `seed` with `per_study` instances each
+/// (patients, studies, series and instances rows) into an empty index made by
+/// [`crate::db::Db`], in one transaction, as the store would have indexed the files
+/// `bench/qr_data.py` writes (no Specific Character Set: charset NULL; paths in the store's
+/// layout). 10,000 x 100 takes a few seconds.
+///
+/// A seed beyond [`MAX_SEED`] or `per_study` 0 is refused as
+/// `rusqlite::Error::ToSqlConversionFailure` holding the [`SchemeError`], so that this runs
+/// inside [`crate::db::Db::with`].
 pub fn fill(
     conn: &Connection,
     studies: u64,
-    instances_per_study: u64,
+    per_study: u64,
     seed: u64,
-) -> rusqlite::Result<()> {
-    let mut rng = Rng(seed);
+) -> rusqlite::Result<Filled> {
+    let scheme = Scheme::new(seed, per_study)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    let n = scheme.series_per_study();
+    let now = crate::db::now();
+    let mut filled = Filled {
+        patients: 0,
+        studies: 0,
+        series: 0,
+        instances: 0,
+    };
     let tx = conn.unchecked_transaction()?;
     {
         let mut patient = tx.prepare(
             "INSERT INTO patients (pk, patient_id, issuer, name, birth_date, sex, charset) \
-             VALUES (?1, ?2, '', ?3, ?4, ?5, 'ISO_IR 100')",
+             VALUES (?1, ?2, '', ?3, ?4, ?5, NULL)",
         )?;
         let mut study = tx.prepare(
             "INSERT INTO studies (study_uid, patient_pk, study_date, study_time, accession, \
-             study_id, description, referring, charset) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, \
-             'ISO_IR 100')",
+             study_id, description, referring, charset) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL)",
         )?;
         let mut series = tx.prepare(
             "INSERT INTO series (series_uid, study_uid, modality, series_number, description, \
              body_part, frame_of_reference_uid, series_date, series_time, charset) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'ISO_IR 100')",
+             VALUES (?1, ?2, ?3, ?4, ?5, 'HEAD', ?6, ?7, ?8, NULL)",
         )?;
         let mut instance = tx.prepare(
             "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_instance_uid, \
              series_instance_uid, modality, instance_number, transfer_syntax, path, size, \
              calling_ae, received_at, document_title, mime_type) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, '1.2.840.10008.1.2.1', ?7, ?8, ?9, 0, ?10, ?11)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, NULL)",
         )?;
-        let total_weight: u32 = FAMILY.iter().map(|f| f.1).sum();
-        let mut next_patient = 0u64;
-        let mut studies_left_for_patient = 0u64;
-        for s in 0..studies {
-            if studies_left_for_patient == 0 {
-                let mut w = rng.below(u64::from(total_weight)) as u32;
-                let family = FAMILY
-                    .iter()
-                    .find(|(_, weight)| {
-                        if w < *weight {
-                            true
-                        } else {
-                            w -= weight;
-                            false
-                        }
-                    })
-                    .map_or("DOE", |f| f.0);
-                let given = GIVEN[rng.below(GIVEN.len() as u64) as usize];
-                let birth = date(-14_600 + rng.below(32_000) as i64);
-                let sex = if rng.below(2) == 0 { "F" } else { "M" };
-                patient.execute(params![
-                    next_patient as i64,
-                    patient_id(next_patient),
-                    format!("{family}^{given}"),
-                    birth,
-                    sex
-                ])?;
-                next_patient += 1;
-                studies_left_for_patient = 1 + rng.below(3);
+        let mut last_patient = None;
+        for st in scheme
+            .studies()
+            .take(usize::try_from(studies).unwrap_or(usize::MAX))
+        {
+            // The store's primary keys count from 1.
+            let pk = st.patient.index as i64 + 1;
+            if last_patient != Some(st.patient.index) {
+                last_patient = Some(st.patient.index);
+                let p = &st.patient;
+                patient.execute(params![pk, p.id, p.name, p.birth_date, p.sex])?;
+                filled.patients += 1;
             }
-            studies_left_for_patient -= 1;
-            let pk = next_patient as i64 - 1;
-            let st_uid = study_uid(seed, s);
-            let day = date(FIRST_DAY + rng.below(DAYS) as i64);
-            let time = format!(
-                "{:02}{:02}{:02}",
-                7 + rng.below(12),
-                rng.below(60),
-                rng.below(60)
-            );
-            let (modality, description, body) = STUDIES[rng.below(STUDIES.len() as u64) as usize];
             study.execute(params![
-                st_uid,
+                st.uid,
                 pk,
-                day,
-                time,
-                format!("ACC{s:08}"),
-                format!("{}", s % 100_000),
-                description,
-                "REF^DOCTOR"
+                st.date,
+                st.time,
+                st.accession,
+                st.study_id,
+                st.modality.study_description(),
+                st.referring
             ])?;
-            let result = instances_per_study >= 2 && rng.below(3) == 0;
-            let images = instances_per_study - u64::from(result);
-            let n_series = (1 + rng.below(4)).min(images.max(1));
-            let for_uid = format!("{st_uid}.9");
-            let sop_class = if modality == "CT" {
-                "1.2.840.10008.5.1.4.1.1.2"
-            } else {
-                "1.2.840.10008.5.1.4.1.1.4"
-            };
-            let mut plan: Vec<SeriesPlan> = (0..n_series)
-                .map(|k| {
-                    let count = if k + 1 == n_series {
-                        images - images / n_series * k
-                    } else {
-                        images / n_series
-                    };
-                    let d = format!("{description} {}", k + 1);
-                    (k + 1, modality, d, count, sop_class, None)
-                })
-                .collect();
-            if result {
-                let title = Some("Bone surface, iso 300 HU");
-                plan.push((100, "M3D", "Bone surface".into(), 1, STL, title));
-            }
-            for (number, modality, series_description, count, sop_class, title) in plan {
-                let se_uid = format!("{st_uid}.{number}");
+            filled.studies += 1;
+            let modality = st.modality.code();
+            let frame_of_reference = scheme.frame_of_reference_uid(st.index);
+            let all = scheme.series(&st);
+            for se in &all {
                 series.execute(params![
-                    se_uid,
-                    st_uid,
+                    se.uid,
+                    st.uid,
                     modality,
-                    number as i64,
-                    series_description,
-                    body,
-                    for_uid,
-                    day,
-                    time
+                    se.number as i64,
+                    se.description,
+                    frame_of_reference,
+                    st.date,
+                    st.time
                 ])?;
-                for n in 0..count {
-                    instance.execute(params![
-                        format!("{se_uid}.{}", n + 1),
-                        sop_class,
-                        st_uid,
-                        se_uid,
-                        modality,
-                        n as i64 + 1,
-                        format!("{s}/{number}/{}.dcm", n + 1),
-                        if title.is_some() {
-                            2_400_000i64
-                        } else {
-                            526_000
-                        },
-                        if title.is_some() { "" } else { "SCANNER" },
-                        title,
-                        title.map(|_| "model/stl")
-                    ])?;
-                }
             }
+            filled.series += all.len() as u64;
+            for j in 0..per_study {
+                let se = &all[(j % n) as usize];
+                let uid = scheme.instance_uid(st.index, j);
+                let path = format!("{}/{}/{uid}.dcm", st.uid, se.uid);
+                instance.execute(params![
+                    uid,
+                    st.modality.sop_class(),
+                    st.uid,
+                    se.uid,
+                    modality,
+                    (j / n + 1) as i64,
+                    EXPLICIT_LE,
+                    path,
+                    FILE_SIZE,
+                    LOADER_AE,
+                    now
+                ])?;
+            }
+            filled.instances += per_study;
         }
     }
-    tx.commit()
+    tx.commit()?;
+    Ok(filled)
 }
 
 /// An identifier in Explicit VR Little Endian from `(tag, value)` pairs, tags as eight hex

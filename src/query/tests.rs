@@ -16,10 +16,34 @@ const ILE: &str = "1.2.840.10008.1.2";
 const STL: &str = "1.2.840.10008.5.1.4.1.1.104.3";
 const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
 
+/// An index file made by the database module (its schema at the latest version), open on a
+/// plain connection, in a directory that lives as long as it.
+struct Index {
+    conn: Connection,
+    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Index {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+fn empty_index() -> Index {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index.sqlite");
+    drop(crate::db::Db::open(&path).unwrap());
+    Index {
+        conn: Connection::open(&path).unwrap(),
+        _dir: dir,
+    }
+}
+
 /// The index of the tests: six studies of five patients, one with an M3D result.
-fn db() -> Connection {
-    let c = Connection::open_in_memory().unwrap();
-    c.execute_batch(synthetic::SCHEMA).unwrap();
+fn db() -> Index {
+    let c = empty_index();
     let patients: &[(i64, &str, &str, Option<&str>)] = &[
         (1, "P1", "SMITH^JOHN", Some("19700101")),
         (2, "P2", "SMITHERS^ANNA", Some("19800202")),
@@ -904,12 +928,13 @@ fn iso2022_decoding_of_other_sets() {
     assert!(charset::Charset::from_value(b"ISO 2022 IR 159").is_err());
 }
 
-/// The four benchmark queries use the indexes (EXPLAIN QUERY PLAN), no table scan.
+/// The four benchmark queries (bench/README.md, keys drawn as `qr_data.py` draws them) use the
+/// indexes (EXPLAIN QUERY PLAN), no table scan, on the benchmark's data set (seed 1: 7 of the
+/// 300 studies are of SMI* patients; seed 7 has none).
 #[test]
 fn benchmark_queries_use_indexes() {
-    let conn = Connection::open_in_memory().unwrap();
-    conn.execute_batch(synthetic::SCHEMA).unwrap();
-    synthetic::fill(&conn, 300, 20, 7).unwrap();
+    let conn = empty_index();
+    let filled = synthetic::fill(&conn, 300, 20, 1).unwrap();
     conn.execute_batch("ANALYZE").unwrap();
     let (n_studies, n_instances, smi): (i64, i64, i64) = conn
         .query_row(
@@ -920,12 +945,31 @@ fn benchmark_queries_use_indexes() {
         )
         .unwrap();
     assert_eq!((n_studies, n_instances), (300, 6000));
+    assert_eq!(
+        (filled.studies, filled.series, filled.instances),
+        (300, 1200, 6000)
+    );
     assert!(smi >= 1, "no SMI* patient in 300 studies");
+    let scheme = synthetic::Scheme::new(1, 20).unwrap();
+    let studies: Vec<synthetic::Study> = scheme.studies().take(300).collect();
+    let keys = scheme.query_keys(&studies, 0);
+    // A month that holds a study (at 300 studies, about 4 a month), from the drawn one on.
+    let first = (0..72)
+        .find(|m| keys.month == synthetic::month_range(*m))
+        .unwrap();
+    let month = (first..first + 72)
+        .map(|m| synthetic::month_range(m % 72))
+        .find(|range| {
+            studies
+                .iter()
+                .any(|s| s.date[..] >= range[..8] && s.date[..] <= range[9..])
+        })
+        .unwrap();
     let cases: [(&[(&str, &str)], &str); 4] = [
         (
             &[
                 ("00080052", "STUDY"),
-                ("00100020", &synthetic::patient_id(3)),
+                ("00100020", &keys.patient_id),
                 ("00100010", ""),
                 ("00201208", ""),
             ],
@@ -942,7 +986,7 @@ fn benchmark_queries_use_indexes() {
         (
             &[
                 ("00080052", "STUDY"),
-                ("00080020", "20200101-20200131"),
+                ("00080020", &month),
                 ("00100010", ""),
             ],
             "studies_date",
@@ -950,7 +994,7 @@ fn benchmark_queries_use_indexes() {
         (
             &[
                 ("00080052", "SERIES"),
-                ("0020000D", &synthetic::study_uid(7, 5)),
+                ("0020000D", &keys.study_uid),
                 ("00080060", ""),
                 ("00201209", ""),
             ],
@@ -958,7 +1002,7 @@ fn benchmark_queries_use_indexes() {
         ),
     ];
     for (keys, index) in cases {
-        let query = q(Model::StudyRoot, Service::Find, keys).unwrap();
+        let query = q_find(keys);
         let plan = query.explain(&conn).unwrap();
         assert!(
             plan.iter().any(|l| l.contains(index)),
@@ -976,7 +1020,7 @@ fn benchmark_queries_use_indexes() {
         );
     }
     // A long UID list is one JSON parameter, looked up in the primary key per UID.
-    let list: Vec<String> = (0..40).map(|s| synthetic::study_uid(7, s)).collect();
+    let list: Vec<String> = (0..40).map(|s| scheme.study_uid(s)).collect();
     let query = sr(&[("00080052", "STUDY"), ("0020000D", &list.join("\\"))]).unwrap();
     let plan = query.explain(&conn).unwrap();
     assert!(
@@ -985,6 +1029,187 @@ fn benchmark_queries_use_indexes() {
         "{plan:#?}"
     );
     assert_eq!(query.find(&conn, 0, ELE).unwrap().matches.len(), 40);
+}
+
+fn q_find(keys: &[(&str, &str)]) -> Query {
+    q(Model::StudyRoot, Service::Find, keys).unwrap()
+}
+
+// ---------------------------------------------------------------- the benchmark's data set
+
+/// The check values of bench/README.md ("The data set"), as printed by
+/// `python3 bench/qr_data.py describe --studies 10000` (and `--studies 500`) at seed 1.
+#[test]
+fn synthetic_data_set_gives_the_reference_check_values() {
+    use synthetic::{Scheme, Study, mix};
+    assert_eq!(mix(0), 0xe220_a839_7b1d_cdaf);
+    let scheme = Scheme::new(1, 100).unwrap();
+    assert_eq!(scheme.h(1, 0), 8_900_858_891_303_283_264);
+    assert_eq!(scheme.h(6, 0), 17_572_984_642_465_921_467);
+    let studies: Vec<Study> = scheme.studies().take(10_000).collect();
+    let line = |s: &Study| {
+        format!(
+            "{} {} {} {} {} {} {} {} {}",
+            s.patient.index,
+            s.patient.id,
+            s.patient.name,
+            s.patient.sex,
+            s.patient.birth_date,
+            s.date,
+            s.time,
+            s.modality.code(),
+            s.referring
+        )
+    };
+    assert_eq!(
+        line(&studies[0]),
+        "0 P000001 MUELLER^JULIA F 19931125 20240428 113704 CT GREY^MEREDITH"
+    );
+    assert_eq!(
+        studies[0].uid,
+        "2.25.13974899806710873671008007745640960696.1.1.1"
+    );
+    assert!(
+        line(&studies[9999]).starts_with("3977 P003978 HALL^MARCO M 19470718 20210630 161722 CT ")
+    );
+    let counts = |k: usize| {
+        let patients = studies[k - 1].patient.index + 1;
+        let smi = studies[..k]
+            .iter()
+            .filter(|s| s.patient.name.starts_with("SMI"))
+            .count();
+        (patients, smi)
+    };
+    assert_eq!(counts(10_000), (3978, 255));
+    assert_eq!(counts(500), (198, 18));
+    let mut per_month = std::collections::BTreeMap::new();
+    for s in &studies {
+        *per_month.entry(&s.date[..6]).or_insert(0) += 1;
+    }
+    let mut months: Vec<i32> = per_month.into_values().collect();
+    months.sort();
+    assert_eq!(
+        (months.len(), months[0], months[36], months[71]),
+        (72, 108, 138, 164)
+    );
+    // The longest UID of the scheme fits the 64 characters of UI.
+    let longest = Scheme::new(999, 10_000)
+        .unwrap()
+        .instance_uid(999_999, 9_999);
+    assert_eq!(longest.len(), 63, "{longest}");
+    assert!(Scheme::new(1000, 1).is_err() && Scheme::new(1, 0).is_err());
+    assert_eq!(synthetic::month_range(0), "20200101-20200131");
+    assert_eq!(synthetic::month_range(49), "20240201-20240229");
+    assert_eq!(synthetic::month_range(71), "20251201-20251231");
+}
+
+/// Every row `fill` writes is what the store would index from the files the reference
+/// (`bench/qr_data.py`, as bench/qr.sh loads Orthanc and dcmqrscp) writes, read by pydicom:
+/// 30 studies of 6 instances (series of 2, 2, 1 and 1) at seed 7, all values compared.
+#[test]
+fn synthetic_rows_are_the_reference_files() {
+    const STUDIES: u64 = 30;
+    const PER_STUDY: u64 = 6;
+    const SEED: u64 = 7;
+    let conn = empty_index();
+    let filled = synthetic::fill(&conn, STUDIES, PER_STUDY, SEED).unwrap();
+    let script = r#"
+import os, sys, tempfile
+import pydicom
+sys.path.insert(0, sys.argv[1])
+import qr_data
+seed, per_study, studies = (int(a) for a in sys.argv[2:5])
+scheme = qr_data.Scheme(seed, per_study)
+with tempfile.TemporaryDirectory() as d:
+    for s in range(studies):
+        for path in scheme.write_study(s, d):
+            ds = pydicom.dcmread(path)
+            print("|".join(str(v) for v in (
+                ds.file_meta.TransferSyntaxUID, ds.SOPClassUID, ds.SOPInstanceUID,
+                ds.Modality, ds.InstanceNumber, ds.SeriesInstanceUID, ds.SeriesNumber,
+                ds.Modality, ds.SeriesDescription, ds.BodyPartExamined, ds.FrameOfReferenceUID,
+                ds.SeriesDate, ds.SeriesTime, ds.StudyInstanceUID, ds.StudyDate, ds.StudyTime,
+                ds.AccessionNumber, ds.StudyID, ds.StudyDescription, ds.ReferringPhysicianName,
+                ds.PatientID, ds.get("IssuerOfPatientID", ""), ds.PatientName,
+                ds.PatientBirthDate, ds.PatientSex, ds.get("SpecificCharacterSet", ""))))
+"#;
+    let out = std::process::Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/target/pyenv/bin/python"
+    ))
+    .args(["-c", script, concat!(env!("CARGO_MANIFEST_DIR"), "/bench")])
+    .args([SEED, PER_STUDY, STUDIES].map(|n| n.to_string()))
+    .output()
+    .expect("pydicom in target/pyenv (scripts/test installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut reference: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    reference.sort();
+    let mut stmt = conn
+        .prepare(
+            "SELECT i.transfer_syntax, i.sop_class_uid, i.sop_instance_uid, i.modality, \
+             i.instance_number, se.series_uid, se.series_number, se.modality, se.description, \
+             se.body_part, se.frame_of_reference_uid, se.series_date, se.series_time, \
+             st.study_uid, st.study_date, st.study_time, st.accession, st.study_id, \
+             st.description, st.referring, p.patient_id, p.issuer, p.name, p.birth_date, \
+             p.sex, coalesce(p.charset, '') || coalesce(st.charset, '') \
+             || coalesce(se.charset, '') \
+             FROM instances i JOIN series se ON se.series_uid = i.series_instance_uid \
+             JOIN studies st ON st.study_uid = se.study_uid \
+             AND st.study_uid = i.study_instance_uid \
+             JOIN patients p ON p.pk = st.patient_pk",
+        )
+        .unwrap();
+    let mut rows: Vec<String> = stmt
+        .query_map([], |r| {
+            (0..26)
+                .map(|i| {
+                    Ok(match r.get::<_, rusqlite::types::Value>(i)? {
+                        rusqlite::types::Value::Integer(n) => n.to_string(),
+                        rusqlite::types::Value::Text(t) => t,
+                        other => format!("{other:?}"),
+                    })
+                })
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map(|v| v.join("|"))
+        })
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    rows.sort();
+    assert_eq!(reference.len() as u64, STUDIES * PER_STUDY);
+    assert_eq!(rows, reference);
+    // No row outside the joins.
+    let counts: (i64, i64, i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT COUNT(*) FROM patients), (SELECT COUNT(*) FROM studies), \
+             (SELECT COUNT(*) FROM series), (SELECT COUNT(*) FROM instances)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    let patients = reference
+        .iter()
+        .map(|l| l.split('|').nth(20).unwrap())
+        .collect::<std::collections::HashSet<_>>()
+        .len() as i64;
+    assert_eq!(counts, (patients, 30, 120, 180));
+    assert_eq!(
+        (
+            filled.patients as i64,
+            filled.studies,
+            filled.series,
+            filled.instances
+        ),
+        (patients, 30, 120, 180)
+    );
 }
 
 /// A response written as a Part 10 file (in a directory that lives as long as the result).

@@ -698,7 +698,8 @@ fn read_at(mut file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
 /// Takes the storage root's advisory lock, or names the process that holds it. The lock is
 /// an `flock` on [`LOCK_FILE`], so it goes with the process however it ends (no stale lock
 /// after `kill -9`); the PID written into the file is only information for the message.
-fn lock_root(root: &Path) -> Result<File, OpenError> {
+/// Also taken by `m3dnode bench qr-load`, which writes an index as `serve` would.
+pub(crate) fn lock_root(root: &Path) -> Result<File, OpenError> {
     let path = root.join(LOCK_FILE);
     let io = |e: io::Error| OpenError::Store(e.into());
     let mut file = fs::OpenOptions::new()
