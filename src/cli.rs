@@ -707,8 +707,8 @@ async fn send(
     })
 }
 
-/// Exit codes of `find`, `move` and `get` beyond 0, 1 and 2, so that a script can tell a
-/// peer that is down from one that answered "no".
+/// Exit codes of the network commands (`echo`, `send`, `find`, `move`, `get`) beyond 0, 1 and
+/// 2, so that a script can tell a peer that is down from one that answered "no".
 mod qr_exit {
     /// The association could not be established (unreachable, rejected, nothing accepted).
     pub const ASSOCIATION: u8 = 3;
@@ -907,8 +907,21 @@ async fn retrieve(qr: QrArgs, what: Retrieve) -> Result<ExitCode> {
 /// A peer that could not be reached or refused: the command ran and failed (exit 1, not the
 /// usage code 2), with the cause said once.
 fn network_failure(e: &scu::ScuError) -> ExitCode {
+    use scu::ScuError;
     eprintln!("m3dnode: {}", e.full_message());
-    ExitCode::from(1)
+    ExitCode::from(match e {
+        ScuError::Associate { source, .. }
+            if matches!(**source, crate::net::request::RequestError::Timeout(_)) =>
+        {
+            qr_exit::TIMEOUT
+        }
+        ScuError::Associate { .. }
+        | ScuError::RejectedPermanent { .. }
+        | ScuError::NoContext { .. } => qr_exit::ASSOCIATION,
+        ScuError::Protocol { .. } => qr_exit::PROTOCOL,
+        ScuError::Address(_) => 2,
+        ScuError::EchoStatus(_) | ScuError::File { .. } => 1,
+    })
 }
 
 /// Expands directories recursively, in a stable order.

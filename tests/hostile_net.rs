@@ -393,7 +393,7 @@ fn outgoing_associations_carry_the_nodes_implementation_class_uid() {
         .args(["echo", &format!("PEER@{addr}")])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     let Some(Pdu::AssociationRQ(rq)) = peer.join().unwrap() else {
         panic!("no A-ASSOCIATE-RQ")
     };
