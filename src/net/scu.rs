@@ -913,7 +913,7 @@ fn reencode(f: &OutgoingFile, ts_uid: &str) -> Result<Vec<u8>, String> {
             &f.transfer_syntax,
             ts_uid,
         )
-        .map_err(|e| format!("cannot decompress: {e}"));
+        .map_err(|e| format!("cannot decompress: {}", e.reason()));
     }
     if f.transfer_syntax == DEFLATED {
         let inflated = inflate_data_set(f)?;
@@ -1103,7 +1103,13 @@ mod tests {
         // Stored syntax accepted: sent as stored.
         assert_eq!(id(&stored(MR, JPEG_LS), &all), Some(5));
         // Compressed syntaxes the node decodes fall back to Explicit VR, else Implicit VR.
-        for ts in [JPEG_LOSSLESS, J2K, RLE, JPEG_EXTENDED, "1.2.840.10008.1.2.4.50"] {
+        for ts in [
+            JPEG_LOSSLESS,
+            J2K,
+            RLE,
+            JPEG_EXTENDED,
+            "1.2.840.10008.1.2.4.50",
+        ] {
             assert_eq!(id(&stored(MR, ts), &all), Some(3), "{ts}");
             assert_eq!(id(&stored(CT, ts), &all), Some(7), "{ts}");
         }

@@ -60,6 +60,25 @@ pub enum TranscodeError {
     },
 }
 
+impl TranscodeError {
+    /// The reason without the file's path, for log lines that already name the instance by
+    /// its UID (the path would take most of a length-capped field).
+    pub fn reason(&self) -> String {
+        match self {
+            TranscodeError::Volume(VolumeError::Decode {
+                frame,
+                transfer_syntax,
+                detail,
+                ..
+            }) => format!("frame {frame} ({transfer_syntax}) does not decode: {detail}"),
+            TranscodeError::Volume(VolumeError::Read { detail, .. }) => detail.clone(),
+            TranscodeError::Pixels { detail, .. } => detail.clone(),
+            TranscodeError::Encode { ts, detail, .. } => format!("encoding in {ts}: {detail}"),
+            other => other.to_string(),
+        }
+    }
+}
+
 const IMPLICIT_VR_LE: &str = "1.2.840.10008.1.2";
 const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
 const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
@@ -98,7 +117,9 @@ pub fn decompressed_data_set(
     if !can_decompress(stored_ts) || !matches!(target_ts, EXPLICIT_VR_LE | IMPLICIT_VR_LE) {
         return Err(unsupported());
     }
-    let ts = TransferSyntaxRegistry.get(target_ts).ok_or_else(unsupported)?;
+    let ts = TransferSyntaxRegistry
+        .get(target_ts)
+        .ok_or_else(unsupported)?;
     let mut file = decode::read_full(path)?;
     let file_ts = file.meta().transfer_syntax().trim_end_matches(['\0', ' ']);
     if file_ts != stored_ts {
@@ -175,7 +196,9 @@ fn decode_all(file: &DicomFile, path: &Path) -> Result<Native, TranscodeError> {
         // JPEG Extended goes to libjpeg-turbo (12-bit lossy, grey), the rest to dicom-pixeldata,
         // as in the volume reader.
         let decoded: Box<dyn DecodedFrame + '_> = if jpeg12::handles(file) && samples == 1 {
-            Box::new(jpeg12::decode_frame(file, &layout, frame0).map_err(|e| decode_err(frame0, e))?)
+            Box::new(
+                jpeg12::decode_frame(file, &layout, frame0).map_err(|e| decode_err(frame0, e))?,
+            )
         } else {
             Box::new(
                 catch_unwind(AssertUnwindSafe(|| file.decode_pixel_data_frame(frame0)))
@@ -250,7 +273,12 @@ fn apply(file: &mut DicomFile, stored_ts: &str, native: Native) {
     };
     let bits = native.bits_allocated;
     let vr = if bits <= 8 { VR::OB } else { VR::OW };
-    put(file, tags::PIXEL_DATA, vr, PrimitiveValue::from(native.data));
+    put(
+        file,
+        tags::PIXEL_DATA,
+        vr,
+        PrimitiveValue::from(native.data),
+    );
     for tag in [
         tags::EXTENDED_OFFSET_TABLE,
         tags::EXTENDED_OFFSET_TABLE_LENGTHS,
@@ -259,10 +287,25 @@ fn apply(file: &mut DicomFile, stored_ts: &str, native: Native) {
         file.remove_element(tag);
     }
     if get_u32(file, tags::BITS_ALLOCATED) != Some(u32::from(bits)) {
-        put(file, tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(bits));
+        put(
+            file,
+            tags::BITS_ALLOCATED,
+            VR::US,
+            PrimitiveValue::from(bits),
+        );
         let stored = get_u32(file, tags::BITS_STORED).map_or(bits, |b| (b as u16).min(bits));
-        put(file, tags::BITS_STORED, VR::US, PrimitiveValue::from(stored));
-        put(file, tags::HIGH_BIT, VR::US, PrimitiveValue::from(stored - 1));
+        put(
+            file,
+            tags::BITS_STORED,
+            VR::US,
+            PrimitiveValue::from(stored),
+        );
+        put(
+            file,
+            tags::HIGH_BIT,
+            VR::US,
+            PrimitiveValue::from(stored - 1),
+        );
     }
     if native.samples_per_pixel > 1 {
         // RLE keeps the colour model (PS3.5 G.2); every other decoder hands back RGB.
