@@ -117,25 +117,25 @@ fn transfer_syntax(path: &Path) -> String {
 
 fn pixel_bytes(path: &Path) -> Vec<u8> {
     let obj = dicom_object::open_file(path).unwrap();
-    let e = obj.element(tags::PIXEL_DATA).unwrap();
-    let mut v = e.to_bytes().unwrap().to_vec();
+    let int = |tag| -> Option<usize> { obj.element(tag).ok().and_then(|e| e.to_int().ok()) };
+    let samples = int(tags::ROWS).unwrap()
+        * int(tags::COLUMNS).unwrap()
+        * int(tags::NUMBER_OF_FRAMES).unwrap_or(1)
+        * int(tags::SAMPLES_PER_PIXEL).unwrap();
+    let width = int(tags::BITS_ALLOCATED).unwrap().div_ceil(8);
+    let mut v = obj
+        .element(tags::PIXEL_DATA)
+        .unwrap()
+        .to_bytes()
+        .unwrap()
+        .to_vec();
     // Odd-length 8-bit data is padded to even length; compare the samples only.
-    if v.len() % 2 == 0 && v.last() == Some(&0) {
-        let rows: usize = obj.element(tags::ROWS).unwrap().to_int().unwrap();
-        let cols: usize = obj.element(tags::COLUMNS).unwrap().to_int().unwrap();
-        let frames: usize = obj
-            .element(tags::NUMBER_OF_FRAMES)
-            .ok()
-            .and_then(|e| e.to_int().ok())
-            .unwrap_or(1);
-        let spp: usize = obj
-            .element(tags::SAMPLES_PER_PIXEL)
-            .unwrap()
-            .to_int()
-            .unwrap();
-        let ba: usize = obj.element(tags::BITS_ALLOCATED).unwrap().to_int().unwrap();
-        v.truncate(rows * cols * frames * spp * ba.div_ceil(8));
-    }
+    assert!(
+        v.len() >= samples * width,
+        "{}: short Pixel Data",
+        path.display()
+    );
+    v.truncate(samples * width);
     v
 }
 
@@ -502,7 +502,7 @@ ds.save_as(sys.argv[1], enforce_file_format=True)
 
 /// A colour JPEG Baseline instance (YBR_FULL_422, as `dcmcjpeg +eb` makes it) reaches a
 /// native-only storescp as RGB, colour-by-pixel, marked lossy, with the samples DCMTK's own
-/// decoder gives (within the rounding two JPEG decoders may differ by).
+/// decoder gives (within the rounding two JPEG decoders may differ by: measured max 3, mean 0.23 levels).
 #[test]
 fn colour_jpeg_baseline_arrives_as_rgb() {
     let src = tempfile::tempdir().unwrap();
@@ -560,7 +560,7 @@ fn colour_jpeg_baseline_arrives_as_rgb() {
     let mean = diffs.iter().sum::<i32>() as f64 / diffs.len() as f64;
     eprintln!("colour: vs dcmdjpeg max {max} mean {mean:.3}");
     // Chroma upsampling and YCbCr->RGB rounding differ between decoders by a few levels.
-    assert!(max <= 8 && mean < 1.0, "max {max} mean {mean}");
+    assert!(max <= 4 && mean < 0.5, "max {max} mean {mean}");
     let before = dciodvfy_errors(&stored);
     let after = dciodvfy_errors(got);
     let new: Vec<&String> = after.difference(&before).collect();
