@@ -501,22 +501,7 @@ fn movescu_into_a_listed_storescp_delivers_identical_data_sets() {
     let dest = Destination::up("DEST");
     let node = loaded_node(&dest.peer_toml());
     let ct = ct_study();
-    let out = run(Command::new(tool("movescu")).args([
-        "-v",
-        "-aet",
-        "FINDSCU",
-        "-aec",
-        "M3DNODE",
-        "-aem",
-        "DEST",
-        "-S",
-        "-k",
-        "QueryRetrieveLevel=STUDY",
-        "-k",
-        &format!("StudyInstanceUID={ct}"),
-        "127.0.0.1",
-        &node.port(),
-    ]));
+    let out = retrieve_study("movescu", &node, "FINDSCU", &["-aem", "DEST"], &ct);
     let t = text(&out);
     assert!(t.contains("Received Final Move Response (Success)"), "{t}");
     let got = dest.files();

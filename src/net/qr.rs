@@ -461,7 +461,13 @@ impl Operation {
                 if code.is_none()
                     && let Err(reason) = &o.result
                 {
-                    debug!(index = i, reason = %Printable(reason), "C-MOVE sub-operation failed");
+                    // A file that could not be sent (unreadable, undecodable) is worth a
+                    // warning: the requester only sees it in the Failed SOP Instance UID List.
+                    warn!(
+                        sop_instance_uid = files.get(i).map_or("", |f| f.sop_instance_uid.as_str()),
+                        reason = %Printable(reason),
+                        "C-MOVE sub-operation failed"
+                    );
                 }
                 let _ = progress_tx.send((i, code));
                 !*cancel.borrow()

@@ -2,8 +2,8 @@
 //!
 //! Used by the `echo` and `send` commands and by the delivery outbox. Files are sent in the
 //! transfer syntax they are stored in when the peer accepts it, streamed from disk in PDU-sized
-//! pieces; an uncompressed or Deflated file is re-encoded (inflated) only when the peer accepts
-//! just a native little-endian syntax for it.
+//! pieces; an uncompressed, Deflated or compressed file is re-encoded (inflated, decompressed)
+//! only when the peer accepts just a native little-endian syntax for it.
 //!
 //! The outbox needs two more things from an association, given by [`send_files_with`]: a
 //! durable mark written just before the last fragment of a data set leaves (from then on the
@@ -386,10 +386,14 @@ fn is_native(ts: &str) -> bool {
 }
 
 /// Stored syntaxes that can be sent in a native little-endian syntax instead: the native ones
-/// (re-encoded), Explicit VR Big Endian (re-encoded) and Deflated (inflated; its inflated
-/// form is Explicit VR Little Endian).
+/// (re-encoded), Explicit VR Big Endian (re-encoded), Deflated (inflated; its inflated
+/// form is Explicit VR Little Endian) and the compressed ones the node decodes (JPEG, JPEG-LS,
+/// JPEG 2000, RLE: decompressed, see [`crate::volume::transcode`]).
 fn has_native_fallback(ts: &str) -> bool {
-    is_native(ts) || ts == "1.2.840.10008.1.2.2" || ts == DEFLATED
+    is_native(ts)
+        || ts == "1.2.840.10008.1.2.2"
+        || ts == DEFLATED
+        || crate::volume::transcode::can_decompress(ts)
 }
 
 /// Sends files over one association, reporting each file's status. Fails as a whole only
@@ -660,20 +664,24 @@ pub async fn store_on<L: StoreLink>(
 
 /// Of the accepted presentation contexts `offered`, the one to send `f` on: its class in its
 /// stored transfer syntax, else in a native little-endian syntax the file can be re-encoded
-/// to. `None`: the file cannot be sent on these contexts.
+/// or decompressed to, Explicit VR before Implicit (Implicit VR loses the VRs of private
+/// elements). `None`: the file cannot be sent on these contexts.
 pub fn choose_syntax<'a>(
     f: &OutgoingFile,
     offered: &'a [PresentationContextNegotiated],
 ) -> Option<&'a PresentationContextNegotiated> {
-    offered
-        .iter()
-        .find(|pc| pc.abstract_syntax == f.sop_class_uid && pc.transfer_syntax == f.transfer_syntax)
-        .or_else(|| {
-            offered
-                .iter()
-                .find(|pc| pc.abstract_syntax == f.sop_class_uid && is_native(&pc.transfer_syntax))
-                .filter(|_| has_native_fallback(&f.transfer_syntax))
-        })
+    let with = |ts: &str| {
+        offered
+            .iter()
+            .find(|pc| pc.abstract_syntax == f.sop_class_uid && pc.transfer_syntax == ts)
+    };
+    with(&f.transfer_syntax).or_else(|| {
+        if has_native_fallback(&f.transfer_syntax) {
+            with(EXPLICIT_VR_LE).or_else(|| with(IMPLICIT_VR_LE))
+        } else {
+            None
+        }
+    })
 }
 
 enum StoreOneError {
@@ -709,7 +717,12 @@ async fn store_one<L: StoreLink>(
     // Prepare the data set before the command, so that a local read error does not leave a
     // half-sent message on the association.
     let reencoded = if pc.transfer_syntax != f.transfer_syntax {
-        Some(reencode(f, &pc.transfer_syntax).map_err(StoreOneError::File)?)
+        // Decoding a compressed instance takes CPU time: off the runtime's worker threads.
+        let (owned, ts) = (f.clone(), pc.transfer_syntax.clone());
+        let bytes = tokio::task::spawn_blocking(move || reencode(&owned, &ts))
+            .await
+            .map_err(|e| StoreOneError::File(format!("re-encoding stopped: {e}")))?;
+        Some(bytes.map_err(StoreOneError::File)?)
     } else {
         None
     };
@@ -886,14 +899,22 @@ fn read_chunk(file: &mut std::fs::File, size: usize) -> Result<Vec<u8>, String> 
     Ok(buf)
 }
 
-/// Re-encodes a data set into a native little-endian transfer syntax: an uncompressed one
-/// through dicom-object, a Deflated one by inflating it (its inflated form is Explicit VR
-/// Little Endian, sent as it is or re-encoded to Implicit VR).
+/// Re-encodes a data set into a native little-endian transfer syntax: a compressed one by
+/// decompressing it, an uncompressed one through dicom-object, a Deflated one by inflating it
+/// (its inflated form is Explicit VR Little Endian, sent as it is or re-encoded to Implicit VR).
 fn reencode(f: &OutgoingFile, ts_uid: &str) -> Result<Vec<u8>, String> {
     use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
     let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry
         .get(ts_uid)
         .ok_or_else(|| format!("unknown transfer syntax {ts_uid}"))?;
+    if crate::volume::transcode::can_decompress(&f.transfer_syntax) {
+        return crate::volume::transcode::decompressed_data_set(
+            &f.path,
+            &f.transfer_syntax,
+            ts_uid,
+        )
+        .map_err(|e| format!("cannot decompress: {}", e.reason()));
+    }
     if f.transfer_syntax == DEFLATED {
         let inflated = inflate_data_set(f)?;
         if ts_uid == EXPLICIT_VR_LE {
@@ -1040,6 +1061,64 @@ mod tests {
         for code in [0xA700, 0xA7FF, 0xC000, 0xB000, 0x0000, 0x0211] {
             assert!(!is_permanent_status(code), "{code:#06X}");
         }
+    }
+
+    fn pc(id: u8, class: &str, ts: &str) -> PresentationContextNegotiated {
+        PresentationContextNegotiated {
+            id,
+            reason: PresentationContextResultReason::Acceptance,
+            transfer_syntax: ts.into(),
+            abstract_syntax: class.into(),
+        }
+    }
+
+    fn stored(class: &str, ts: &str) -> OutgoingFile {
+        OutgoingFile {
+            path: PathBuf::from("x.dcm"),
+            sop_class_uid: class.into(),
+            sop_instance_uid: "1.2.3".into(),
+            transfer_syntax: ts.into(),
+            data_offset: 0,
+        }
+    }
+
+    #[test]
+    fn choose_syntax_takes_the_stored_syntax_first_then_native_explicit_then_implicit() {
+        const MR: &str = "1.2.840.10008.5.1.4.1.1.4";
+        const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
+        const JPEG_LOSSLESS: &str = "1.2.840.10008.1.2.4.70";
+        const JPEG_LS: &str = "1.2.840.10008.1.2.4.80";
+        const J2K: &str = "1.2.840.10008.1.2.4.90";
+        const RLE: &str = "1.2.840.10008.1.2.5";
+        const JPEG_EXTENDED: &str = "1.2.840.10008.1.2.4.51";
+        let all = [
+            pc(1, MR, IMPLICIT_VR_LE),
+            pc(3, MR, EXPLICIT_VR_LE),
+            pc(5, MR, JPEG_LS),
+            pc(7, CT, IMPLICIT_VR_LE),
+        ];
+        let id = |f: &OutgoingFile, offered: &[PresentationContextNegotiated]| {
+            choose_syntax(f, offered).map(|pc| pc.id)
+        };
+        // Stored syntax accepted: sent as stored.
+        assert_eq!(id(&stored(MR, JPEG_LS), &all), Some(5));
+        // Compressed syntaxes the node decodes fall back to Explicit VR, else Implicit VR.
+        for ts in [
+            JPEG_LOSSLESS,
+            J2K,
+            RLE,
+            JPEG_EXTENDED,
+            "1.2.840.10008.1.2.4.50",
+        ] {
+            assert_eq!(id(&stored(MR, ts), &all), Some(3), "{ts}");
+            assert_eq!(id(&stored(CT, ts), &all), Some(7), "{ts}");
+        }
+        assert_eq!(id(&stored(MR, IMPLICIT_VR_LE), &all), Some(1));
+        assert_eq!(id(&stored(MR, DEFLATED), &all), Some(3));
+        // Another class's context never carries it; an undecodable syntax has no fallback.
+        assert_eq!(id(&stored("1.2.840.10008.5.1.4.1.1.7", J2K), &all), None);
+        assert_eq!(id(&stored(MR, "1.2.840.10008.1.2.4.100"), &all), None);
+        assert_eq!(id(&stored(CT, JPEG_LS), &[pc(9, CT, J2K)]), None);
     }
 
     #[test]

@@ -36,6 +36,7 @@ mod enhanced;
 mod filter;
 mod geometry;
 mod jpeg12;
+pub mod transcode;
 
 #[cfg(test)]
 mod tests;

@@ -690,3 +690,25 @@ pub fn write_big_sphere(dir: &Path) -> Vec<PathBuf> {
         (p[0] * p[0] + p[1] * p[1] + p[2] * p[2]).sqrt() - 60.0
     })
 }
+
+/// DCMTK `movescu` or `getscu` (Study Root, STUDY level) of one study from the node, as `aet`,
+/// with `extra` options (`-aem DEST`, `-od DIR`, ...).
+pub fn retrieve_study(
+    tool_name: &str,
+    node: &Node,
+    aet: &str,
+    extra: &[&str],
+    study: &str,
+) -> Output {
+    run(Command::new(tool(tool_name))
+        .args(["-v", "-aet", aet, "-aec", "M3DNODE", "-S"])
+        .args(extra)
+        .args([
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            &format!("StudyInstanceUID={study}"),
+            "127.0.0.1",
+            &node.port(),
+        ]))
+}
