@@ -2,7 +2,7 @@
 //! stored state.
 //!
 //! Tables: `instances` (every stored file), the query index `patients`, `studies` and `series`
-//! (docs/qr-contract.md), `series_work` (completion tracking and routing), `jobs`, `outbox` and
+//! (`migrations/0002_query_index.sql`), `series_work` (completion tracking and routing), `jobs`, `outbox` and
 //! `outbox_unconfirmed`. Other modules call typed methods ([`Db::queue_job`],
 //! [`Db::claim_job`], [`Db::enqueue_deliveries`], [`Db::mark_sent`], ...); the states are enums
 //! ([`JobState`], [`SeriesState`], [`DeliveryState`]). The one exception is the query module,

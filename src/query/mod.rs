@@ -4,7 +4,7 @@
 //! It owns the meaning of the keys (which attribute lives at which level, in which column, how
 //! it is matched) and nothing of the network: [`crate::net`] hands it the identifier bytes and
 //! the presentation context's transfer syntax, and sends what it returns. It only reads the
-//! index; the tables are written by the database module (schema in `docs/qr-contract.md`).
+//! index; the tables are written by the database module (schema in `src/db/migrations/0002_query_index.sql`).
 //!
 //! Main types: [`Query`] (a parsed, checked identifier), [`Found`] (C-FIND matches, already
 //! encoded), [`InstanceRef`] (what a C-MOVE/C-GET names), [`QueryError`] (every refusal, with

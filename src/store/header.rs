@@ -129,7 +129,7 @@ pub struct Header {
     pub query: QueryAttrs,
 }
 
-/// What the query index holds of an instance besides its UIDs (docs/qr-contract.md): text
+/// What the query index holds of an instance besides its UIDs (`src/db/migrations/0002_query_index.sql`): text
 /// decoded to UTF-8 by the instance's Specific Character Set, trailing padding removed, empty
 /// values `None`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
