@@ -1,4 +1,4 @@
--- Migration 2: the query index (docs/qr-contract.md). Its rows are back-filled from the
+-- Migration 2: the query index. Its rows are back-filled from the
 -- stored files by the Rust side of this migration, in batches that advance `backfill`; the
 -- migration ends (user_version 2) when the last batch is in.
 
