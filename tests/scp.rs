@@ -261,11 +261,7 @@ fn undecodable_transfer_syntaxes_are_refused_at_negotiation() {
     // tries to decompress, which these relabelled JPEG bytes cannot survive: that file fails,
     // with the reason, and nothing is stored.
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out).contains("cannot decompress"),
-        "{}",
-        text(&out)
-    );
+    assert!(text(&out).contains("cannot decompress"), "{}", text(&out));
     assert_eq!(node.index().count().unwrap(), 0);
     assert!(
         node.log()
