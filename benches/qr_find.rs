@@ -140,61 +140,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect::<Vec<_>>()
         .leak();
     type Keys = Box<dyn Fn(u64) -> Vec<(String, String)>>;
-    let with = move |mut keys: Vec<(String, String)>| {
-        for (t, v) in study_returns {
-            if !keys.iter().any(|(k, _)| k == t) {
-                keys.push((t.into(), v.into()));
-            }
-        }
-        keys
-    };
-    let cases: Vec<(&str, f64, Keys)> = vec![
-        (
-            "STUDY by Patient ID",
-            5.0,
-            Box::new(move |i| {
-                with(vec![
-                    ("00080052".into(), "STUDY".into()),
-                    ("00100020".into(), drawn_keys[i as usize].patient_id.clone()),
-                ])
-            }),
-        ),
-        (
-            "STUDY by Patient's Name SMI*",
-            20.0,
-            Box::new(move |_| {
-                with(vec![
-                    ("00080052".into(), "STUDY".into()),
-                    ("00100010".into(), "SMI*".into()),
-                ])
-            }),
-        ),
-        (
-            "STUDY by Study Date, one month",
-            20.0,
-            Box::new(move |i| {
-                with(vec![
-                    ("00080052".into(), "STUDY".into()),
-                    ("00080020".into(), drawn_keys[i as usize].month.clone()),
-                ])
-            }),
-        ),
-        (
-            "SERIES by Study Instance UID",
-            2.0,
-            Box::new(move |i| {
-                vec![
-                    ("00080052".into(), "SERIES".into()),
-                    ("0020000D".into(), drawn_keys[i as usize].study_uid.clone()),
-                    ("0020000E".into(), String::new()),
-                    ("00080060".into(), String::new()),
-                    ("00200011".into(), String::new()),
-                    ("0008103E".into(), String::new()),
-                    ("00201209".into(), String::new()),
-                ]
-            }),
-        ),
-    ];
+    let cases: Vec<(&str, f64, Keys)> = synthetic::BENCH_QUERIES
+        .iter()
+        .map(|q| {
+            let keys: Keys = Box::new(move |i| q.keys(&drawn_keys[i as usize], &study_returns));
+            (q.name, q.goal_ms, keys)
+        })
+        .collect();
     println!(
         "{:<32} {:>9} {:>9} {:>8} {:>8}",
         "query (over the wire)", "median ms", "p99 ms", "goal ms", "matches"

@@ -624,3 +624,84 @@ pub fn identifier_in(keys: &[(&str, &str)], ts_uid: &str) -> Vec<u8> {
     }
     out
 }
+
+/// One of the four C-FIND queries issue 13 sets goals for, shared by `benches/query.rs` (SQL)
+/// and `benches/qr_find.rs` (over the wire) so that both time the same identifiers.
+pub struct BenchQuery {
+    /// The name the benches print.
+    pub name: &'static str,
+    /// The goal for the median, in ms.
+    pub goal_ms: f64,
+    level: &'static str,
+    key: fn(&QueryKeys) -> (&'static str, String),
+}
+
+fn by_patient_id(k: &QueryKeys) -> (&'static str, String) {
+    ("00100020", k.patient_id.clone())
+}
+
+fn by_name(_: &QueryKeys) -> (&'static str, String) {
+    ("00100010", "SMI*".into())
+}
+
+fn by_month(k: &QueryKeys) -> (&'static str, String) {
+    ("00080020", k.month.clone())
+}
+
+fn by_study_uid(k: &QueryKeys) -> (&'static str, String) {
+    ("0020000D", k.study_uid.clone())
+}
+
+/// The benchmark queries, in the order the benches report them.
+pub const BENCH_QUERIES: [BenchQuery; 4] = [
+    BenchQuery {
+        name: "STUDY by Patient ID",
+        goal_ms: 5.0,
+        level: "STUDY",
+        key: by_patient_id,
+    },
+    BenchQuery {
+        name: "STUDY by Patient's Name SMI*",
+        goal_ms: 20.0,
+        level: "STUDY",
+        key: by_name,
+    },
+    BenchQuery {
+        name: "STUDY by Study Date, one month",
+        goal_ms: 20.0,
+        level: "STUDY",
+        key: by_month,
+    },
+    BenchQuery {
+        name: "SERIES by Study Instance UID",
+        goal_ms: 2.0,
+        level: "SERIES",
+        key: by_study_uid,
+    },
+];
+
+impl BenchQuery {
+    /// The identifier's keys for one run: the level, the matching key drawn in `k`, then the
+    /// return keys (`study_returns` not already present at STUDY level; the series keys at
+    /// SERIES level).
+    pub fn keys(&self, k: &QueryKeys, study_returns: &[(&str, &str)]) -> Vec<(String, String)> {
+        let (tag, value) = (self.key)(k);
+        let mut keys = vec![
+            ("00080052".to_string(), self.level.to_string()),
+            (tag.to_string(), value),
+        ];
+        if self.level == "SERIES" {
+            keys.extend(
+                ["0020000E", "00080060", "00200011", "0008103E", "00201209"]
+                    .map(|t| (t.to_string(), String::new())),
+            );
+        } else {
+            for (t, v) in study_returns {
+                if !keys.iter().any(|(k, _)| k == t) {
+                    keys.push((t.to_string(), v.to_string()));
+                }
+            }
+        }
+        keys
+    }
+}
