@@ -19,7 +19,8 @@ PREREQS_BUILD=(
 )
 
 # Running the tests: the real DICOM peers they talk to (DCMTK, dicom3tools, Orthanc and curl
-# for its REST API) and Python with venv for the ONNX Runtime reference venv.
+# for its REST API), Python with venv for the ONNX Runtime reference venv, and promtool
+# (Debian's prometheus) that checks the metrics text.
 PREREQS_TEST=(
     "dcmtk command -v storescu"
     "dicom3tools command -v dciodvfy"
@@ -27,6 +28,7 @@ PREREQS_TEST=(
     "curl command -v curl"
     "python3 command -v python3"
     "python3-venv python3 -c 'import venv, ensurepip'"
+    "prometheus command -v promtool"
 )
 
 # install_prereqs WHO LIST...: installs with apt-get (through sudo when not root) the packages

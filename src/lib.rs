@@ -16,6 +16,7 @@
 //! - [`mesh`]: marching cubes, cleanup, smoothing, simplification, STL/PLY/OBJ, metrics.
 //! - [`encap`]: the Encapsulated STL object (built from a mesh and its source series).
 //! - [`route`]: routing rules and the persistent delivery outbox.
+//! - [`metrics`]: Prometheus metrics (counters, histograms, scrape-time gauges).
 //! - [`config`]: the validated configuration.
 //! - [`cli`]: the command-line front end (`serve`, `echo`, `send`, `find`, `move`, `get`, `recon`, ...).
 //!
@@ -29,6 +30,7 @@ pub mod config;
 pub mod db;
 pub mod encap;
 pub mod mesh;
+pub mod metrics;
 pub mod net;
 pub mod onnx;
 pub mod query;

@@ -8,6 +8,9 @@
 //! ([`JobState`], [`SeriesState`], [`DeliveryState`]). The one exception is the query module,
 //! which builds its own SELECTs over the query tables through [`Db::with`].
 //!
+//! The metrics' scrape-time counts are read on a read-only connection of their own
+//! ([`StatsReader`]), so that counting a large index never holds up ingest.
+//!
 //! The schema is versioned by `PRAGMA user_version` ([`migrate`]): a storage written before
 //! versioning is migrated in place at start-up, its query index back-filled from the stored
 //! files; a storage newer than this binary is refused.
@@ -22,6 +25,7 @@ mod jobs;
 pub mod migrate;
 mod outbox;
 pub mod state;
+mod stats;
 mod work;
 
 use std::path::{Path, PathBuf};
@@ -34,6 +38,7 @@ pub use jobs::{FailedAtStart, JobRow, JobSource};
 pub use migrate::{LATEST_VERSION, MigrateOptions};
 pub use outbox::{DueDelivery, OutboxRow};
 pub use state::{DeliveryState, JobState, SeriesState};
+pub use stats::{IndexStats, StatsReader};
 pub use work::{NewSeriesWork, SeriesWork};
 
 /// Deliveries of one stored instance to its destinations.

@@ -48,6 +48,8 @@ pub struct DueDelivery {
     pub attempts: i64,
     /// When it fails for good (Unix seconds).
     pub deadline_at: f64,
+    /// When it was queued (Unix seconds): the start of its delivery latency.
+    pub created_at: f64,
 }
 
 /// Adds a delivery per destination; an existing row for the same (instance, destination) is
@@ -144,7 +146,7 @@ impl Db {
     pub fn due_deliveries(&self, t: f64) -> Result<Vec<DueDelivery>, DbError> {
         self.with(|c| {
             c.prepare_cached(
-                "SELECT destination, address, id, path, attempts, deadline_at FROM outbox
+                "SELECT destination, address, id, path, attempts, deadline_at, created_at FROM outbox
                  WHERE state = ?2 AND next_attempt_at <= ?1 ORDER BY id",
             )?
             .query_map(params![t, DeliveryState::Pending], |r| {
@@ -155,6 +157,7 @@ impl Db {
                     path: r.get(3)?,
                     attempts: r.get(4)?,
                     deadline_at: r.get(5)?,
+                    created_at: r.get(6)?,
                 })
             })?
             .collect()

@@ -39,6 +39,7 @@ use super::dimse::{self, Command, field, status};
 use super::qr::{self, Writer};
 use super::wire::{Frame, PduReader, WireError};
 use crate::config::{Config, Service};
+use crate::metrics::Rejection;
 use crate::store::{Announced, Incoming, Store, StoreError, Stored, TempFile};
 
 /// Failures of the listener itself (single associations never end the server).
@@ -281,6 +282,7 @@ pub async fn serve(
                 };
                 let _ = socket.set_nodelay(true);
                 let Some(host) = hosts.take(peer.ip(), node.max_connections_per_host) else {
+                    crate::metrics::association_rejected(Rejection::HostLimit);
                     if refusal_is_news() {
                         warn!(%peer, max = node.max_connections_per_host, "connection refused: too many open connections from this address (node.max_connections_per_host)");
                     } else {
@@ -295,6 +297,7 @@ pub async fn serve(
                     continue;
                 };
                 let Ok(request) = requests.clone().try_acquire_owned() else {
+                    crate::metrics::association_rejected(Rejection::RequestBacklog);
                     if refusal_is_news() {
                         warn!(%peer, "connection dropped: too many connections are still sending their association request");
                     }
@@ -439,6 +442,18 @@ impl Connection {
                     accept::RequestError::Timeout(_) => info!("connection closed: {e}"),
                     _ => warn!("connection closed: {e}"),
                 }
+                match &e {
+                    accept::RequestError::Timeout(_) => {
+                        crate::metrics::association_rejected(Rejection::RequestTimeout)
+                    }
+                    accept::RequestError::NotARequest(_)
+                    | accept::RequestError::TooLong(_)
+                    | accept::RequestError::Malformed(_) => {
+                        crate::metrics::association_rejected(Rejection::BadRequest)
+                    }
+                    // A connection closed before it said anything is no request.
+                    accept::RequestError::Closed | accept::RequestError::Io(_) => {}
+                }
                 if e.answer_with_abort() {
                     let reason = match e {
                         accept::RequestError::NotARequest(_) => {
@@ -455,6 +470,7 @@ impl Connection {
         drop(request);
         if *self.phase.borrow() != Phase::Serving {
             info!("association rejected: the node is shutting down");
+            crate::metrics::association_rejected(Rejection::ShuttingDown);
             let _ = accept::send(&mut self.socket, &accept::reject_congestion()).await;
             return;
         }
@@ -463,6 +479,7 @@ impl Connection {
                 limit = node.max_associations,
                 "association rejected: local limit of concurrent associations exceeded"
             );
+            crate::metrics::association_rejected(Rejection::AssociationLimit);
             let _ = accept::send(&mut self.socket, &accept::reject_local_limit()).await;
             let _ = self.socket.shutdown().await;
             return;
@@ -486,6 +503,7 @@ impl Connection {
             Decision::Accept(agreed) => agreed,
             Decision::Reject { rj, why } => {
                 info!(reason = %why, "association rejected");
+                crate::metrics::association_rejected(Rejection::of(&rj));
                 let _ = accept::send(&mut self.socket, &rj).await;
                 let _ = self.socket.shutdown().await;
                 return;
@@ -522,6 +540,7 @@ impl Connection {
                 observer: self.ctx.observer.clone(),
                 end: AssociationEnd::Cancelled,
                 new_instances: Vec::new(),
+                _active: crate::metrics::association_accepted(),
             },
             socket: read_half,
             writer: Arc::new(Writer::new(write_half, agreed.peer_max_pdu)),
@@ -549,17 +568,20 @@ impl Connection {
     }
 }
 
-/// Tells the observer how the association ended when the handler goes away, so that every
-/// path reports, a cancelled task included.
+/// Tells the observer (and the metrics) how the association ended when the handler goes
+/// away, so that every path reports, a cancelled task included.
 struct EndReport {
     observer: Option<Arc<dyn StoreObserver>>,
     end: AssociationEnd,
     /// (series, SOP instance) UIDs this association stored, for the aborted-association policy.
     new_instances: Vec<(String, String)>,
+    /// The association's place in `m3dnode_associations_active`.
+    _active: crate::metrics::ActiveAssociation,
 }
 
 impl Drop for EndReport {
     fn drop(&mut self) {
+        crate::metrics::association_ended(self.end);
         if let Some(observer) = &self.observer {
             observer.association_ended(self.end, &self.new_instances);
         }
@@ -579,6 +601,9 @@ struct Reply {
     pc_id: u8,
     sop_class_uid: String,
     sop_instance_uid: String,
+    /// When the C-STORE-RQ command set was complete: the start of the receive-to-acknowledge
+    /// latency (its data set follows it on the wire).
+    command_at: Instant,
 }
 
 /// A message whose data set is being received.
@@ -778,6 +803,7 @@ impl Handler {
                             }
                         }
                         self.stats.bytes += pdv.data.len() as u64;
+                        crate::metrics::received_bytes(pdv.data.len());
                         if pdv.is_last
                             && let Some(p) = pending.take()
                         {
@@ -925,6 +951,7 @@ impl Handler {
                     .await
             }
             field::C_STORE_RQ if !self.authorized(Service::Store) => {
+                crate::metrics::instance_failed(status::NOT_AUTHORIZED);
                 let sop_class_uid = cmd.affected_sop_class_uid().unwrap_or_default();
                 let sop_instance_uid = cmd.affected_sop_instance_uid().unwrap_or_default();
                 let response = dimse::c_store_rsp(
@@ -938,6 +965,7 @@ impl Handler {
                 self.refuse(pc_id, response, has_data_set).await
             }
             field::C_STORE_RQ if super::is_storage_sop_class(&pc.abstract_syntax) => {
+                let command_at = Instant::now();
                 let sop_class_uid = cmd.affected_sop_class_uid().unwrap_or_default();
                 let sop_instance_uid = cmd.affected_sop_instance_uid().unwrap_or_default();
                 let target = if sop_class_uid != pc.abstract_syntax {
@@ -961,6 +989,7 @@ impl Handler {
                     pc_id,
                     sop_class_uid,
                     sop_instance_uid,
+                    command_at,
                 };
                 if has_data_set {
                     Ok(Some(Pending::Store {
@@ -974,6 +1003,7 @@ impl Handler {
                         Some("C-STORE-RQ announces no data set"),
                     )
                     .await?;
+                    crate::metrics::instance_failed(status::CANNOT_UNDERSTAND);
                     Ok(None)
                 }
             }
@@ -1212,6 +1242,7 @@ impl Handler {
                 );
                 self.stats.stored += 1;
                 self.respond_store(&p, status::SUCCESS, None).await?;
+                crate::metrics::instance_stored(p.command_at);
                 // While the sender reads its next file, make the temp file for it.
                 self.spare = self.ctx.store.temp_file().ok();
                 if let Some(observer) = &self.ctx.observer {
@@ -1241,6 +1272,7 @@ impl Handler {
                 );
                 self.stats.failed += 1;
                 self.respond_store(&p, code, Some(&message)).await?;
+                crate::metrics::instance_failed(code);
             }
         }
         Ok(())

@@ -184,7 +184,7 @@ impl Delivery {
         };
         for ((row, f), outcome) in sendable.iter().zip(&files).zip(outcomes) {
             if outcome.verified == Verification::Found {
-                self.confirmed(row.id)?;
+                self.confirmed(row)?;
                 info!(
                     destination = ae,
                     outbox_id = row.id,
@@ -197,7 +197,7 @@ impl Delivery {
                 info!(destination = ae, outbox_id = row.id, reason = %why, "unconfirmed delivery could not be verified; sent again with a longer timeout");
             }
             if outcome.is_success() {
-                self.confirmed(row.id)?;
+                self.confirmed(row)?;
                 info!(destination = ae, outbox_id = row.id, path = %row.path, "result delivered");
                 continue;
             }
@@ -237,8 +237,10 @@ impl Delivery {
     }
 
     /// The destination holds the instance: the row is `sent`.
-    fn confirmed(&self, id: i64) -> Result<(), IndexError> {
-        self.store.index().mark_sent(id)
+    fn confirmed(&self, row: &Due) -> Result<(), IndexError> {
+        self.store.index().mark_sent(row.id)?;
+        crate::metrics::delivery_sent(&row.destination, row.created_at);
+        Ok(())
     }
 
     /// A permanent refusal: the row is `failed` at once (until `m3dnode retry`).
@@ -293,6 +295,7 @@ impl Delivery {
             self.store
                 .index()
                 .reschedule_delivery(row.id, attempts, why, t + delay)?;
+            crate::metrics::delivery_retried(&row.destination);
         }
         Ok(())
     }

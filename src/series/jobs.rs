@@ -202,6 +202,7 @@ impl Workers {
         // The job runs on the pool (large stacks, and its parallel loops use the same pool);
         // a panic anywhere in it fails this job instead of killing the worker.
         let outcome = run_caught(pool, || span.in_scope(|| self.execute(&job)));
+        crate::metrics::job_finished(self.pipeline(&job), outcome.is_ok(), started.elapsed());
         match outcome {
             Ok(summary) => {
                 info!(seconds = format_args!("{:.2}", started.elapsed().as_secs_f64()), %summary, "job done")
@@ -212,6 +213,16 @@ impl Workers {
                     warn!(error = %e, "could not record the job failure");
                 }
             }
+        }
+    }
+
+    /// The `pipeline` label of a job's metrics: its rule's pipeline, as far as the rule is
+    /// still configured.
+    fn pipeline(&self, job: &JobRow) -> &'static str {
+        match self.rules.iter().find(|r| r.name == job.rule) {
+            Some(r) if r.mvdiffusion.is_some() => "mvdiffusion",
+            Some(_) => "iso",
+            None => "unknown",
         }
     }
 

@@ -369,6 +369,7 @@ impl State {
             match self.store.index().queue_job(&uid, &live.rule) {
                 Ok(id) => {
                     info!(job_id = id, instances = live.count, rule = %live.rule, "series complete: job queued");
+                    crate::metrics::series_completed();
                     live.processed = true;
                     self.queue.notify();
                 }

@@ -225,7 +225,10 @@ fn write_out(batch: Vec<(Pending, SyncSender<Turn>)>, sync: bool, index: &Index)
     }
 
     if sync {
-        for (dir, e) in sync_dirs(placed.iter().map(|p| &p.path)) {
+        let flush = std::time::Instant::now();
+        let failed = sync_dirs(placed.iter().map(|p| &p.path));
+        crate::metrics::fsync_directories(flush.elapsed());
+        for (dir, e) in failed {
             warn!(dir = %dir.display(), error = %e, "directory fsync failed; the instances renamed into it are refused");
             // Not durable, so not acknowledged: take the files back.
             let (failed, kept): (Vec<_>, Vec<_>) = placed

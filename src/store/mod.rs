@@ -92,6 +92,9 @@ pub enum OpenError {
 /// as long as it lives, with its PID inside for the operator.
 pub const LOCK_FILE: &str = "m3dnode.lock";
 
+/// The index database, under the storage root.
+pub const INDEX_FILE: &str = "index.sqlite";
+
 /// What the command set announced for the data set being received.
 #[derive(Debug, Clone)]
 pub struct Announced {
@@ -166,7 +169,7 @@ impl Store {
                 "removed incomplete temp files left by an interrupted run"
             );
         }
-        let index = Index::open(&root.join("index.sqlite"))?;
+        let index = Index::open(&root.join(INDEX_FILE))?;
         let store = Store {
             _lock: lock,
             root,
@@ -190,6 +193,11 @@ impl Store {
     /// Whether commits fsync (`node.sync`); without it a commit never waits for the disk.
     pub fn syncs(&self) -> bool {
         self.sync
+    }
+
+    /// The index file, for readers beside the node's own connection (the metrics).
+    pub fn index_path(&self) -> PathBuf {
+        self.root.join(INDEX_FILE)
     }
 
     /// The storage root.
@@ -413,7 +421,9 @@ impl Store {
         if self.sync {
             // Each thread flushes its own file, so the flushes of concurrent instances are in
             // the disk's queue together; only the steps they can share are grouped.
+            let flush = std::time::Instant::now();
             temp.as_file().sync_data()?;
+            crate::metrics::fsync_file(flush.elapsed());
         }
         let pending = group::Pending {
             temp,

@@ -53,7 +53,9 @@ pub fn tool(name: &str) -> PathBuf {
             return p;
         }
     }
-    panic!("`{name}` is not installed: run scripts/test, which installs dcmtk and dicom3tools");
+    panic!(
+        "`{name}` is not installed: run scripts/test, which installs the test tools of scripts/prereqs.sh (PREREQS_TEST)"
+    );
 }
 
 pub fn run(cmd: &mut Command) -> Output {
