@@ -623,6 +623,13 @@ mod tests {
         assert_eq!(ends.len(), ENDS.len());
     }
 
+    /// The HTTP side calls `render` from its handlers, on any thread.
+    #[test]
+    fn metrics_can_be_shared_across_threads() {
+        fn shared<T: Send + Sync + 'static>() {}
+        shared::<Metrics>();
+    }
+
     /// Bucket bounds must rise strictly, or the exporter's cumulative counts are wrong.
     #[test]
     fn buckets_rise() {
