@@ -5,18 +5,15 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tracing::info;
 
-use crate::config::{Config, Overrides};
+use crate::config::{Config, LogFormat, Overrides};
 use crate::net::qr_scu::{self, QrAssociation, QrError};
-use crate::net::scp::{self, ScpContext};
 use crate::net::scu::{self, AeAddress, OutgoingFile, ScuOptions};
-use crate::store::Store;
 use dicom_core::header::Header as _;
 
 /// A DICOM node that turns received CT/MR series into surface meshes (Encapsulated STL).
@@ -332,9 +329,9 @@ struct ViewsArgs {
 struct ReconArgs {
     /// Folder holding the series (searched recursively).
     dir: PathBuf,
-    /// Reconstruction pipeline (only `iso` exists today).
-    #[arg(long, default_value = "iso")]
-    pipeline: String,
+    /// Reconstruction pipeline (only `iso` runs offline).
+    #[arg(long, value_enum, default_value_t = crate::route::Pipeline::Iso)]
+    pipeline: crate::route::Pipeline,
     /// What to segment: ct-bone (300 HU), ct-skin (-300 HU), mr-head, otsu, mask (0.5), or an
     /// iso value in modality units.
     #[arg(long, default_value = "ct-bone")]
@@ -364,15 +361,15 @@ struct ReconArgs {
     /// Write ASCII instead of binary STL.
     #[arg(long)]
     ascii: bool,
-    /// Missing slices: fail (default) or interpolate (with a warning).
-    #[arg(long, default_value = "fail")]
-    gaps: String,
-    /// Several stacks in the series: fail (default) or largest.
-    #[arg(long, default_value = "fail")]
-    mixed: String,
-    /// Gantry tilt: reject (default) or resample.
-    #[arg(long, default_value = "reject")]
-    tilt: String,
+    /// Missing slices: fail, or interpolate (with a warning).
+    #[arg(long, value_enum, default_value_t)]
+    gaps: crate::volume::GapPolicy,
+    /// Several stacks in the series: fail, or largest.
+    #[arg(long, value_enum, default_value_t)]
+    mixed: crate::volume::MixedPolicy,
+    /// Gantry tilt: reject, or resample.
+    #[arg(long, value_enum, default_value_t)]
+    tilt: crate::volume::TiltPolicy,
 }
 
 /// Runs the program; the binary's `main` is only this.
@@ -388,12 +385,34 @@ pub fn main() -> ExitCode {
             };
         }
     };
+    // The server's configuration is read first: it chooses the log format.
+    let served = match &cli.command {
+        Command::Serve {
+            config,
+            listen,
+            storage,
+            ae_title,
+        } => {
+            let overrides = Overrides {
+                listen: *listen,
+                storage: storage.clone(),
+                ae_title: ae_title.clone(),
+            };
+            match Config::load(config.as_deref(), None, &overrides) {
+                Ok(cfg) => Some(cfg),
+                Err(e) => {
+                    eprintln!("m3dnode: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        _ => None,
+    };
     // The server logs its work; offline commands only warnings (their result goes to stdout).
-    init_logging(if matches!(cli.command, Command::Serve { .. }) {
-        "info"
-    } else {
-        "warn"
-    });
+    match &served {
+        Some(cfg) => init_logging("info", cfg.log.format),
+        None => init_logging("warn", LogFormat::Text),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -404,7 +423,11 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(run(cli)) {
+    let outcome = match served {
+        Some(cfg) => runtime.block_on(serve(cfg)).map(|()| ExitCode::SUCCESS),
+        None => runtime.block_on(run(cli)),
+    };
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("m3dnode: {e:#}");
@@ -413,35 +436,29 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging(default: &str) {
+/// Logs to stderr, filtered by `RUST_LOG` (else `default`), as text or as one JSON object
+/// per line (`[log] format`).
+fn init_logging(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // Colours only on a terminal: journald and log files get plain text.
-    use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        // Colours only on a terminal: journald and log files get plain text.
+        LogFormat::Text => {
+            use std::io::IsTerminal;
+            builder
+                .with_ansi(std::io::stderr().is_terminal())
+                .try_init()
+        }
+        LogFormat::Json => builder.json().with_current_span(true).try_init(),
+    };
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Serve {
-            config,
-            listen,
-            storage,
-            ae_title,
-        } => {
-            let overrides = Overrides {
-                listen,
-                storage,
-                ae_title,
-            };
-            let cfg = Config::load(config.as_deref(), None, &overrides)?;
-            serve(cfg).await?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Serve { .. } => anyhow::bail!("serve is run by main with its configuration"),
         Command::Echo {
             to,
             calling_ae,
@@ -531,92 +548,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// `m3dnode serve`: the node until SIGTERM or SIGINT (or until it fails), then its orderly
+/// stop.
 async fn serve(cfg: Config) -> Result<()> {
-    let cfg = Arc::new(cfg);
-    let node = &cfg.node;
-    let store = tokio::task::spawn_blocking({
-        let node = node.clone();
-        move || Store::open(&node)
-    })
-    .await?
-    .with_context(|| {
-        format!(
-            "opening storage `{}` (node.storage)",
-            node.storage.display()
-        )
-    })?;
-    let store = Arc::new(store);
-    let rules = Arc::new(crate::route::compile_rules(&cfg).map_err(anyhow::Error::msg)?);
-    let requeued = crate::series::jobs::requeue_interrupted(&store)?;
-    if requeued > 0 {
-        info!(
-            jobs = requeued,
-            "re-queued jobs interrupted by the last stop"
-        );
-    }
-    let queue = Arc::new(crate::series::jobs::JobQueue::default());
-    let delivery_notify = Arc::new(tokio::sync::Notify::new());
-    let workers = Arc::new(crate::series::jobs::Workers {
-        config: cfg.clone(),
-        store: store.clone(),
-        rules: rules.clone(),
-        queue: queue.clone(),
-        delivery: delivery_notify.clone(),
-        models: Default::default(),
-    })
-    .spawn()?;
-    let (tracker, tracker_thread) =
-        crate::series::start(cfg.clone(), store.clone(), rules.clone(), queue.clone())?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let delivery = tokio::spawn({
-        let d = crate::route::outbox::Delivery::new(
-            cfg.clone(),
-            store.clone(),
-            delivery_notify.clone(),
-        );
-        let mut stop_rx = stop_rx.clone();
-        async move {
-            d.run(async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
-            })
-            .await
-        }
-    });
-    if rules.is_empty() {
-        info!("no [[rules]] configured: series are stored, not processed");
-    }
-    let ctx = ScpContext::new(cfg.clone(), store.clone())
-        .map_err(anyhow::Error::msg)?
-        .with_observer(tracker.clone());
-    let listener = tokio::net::TcpListener::bind(node.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (node.listen)", node.listen))?;
-    let local = listener.local_addr()?;
-    info!(
-        ae_title = %node.ae_title,
-        listen = %local,
-        storage = %node.storage.display(),
-        sync = node.sync,
-        "m3dnode listening"
-    );
+    let node = crate::node::start(cfg).await?;
     // One machine-readable line on stdout for scripts and tests that bind port 0.
-    println!("m3dnode listening on {local}");
-    scp::serve(listener, Arc::new(ctx), shutdown_signal()).await?;
-    // Receiving has stopped: stop the tracker (its timers resume at the next start), let the
-    // workers finish their current job, stop delivery (pending rows stay pending).
-    tracker.stop();
-    queue.stop();
-    let _ = stop_tx.send(true);
-    let _ = delivery.await;
-    tokio::task::spawn_blocking(move || {
-        let _ = tracker_thread.join();
-        for w in workers {
-            let _ = w.join();
-        }
-    })
-    .await?;
-    store.mark_clean_shutdown()?;
-    info!("m3dnode stopped");
+    println!("m3dnode listening on {}", node.local_addr());
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        _ = node.wait() => {}
+    }
+    node.shutdown().await?;
     Ok(())
 }
 
@@ -953,28 +895,6 @@ fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-fn assemble_options(args: &ReconArgs) -> Result<crate::volume::AssembleOptions> {
-    use crate::volume::{GapPolicy, MixedPolicy, TiltPolicy};
-    Ok(crate::volume::AssembleOptions {
-        gaps: match args.gaps.as_str() {
-            "fail" => GapPolicy::Fail,
-            "interpolate" => GapPolicy::Interpolate,
-            other => anyhow::bail!("--gaps {other}: use fail or interpolate"),
-        },
-        mixed: match args.mixed.as_str() {
-            "fail" => MixedPolicy::Fail,
-            "largest" => MixedPolicy::Largest,
-            other => anyhow::bail!("--mixed {other}: use fail or largest"),
-        },
-        tilt: match args.tilt.as_str() {
-            "reject" => TiltPolicy::Reject,
-            "resample" => TiltPolicy::Resample,
-            other => anyhow::bail!("--tilt {other}: use reject or resample"),
-        },
-        ..Default::default()
-    })
-}
-
 /// `m3dnode recon`: folder -> series -> volume -> surface -> mesh file (+ Encapsulated STL).
 /// The series of `dir` (scanned recursively): the one named, or the only one.
 fn choose_series(
@@ -1103,13 +1023,17 @@ fn peak_rss_mib() -> f64 {
 fn recon(args: ReconArgs) -> Result<ExitCode> {
     use crate::recon::iso::{self, IsoOptions, Stage};
     let started = std::time::Instant::now();
-    if args.pipeline != "iso" {
+    if args.pipeline != crate::route::Pipeline::Iso {
         anyhow::bail!(
-            "--pipeline {}: only the iso pipeline is available in this version",
-            args.pipeline
+            "--pipeline mvdiffusion: offline, only the iso pipeline is available (use `m3dnode views` and `m3dnode neus`)"
         );
     }
-    let assemble = assemble_options(&args)?;
+    let assemble = crate::volume::AssembleOptions {
+        gaps: args.gaps,
+        mixed: args.mixed,
+        tilt: args.tilt,
+        ..Default::default()
+    };
     let progress = Progress::new();
     progress.stage("scanning");
     let chosen = choose_series(&args.dir, args.series.as_deref())?;

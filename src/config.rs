@@ -1,17 +1,33 @@
 //! Configuration: one validated [`Config`] built once at start-up.
 //!
-//! Layers, later ones winning: the embedded defaults (the `Default` impls below, which
+//! Layers, later ones winning: the embedded defaults (the sections' `Default` impls, which
 //! `conf/m3dnode.toml` documents key by key), an optional TOML file (`serve --config FILE`),
 //! environment variables `M3DNODE__SECTION__KEY` (e.g. `M3DNODE__NODE__LISTEN`), then
 //! command-line flags. Nothing else in the crate reads configuration ad hoc: modules receive
 //! the typed sections they need, already checked, so a typo fails at start-up with the key's
 //! name instead of surfacing as odd behaviour at 3 a.m.
+//!
+//! Each section's type lives in the module it configures (`[node]` in [`crate::net::settings`],
+//! `[[rules]]` in [`crate::route`], `[neus]` in [`crate::recon::neus`], ...) and is re-exported
+//! here; those modules never see the whole [`Config`], only their own settings.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
+
+pub use crate::net::settings::{
+    NodeConfig, PeerConfig, QueryConfig, ScpSettings, Service, check_ae_title, parse_host_port,
+};
+pub use crate::onnx::OnnxRuntimeConfig;
+pub use crate::recon::neus::{NeusConfig, NeusProfile};
+pub use crate::route::outbox::DeliveryConfig;
+pub use crate::route::{Pipeline, Rule, RuleConfig};
+pub use crate::series::jobs::{JobsConfig, WorkerSettings};
+pub use crate::series::{AbortedAssociations, LateInstances, SeriesConfig};
+pub use crate::store::OnConflict;
 
 /// Why the configuration could not be loaded; every message names the offending key.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +45,8 @@ pub enum ConfigError {
     },
 }
 
-/// The whole node configuration.
+/// The whole node configuration. Each section's type belongs to the module it configures;
+/// this module only assembles and checks them.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -43,7 +60,8 @@ pub struct Config {
     pub jobs: JobsConfig,
     /// Sending results to destinations.
     pub delivery: DeliveryConfig,
-    /// Routing rules, first match wins. A series no rule matches is stored, not processed.
+    /// Routing rules as written, first match wins. A series no rule matches is stored, not
+    /// processed. [`Config::compiled_rules`] holds them compiled.
     pub rules: Vec<RuleConfig>,
     /// ONNX Runtime for the model pipelines.
     pub onnxruntime: OnnxRuntimeConfig,
@@ -51,377 +69,34 @@ pub struct Config {
     pub neus: NeusConfig,
     /// Query/Retrieve (C-FIND, C-MOVE, C-GET) served by the node.
     pub query: QueryConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// `rules`, compiled by [`Config::validate`]: a rule's regular expression and
+    /// destinations are checked once, and the node runs with exactly what was checked.
+    #[serde(skip)]
+    compiled: Arc<Vec<Rule>>,
 }
 
-/// `[query]`: the Query/Retrieve SCP.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct QueryConfig {
-    /// At most this many C-FIND matches per request (0 = no limit). A query with more
-    /// matches gets the first `max_results` as pending responses, then a final 0xA700 whose
-    /// Error Comment asks to narrow the query: a navigation system that asks for every study
-    /// of a PACS-sized index should learn that it got a part, not believe it got the whole.
-    pub max_results: usize,
-}
-
-impl Default for QueryConfig {
-    fn default() -> Self {
-        QueryConfig { max_results: 1000 }
-    }
-}
-
-/// `[onnxruntime]`: the library and device of the model pipelines (see [`crate::onnx`]).
+/// `[log]`: how the node writes its log (to stderr).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct OnnxRuntimeConfig {
-    /// Path of `libonnxruntime.so.1.31.1`; empty = the `ORT_DYLIB_PATH` environment variable.
-    /// Loaded only when a model pipeline first runs.
-    pub library: PathBuf,
-    /// `auto`, `cpu`, `cuda` or `tensorrt`.
-    pub device: crate::onnx::Device,
+pub struct LogConfig {
+    /// `text` (default) or `json` (one JSON object per line, for log collectors).
+    pub format: LogFormat,
 }
 
-impl OnnxRuntimeConfig {
-    /// The settings [`crate::onnx`] takes.
-    pub fn settings(&self) -> crate::onnx::OrtSettings {
-        crate::onnx::OrtSettings {
-            library: (!self.library.as_os_str().is_empty()).then(|| self.library.clone()),
-            device: self.device,
-        }
-    }
-}
-
-/// `[neus]`: the NeuS fit (six views -> surface). Unset numbers come from the profile.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct NeusConfig {
-    /// `auto` (CUDA if built with `gpu-cuda` and a driver answers, else CPU), `cpu`, `cuda`.
-    pub device: crate::recon::neus::Device,
-    /// `default` (the Wonder3D config: 3000 steps, marching cubes 192) or `fast` (CPU).
-    pub profile: NeusProfile,
-    /// Optimisation steps; 0 = the profile's.
-    pub steps: usize,
-    /// Rays per step; 0 = the profile's.
-    pub rays_per_batch: usize,
-    /// Samples per ray; 0 = the profile's.
-    pub samples_per_ray: usize,
-    /// Marching-cubes resolution; 0 = the profile's.
-    pub mc_resolution: usize,
-}
-
-impl Default for NeusConfig {
-    fn default() -> Self {
-        NeusConfig {
-            device: crate::recon::neus::Device::Auto,
-            profile: NeusProfile::Default,
-            steps: 0,
-            rays_per_batch: 0,
-            samples_per_ray: 0,
-            mc_resolution: 0,
-        }
-    }
-}
-
-/// See [`NeusConfig::profile`].
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum NeusProfile {
-    /// [`crate::recon::neus::NeusSettings::default`].
-    Default,
-    /// [`crate::recon::neus::NeusSettings::fast`].
-    Fast,
-}
-
-impl NeusConfig {
-    /// The settings this section asks for.
-    pub fn settings(&self) -> crate::recon::neus::NeusSettings {
-        let mut s = match self.profile {
-            NeusProfile::Default => crate::recon::neus::NeusSettings::default(),
-            NeusProfile::Fast => crate::recon::neus::NeusSettings::fast(),
-        };
-        s.device = self.device;
-        let pick = |v: usize, d: usize| if v == 0 { d } else { v };
-        s.steps = pick(self.steps, s.steps);
-        s.rays_per_batch = pick(self.rays_per_batch, s.rays_per_batch);
-        s.samples_per_ray = pick(self.samples_per_ray, s.samples_per_ray);
-        s.mc_resolution = pick(self.mc_resolution, s.mc_resolution);
-        s
-    }
-}
-
-/// `[series]`: series completion.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct SeriesConfig {
-    /// A series is complete after this many seconds without a new instance (or at once when
-    /// the expected number of instances has arrived).
-    pub quiet_seconds: f64,
-    /// Instances arriving after a series was processed: rebuild the result or ignore them.
-    pub late_instances: LateInstances,
-    /// Instances stored by an association that was later aborted: keep or drop them.
-    pub aborted_associations: AbortedAssociations,
-}
-
-impl Default for SeriesConfig {
-    fn default() -> Self {
-        SeriesConfig {
-            quiet_seconds: 20.0,
-            late_instances: LateInstances::Rebuild,
-            aborted_associations: AbortedAssociations::Keep,
-        }
-    }
-}
-
-/// See [`SeriesConfig::late_instances`].
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum LateInstances {
-    /// Build a new result that supersedes the old one (same result series, Instance Number + 1).
-    Rebuild,
-    /// Keep the instance stored but do not reprocess; log it.
-    Ignore,
-}
-
-/// See [`SeriesConfig::aborted_associations`].
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum AbortedAssociations {
-    /// Keep what an aborted association stored (it was acknowledged).
-    Keep,
-    /// Delete what an aborted association stored, as MONAI's gateway does, so a half-sent
-    /// series is not processed.
-    Drop,
-}
-
-/// `[jobs]`: reconstruction workers.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct JobsConfig {
-    /// Reconstructions run at once (each is itself parallel).
-    pub workers: usize,
-}
-
-impl Default for JobsConfig {
-    fn default() -> Self {
-        JobsConfig { workers: 1 }
-    }
-}
-
-/// `[delivery]`: the outbox.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct DeliveryConfig {
-    /// First retry delay in seconds; doubled per failure (with +-20 % jitter).
-    pub retry_initial_seconds: f64,
-    /// Longest retry delay in seconds.
-    pub retry_max_seconds: f64,
-    /// Give up (state `failed`, retry by hand with `m3dnode retry`) after this many
-    /// seconds.
-    pub deadline_seconds: f64,
-    /// Connect and response timeout per association, in seconds.
-    pub timeout_seconds: u64,
-}
-
-impl Default for DeliveryConfig {
-    fn default() -> Self {
-        DeliveryConfig {
-            retry_initial_seconds: 2.0,
-            retry_max_seconds: 300.0,
-            deadline_seconds: 86_400.0,
-            timeout_seconds: 30,
-        }
-    }
-}
-
-/// `[[rules]]`: which series go to which pipeline and where the result goes. Unset match
-/// keys match anything.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct RuleConfig {
-    /// Name for logs and the job list (default `rule N`).
-    pub name: Option<String>,
-    /// Match: calling AE title (exact).
-    pub calling_ae: Option<String>,
-    /// Match: called AE title (exact).
-    pub called_ae: Option<String>,
-    /// Match: Modality (exact, e.g. `CT`).
-    pub modality: Option<String>,
-    /// Match: Body Part Examined (exact, case-insensitive).
-    pub body_part: Option<String>,
-    /// Match: Series Description (regular expression, unanchored).
-    pub series_description: Option<String>,
-    /// Match: SOP Class UID (exact).
-    pub sop_class: Option<String>,
-    /// Pipeline: `iso` (default) or `mvdiffusion` (six generated views + NeuS).
-    pub pipeline: Option<String>,
-    /// mvdiffusion: the model directory (holding `model.toml`); default `models/wonder3d`.
-    pub model: Option<PathBuf>,
-    /// mvdiffusion: the key image: `middle` (default), `largest` (most foreground) or an
-    /// Instance Number.
-    pub key_image: Option<String>,
-    /// mvdiffusion: windowing of the key image: `series` (default: its Window Center/Width),
-    /// `auto`, `ct-bone`, `ct-soft`, `ct-lung`, `ct-brain` or `CENTER,WIDTH`.
-    pub window: Option<String>,
-    /// mvdiffusion: denoising steps (default: the model's, 50 for Wonder3D).
-    pub diffusion_steps: Option<usize>,
-    /// mvdiffusion: NeuS profile overriding `[neus] profile`: `default` (the config's 3000
-    /// steps, for a GPU) or `fast` (the CPU profile).
-    pub neus_profile: Option<String>,
-    /// mvdiffusion: NeuS optimisation steps, overriding the profile's.
-    pub neus_steps: Option<usize>,
-    /// Preset of the iso pipeline (`ct-bone`, `ct-skin`, `mr-head`, `otsu`, `mask` or a
-    /// number); default `ct-bone` for CT, `mr-head` otherwise.
-    pub preset: Option<String>,
-    /// Gaussian pre-smoothing in mm.
-    pub smooth_sigma_mm: Option<f64>,
-    /// Missing slices: `fail` (default) or `interpolate`.
-    pub gaps: Option<String>,
-    /// Several stacks: `fail` (default) or `largest`.
-    pub mixed: Option<String>,
-    /// Gantry tilt: `reject` (default) or `resample`.
-    pub tilt: Option<String>,
-    /// Overrides `[series] quiet_seconds` for series of this rule.
-    pub quiet_seconds: Option<f64>,
-    /// Complete the series as soon as this many instances have arrived.
-    pub expected_instances: Option<u32>,
-    /// Destinations: AE titles from `[[peers]]`.
-    pub send_to: Vec<String>,
-    /// Also send the result to the AE that sent the series (it must be in `[[peers]]`).
-    pub reply_to_sender: bool,
-}
-
-/// What to do when an instance arrives whose SOP Instance UID is already stored with
-/// different content. Identical re-sends are always acknowledged without rewriting.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum OnConflict {
-    /// Keep the stored instance, answer success and log a warning: a sender that is refused
-    /// tends to retry forever, and the first version is what downstream jobs already used.
+/// See [`LogConfig::format`].
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(try_from = "String")]
+pub enum LogFormat {
+    /// Human-readable lines (colours only on a terminal).
     #[default]
-    KeepFirst,
-    /// Replace the stored instance with the new one (modality re-sends after correction).
-    Replace,
-    /// Refuse the new one (status 0xA900 with an Error Comment naming the UID).
-    Reject,
+    Text,
+    /// One JSON object per line, with the span fields.
+    Json,
 }
 
-/// `[node]`: this node's identity, listener and storage.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct NodeConfig {
-    /// Our AE title; the called AE title of every association must equal it.
-    pub ae_title: String,
-    /// Listen address (`0.0.0.0:104` in production).
-    pub listen: SocketAddr,
-    /// Storage root: instances, `index.sqlite`, temp files. Relative paths are relative to
-    /// the working directory.
-    pub storage: PathBuf,
-    /// Concurrent associations; one more is rejected with "local limit exceeded".
-    pub max_associations: usize,
-    /// Largest P-DATA PDU we accept, in bytes (advertised in A-ASSOCIATE-AC).
-    pub max_pdu_length: u32,
-    /// Kernel receive buffer of each association's socket, in KB; 0 leaves it to the
-    /// kernel's autotuning, which starts at 128 KB and grows it during the association.
-    pub receive_buffer_kb: u32,
-    /// Reject calling AE titles that are not in `[[peers]]`.
-    pub require_known_peers: bool,
-    /// Seconds an association may stay silent before it is aborted.
-    pub idle_timeout_seconds: u64,
-    /// Seconds a new connection has to deliver its whole A-ASSOCIATE-RQ (the ARTIM timer of
-    /// PS3.8 9.1.5); until then it holds no association slot.
-    pub association_request_timeout_seconds: u64,
-    /// Open connections (associations and connections still sending their request) from one
-    /// IP address; one more is answered "local limit exceeded" or closed.
-    pub max_connections_per_host: usize,
-    /// fsync every instance (file and directory) before answering success. `false` is for
-    /// benchmarks only: an acknowledged instance may then be lost by a power cut.
-    pub sync: bool,
-    /// Refuse stores (0xA700) when the storage volume has less free space than this, in MB.
-    pub min_free_mb: u64,
-    /// A different instance under an already stored SOP Instance UID.
-    pub on_conflict: OnConflict,
-    /// Seconds that in-flight associations get to finish after SIGTERM/SIGINT.
-    pub shutdown_grace_seconds: u64,
-}
-
-impl Default for NodeConfig {
-    fn default() -> Self {
-        NodeConfig {
-            ae_title: "M3DNODE".into(),
-            listen: SocketAddr::from(([0, 0, 0, 0], 11112)),
-            storage: PathBuf::from("var"),
-            max_associations: 32,
-            max_pdu_length: 262_144,
-            receive_buffer_kb: 1024,
-            require_known_peers: false,
-            idle_timeout_seconds: 60,
-            association_request_timeout_seconds: 10,
-            max_connections_per_host: 16,
-            sync: true,
-            min_free_mb: 1024,
-            on_conflict: OnConflict::KeepFirst,
-            shutdown_grace_seconds: 30,
-        }
-    }
-}
-
-/// `[[peers]]`: a known application entity.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct PeerConfig {
-    /// The peer's AE title (as it calls us, and as we call it).
-    pub ae_title: String,
-    /// `host:port` where the peer listens (used when we send to it).
-    pub address: String,
-    /// Accept associations from this AE title only when they come from `address`'s host.
-    #[serde(default)]
-    pub check_host: bool,
-    /// What this peer may ask the node for; default all of them. C-FIND/C-MOVE/C-GET are
-    /// refused to AE titles that are not listed in `[[peers]]` at all.
-    #[serde(default = "Service::all")]
-    pub may: Vec<Service>,
-}
-
-/// A DIMSE service a peer may be allowed (`[[peers]] may`).
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum Service {
-    /// C-ECHO.
-    Echo,
-    /// C-STORE to the node.
-    Store,
-    /// C-FIND.
-    Find,
-    /// C-MOVE.
-    Move,
-    /// C-GET.
-    Get,
-}
-
-impl Service {
-    /// Every service: the default of `may`.
-    pub fn all() -> Vec<Service> {
-        vec![
-            Service::Echo,
-            Service::Store,
-            Service::Find,
-            Service::Move,
-            Service::Get,
-        ]
-    }
-}
-
-impl std::fmt::Display for Service {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Service::Echo => "C-ECHO",
-            Service::Store => "C-STORE",
-            Service::Find => "C-FIND",
-            Service::Move => "C-MOVE",
-            Service::Get => "C-GET",
-        })
-    }
-}
+crate::choice!(LogFormat);
 
 /// Overrides given on the command line; they win over every other layer.
 #[derive(Debug, Clone, Default)]
@@ -454,7 +129,7 @@ impl Config {
                 .try_parsing(true)
                 .source(env),
         );
-        let mut cfg: Config = builder.build()?.try_deserialize()?;
+        let mut cfg: Config = builder.build()?.try_deserialize().map_err(dotted_key)?;
         if let Some(listen) = overrides.listen {
             cfg.node.listen = listen;
         }
@@ -468,8 +143,9 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Checks what serde cannot: ranges, AE title syntax, duplicate peers.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks what serde cannot (ranges, AE title syntax, duplicate peers) and compiles the
+    /// rules into [`Config::compiled_rules`]. Call it again after changing the configuration.
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
         let invalid = |key: &str, message: String| ConfigError::Invalid {
             key: key.to_string(),
             message,
@@ -553,67 +229,101 @@ impl Config {
                 "must be positive".into(),
             ));
         }
-        for (i, rule) in self.rules.iter().enumerate() {
-            crate::route::Rule::compile(i, rule, self)
-                .map_err(|(field, message)| invalid(&format!("rules[{i}].{field}"), message))?;
-        }
+        let rules = crate::route::compile_rules(&self.rules, &self.peers)
+            .map_err(|(i, field, message)| invalid(&format!("rules[{i}].{field}"), message))?;
         self.neus
             .settings()
             .validate()
             .map_err(|e| invalid("neus", e.to_string()))?;
+        self.compiled = Arc::new(rules);
         Ok(())
+    }
+
+    /// The rules, compiled by [`Config::validate`] (empty before it ran).
+    pub fn compiled_rules(&self) -> &Arc<Vec<Rule>> {
+        &self.compiled
+    }
+
+    /// Whether [`Config::compiled_rules`] are the current `rules` (false when `rules`
+    /// changed after [`Config::validate`], or it never ran).
+    pub fn rules_are_compiled(&self) -> bool {
+        self.compiled.len() == self.rules.len()
+            && self
+                .compiled
+                .iter()
+                .zip(&self.rules)
+                .all(|(c, r)| c.source() == r)
     }
 
     /// The peer entry for an AE title, if any.
     pub fn peer(&self, ae_title: &str) -> Option<&PeerConfig> {
-        self.peers.iter().find(|p| p.ae_title == ae_title)
+        crate::net::settings::find_peer(&self.peers, ae_title)
     }
 
-    /// Whether `calling_ae` may use `service`: echo and store are open to any AE unless
-    /// `require_known_peers` (checked at association) or its own `may` leaves them out;
-    /// find, move and get only to listed peers whose `may` names them (as in Orthanc, whose
-    /// query/retrieve is for its known modalities).
+    /// See [`crate::net::settings::peer_may`].
     pub fn may(&self, calling_ae: &str, service: Service) -> bool {
-        match self.peer(calling_ae) {
-            Some(peer) => peer.may.contains(&service),
-            None => matches!(service, Service::Echo | Service::Store),
+        crate::net::settings::peer_may(&self.peers, calling_ae, service)
+    }
+
+    /// What the SCP works with.
+    pub fn scp_settings(&self) -> ScpSettings {
+        ScpSettings {
+            node: self.node.clone(),
+            peers: self.peers.clone(),
+            query: self.query.clone(),
+            sub_operation_timeout_seconds: self.delivery.timeout_seconds,
+        }
+    }
+
+    /// What the job workers work with.
+    pub fn worker_settings(&self) -> WorkerSettings {
+        WorkerSettings {
+            workers: self.jobs.workers,
+            ae_title: self.node.ae_title.clone(),
+            peers: self.peers.clone(),
+            delivery_deadline_seconds: self.delivery.deadline_seconds,
+            ort: self.onnxruntime.settings(),
+            neus: self.neus.clone(),
         }
     }
 }
 
-/// AE titles are 1-16 characters of the default character repertoire without backslash or
-/// control characters, and not all spaces (PS3.5 6.2).
-pub fn check_ae_title(ae: &str) -> Result<(), String> {
-    if ae.trim().is_empty() {
-        return Err("must not be empty".into());
+/// The `config` crate names a key inside an array of tables `rules[0]preset`; the dotted
+/// `rules[0].preset` is what the file says and what every other message of ours uses.
+fn dotted_key(e: config::ConfigError) -> config::ConfigError {
+    let fix = |key: Option<String>| {
+        key.map(|k| {
+            let mut out = String::with_capacity(k.len() + 2);
+            let mut after_index = false;
+            for c in k.chars() {
+                if after_index && c != '[' && c != '.' {
+                    out.push('.');
+                }
+                after_index = c == ']';
+                out.push(c);
+            }
+            out
+        })
+    };
+    match e {
+        config::ConfigError::Type {
+            origin,
+            unexpected,
+            expected,
+            key,
+        } => config::ConfigError::Type {
+            origin,
+            unexpected,
+            expected,
+            key: fix(key),
+        },
+        config::ConfigError::At { error, origin, key } => config::ConfigError::At {
+            error,
+            origin,
+            key: fix(key),
+        },
+        other => other,
     }
-    if ae.len() > 16 {
-        return Err(format!("`{ae}` is longer than 16 characters"));
-    }
-    if ae
-        .chars()
-        .any(|c| !c.is_ascii() || c.is_ascii_control() || c == '\\')
-    {
-        return Err(format!(
-            "`{ae}` may hold only printable ASCII characters without backslash"
-        ));
-    }
-    Ok(())
-}
-
-/// Splits `host:port`, checking the port.
-pub fn parse_host_port(address: &str) -> Result<(String, u16), String> {
-    let (host, port) = address
-        .rsplit_once(':')
-        .ok_or_else(|| format!("`{address}` is not host:port"))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("`{address}`: `{port}` is not a port number"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() || port == 0 {
-        return Err(format!("`{address}` is not host:port"));
-    }
-    Ok((host.to_string(), port))
 }
 
 #[cfg(test)]
@@ -723,6 +433,78 @@ mod tests {
                 .expect_err(text)
                 .to_string();
             assert!(err.contains(key), "{err:?} should name {key}");
+        }
+    }
+
+    fn load_text(text: &str) -> Result<Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(Some(&path), env(&[]), &Overrides::default()).map_err(|e| e.to_string())
+    }
+
+    const PEER: &str = "[[peers]]\nae_title = \"PACS\"\naddress = \"pacs:104\"\n";
+
+    #[test]
+    fn rule_values_are_typed_and_rules_compiled_at_load() {
+        use crate::recon::iso::Preset;
+        use crate::volume::{GapPolicy, MixedPolicy, TiltPolicy};
+        let mut cfg = load_text(&format!(
+            "{PEER}[log]\nformat = \"json\"\n\
+             [[rules]]\nname = \"a\"\npreset = 250\ngaps = \"interpolate\"\nmixed = \"largest\"\ntilt = \"resample\"\nsend_to = [\"PACS\"]\n\
+             [[rules]]\npreset = \"iso:-400.5\"\nsend_to = [\"PACS\"]\n\
+             [[rules]]\nmodality = \"CT\"\nsend_to = [\"PACS\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(cfg.log.format, LogFormat::Json);
+        let r = &cfg.rules[0];
+        assert_eq!(r.preset, Some(Preset::Iso(250.0)));
+        assert_eq!(
+            (r.pipeline, r.gaps, r.mixed, r.tilt),
+            (
+                Pipeline::Iso,
+                GapPolicy::Interpolate,
+                MixedPolicy::Largest,
+                TiltPolicy::Resample
+            )
+        );
+        assert_eq!(cfg.rules[1].preset, Some(Preset::Iso(-400.5)));
+        assert!(cfg.rules_are_compiled());
+        let compiled = cfg.compiled_rules().clone();
+        let names: Vec<&str> = compiled.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["a", "rule 2", "rule 3"]);
+        assert_eq!(compiled[0].assemble.gaps, GapPolicy::Interpolate);
+        assert_eq!(compiled[2].iso.preset, Preset::CtBone);
+        // A changed rule is noticed, and validate compiles it again.
+        cfg.rules[2].modality = Some("MR".into());
+        assert!(!cfg.rules_are_compiled());
+        cfg.validate().unwrap();
+        assert_eq!(cfg.compiled_rules()[2].iso.preset, Preset::MrHead);
+    }
+
+    #[test]
+    fn bad_enumerated_values_name_the_key_and_the_choices() {
+        for (section, key, value, choices) in [
+            ("[[rules]]", "gaps", "maybe", "interpolate"),
+            ("[[rules]]", "mixed", "all", "largest"),
+            ("[[rules]]", "tilt", "fix", "resample"),
+            ("[[rules]]", "pipeline", "magic", "mvdiffusion"),
+            ("[[rules]]", "neus_profile", "turbo", "fast"),
+            ("[[rules]]", "preset", "bones", "ct-bone"),
+            ("[log]", "format", "xml", "json"),
+            ("[neus]", "device", "tpu", "cuda"),
+            ("[onnxruntime]", "device", "npu", "tensorrt"),
+        ] {
+            let text = format!("{section}\n{key} = \"{value}\"\n");
+            let key = match section.trim_matches(['[', ']']) {
+                "rules" => format!("rules[0].{key}"),
+                table => format!("{table}.{key}"),
+            };
+            let err = load_text(&format!("{PEER}{text}")).expect_err(&text);
+            assert!(
+                err.contains(&format!("`{key}`")) && err.contains(choices),
+                "{err:?} should name {key} and {choices}"
+            );
         }
     }
 }

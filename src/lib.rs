@@ -17,7 +17,9 @@
 //! - [`encap`]: the Encapsulated STL object (built from a mesh and its source series).
 //! - [`route`]: routing rules and the persistent delivery outbox.
 //! - [`metrics`]: Prometheus metrics (counters, histograms, scrape-time gauges).
-//! - [`config`]: the validated configuration.
+//! - [`config`]: the validated configuration (each section's type lives in its module).
+//! - [`node`]: the composition root: [`node::start`] wires the subsystems into a running
+//!   [`node::Node`] and stops them in order, on one stop signal ([`shutdown`]).
 //! - [`cli`]: the command-line front end (`serve`, `echo`, `send`, `find`, `move`, `get`, `recon`, ...).
 //!
 //! Cargo features: `gpu-cuda` runs the NeuS fit on burn's CUDA backend (kernels compiled by
@@ -25,6 +27,7 @@
 //! falls back to the CPU).
 #![deny(missing_docs)]
 
+pub mod choice;
 pub mod cli;
 pub mod config;
 pub mod db;
@@ -32,10 +35,12 @@ pub mod encap;
 pub mod mesh;
 pub mod metrics;
 pub mod net;
+pub mod node;
 pub mod onnx;
 pub mod query;
 pub mod recon;
 pub mod route;
 pub mod series;
+pub mod shutdown;
 pub mod store;
 pub mod volume;

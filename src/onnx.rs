@@ -31,7 +31,7 @@ pub const ORT_VERSION: &str = "1.31.1";
 
 /// Where to run the models.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String")]
 pub enum Device {
     /// CUDA when the library and the machine can use it, else CPU (logged with the reason).
     #[default]
@@ -42,7 +42,6 @@ pub enum Device {
     Cuda,
     /// TensorRT (with CUDA for the nodes TensorRT does not take), or an error saying why not.
     /// Not tried by `auto`: building engines takes minutes on first use.
-    #[serde(rename = "tensorrt")]
     TensorRt,
 }
 
@@ -59,6 +58,14 @@ impl std::str::FromStr for Device {
                 "unknown device {s:?} (expected auto, cpu, cuda or tensorrt)"
             )),
         }
+    }
+}
+
+impl TryFrom<String> for Device {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
     }
 }
 
@@ -117,6 +124,27 @@ impl std::fmt::Display for Provider {
             Self::Cuda => "CUDAExecutionProvider",
             Self::TensorRt => "TensorrtExecutionProvider",
         })
+    }
+}
+
+/// `[onnxruntime]` of the configuration: the library and device of the model pipelines.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OnnxRuntimeConfig {
+    /// Path of `libonnxruntime.so.1.31.1`; empty = the `ORT_DYLIB_PATH` environment variable.
+    /// Loaded only when a model pipeline first runs.
+    pub library: PathBuf,
+    /// `auto`, `cpu`, `cuda` or `tensorrt`.
+    pub device: Device,
+}
+
+impl OnnxRuntimeConfig {
+    /// The settings the sessions take.
+    pub fn settings(&self) -> OrtSettings {
+        OrtSettings {
+            library: (!self.library.as_os_str().is_empty()).then(|| self.library.clone()),
+            device: self.device,
+        }
     }
 }
 

@@ -13,6 +13,7 @@ pub mod qr_scu;
 pub mod request;
 pub mod scp;
 pub mod scu;
+pub mod settings;
 pub mod wire;
 
 use dicom_core::dictionary::{UidDictionary, UidType};

@@ -448,7 +448,7 @@ impl Operation {
         let config = &self.env.ctx.config;
         let opts = ScuOptions {
             calling_ae: config.node.ae_title.clone(),
-            timeout: Duration::from_secs(config.delivery.timeout_seconds),
+            timeout: Duration::from_secs(config.sub_operation_timeout_seconds),
             max_pdu_length: config.node.max_pdu_length,
         };
         let (progress_tx, mut progress_rx) = mpsc::unbounded_channel::<(usize, Option<u16>)>();

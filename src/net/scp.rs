@@ -15,7 +15,6 @@
 //! like any other end.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,14 +30,15 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::Printable;
 use super::accept::{self, Agreed, Context, Decision, Terms};
 use super::dimse::{self, Command, field, status};
 use super::qr::{self, Writer};
+use super::settings::{ScpSettings, Service};
 use super::wire::{Frame, PduReader, WireError};
-use crate::config::{Config, Service};
 use crate::metrics::Rejection;
 use crate::store::{Announced, Incoming, Store, StoreError, Stored, TempFile};
 
@@ -107,7 +107,7 @@ pub trait StoreObserver: Send + Sync {
 
 /// What every association handler shares.
 pub struct ScpContext {
-    pub(super) config: Arc<Config>,
+    pub(super) config: Arc<ScpSettings>,
     pub(super) store: Arc<Store>,
     /// Resolved addresses of peers with `check_host = true`.
     peer_hosts: HashMap<String, Vec<IpAddr>>,
@@ -116,7 +116,7 @@ pub struct ScpContext {
 
 impl ScpContext {
     /// Resolves the host of every peer that must be checked, once, at start-up.
-    pub fn new(config: Arc<Config>, store: Arc<Store>) -> Result<ScpContext, String> {
+    pub fn new(config: Arc<ScpSettings>, store: Arc<Store>) -> Result<ScpContext, String> {
         let mut peer_hosts = HashMap::new();
         for (i, peer) in config.peers.iter().enumerate() {
             if peer.check_host {
@@ -242,12 +242,12 @@ fn refusal_is_news() -> bool {
             .is_ok()
 }
 
-/// Serves associations until `shutdown` completes, then stops accepting and gives open
+/// Serves associations until `shutdown` is cancelled, then stops accepting and gives open
 /// associations `node.shutdown_grace_seconds` to finish before aborting them.
 pub async fn serve(
     listener: TcpListener,
     ctx: Arc<ScpContext>,
-    shutdown: impl Future<Output = ()>,
+    shutdown: CancellationToken,
 ) -> Result<(), ScpError> {
     size_receive_buffer(&listener, ctx.config.node.receive_buffer_kb);
     let node = &ctx.config.node;
@@ -261,10 +261,9 @@ pub async fn serve(
     let hosts = Arc::new(HostCounts::default());
     let (phase_tx, phase) = watch::channel(Phase::Serving);
     let mut tasks = JoinSet::new();
-    tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            _ = &mut shutdown => break,
+            _ = shutdown.cancelled() => break,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
             accepted = listener.accept() => {
                 let (socket, peer) = match accepted {

@@ -124,8 +124,8 @@ impl FromStr for AeAddress {
         let (ae, addr) = s
             .split_once('@')
             .ok_or_else(|| ScuError::Address(s.into()))?;
-        crate::config::check_ae_title(ae).map_err(|_| ScuError::Address(s.into()))?;
-        crate::config::parse_host_port(addr).map_err(|_| ScuError::Address(s.into()))?;
+        super::settings::check_ae_title(ae).map_err(|_| ScuError::Address(s.into()))?;
+        super::settings::parse_host_port(addr).map_err(|_| ScuError::Address(s.into()))?;
         Ok(AeAddress {
             ae_title: ae.to_string(),
             address: addr.to_string(),

@@ -59,6 +59,26 @@ impl FromStr for Preset {
     }
 }
 
+/// A preset name or, as a number, an iso value: `preset = "ct-bone"`, `preset = 250`,
+/// `preset = "iso:-400"`.
+impl<'de> serde::Deserialize<'de> for Preset {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Name(String),
+            Value(f64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Name(s) => s.parse().map_err(serde::de::Error::custom),
+            Raw::Value(v) if v.is_finite() => Ok(Preset::Iso(v)),
+            Raw::Value(v) => Err(serde::de::Error::custom(format!(
+                "iso value {v} is not a finite number"
+            ))),
+        }
+    }
+}
+
 impl fmt::Display for Preset {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -11,12 +11,85 @@ pub mod outbox;
 use std::path::PathBuf;
 
 use regex::Regex;
+use serde::Deserialize;
 
-use crate::config::{Config, NeusProfile, RuleConfig};
+use crate::net::settings::{PeerConfig, find_peer};
 use crate::recon::iso::{IsoOptions, Preset};
 use crate::recon::mvdiffusion::{KeySlice, RunOptions, Windowing};
+use crate::recon::neus::NeusProfile;
 use crate::store::header::Header;
 use crate::volume::{AssembleOptions, GapPolicy, MixedPolicy, TiltPolicy};
+
+/// `[[rules]]`: which series go to which pipeline and where the result goes. Unset match
+/// keys match anything. Enumerated values are checked by serde when the file is read; the
+/// rest (regular expression, destinations, model directory) by [`Rule::compile`].
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuleConfig {
+    /// Name for logs and the job list (default `rule N`).
+    pub name: Option<String>,
+    /// Match: calling AE title (exact).
+    pub calling_ae: Option<String>,
+    /// Match: called AE title (exact).
+    pub called_ae: Option<String>,
+    /// Match: Modality (exact, e.g. `CT`).
+    pub modality: Option<String>,
+    /// Match: Body Part Examined (exact, case-insensitive).
+    pub body_part: Option<String>,
+    /// Match: Series Description (regular expression, unanchored).
+    pub series_description: Option<String>,
+    /// Match: SOP Class UID (exact).
+    pub sop_class: Option<String>,
+    /// Pipeline: `iso` (default) or `mvdiffusion` (six generated views + NeuS).
+    pub pipeline: Pipeline,
+    /// mvdiffusion: the model directory (holding `model.toml`); default `models/wonder3d`.
+    pub model: Option<PathBuf>,
+    /// mvdiffusion: the key image: `middle` (default), `largest` (most foreground) or an
+    /// Instance Number.
+    pub key_image: Option<String>,
+    /// mvdiffusion: windowing of the key image: `series` (default: its Window Center/Width),
+    /// `auto`, `ct-bone`, `ct-soft`, `ct-lung`, `ct-brain` or `CENTER,WIDTH`.
+    pub window: Option<String>,
+    /// mvdiffusion: denoising steps (default: the model's, 50 for Wonder3D).
+    pub diffusion_steps: Option<usize>,
+    /// mvdiffusion: NeuS profile overriding `[neus] profile`: `default` (the config's 3000
+    /// steps, for a GPU) or `fast` (the CPU profile).
+    pub neus_profile: Option<NeusProfile>,
+    /// mvdiffusion: NeuS optimisation steps, overriding the profile's.
+    pub neus_steps: Option<usize>,
+    /// Preset of the iso pipeline (`ct-bone`, `ct-skin`, `mr-head`, `otsu`, `mask` or a
+    /// number); default `ct-bone` for CT, `mr-head` otherwise.
+    pub preset: Option<Preset>,
+    /// Gaussian pre-smoothing in mm.
+    pub smooth_sigma_mm: Option<f64>,
+    /// Missing slices: `fail` (default) or `interpolate`.
+    pub gaps: GapPolicy,
+    /// Several stacks: `fail` (default) or `largest`.
+    pub mixed: MixedPolicy,
+    /// Gantry tilt: `reject` (default) or `resample`.
+    pub tilt: TiltPolicy,
+    /// Overrides `[series] quiet_seconds` for series of this rule.
+    pub quiet_seconds: Option<f64>,
+    /// Complete the series as soon as this many instances have arrived.
+    pub expected_instances: Option<u32>,
+    /// Destinations: AE titles from `[[peers]]`.
+    pub send_to: Vec<String>,
+    /// Also send the result to the AE that sent the series (it must be in `[[peers]]`).
+    pub reply_to_sender: bool,
+}
+
+/// A reconstruction pipeline (`[[rules]] pipeline`, `m3dnode recon --pipeline`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(try_from = "String")]
+pub enum Pipeline {
+    /// Threshold segmentation and marching cubes ([`crate::recon::iso`]).
+    #[default]
+    Iso,
+    /// Six generated views and a NeuS fit ([`crate::recon::multiview`]).
+    Mvdiffusion,
+}
+
+crate::choice!(Pipeline);
 
 /// A compiled `[[rules]]` entry.
 #[derive(Debug, Clone)]
@@ -33,6 +106,16 @@ pub struct Rule {
     pub assemble: AssembleOptions,
     /// Destinations from `send_to`, as (AE title, host:port).
     pub destinations: Vec<(String, String)>,
+}
+
+/// Two rules are equal when compiled from the same text: everything else in them follows
+/// from it and from `[[peers]]`, whose resolved addresses are compared too.
+impl PartialEq for Rule {
+    fn eq(&self, other: &Rule) -> bool {
+        self.name == other.name
+            && self.config == other.config
+            && self.destinations == other.destinations
+    }
 }
 
 /// The `mvdiffusion` settings of a rule. The model itself is validated and loaded when the
@@ -76,12 +159,6 @@ fn mvdiffusion_rule(rule: &RuleConfig) -> Result<MvDiffusionRule, (&'static str,
     if rule.neus_steps.is_some_and(|n| !(1..=100_000).contains(&n)) {
         return Err(("neus_steps", "must be between 1 and 100000".into()));
     }
-    let neus_profile = match rule.neus_profile.as_deref() {
-        None => None,
-        Some("default") => Some(NeusProfile::Default),
-        Some("fast") => Some(NeusProfile::Fast),
-        Some(other) => return Err(("neus_profile", format!("`{other}`: use default or fast"))),
-    };
     Ok(MvDiffusionRule {
         model,
         run: RunOptions {
@@ -90,7 +167,7 @@ fn mvdiffusion_rule(rule: &RuleConfig) -> Result<MvDiffusionRule, (&'static str,
             windowing,
             ..RunOptions::default()
         },
-        neus_profile,
+        neus_profile: rule.neus_profile,
         neus_steps: rule.neus_steps,
     })
 }
@@ -127,11 +204,12 @@ impl SeriesFacts {
 }
 
 impl Rule {
-    /// Compiles rule `index`; errors name the field and say what is wrong.
+    /// Compiles rule `index`, with `peers` to resolve its destinations; errors name the
+    /// field and say what is wrong.
     pub fn compile(
         index: usize,
         rule: &RuleConfig,
-        cfg: &Config,
+        peers: &[PeerConfig],
     ) -> Result<Rule, (&'static str, String)> {
         let name = rule
             .name
@@ -148,15 +226,12 @@ impl Rule {
                     format!("not a regular expression: {e}"),
                 )
             })?;
-        let mvdiffusion = match rule.pipeline.as_deref().unwrap_or("iso") {
-            "iso" => None,
-            "mvdiffusion" => Some(mvdiffusion_rule(rule)?),
-            other => {
-                return Err(("pipeline", format!("`{other}`: use iso or mvdiffusion")));
-            }
+        let mvdiffusion = match rule.pipeline {
+            Pipeline::Iso => None,
+            Pipeline::Mvdiffusion => Some(mvdiffusion_rule(rule)?),
         };
-        let preset = match &rule.preset {
-            Some(p) => p.parse::<Preset>().map_err(|e| ("preset", e))?,
+        let preset = match rule.preset {
+            Some(p) => p,
             None if rule.modality.as_deref() == Some("CT") => Preset::CtBone,
             None => Preset::MrHead,
         };
@@ -173,21 +248,9 @@ impl Rule {
         }
         iso.threads = None;
         let assemble = AssembleOptions {
-            gaps: match rule.gaps.as_deref().unwrap_or("fail") {
-                "fail" => GapPolicy::Fail,
-                "interpolate" => GapPolicy::Interpolate,
-                other => return Err(("gaps", format!("`{other}`: use fail or interpolate"))),
-            },
-            mixed: match rule.mixed.as_deref().unwrap_or("fail") {
-                "fail" => MixedPolicy::Fail,
-                "largest" => MixedPolicy::Largest,
-                other => return Err(("mixed", format!("`{other}`: use fail or largest"))),
-            },
-            tilt: match rule.tilt.as_deref().unwrap_or("reject") {
-                "reject" => TiltPolicy::Reject,
-                "resample" => TiltPolicy::Resample,
-                other => return Err(("tilt", format!("`{other}`: use reject or resample"))),
-            },
+            gaps: rule.gaps,
+            mixed: rule.mixed,
+            tilt: rule.tilt,
             ..Default::default()
         };
         if rule
@@ -198,9 +261,8 @@ impl Rule {
         }
         let mut destinations = Vec::new();
         for ae in &rule.send_to {
-            let peer = cfg
-                .peer(ae)
-                .ok_or(("send_to", format!("`{ae}` is not in [[peers]]")))?;
+            let peer =
+                find_peer(peers, ae).ok_or(("send_to", format!("`{ae}` is not in [[peers]]")))?;
             destinations.push((peer.ae_title.clone(), peer.address.clone()));
         }
         if destinations.is_empty() && !rule.reply_to_sender {
@@ -242,11 +304,14 @@ impl Rule {
             })
     }
 
-    /// Quiet time for this rule's series.
-    pub fn quiet_seconds(&self, cfg: &Config) -> f64 {
-        self.config
-            .quiet_seconds
-            .unwrap_or(cfg.series.quiet_seconds)
+    /// The rule as written.
+    pub fn source(&self) -> &RuleConfig {
+        &self.config
+    }
+
+    /// Quiet time for this rule's series; `default` is `[series] quiet_seconds`.
+    pub fn quiet_seconds(&self, default: f64) -> f64 {
+        self.config.quiet_seconds.unwrap_or(default)
     }
 
     /// Instance count that completes a series at once, if the rule says.
@@ -258,11 +323,11 @@ impl Rule {
     pub fn destinations_for(
         &self,
         calling_ae: &str,
-        cfg: &Config,
+        peers: &[PeerConfig],
     ) -> Result<Vec<(String, String)>, String> {
         let mut out = self.destinations.clone();
         if self.config.reply_to_sender {
-            let peer = cfg.peer(calling_ae).ok_or_else(|| {
+            let peer = find_peer(peers, calling_ae).ok_or_else(|| {
                 format!("reply_to_sender: the sender `{calling_ae}` is not in [[peers]], so its address is unknown")
             })?;
             if !out.iter().any(|(ae, _)| ae == &peer.ae_title) {
@@ -273,12 +338,15 @@ impl Rule {
     }
 }
 
-/// Compiles every rule (configuration was validated, so this does not fail in practice).
-pub fn compile_rules(cfg: &Config) -> Result<Vec<Rule>, String> {
-    cfg.rules
+/// Compiles every rule; the error is the index of the rule, the field and what is wrong.
+pub fn compile_rules(
+    rules: &[RuleConfig],
+    peers: &[PeerConfig],
+) -> Result<Vec<Rule>, (usize, &'static str, String)> {
+    rules
         .iter()
         .enumerate()
-        .map(|(i, r)| Rule::compile(i, r, cfg).map_err(|(f, m)| format!("rules[{i}].{f}: {m}")))
+        .map(|(i, r)| Rule::compile(i, r, peers).map_err(|(f, m)| (i, f, m)))
         .collect()
 }
 
@@ -290,6 +358,7 @@ pub fn first_match<'a>(rules: &'a [Rule], facts: &SeriesFacts) -> Option<&'a Rul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     fn cfg(rules: &str) -> Result<Config, String> {
         let dir = tempfile::tempdir().unwrap();
@@ -309,7 +378,7 @@ mod tests {
                      [[rules]]\nname = \"any ct\"\nmodality = \"CT\"\npreset = \"ct-skin\"\nsend_to = [\"PACS\"]\n\
                      [[rules]]\nname = \"from scanner\"\ncalling_ae = \"MR1\"\nreply_to_sender = true\n")
         .unwrap();
-        let rules = compile_rules(&c).unwrap();
+        let rules: &[Rule] = c.compiled_rules();
         let mut f = SeriesFacts {
             calling_ae: "CT1".into(),
             called_ae: "M3DNODE".into(),
@@ -318,18 +387,18 @@ mod tests {
             series_description: Some("Head BONE 1mm".into()),
             sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
         };
-        assert_eq!(first_match(&rules, &f).unwrap().name, "ct head");
+        assert_eq!(first_match(rules, &f).unwrap().name, "ct head");
         f.series_description = Some("soft tissue".into());
-        let r = first_match(&rules, &f).unwrap();
+        let r = first_match(rules, &f).unwrap();
         assert_eq!(r.name, "any ct");
         assert_eq!(r.iso.preset, Preset::CtSkin);
         f.modality = Some("MR".into());
-        assert!(first_match(&rules, &f).is_none());
+        assert!(first_match(rules, &f).is_none());
         f.calling_ae = "MR1".into();
-        let r = first_match(&rules, &f).unwrap();
+        let r = first_match(rules, &f).unwrap();
         assert_eq!(r.iso.preset, Preset::MrHead);
         assert!(
-            r.destinations_for("MR1", &c)
+            r.destinations_for("MR1", &c.peers)
                 .unwrap_err()
                 .contains("not in [[peers]]")
         );
@@ -343,7 +412,7 @@ mod tests {
             "[[rules]]\npipeline = \"mvdiffusion\"\nmodel = \"{TINY}\"\nkey_image = \"largest\"\nwindow = \"ct-bone\"\nneus_profile = \"fast\"\nneus_steps = 40\nsend_to = [\"PACS\"]\n"
         ))
         .unwrap();
-        let rules = compile_rules(&c).unwrap();
+        let rules: &[Rule] = c.compiled_rules();
         let mv = rules[0].mvdiffusion.as_ref().unwrap();
         assert_eq!(mv.run.key, KeySlice::LargestForeground);
         assert_eq!(mv.run.windowing, Windowing::preset("ct-bone").unwrap());

@@ -41,7 +41,9 @@ use rand::RngExt;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::config::Config;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
 use crate::db::{DueDelivery, now};
 use crate::net::scu::{self, AeAddress, InstanceKeys, OutgoingFile, ScuOptions, Verification};
 use crate::store::{Index, IndexError, Store};
@@ -59,9 +61,37 @@ fn timeout_after(base_seconds: u64, unconfirmed: i64) -> f64 {
     base_seconds.max(1) as f64 * factor
 }
 
+/// `[delivery]`: the outbox.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// First retry delay in seconds; doubled per failure (with +-20 % jitter).
+    pub retry_initial_seconds: f64,
+    /// Longest retry delay in seconds.
+    pub retry_max_seconds: f64,
+    /// Give up (state `failed`, retry by hand with `m3dnode retry`) after this many
+    /// seconds.
+    pub deadline_seconds: f64,
+    /// Connect and response timeout per association, in seconds.
+    pub timeout_seconds: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            retry_initial_seconds: 2.0,
+            retry_max_seconds: 300.0,
+            deadline_seconds: 86_400.0,
+            timeout_seconds: 30,
+        }
+    }
+}
+
 /// The delivery task.
 pub struct Delivery {
-    config: Arc<Config>,
+    settings: DeliveryConfig,
+    /// Our calling AE title (`node.ae_title`).
+    ae_title: String,
     store: Arc<Store>,
     notify: Arc<Notify>,
 }
@@ -69,18 +99,25 @@ pub struct Delivery {
 type Due = DueDelivery;
 
 impl Delivery {
-    /// A delivery task for the node; `notify` wakes it when new rows are written.
-    pub fn new(config: Arc<Config>, store: Arc<Store>, notify: Arc<Notify>) -> Delivery {
+    /// A delivery task for the node, calling as `ae_title`; `notify` wakes it when new rows
+    /// are written.
+    pub fn new(
+        settings: DeliveryConfig,
+        ae_title: String,
+        store: Arc<Store>,
+        notify: Arc<Notify>,
+    ) -> Delivery {
         Delivery {
-            config,
+            settings,
+            ae_title,
             store,
             notify,
         }
     }
 
-    /// Works through the outbox until `shutdown` completes.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
-        tokio::pin!(shutdown);
+    /// Works through the outbox until `shutdown` is cancelled; rows not yet sent stay
+    /// pending for the next start.
+    pub async fn run(self, shutdown: CancellationToken) {
         loop {
             let wait = match self.deliver_due().await {
                 Ok(next) => next,
@@ -90,7 +127,7 @@ impl Delivery {
                 }
             };
             tokio::select! {
-                _ = &mut shutdown => return,
+                _ = shutdown.cancelled() => return,
                 _ = self.notify.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
@@ -122,7 +159,7 @@ impl Delivery {
             ae_title: ae.to_string(),
             address: address.to_string(),
         };
-        let base = self.config.delivery.timeout_seconds;
+        let base = self.settings.timeout_seconds;
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let unconfirmed = self.store.index().unconfirmed_attempts(&ids)?;
         let most = rows
@@ -132,7 +169,7 @@ impl Delivery {
             .copied()
             .unwrap_or(0);
         let opts = ScuOptions {
-            calling_ae: self.config.node.ae_title.clone(),
+            calling_ae: self.ae_title.clone(),
             timeout: Duration::from_secs_f64(timeout_after(base, most)),
             ..Default::default()
         };
@@ -267,7 +304,7 @@ impl Delivery {
         why: &str,
         not_before: Option<f64>,
     ) -> Result<(), IndexError> {
-        let d = &self.config.delivery;
+        let d = &self.settings;
         let attempts = row.attempts + 1;
         let base = (d.retry_initial_seconds * 2f64.powi((attempts - 1).min(30) as i32))
             .min(d.retry_max_seconds);

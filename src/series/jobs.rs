@@ -14,16 +14,19 @@
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, warn};
 
-use crate::config::Config;
 use crate::db::{JobRow, NewDeliveries};
+use crate::net::settings::PeerConfig;
+use crate::onnx::OrtSettings;
 use crate::recon::multiview::MultiviewOptions;
 use crate::recon::mvdiffusion::Pipeline;
+use crate::recon::neus::NeusConfig;
 use crate::route::Rule;
 use crate::store::{IndexError, Store};
 
@@ -51,15 +54,61 @@ pub enum SpawnError {
     Pool(#[from] rayon::ThreadPoolBuildError),
 }
 
-/// Wakes idle workers when a job is queued.
-#[derive(Default)]
+/// `[jobs]`: reconstruction workers.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// Reconstructions run at once (each is itself parallel).
+    pub workers: usize,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig { workers: 1 }
+    }
+}
+
+/// What the workers need of the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerSettings {
+    /// Worker threads (`jobs.workers`).
+    pub workers: usize,
+    /// Our AE title (`node.ae_title`), the source AE of stored results.
+    pub ae_title: String,
+    /// `[[peers]]`, for the address of a rule's `reply_to_sender`.
+    pub peers: Vec<PeerConfig>,
+    /// Give up delivering a result after this many seconds (`delivery.deadline_seconds`).
+    pub delivery_deadline_seconds: f64,
+    /// ONNX Runtime for the model pipelines (`[onnxruntime]`).
+    pub ort: OrtSettings,
+    /// The NeuS fit (`[neus]`), before a rule's overrides.
+    pub neus: NeusConfig,
+}
+
+/// Wakes idle workers when a job is queued, and when the node stops.
 pub struct JobQueue {
     generation: Mutex<u64>,
     cv: Condvar,
-    stop: AtomicBool,
+    shutdown: CancellationToken,
 }
 
 impl JobQueue {
+    /// A queue whose workers stop, after their current job, once `shutdown` is cancelled.
+    pub fn new(shutdown: CancellationToken) -> Result<Arc<JobQueue>, crate::shutdown::NoRuntime> {
+        let queue = Arc::new(JobQueue {
+            generation: Mutex::new(0),
+            cv: Condvar::new(),
+            shutdown,
+        });
+        let weak = Arc::downgrade(&queue);
+        crate::shutdown::wake_on_cancel(&queue.shutdown, move || {
+            if let Some(q) = weak.upgrade() {
+                q.notify();
+            }
+        })?;
+        Ok(queue)
+    }
+
     /// A job was queued.
     pub fn notify(&self) {
         if let Ok(mut g) = self.generation.lock() {
@@ -68,19 +117,18 @@ impl JobQueue {
         self.cv.notify_all();
     }
 
-    /// Asks workers to stop after their current job.
-    pub fn stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.notify();
+    fn stopping(&self) -> bool {
+        self.shutdown.is_cancelled()
     }
 
     fn wait(&self, seen: u64, timeout: Duration) -> u64 {
         let Ok(g) = self.generation.lock() else {
             return seen;
         };
-        match self.cv.wait_timeout_while(g, timeout, |g| {
-            *g == seen && !self.stop.load(Ordering::SeqCst)
-        }) {
+        match self
+            .cv
+            .wait_timeout_while(g, timeout, |g| *g == seen && !self.stopping())
+        {
             Ok((g, _)) => *g,
             Err(_) => seen,
         }
@@ -110,7 +158,7 @@ pub fn requeue_interrupted(store: &Store) -> Result<usize, IndexError> {
 /// What a worker needs.
 pub struct Workers {
     /// Configuration.
-    pub config: Arc<Config>,
+    pub config: WorkerSettings,
     /// Storage and index.
     pub store: Arc<Store>,
     /// Compiled rules.
@@ -130,7 +178,7 @@ pub struct Workers {
 pub struct ModelCache(Mutex<HashMap<PathBuf, Arc<Pipeline>>>);
 
 impl ModelCache {
-    fn get(&self, dir: &Path, config: &Config) -> Result<Arc<Pipeline>, String> {
+    fn get(&self, dir: &Path, ort: &OrtSettings) -> Result<Arc<Pipeline>, String> {
         // Held while loading, so that two workers do not load the same model twice.
         let mut map = self
             .0
@@ -139,8 +187,8 @@ impl ModelCache {
         if let Some(p) = map.get(dir) {
             return Ok(p.clone());
         }
-        let pipeline = Pipeline::load(dir, &config.onnxruntime.settings())
-            .map_err(|e| format!("model {}: {e}", dir.display()))?;
+        let pipeline =
+            Pipeline::load(dir, ort).map_err(|e| format!("model {}: {e}", dir.display()))?;
         let pipeline = Arc::new(pipeline);
         map.insert(dir.to_path_buf(), pipeline.clone());
         Ok(pipeline)
@@ -158,7 +206,7 @@ impl Workers {
             .build()
             .inspect_err(|e| error!(error = %e, "cannot start the job workers' thread pool"))?;
         let pool = Arc::new(pool);
-        (0..self.config.jobs.workers)
+        (0..self.config.workers)
             .map(|index| {
                 let w = self.clone();
                 let pool = pool.clone();
@@ -176,7 +224,7 @@ impl Workers {
 
     fn work(&self, pool: &rayon::ThreadPool) {
         let mut seen = self.queue.current();
-        while !self.queue.stop.load(Ordering::SeqCst) {
+        while !self.queue.stopping() {
             match self.claim() {
                 Ok(Some(job)) => self.run(job, pool),
                 Ok(None) => seen = self.queue.wait(seen, Duration::from_secs(1)),
@@ -236,7 +284,7 @@ impl Workers {
         let index = self.store.index();
         let source = index.job_source(job.id).map_err(|e| e.to_string())?;
         let result_series = source.result_series_uid;
-        let destinations = rule.destinations_for(&source.calling_ae, &self.config)?;
+        let destinations = rule.destinations_for(&source.calling_ae, &self.config.peers)?;
         let rows = index
             .series(&job.series_instance_uid)
             .map_err(|e| e.to_string())?;
@@ -256,15 +304,11 @@ impl Workers {
                 (r.mesh, r.metrics, r.description)
             }
             Some(mv) => {
-                let pipeline = self.models.get(&mv.model, &self.config)?;
-                let mut neus_config = self.config.neus.clone();
-                if let Some(profile) = mv.neus_profile {
-                    neus_config.profile = profile;
-                }
-                let mut neus = neus_config.settings();
-                if let Some(steps) = mv.neus_steps {
-                    neus.steps = steps;
-                }
+                let pipeline = self.models.get(&mv.model, &self.config.ort)?;
+                let neus = self
+                    .config
+                    .neus
+                    .settings_for(mv.neus_profile, mv.neus_steps);
                 let opts = MultiviewOptions {
                     run: mv.run.clone(),
                     neus,
@@ -284,7 +328,7 @@ impl Workers {
             .map_err(|e| format!("building the Encapsulated STL object failed: {e}"))?;
         let stored = self
             .store
-            .store_object(&obj, &self.config.node.ae_title)
+            .store_object(&obj, &self.config.ae_title)
             .map_err(|e| format!("storing the result failed: {e}"))?;
         let rel = stored
             .path
@@ -304,7 +348,7 @@ impl Workers {
             sop_instance_uid: &job.result_sop_instance_uid,
             path: &rel,
             destinations: &destinations,
-            deadline_seconds: self.config.delivery.deadline_seconds,
+            deadline_seconds: self.config.delivery_deadline_seconds,
         };
         index
             .finish_job(job.id, &summary, &deliveries)

@@ -16,15 +16,60 @@ use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn};
 
-use crate::config::{AbortedAssociations, Config, LateInstances};
 use crate::db::{NewSeriesWork, SeriesState, SeriesWork};
 use crate::net::scp::{AssociationEnd, StoreObserver};
 use crate::route::{self, Rule, SeriesFacts};
 use crate::store::header::Header;
 use crate::store::{IndexError, Store, Stored};
 use jobs::JobQueue;
+
+/// `[series]`: series completion.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SeriesConfig {
+    /// A series is complete after this many seconds without a new instance (or at once when
+    /// the expected number of instances has arrived).
+    pub quiet_seconds: f64,
+    /// Instances arriving after a series was processed: rebuild the result or ignore them.
+    pub late_instances: LateInstances,
+    /// Instances stored by an association that was later aborted: keep or drop them.
+    pub aborted_associations: AbortedAssociations,
+}
+
+impl Default for SeriesConfig {
+    fn default() -> Self {
+        SeriesConfig {
+            quiet_seconds: 20.0,
+            late_instances: LateInstances::Rebuild,
+            aborted_associations: AbortedAssociations::Keep,
+        }
+    }
+}
+
+/// See [`SeriesConfig::late_instances`].
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum LateInstances {
+    /// Build a new result that supersedes the old one (same result series, Instance Number + 1).
+    Rebuild,
+    /// Keep the instance stored but do not reprocess; log it.
+    Ignore,
+}
+
+/// See [`SeriesConfig::aborted_associations`].
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum AbortedAssociations {
+    /// Keep what an aborted association stored (it was acknowledged).
+    Keep,
+    /// Delete what an aborted association stored, as MONAI's gateway does, so a half-sent
+    /// series is not processed.
+    Drop,
+}
 
 /// What the SCP reports.
 enum Event {
@@ -70,11 +115,6 @@ impl Tracker {
         // Fails only once the tracker has stopped (shutdown), when nothing is pending anyway.
         let _ = self.tx.send(e);
     }
-
-    /// Stops the tracker thread (pending timers resume at the next start).
-    pub fn stop(&self) {
-        self.send(Event::Stop);
-    }
 }
 
 /// A series being tracked.
@@ -99,16 +139,28 @@ pub enum StartError {
     /// The thread could not be spawned.
     #[error("starting the series tracker thread: {0}")]
     Thread(#[from] std::io::Error),
+    /// The stop signal cannot be watched.
+    #[error("starting the series tracker: {0}")]
+    Shutdown(#[from] crate::shutdown::NoRuntime),
 }
 
 /// Starts the tracker thread. Returns the observer for the SCP and the thread handle.
+///
+/// The thread stops when `shutdown` is cancelled, after the events sent before that (pending
+/// timers resume at the next start). The node cancels `shutdown` only once the SCP has
+/// stopped, so every instance the SCP acknowledged has been tracked by then.
 pub fn start(
-    config: Arc<Config>,
+    config: SeriesConfig,
     store: Arc<Store>,
     rules: Arc<Vec<Rule>>,
     queue: Arc<JobQueue>,
+    shutdown: &CancellationToken,
 ) -> Result<(Arc<Tracker>, std::thread::JoinHandle<()>), StartError> {
     let (tx, rx) = mpsc::channel();
+    let stop = tx.clone();
+    crate::shutdown::wake_on_cancel(shutdown, move || {
+        let _ = stop.send(Event::Stop);
+    })?;
     let mut state = State {
         config,
         store,
@@ -125,7 +177,7 @@ pub fn start(
 }
 
 struct State {
-    config: Arc<Config>,
+    config: SeriesConfig,
     store: Arc<Store>,
     rules: Arc<Vec<Rule>>,
     queue: Arc<JobQueue>,
@@ -160,7 +212,7 @@ impl State {
             self.live.insert(
                 uid,
                 Live {
-                    quiet: Duration::from_secs_f64(r.quiet_seconds(&self.config)),
+                    quiet: Duration::from_secs_f64(r.quiet_seconds(self.config.quiet_seconds)),
                     rule,
                     last: Instant::now(),
                     count,
@@ -308,7 +360,7 @@ impl State {
             1
         };
         let mut live = Live {
-            quiet: Duration::from_secs_f64(r.quiet_seconds(&self.config)),
+            quiet: Duration::from_secs_f64(r.quiet_seconds(self.config.quiet_seconds)),
             rule,
             last: Instant::now(),
             count,
@@ -326,7 +378,7 @@ impl State {
     fn on_association_end(&mut self, aborted: bool, stored: &[(String, String)]) {
         if !aborted
             || stored.is_empty()
-            || self.config.series.aborted_associations == AbortedAssociations::Keep
+            || self.config.aborted_associations == AbortedAssociations::Keep
         {
             return;
         }
@@ -380,12 +432,12 @@ impl State {
 }
 
 fn late_instance(
-    config: &Config,
+    config: &SeriesConfig,
     store: &Store,
     uid: &str,
     live: &mut Live,
 ) -> Result<(), IndexError> {
-    match config.series.late_instances {
+    match config.late_instances {
         LateInstances::Rebuild => {
             info!(series_instance_uid = %uid, "instance arrived after the series was processed: the result will be rebuilt (series.late_instances = rebuild)");
             live.processed = false;

@@ -27,10 +27,49 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tracing::{debug, info, warn};
 
-use crate::config::{NodeConfig, OnConflict};
 /// The index under the names the store used before [`crate::db`] owned it.
 pub use crate::db::{Db as Index, DbError as IndexError, InstanceRow, NewRow};
 use header::{Encoding, Header, HeaderError};
+
+/// What the store needs of `[node]`: where it lives and how careful it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreSettings {
+    /// Storage root (`node.storage`).
+    pub storage: PathBuf,
+    /// fsync every instance before acknowledging it (`node.sync`).
+    pub sync: bool,
+    /// Refuse stores below this much free space, in MB (`node.min_free_mb`).
+    pub min_free_mb: u64,
+    /// A different instance under a stored SOP Instance UID (`node.on_conflict`).
+    pub on_conflict: OnConflict,
+}
+
+impl StoreSettings {
+    /// Settings for a store under `storage` with the node's defaults otherwise.
+    pub fn at(storage: impl Into<PathBuf>) -> StoreSettings {
+        StoreSettings {
+            storage: storage.into(),
+            sync: true,
+            min_free_mb: 1024,
+            on_conflict: OnConflict::KeepFirst,
+        }
+    }
+}
+
+/// What to do when an instance arrives whose SOP Instance UID is already stored with
+/// different content. Identical re-sends are always acknowledged without rewriting.
+#[derive(Debug, Clone, Copy, Default, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnConflict {
+    /// Keep the stored instance, answer success and log a warning: a sender that is refused
+    /// tends to retry forever, and the first version is what downstream jobs already used.
+    #[default]
+    KeepFirst,
+    /// Replace the stored instance with the new one (modality re-sends after correction).
+    Replace,
+    /// Refuse the new one (status 0xA900 with an Error Comment naming the UID).
+    Reject,
+}
 
 /// Our Implementation Class UID (a fixed UUID-derived UID under 2.25).
 pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.208962186301944432614089305626476003171";
@@ -146,7 +185,7 @@ impl Store {
     /// an index that is being written. Only `serve` opens a `Store`; `m3dnode jobs` and
     /// `m3dnode retry` open the index alone and are meant to run beside the node (SQLite
     /// serialises their few writes), so they take no lock.
-    pub fn open(cfg: &NodeConfig) -> Result<Store, OpenError> {
+    pub fn open(cfg: &StoreSettings) -> Result<Store, OpenError> {
         let root = cfg.storage.clone();
         fs::create_dir_all(&root).map_err(StoreError::from)?;
         let lock = lock_root(&root)?;
@@ -154,7 +193,7 @@ impl Store {
     }
 
     /// [`Store::open`] once the root is locked.
-    fn open_locked(cfg: &NodeConfig, root: PathBuf, lock: File) -> Result<Store, StoreError> {
+    fn open_locked(cfg: &StoreSettings, root: PathBuf, lock: File) -> Result<Store, StoreError> {
         let tmp = root.join("tmp");
         fs::create_dir_all(&tmp)?;
         let mut removed = 0;
@@ -911,11 +950,10 @@ mod tests {
     }
 
     fn store(dir: &Path) -> Store {
-        let cfg = NodeConfig {
-            storage: dir.to_path_buf(),
+        let cfg = StoreSettings {
             min_free_mb: 0,
             sync: false,
-            ..NodeConfig::default()
+            ..StoreSettings::at(dir)
         };
         Store::open(&cfg).unwrap()
     }
@@ -951,11 +989,9 @@ mod tests {
     }
 
     fn syncing_store(dir: &Path) -> Store {
-        Store::open(&NodeConfig {
-            storage: dir.to_path_buf(),
+        Store::open(&StoreSettings {
             min_free_mb: 0,
-            sync: true,
-            ..NodeConfig::default()
+            ..StoreSettings::at(dir)
         })
         .unwrap()
     }
@@ -1077,10 +1113,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = store(dir.path());
         let spare = first.temp_file().unwrap();
-        let cfg = NodeConfig {
-            storage: dir.path().to_path_buf(),
-            ..NodeConfig::default()
-        };
+        let cfg = StoreSettings::at(dir.path());
         match Store::open(&cfg) {
             Err(OpenError::Locked { root, pid }) => {
                 assert_eq!(root, dir.path());

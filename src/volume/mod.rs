@@ -258,7 +258,8 @@ impl Volume {
 }
 
 /// What to do when slices are missing from an otherwise regular stack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[serde(try_from = "String")]
 pub enum GapPolicy {
     /// Refuse the series and name the gap (default: a hole in the data
     /// should be looked at by a person).
@@ -270,7 +271,8 @@ pub enum GapPolicy {
 }
 
 /// What to do when the files of a series do not form one stack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[serde(try_from = "String")]
 pub enum MixedPolicy {
     /// Refuse the series and list the groups found (default).
     #[default]
@@ -280,7 +282,8 @@ pub enum MixedPolicy {
 }
 
 /// What to do when slice positions step sideways (gantry tilt, sheared stack).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[serde(try_from = "String")]
 pub enum TiltPolicy {
     /// Refuse the series (default).
     #[default]
@@ -289,6 +292,8 @@ pub enum TiltPolicy {
     /// correction with bilinear interpolation); voxels become `F32`.
     Resample,
 }
+
+crate::choice!(GapPolicy, MixedPolicy, TiltPolicy);
 
 /// Options for [`assemble`].
 #[derive(Debug, Clone, Copy, PartialEq)]

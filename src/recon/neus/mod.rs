@@ -179,7 +179,7 @@ impl ViewSet {
 
 /// Where the fit runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String")]
 pub enum Device {
     /// CUDA when built with the `gpu-cuda` feature and a driver answers, else the CPU (logged).
     #[default]
@@ -199,6 +199,13 @@ impl FromStr for Device {
             "cuda" => Ok(Device::Cuda),
             other => Err(format!("unknown device `{other}`: use auto, cpu or cuda")),
         }
+    }
+}
+
+impl TryFrom<String> for Device {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
     }
 }
 
@@ -331,6 +338,79 @@ impl Default for NeusSettings {
             },
             seed: 42,
         }
+    }
+}
+
+/// `[neus]` of the configuration: a profile and the numbers that override it (0 = the
+/// profile's), resolved into [`NeusSettings`] by [`NeusConfig::settings`].
+#[derive(Debug, Clone, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NeusConfig {
+    /// `auto` (CUDA if built with `gpu-cuda` and a driver answers, else CPU), `cpu`, `cuda`.
+    pub device: Device,
+    /// `default` (the Wonder3D config: 3000 steps, marching cubes 192) or `fast` (CPU).
+    pub profile: NeusProfile,
+    /// Optimisation steps; 0 = the profile's.
+    pub steps: usize,
+    /// Rays per step; 0 = the profile's.
+    pub rays_per_batch: usize,
+    /// Samples per ray; 0 = the profile's.
+    pub samples_per_ray: usize,
+    /// Marching-cubes resolution; 0 = the profile's.
+    pub mc_resolution: usize,
+}
+
+impl Default for NeusConfig {
+    fn default() -> Self {
+        NeusConfig {
+            device: Device::Auto,
+            profile: NeusProfile::Default,
+            steps: 0,
+            rays_per_batch: 0,
+            samples_per_ray: 0,
+            mc_resolution: 0,
+        }
+    }
+}
+
+/// A named starting point for [`NeusSettings`] (`[neus] profile`, a rule's `neus_profile`).
+#[derive(Debug, Clone, Copy, serde::Deserialize, clap::ValueEnum, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub enum NeusProfile {
+    /// [`NeusSettings::default`].
+    Default,
+    /// [`NeusSettings::fast`].
+    Fast,
+}
+
+crate::choice!(NeusProfile);
+
+impl NeusProfile {
+    /// The profile's settings.
+    pub fn settings(self) -> NeusSettings {
+        match self {
+            NeusProfile::Default => NeusSettings::default(),
+            NeusProfile::Fast => NeusSettings::fast(),
+        }
+    }
+}
+
+impl NeusConfig {
+    /// The settings this section asks for.
+    pub fn settings(&self) -> NeusSettings {
+        self.settings_for(None, None)
+    }
+
+    /// The settings with a rule's overrides of the profile and the step count.
+    pub fn settings_for(&self, profile: Option<NeusProfile>, steps: Option<usize>) -> NeusSettings {
+        let mut s = profile.unwrap_or(self.profile).settings();
+        s.device = self.device;
+        let pick = |v: usize, d: usize| if v == 0 { d } else { v };
+        s.steps = steps.unwrap_or(pick(self.steps, s.steps));
+        s.rays_per_batch = pick(self.rays_per_batch, s.rays_per_batch);
+        s.samples_per_ray = pick(self.samples_per_ray, s.samples_per_ray);
+        s.mc_resolution = pick(self.mc_resolution, s.mc_resolution);
+        s
     }
 }
 

@@ -1,0 +1,304 @@
+//! The composition root: [`start`] wires storage, the series tracker, the job workers, the
+//! delivery task and the DICOM listener into a running [`Node`]; [`Node::shutdown`] stops
+//! them in order. The binary (`m3dnode serve`) is this plus signal handling, and tests start
+//! nodes in-process with it.
+//!
+//! One stop signal, a [`CancellationToken`], reaches every task and thread. Its child
+//! `receive` is cancelled first, so that the stop keeps its order: the listener closes and
+//! open associations get `node.shutdown_grace_seconds`; only then is the root cancelled,
+//! which ends the tracker (after the events the associations sent, so every acknowledged
+//! instance is tracked), the workers (after their current job; queued jobs wait in the index
+//! for the next start) and delivery (rows not yet sent stay pending). Threads that block are
+//! woken by [`crate::shutdown::wake_on_cancel`]; nothing polls for the stop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{Config, ConfigError};
+use crate::net::scp::{self, ScpContext, ScpError};
+use crate::series::jobs::{JobQueue, SpawnError, Workers};
+use crate::store::{IndexError, OpenError, Store, StoreError};
+
+/// Why a node could not start, or did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The configuration changed after loading and no longer validates.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The storage could not be opened (locked by another node, not writable, ...).
+    #[error("opening storage `{path}` (node.storage): {source}")]
+    Storage {
+        /// `node.storage`.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        source: OpenError,
+    },
+    /// Re-queuing the jobs of the last run failed.
+    #[error("re-queuing interrupted jobs: {0}")]
+    Requeue(#[from] IndexError),
+    /// A `check_host` peer's address does not resolve.
+    #[error("{0}")]
+    Peers(String),
+    /// The DICOM listener could not be bound.
+    #[error("cannot listen on {addr} (node.listen): {source}")]
+    Bind {
+        /// `node.listen`.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The job workers could not start.
+    #[error(transparent)]
+    Workers(#[from] SpawnError),
+    /// The series tracker could not start.
+    #[error(transparent)]
+    Tracker(#[from] crate::series::StartError),
+    /// The stop signal could not be watched (no tokio runtime).
+    #[error(transparent)]
+    Shutdown(#[from] crate::shutdown::NoRuntime),
+    /// The listener failed; the node stopped on its own.
+    #[error(transparent)]
+    Scp(#[from] ScpError),
+    /// A part of the node panicked.
+    #[error("the {0} panicked")]
+    Panicked(&'static str),
+    /// The clean-shutdown mark could not be written (the next start re-indexes).
+    #[error("marking the clean shutdown: {0}")]
+    MarkClean(#[from] StoreError),
+}
+
+/// A running node. Dropping it without [`Node::shutdown`] cancels everything at once (no
+/// grace, no clean-shutdown mark), as a crash would, and does not wait for the threads.
+pub struct Node {
+    /// The configuration the node runs with (rules compiled).
+    pub config: Arc<Config>,
+    /// Storage and index.
+    pub store: Arc<Store>,
+    /// Wakes the delivery task: a result was stored or a failed delivery was queued again.
+    pub delivery_notify: Arc<Notify>,
+    /// True while the DICOM listener accepts associations (false from the start of the
+    /// shutdown on, or when it failed).
+    pub scp_listening: Arc<AtomicBool>,
+    local_addr: SocketAddr,
+    /// The one stop signal: tracker, workers, delivery and added tasks end on it.
+    stop: CancellationToken,
+    /// Child of `stop`, cancelled first: the listener stops accepting.
+    receive: CancellationToken,
+    scp: Option<JoinHandle<Result<(), ScpError>>>,
+    /// Delivery and the tasks of [`Node::spawn_task`], awaited after the root is cancelled.
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
+    /// The tracker and the job workers.
+    threads: Vec<(&'static str, std::thread::JoinHandle<()>)>,
+}
+
+/// Starts a node: opens the storage, re-queues the jobs a stop interrupted, starts the
+/// workers, the series tracker and delivery, and binds the DICOM listener (`node.listen`;
+/// port 0 picks a free port, see [`Node::local_addr`]).
+///
+/// `config` is normally from [`Config::load`], whose compiled rules are used as they are;
+/// a configuration whose rules changed since is validated again.
+pub async fn start(mut config: Config) -> Result<Node, NodeError> {
+    if !config.rules_are_compiled() {
+        config.validate()?;
+    }
+    let config = Arc::new(config);
+    let node = &config.node;
+    let store = tokio::task::spawn_blocking({
+        let settings = node.store_settings();
+        move || Store::open(&settings)
+    })
+    .await
+    .map_err(|_| NodeError::Panicked("storage opening"))?
+    .map_err(|source| NodeError::Storage {
+        path: node.storage.clone(),
+        source,
+    })?;
+    let store = Arc::new(store);
+    let requeued = crate::series::jobs::requeue_interrupted(&store)?;
+    if requeued > 0 {
+        info!(
+            jobs = requeued,
+            "re-queued jobs interrupted by the last stop"
+        );
+    }
+    // Resolved and bound before any thread starts, so that these common failures leave
+    // nothing behind.
+    let ctx = ScpContext::new(Arc::new(config.scp_settings()), store.clone())
+        .map_err(NodeError::Peers)?;
+    let listener = tokio::net::TcpListener::bind(node.listen)
+        .await
+        .map_err(|source| NodeError::Bind {
+            addr: node.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| NodeError::Bind {
+        addr: node.listen,
+        source,
+    })?;
+
+    let stop = CancellationToken::new();
+    let receive = stop.child_token();
+    // Should a later step fail, the threads started so far see the stop and end.
+    let started = stop.clone().drop_guard();
+    let rules = config.compiled_rules().clone();
+    if rules.is_empty() {
+        info!("no [[rules]] configured: series are stored, not processed");
+    }
+    let queue = JobQueue::new(stop.clone())?;
+    let delivery_notify = Arc::new(Notify::new());
+    let mut threads: Vec<(&'static str, std::thread::JoinHandle<()>)> = Arc::new(Workers {
+        config: config.worker_settings(),
+        store: store.clone(),
+        rules: rules.clone(),
+        queue: queue.clone(),
+        delivery: delivery_notify.clone(),
+        models: Default::default(),
+    })
+    .spawn()?
+    .into_iter()
+    .map(|h| ("job worker", h))
+    .collect();
+    let (tracker, tracker_thread) =
+        crate::series::start(config.series.clone(), store.clone(), rules, queue, &stop)?;
+    threads.push(("series tracker", tracker_thread));
+    let delivery = crate::route::outbox::Delivery::new(
+        config.delivery.clone(),
+        node.ae_title.clone(),
+        store.clone(),
+        delivery_notify.clone(),
+    );
+    let tasks = vec![("delivery task", tokio::spawn(delivery.run(stop.clone())))];
+
+    let scp_listening = Arc::new(AtomicBool::new(true));
+    let ctx = Arc::new(ctx.with_observer(tracker));
+    let scp = tokio::spawn({
+        let (receive, stop, listening) = (receive.clone(), stop.clone(), scp_listening.clone());
+        async move {
+            let result = scp::serve(listener, ctx, receive).await;
+            listening.store(false, Ordering::SeqCst);
+            if result.is_err() {
+                // The listener failed: the node stops on its own ([`Node::wait`] returns).
+                stop.cancel();
+            }
+            result
+        }
+    });
+    // Not ready as soon as the stop begins, while open associations finish.
+    tokio::spawn({
+        let (receive, listening) = (receive.clone(), scp_listening.clone());
+        async move {
+            receive.cancelled().await;
+            listening.store(false, Ordering::SeqCst);
+        }
+    });
+    info!(
+        ae_title = %node.ae_title,
+        listen = %local_addr,
+        storage = %node.storage.display(),
+        sync = node.sync,
+        "m3dnode listening"
+    );
+    started.disarm();
+    Ok(Node {
+        config: config.clone(),
+        store,
+        delivery_notify,
+        scp_listening,
+        local_addr,
+        stop,
+        receive,
+        scp: Some(scp),
+        tasks,
+        threads,
+    })
+}
+
+impl Node {
+    /// The address the DICOM listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The node's stop signal, for a task that must end with the node. Cancelling it stops
+    /// everything at once; to stop in order, call [`Node::shutdown`].
+    pub fn stop_signal(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Runs a task beside the node's own (an HTTP server, say): `task` gets the stop signal
+    /// and must end soon after it is cancelled; [`Node::shutdown`] waits for it after the
+    /// listener has stopped and before the clean-shutdown mark.
+    pub fn spawn_task<F>(&mut self, name: &'static str, task: impl FnOnce(CancellationToken) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let handle = tokio::spawn(task(self.stop.clone()));
+        self.tasks.push((name, handle));
+    }
+
+    /// Completes when the node stops on its own (the listener failed) or its stop signal
+    /// is cancelled; call [`Node::shutdown`] then to finish the stop and learn why.
+    pub async fn wait(&self) {
+        self.stop.cancelled().await
+    }
+
+    /// Stops the node in order: the listener closes and open associations get
+    /// `node.shutdown_grace_seconds` (then are aborted); the tracker stops after their last
+    /// events, the workers after their current job, delivery with unsent rows pending; then
+    /// every thread and task is joined and the storage is marked cleanly shut down (so the
+    /// next start skips re-indexing). The error of a listener that failed is returned here.
+    pub async fn shutdown(mut self) -> Result<(), NodeError> {
+        let began = Instant::now();
+        self.receive.cancel();
+        let scp = match self.scp.take() {
+            Some(handle) => handle
+                .await
+                .map_err(|_| NodeError::Panicked("DICOM listener")),
+            None => Ok(Ok(())),
+        };
+        self.stop.cancel();
+        let mut panicked = None;
+        for (name, task) in std::mem::take(&mut self.tasks) {
+            if task.await.is_err() {
+                warn!(task = name, "a task panicked before the stop");
+                panicked = Some(name);
+            }
+        }
+        let threads = std::mem::take(&mut self.threads);
+        let joined = tokio::task::spawn_blocking(move || {
+            threads
+                .into_iter()
+                .filter_map(|(name, t)| t.join().is_err().then_some(name))
+                .last()
+        })
+        .await
+        .map_err(|_| NodeError::Panicked("thread joiner"))?;
+        if let Some(name) = joined {
+            warn!(thread = name, "a thread panicked before the stop");
+            panicked = Some(name);
+        }
+        scp??;
+        if let Some(name) = panicked {
+            return Err(NodeError::Panicked(name));
+        }
+        self.store.mark_clean_shutdown()?;
+        info!(
+            seconds = format_args!("{:.2}", began.elapsed().as_secs_f64()),
+            "m3dnode stopped"
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
