@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError};
+use crate::metrics::Metrics;
 use crate::net::scp::{self, ScpContext, ScpError};
 use crate::series::jobs::{JobQueue, SpawnError, Workers};
 use crate::store::{IndexError, OpenError, Store, StoreError};
@@ -60,6 +61,9 @@ pub enum NodeError {
     /// The series tracker could not start.
     #[error(transparent)]
     Tracker(#[from] crate::series::StartError),
+    /// The metrics recorder could not be installed.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// The stop signal could not be watched (no tokio runtime).
     #[error(transparent)]
     Shutdown(#[from] crate::shutdown::NoRuntime),
@@ -79,6 +83,8 @@ pub enum NodeError {
 pub struct Node {
     /// The configuration the node runs with (rules compiled).
     pub config: Arc<Config>,
+    /// The Prometheus metrics (the recorder is the process's; see [`Metrics::install`]).
+    pub metrics: Arc<Metrics>,
     /// Storage and index.
     pub store: Arc<Store>,
     /// Wakes the delivery task: a result was stored or a failed delivery was queued again.
@@ -110,6 +116,8 @@ pub async fn start(mut config: Config) -> Result<Node, NodeError> {
     }
     let config = Arc::new(config);
     let node = &config.node;
+    // Before anything that counts, so that the first association is counted.
+    let metrics = Arc::new(Metrics::install()?);
     let store = tokio::task::spawn_blocking({
         let settings = node.store_settings();
         move || Store::open(&settings)
@@ -208,6 +216,7 @@ pub async fn start(mut config: Config) -> Result<Node, NodeError> {
     started.disarm();
     Ok(Node {
         config: config.clone(),
+        metrics,
         store,
         delivery_notify,
         scp_listening,

@@ -1,6 +1,5 @@
-//! Prometheus metrics after real transfers: the node's SCP runs in this process (the store,
-//! the index and `scp::serve`, as `serve` wires them), DCMTK's `storescu` and `echoscu` talk
-//! to it over loopback, and the text that `Metrics::render` produces must count exactly what
+//! Prometheus metrics after real transfers: the node runs in this process (`node::start`),
+//! DCMTK's `storescu` and `echoscu` talk to it over loopback, and the text that `Metrics::render` produces must count exactly what
 //! was sent and pass `promtool check metrics`.
 //!
 //! The recorder is process-wide, so the whole scenario runs once ([`scenario`]) and each test
@@ -18,15 +17,13 @@ use std::time::Duration;
 use common::{run, testdata, text, tool, wait_for};
 use m3dnode::config::{Config, Overrides};
 use m3dnode::metrics::Metrics;
-use m3dnode::net::scp::{self, ScpContext};
 use m3dnode::store::Store;
 
-/// An SCP served in this process on a loopback port.
+/// A node started in this process (`node::start`) on a loopback port.
 struct InProcess {
     addr: SocketAddr,
     store: Arc<Store>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    served: Option<tokio::task::JoinHandle<()>>,
+    node: Option<m3dnode::node::Node>,
     _dir: tempfile::TempDir,
 }
 
@@ -40,27 +37,12 @@ impl InProcess {
             storage: Some(dir.path().join("var")),
             ae_title: None,
         };
-        let cfg =
-            Arc::new(Config::load(Some(&file), Some(Default::default()), &overrides).unwrap());
-        let store = Arc::new(Store::open(&cfg.node).unwrap());
-        let ctx = Arc::new(ScpContext::new(cfg, store.clone()).unwrap());
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let served = rt.spawn(async move {
-            scp::serve(listener, ctx, async move {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        });
+        let cfg = Config::load(Some(&file), Some(Default::default()), &overrides).unwrap();
+        let node = rt.block_on(m3dnode::node::start(cfg)).unwrap();
         InProcess {
-            addr,
-            store,
-            stop: Some(stop),
-            served: Some(served),
+            addr: node.local_addr(),
+            store: node.store.clone(),
+            node: Some(node),
             _dir: dir,
         }
     }
@@ -70,11 +52,8 @@ impl InProcess {
     }
 
     fn stop(&mut self, rt: &tokio::runtime::Runtime) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(h) = self.served.take() {
-            rt.block_on(h).unwrap();
+        if let Some(node) = self.node.take() {
+            rt.block_on(node.shutdown()).unwrap();
         }
     }
 
