@@ -51,6 +51,140 @@ pub struct Config {
     pub neus: NeusConfig,
     /// Query/Retrieve (C-FIND, C-MOVE, C-GET) served by the node.
     pub query: QueryConfig,
+    /// The HTTP side: health, metrics, the status page.
+    pub http: HttpConfig,
+}
+
+/// `[http]`: the status page, health and metrics endpoints (see [`crate::http`]).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// `host:port` to listen on; empty disables the HTTP side. Anything but a loopback
+    /// address requires `token` or `token_file`.
+    pub listen: String,
+    /// The token of state-changing requests (and of every request beyond loopback).
+    pub token: Secret,
+    /// A file holding the token (surrounding white space trimmed), so that it need not sit in
+    /// the configuration file or the environment.
+    pub token_file: PathBuf,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:8080".into(),
+            token: Secret::default(),
+            token_file: PathBuf::new(),
+        }
+    }
+}
+
+/// Shortest accepted token: a guessable token on a network-facing page is worse than none.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+impl HttpConfig {
+    /// The listen address, `None` when the HTTP side is disabled.
+    pub fn listen_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let listen = self.listen.trim();
+        if listen.is_empty() {
+            return Ok(None);
+        }
+        listen.parse().map(Some).map_err(|_| ConfigError::Invalid {
+            key: "http.listen".into(),
+            message: format!("`{listen}` is not an IP address and port (e.g. 127.0.0.1:8080)"),
+        })
+    }
+
+    /// The token from `token` or `token_file`, checked; `None` when neither is set.
+    pub fn token(&self) -> Result<Option<Secret>, ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.into(),
+            message,
+        };
+        let has_file = !self.token_file.as_os_str().is_empty();
+        let (key, token) = match (self.token.is_empty(), has_file) {
+            (true, false) => return Ok(None),
+            (false, true) => {
+                return Err(invalid(
+                    "http.token_file",
+                    "set either http.token or http.token_file, not both".into(),
+                ));
+            }
+            (false, false) => ("http.token", self.token.0.trim().to_string()),
+            (true, true) => {
+                let text = std::fs::read_to_string(&self.token_file).map_err(|e| {
+                    invalid(
+                        "http.token_file",
+                        format!("cannot read {}: {e}", self.token_file.display()),
+                    )
+                })?;
+                ("http.token_file", text.trim().to_string())
+            }
+        };
+        if token.chars().count() < MIN_TOKEN_LEN {
+            return Err(invalid(
+                key,
+                format!("the token is shorter than {MIN_TOKEN_LEN} characters"),
+            ));
+        }
+        if token.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(invalid(
+                key,
+                "the token must not contain spaces or control characters (it travels in an \
+                 HTTP header)"
+                    .into(),
+            ));
+        }
+        Ok(Some(Secret(token)))
+    }
+
+    /// The checks of [`Config::validate`] for this section: the address parses, the token
+    /// is usable, and an address beyond loopback has one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let token = self.token()?;
+        if let Some(addr) = self.listen_addr()?
+            && !addr.ip().is_loopback()
+            && token.is_none()
+        {
+            return Err(ConfigError::Invalid {
+                key: "http.token".into(),
+                message: format!(
+                    "http.listen = \"{addr}\" is reachable beyond this machine: set http.token \
+                     or http.token_file (at least {MIN_TOKEN_LEN} characters), or listen on \
+                     127.0.0.1"
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A secret string: `Debug` does not print it, so configuration dumps and logs cannot leak it.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    /// The secret itself, for comparing.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether it is unset.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
 }
 
 /// `[query]`: the Query/Retrieve SCP.
@@ -561,6 +695,7 @@ impl Config {
             .settings()
             .validate()
             .map_err(|e| invalid("neus", e.to_string()))?;
+        self.http.validate()?;
         Ok(())
     }
 
@@ -691,6 +826,40 @@ mod tests {
     }
 
     #[test]
+    fn http_beyond_loopback_needs_a_token_which_may_come_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let token = dir.path().join("token");
+        std::fs::write(&token, "  0123456789abcdefXYZ\n").unwrap();
+        std::fs::write(
+            &path,
+            format!(
+                "[http]\nlisten = \"0.0.0.0:8080\"\ntoken_file = \"{}\"\n",
+                token.display()
+            ),
+        )
+        .unwrap();
+        let cfg = Config::load(Some(&path), env(&[]), &Overrides::default()).unwrap();
+        let secret = cfg.http.token().unwrap().unwrap();
+        assert_eq!(secret.expose(), "0123456789abcdefXYZ");
+        assert_eq!(format!("{secret:?}"), "\"***\"", "Debug hides the token");
+        // Loopback needs none; an empty address disables the HTTP side.
+        let cfg = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(
+            cfg.http.listen_addr().unwrap(),
+            Some("127.0.0.1:8080".parse().unwrap())
+        );
+        assert!(cfg.http.token().unwrap().is_none());
+        let cfg = Config::load(
+            None,
+            env(&[("M3DNODE__HTTP__LISTEN", "")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(cfg.http.listen_addr().unwrap(), None);
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let cases = [
@@ -715,6 +884,18 @@ mod tests {
             ),
             ("[node]\non_conflict = \"maybe\"\n", "maybe"),
             ("[node]\nreceive_buffer_kb = 8\n", "node.receive_buffer_kb"),
+            ("[http]\nlisten = \"0.0.0.0:8080\"\n", "http.token"),
+            ("[http]\nlisten = \"[::]:8080\"\n", "http.token"),
+            ("[http]\nlisten = \"localhost:8080\"\n", "http.listen"),
+            ("[http]\ntoken = \"too-short\"\n", "http.token"),
+            (
+                "[http]\ntoken = \"0123456789abcdef\"\ntoken_file = \"/etc/t\"\n",
+                "http.token_file",
+            ),
+            (
+                "[http]\ntoken_file = \"/nonexistent/token\"\n",
+                "http.token_file",
+            ),
         ];
         for (text, key) in cases {
             let path = dir.path().join("c.toml");

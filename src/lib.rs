@@ -16,6 +16,8 @@
 //! - [`mesh`]: marching cubes, cleanup, smoothing, simplification, STL/PLY/OBJ, metrics.
 //! - [`encap`]: the Encapsulated STL object (built from a mesh and its source series).
 //! - [`route`]: routing rules and the persistent delivery outbox.
+//! - [`http`]: the HTTP side: health probes, Prometheus metrics, the status page with its 3D
+//!   previews.
 //! - [`config`]: the validated configuration.
 //! - [`cli`]: the command-line front end (`serve`, `echo`, `send`, `find`, `move`, `get`, `recon`, ...).
 //!
@@ -28,6 +30,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod encap;
+pub mod http;
 pub mod mesh;
 pub mod net;
 pub mod onnx;

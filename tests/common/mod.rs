@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod orthanc;
+pub mod status;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -386,6 +387,26 @@ pub struct Grid {
 }
 
 impl Grid {
+    /// An axial grid of `size` x `size` pixels and `slices` slices, all `mm` apart, centred
+    /// on the patient origin.
+    pub fn axial(size: u16, slices: usize, mm: f64) -> Grid {
+        let half = |n: f64| -n * mm / 2.0;
+        Grid {
+            rows: size,
+            cols: size,
+            slices,
+            spacing: [mm, mm],
+            step: mm,
+            row_dir: [1.0, 0.0, 0.0],
+            col_dir: [0.0, 1.0, 0.0],
+            origin: [
+                half(f64::from(size)),
+                half(f64::from(size)),
+                half(slices as f64),
+            ],
+        }
+    }
+
     /// Patient position (LPS mm) of voxel column `i`, row `j`, slice `k`.
     pub fn position(&self, i: f64, j: f64, k: f64) -> [f64; 3] {
         let n = cross(self.row_dir, self.col_dir);
