@@ -19,7 +19,8 @@ PREREQS_BUILD=(
 )
 
 # Running the tests: the real DICOM peers they talk to (DCMTK, dicom3tools, Orthanc and curl
-# for its REST API) and Python with venv for the ONNX Runtime reference venv.
+# for its REST API), Python with venv for the ONNX Runtime reference venv, and headless
+# Chromium with its WebDriver for the status page's browser test (tests/browser.rs).
 PREREQS_TEST=(
     "dcmtk command -v storescu"
     "dicom3tools command -v dciodvfy"
@@ -27,6 +28,8 @@ PREREQS_TEST=(
     "curl command -v curl"
     "python3 command -v python3"
     "python3-venv python3 -c 'import venv, ensurepip'"
+    "chromium command -v chromium"
+    "chromium-driver command -v chromedriver"
 )
 
 # install_prereqs WHO LIST...: installs with apt-get (through sudo when not root) the packages

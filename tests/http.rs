@@ -62,6 +62,29 @@ fn readiness_follows_the_free_space_watermark_and_the_scp() {
 }
 
 #[test]
+fn with_a_model_rule_readiness_needs_onnx_runtime_to_load() {
+    let missing = std::path::PathBuf::from("/nonexistent/libonnxruntime.so.1.31.1");
+    let node = StatusNode::start_with_onnx(
+        |_| {},
+        Some(m3dnode::onnx::OrtSettings {
+            library: Some(missing),
+            device: Default::default(),
+        }),
+    );
+    for _ in 0..2 {
+        let (status, body) = ready(&node);
+        assert_eq!(status, 503, "{body}");
+        let check = &body["checks"]["onnxruntime"];
+        assert_eq!(check["ok"], false, "{body}");
+        assert!(
+            check["detail"].as_str().unwrap().contains("does not exist"),
+            "{body}"
+        );
+        assert_eq!(body["checks"]["storage"]["ok"], true);
+    }
+}
+
+#[test]
 fn a_storage_that_cannot_be_written_is_not_ready() {
     let node = StatusNode::start(|_| {});
     let tmp = node.store.root().join("tmp");

@@ -53,6 +53,14 @@ pub fn config(dir: &Path, edit: impl FnOnce(&mut Config)) -> Config {
 
 impl StatusNode {
     pub fn start(edit: impl FnOnce(&mut Config)) -> StatusNode {
+        StatusNode::start_with_onnx(edit, None)
+    }
+
+    /// [`StatusNode::start`] as for a node with a model rule (`onnx`: its ONNX Runtime).
+    pub fn start_with_onnx(
+        edit: impl FnOnce(&mut Config),
+        onnx: Option<m3dnode::onnx::OrtSettings>,
+    ) -> StatusNode {
         let dir = tempfile::tempdir().unwrap();
         let cfg = Arc::new(config(dir.path(), edit));
         let store = Arc::new(Store::open(&cfg.node).unwrap());
@@ -74,7 +82,7 @@ impl StatusNode {
             delivery_wake: wake.clone(),
             scp_listening: scp.clone(),
             metrics: Arc::new(|| METRICS_TEXT.to_string()),
-            onnx: None,
+            onnx,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = rt.spawn(m3dnode::http::serve(listener, state, async move {

@@ -190,7 +190,7 @@ function preview(canvas, url, metrics) {
     })));
     patientAxes(scene, center, r * 1.3);
     // Seen from the front (anterior, -y), superior up: the patient's left is on the right.
-    camera.position.set(center.x, center.y - r * 4.5, center.z);
+    camera.position.set(center.x, center.y - r * 6, center.z);
     camera.near = r / 50;
     camera.far = r * 50;
     camera.updateProjectionMatrix();
