@@ -189,7 +189,8 @@ pub(super) async fn guard(State(app): State<Arc<App>>, mut req: Request, next: N
     let needs_token = if reads {
         !app.open_reads && !public(path)
     } else {
-        path != "/login"
+        // Logging in is how the token arrives; logging out with a stale cookie must work.
+        !matches!(path, "/login" | "/logout")
     };
     if needs_token && !authenticated {
         let reason = match (app.auth.has_token(), proof) {
