@@ -19,8 +19,9 @@ PREREQS_BUILD=(
 )
 
 # Running the tests: the real DICOM peers they talk to (DCMTK, dicom3tools, Orthanc and curl
-# for its REST API), Python with venv for the ONNX Runtime reference venv, and promtool
-# (Debian's prometheus) that checks the metrics text.
+# for its REST API), Python with venv for the ONNX Runtime reference venv, promtool
+# (Debian's prometheus) that checks the metrics text, and headless Chromium with its
+# WebDriver for the status page's browser test (tests/browser.rs).
 PREREQS_TEST=(
     "dcmtk command -v storescu"
     "dicom3tools command -v dciodvfy"
@@ -29,6 +30,8 @@ PREREQS_TEST=(
     "python3 command -v python3"
     "python3-venv python3 -c 'import venv, ensurepip'"
     "prometheus command -v promtool"
+    "chromium command -v chromium"
+    "chromium-driver command -v chromedriver"
 )
 
 # install_prereqs WHO LIST...: installs with apt-get (through sudo when not root) the packages

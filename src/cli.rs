@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::{Config, LogFormat, Overrides};
 use crate::net::qr_scu::{self, QrAssociation, QrError};
@@ -40,6 +40,22 @@ enum Command {
         /// Our AE title, overrides `node.ae_title`.
         #[arg(long)]
         ae_title: Option<String>,
+        /// Status page, health and metrics address, overrides `http.listen` ("" disables).
+        #[arg(long)]
+        http_listen: Option<String>,
+    },
+    /// Ask a running node whether it is ready (`/health/ready` of its HTTP side): exit 0 when
+    /// ready, 1 when not or unreachable; prints the node's answer. For Docker's HEALTHCHECK.
+    Health {
+        /// The node's HTTP side.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Only whether the process serves (`/health/live`).
+        #[arg(long)]
+        live: bool,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
     },
     /// Verify a remote AE with C-ECHO.
     Echo {
@@ -392,11 +408,13 @@ pub fn main() -> ExitCode {
             listen,
             storage,
             ae_title,
+            http_listen,
         } => {
             let overrides = Overrides {
                 listen: *listen,
                 storage: storage.clone(),
                 ae_title: ae_title.clone(),
+                http_listen: http_listen.clone(),
             };
             match Config::load(config.as_deref(), None, &overrides) {
                 Ok(cfg) => Some(cfg),
@@ -456,9 +474,41 @@ fn init_logging(default: &str, format: LogFormat) {
     };
 }
 
+/// One health request; blocking (ureq), run off the runtime.
+fn health(url: &str, timeout: Duration) -> ExitCode {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    match agent.get(url).call() {
+        Ok(mut response) => {
+            let status = response.status().as_u16();
+            let body = response.body_mut().read_to_string().unwrap_or_default();
+            println!("{status} {}", body.trim());
+            if status == 200 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            println!("{url}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve { .. } => anyhow::bail!("serve is run by main with its configuration"),
+        Command::Health { url, live, timeout } => {
+            let path = if live { "live" } else { "ready" };
+            let url = format!("{}/health/{path}", url.trim_end_matches('/'));
+            tokio::task::spawn_blocking(move || health(&url, Duration::from_secs(timeout)))
+                .await
+                .context("health check task")
+        }
         Command::Echo {
             to,
             calling_ae,
@@ -551,15 +601,67 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 /// `m3dnode serve`: the node until SIGTERM or SIGINT (or until it fails), then its orderly
 /// stop.
 async fn serve(cfg: Config) -> Result<()> {
-    let node = crate::node::start(cfg).await?;
-    // One machine-readable line on stdout for scripts and tests that bind port 0.
+    let mut node = crate::node::start(cfg).await?;
+    if let Some(interval) = sd_notify::watchdog_enabled() {
+        let (store, listening) = (node.store.clone(), node.scp_listening.clone());
+        node.spawn_task("systemd watchdog", move |stop| {
+            watchdog(store, listening, interval, stop)
+        });
+    }
+    // Machine-readable lines on stdout for scripts and tests that bind port 0; the DICOM
+    // listener's comes last, once everything is up.
+    if let Some(http) = node.http_addr() {
+        println!("m3dnode http on {http}");
+    }
     println!("m3dnode listening on {}", node.local_addr());
+    // systemd `Type=notify`: started means accepting associations. Outside systemd
+    // (no NOTIFY_SOCKET) these do nothing.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     tokio::select! {
         _ = shutdown_signal() => {}
         _ = node.wait() => {}
     }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     node.shutdown().await?;
     Ok(())
+}
+
+/// Pings systemd's watchdog (`WatchdogSec=`) at half its interval while the node is alive:
+/// the index answers within the interval and the DICOM listener accepts. A hung index or a
+/// dead listener stops the pings and systemd restarts the service. A full disk does not
+/// (that is `/health/ready`'s business: restarting would not free space).
+async fn watchdog(
+    store: std::sync::Arc<crate::store::Store>,
+    listening: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    interval: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let period = interval / 2;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        let store = store.clone();
+        let ping = tokio::time::timeout(
+            period,
+            tokio::task::spawn_blocking(move || store.index().ping()),
+        )
+        .await;
+        let alive = listening.load(std::sync::atomic::Ordering::SeqCst);
+        match ping {
+            Ok(Ok(Ok(()))) if alive => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+            Ok(Ok(Ok(()))) => warn!("systemd watchdog not pinged: the DICOM listener is down"),
+            Ok(Ok(Err(e))) => warn!("systemd watchdog not pinged: the index fails: {e}"),
+            Ok(Err(_)) => warn!("systemd watchdog not pinged: the index check panicked"),
+            Err(_) => warn!(
+                seconds = period.as_secs_f64(),
+                "systemd watchdog not pinged: the index did not answer in time"
+            ),
+        }
+    }
 }
 
 /// Completes on SIGTERM or SIGINT.

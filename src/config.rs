@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+pub use crate::http::{HttpConfig, Secret};
 pub use crate::net::settings::{
     NodeConfig, PeerConfig, QueryConfig, ScpSettings, Service, check_ae_title, parse_host_port,
 };
@@ -75,6 +76,8 @@ pub struct Config {
     /// destinations are checked once, and the node runs with exactly what was checked.
     #[serde(skip)]
     compiled: Arc<Vec<Rule>>,
+    /// The HTTP side: health, metrics, the status page.
+    pub http: HttpConfig,
 }
 
 /// `[log]`: how the node writes its log (to stderr).
@@ -107,6 +110,8 @@ pub struct Overrides {
     pub storage: Option<PathBuf>,
     /// `--ae-title`
     pub ae_title: Option<String>,
+    /// `--http-listen` (empty disables the HTTP side)
+    pub http_listen: Option<String>,
 }
 
 impl Config {
@@ -138,6 +143,9 @@ impl Config {
         }
         if let Some(ae) = &overrides.ae_title {
             cfg.node.ae_title = ae.clone();
+        }
+        if let Some(listen) = &overrides.http_listen {
+            cfg.http.listen = listen.clone();
         }
         cfg.validate()?;
         Ok(cfg)
@@ -236,6 +244,7 @@ impl Config {
             .validate()
             .map_err(|e| invalid("neus", e.to_string()))?;
         self.compiled = Arc::new(rules);
+        self.http.validate()?;
         Ok(())
     }
 
@@ -401,6 +410,40 @@ mod tests {
     }
 
     #[test]
+    fn http_beyond_loopback_needs_a_token_which_may_come_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let token = dir.path().join("token");
+        std::fs::write(&token, "  0123456789abcdefXYZ\n").unwrap();
+        std::fs::write(
+            &path,
+            format!(
+                "[http]\nlisten = \"0.0.0.0:8080\"\ntoken_file = \"{}\"\n",
+                token.display()
+            ),
+        )
+        .unwrap();
+        let cfg = Config::load(Some(&path), env(&[]), &Overrides::default()).unwrap();
+        let secret = cfg.http.token().unwrap().unwrap();
+        assert_eq!(secret.expose(), "0123456789abcdefXYZ");
+        assert_eq!(format!("{secret:?}"), "\"***\"", "Debug hides the token");
+        // Loopback needs none; an empty address disables the HTTP side.
+        let cfg = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(
+            cfg.http.listen_addr().unwrap(),
+            Some("127.0.0.1:8080".parse().unwrap())
+        );
+        assert!(cfg.http.token().unwrap().is_none());
+        let cfg = Config::load(
+            None,
+            env(&[("M3DNODE__HTTP__LISTEN", "")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(cfg.http.listen_addr().unwrap(), None);
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let cases = [
@@ -425,6 +468,18 @@ mod tests {
             ),
             ("[node]\non_conflict = \"maybe\"\n", "maybe"),
             ("[node]\nreceive_buffer_kb = 8\n", "node.receive_buffer_kb"),
+            ("[http]\nlisten = \"0.0.0.0:8080\"\n", "http.token"),
+            ("[http]\nlisten = \"[::]:8080\"\n", "http.token"),
+            ("[http]\nlisten = \"localhost:8080\"\n", "http.listen"),
+            ("[http]\ntoken = \"too-short\"\n", "http.token"),
+            (
+                "[http]\ntoken = \"0123456789abcdef\"\ntoken_file = \"/etc/t\"\n",
+                "http.token_file",
+            ),
+            (
+                "[http]\ntoken_file = \"/nonexistent/token\"\n",
+                "http.token_file",
+            ),
         ];
         for (text, key) in cases {
             let path = dir.path().join("c.toml");

@@ -17,6 +17,8 @@
 //! - [`encap`]: the Encapsulated STL object (built from a mesh and its source series).
 //! - [`route`]: routing rules and the persistent delivery outbox.
 //! - [`metrics`]: Prometheus metrics (counters, histograms, scrape-time gauges).
+//! - [`http`]: the HTTP side: health probes, Prometheus metrics, the status page with its 3D
+//!   previews.
 //! - [`config`]: the validated configuration (each section's type lives in its module).
 //! - [`node`]: the composition root: [`node::start`] wires the subsystems into a running
 //!   [`node::Node`] and stops them in order, on one stop signal ([`shutdown`]).
@@ -32,6 +34,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod encap;
+pub mod http;
 pub mod mesh;
 pub mod metrics;
 pub mod net;

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError};
+use crate::http::{HttpError, HttpState};
 use crate::metrics::Metrics;
 use crate::net::scp::{self, ScpContext, ScpError};
 use crate::series::jobs::{JobQueue, SpawnError, Workers};
@@ -64,6 +65,9 @@ pub enum NodeError {
     /// The metrics recorder could not be installed.
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    /// The HTTP side could not start (`[http]`).
+    #[error(transparent)]
+    Http(#[from] HttpError),
     /// The stop signal could not be watched (no tokio runtime).
     #[error(transparent)]
     Shutdown(#[from] crate::shutdown::NoRuntime),
@@ -93,6 +97,7 @@ pub struct Node {
     /// shutdown on, or when it failed).
     pub scp_listening: Arc<AtomicBool>,
     local_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     /// The one stop signal: tracker, workers, delivery and added tasks end on it.
     stop: CancellationToken,
     /// Child of `stop`, cancelled first: the listener stops accepting.
@@ -150,6 +155,14 @@ pub async fn start(mut config: Config) -> Result<Node, NodeError> {
         addr: node.listen,
         source,
     })?;
+    let http_listener = crate::http::bind(&config.http).await?;
+    let http_addr = match &http_listener {
+        Some(l) => Some(
+            l.local_addr()
+                .map_err(|e| NodeError::Http(HttpError::Serve(e)))?,
+        ),
+        None => None,
+    };
 
     let stop = CancellationToken::new();
     let receive = stop.child_token();
@@ -206,6 +219,34 @@ pub async fn start(mut config: Config) -> Result<Node, NodeError> {
             listening.store(false, Ordering::SeqCst);
         }
     });
+    let mut tasks = tasks;
+    if let Some(listener) = http_listener {
+        let state = HttpState {
+            store: store.clone(),
+            config: config.clone(),
+            delivery_wake: delivery_notify.clone(),
+            scp_listening: scp_listening.clone(),
+            metrics: {
+                let (metrics, store) = (metrics.clone(), store.clone());
+                Arc::new(move || metrics.render(&store))
+            },
+            // Readiness includes "ONNX Runtime loads" only where a rule needs it.
+            onnx: config
+                .compiled_rules()
+                .iter()
+                .any(|r| r.mvdiffusion.is_some())
+                .then(|| config.onnxruntime.settings()),
+        };
+        let stop = stop.clone();
+        tasks.push((
+            "HTTP server",
+            tokio::spawn(async move {
+                if let Err(e) = crate::http::serve(listener, state, stop.cancelled_owned()).await {
+                    warn!("HTTP side stopped: {e}");
+                }
+            }),
+        ));
+    }
     info!(
         ae_title = %node.ae_title,
         listen = %local_addr,
@@ -221,6 +262,7 @@ pub async fn start(mut config: Config) -> Result<Node, NodeError> {
         delivery_notify,
         scp_listening,
         local_addr,
+        http_addr,
         stop,
         receive,
         scp: Some(scp),
@@ -233,6 +275,12 @@ impl Node {
     /// The address the DICOM listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the HTTP side (status page, health, metrics); `None` when
+    /// `[http] listen` is empty.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// The node's stop signal, for a task that must end with the node. Cancelling it stops

@@ -31,11 +31,12 @@ impl InProcess {
     fn start(rt: &tokio::runtime::Runtime, toml: &str) -> InProcess {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("m3dnode.toml");
-        std::fs::write(&file, toml).unwrap();
+        std::fs::write(&file, format!("{toml}\n[http]\nlisten = \"\"\n")).unwrap();
         let overrides = Overrides {
             listen: Some("127.0.0.1:0".parse().unwrap()),
             storage: Some(dir.path().join("var")),
             ae_title: None,
+            http_listen: None,
         };
         let cfg = Config::load(Some(&file), Some(Default::default()), &overrides).unwrap();
         let node = rt.block_on(m3dnode::node::start(cfg)).unwrap();

@@ -156,6 +156,23 @@ fn assert_back_filled(db: &Db) {
         ),
         ["MR 3 sphere phantom HEAD 20240301"]
     );
+    // Schema 3: every series has its first instance's calling AE title and arrival time.
+    assert_eq!(
+        count(
+            db,
+            "SELECT COUNT(*) FROM series s WHERE s.calling_ae IS NULL OR s.received_at IS NULL
+             OR s.received_at != (SELECT MIN(received_at) FROM instances WHERE series_instance_uid = s.series_uid)"
+        ),
+        0
+    );
+    assert_eq!(
+        count(
+            db,
+            "SELECT COUNT(*) FROM series s WHERE s.calling_ae NOT IN
+             (SELECT calling_ae FROM instances WHERE series_instance_uid = s.series_uid)"
+        ),
+        0
+    );
     // The results: M3D series in the source study, with Document Title and MIME type.
     assert_eq!(
         count(
@@ -315,7 +332,7 @@ fn a_storage_newer_than_the_binary_is_refused_at_start_up() {
     std::fs::write(
         &config,
         format!(
-            "[node]\nlisten = \"127.0.0.1:0\"\nstorage = \"{}\"\nmin_free_mb = 1\n",
+            "[node]\nlisten = \"127.0.0.1:0\"\nstorage = \"{}\"\nmin_free_mb = 1\n[http]\nlisten = \"\"\n",
             var.display()
         ),
     )
@@ -326,7 +343,9 @@ fn a_storage_newer_than_the_binary_is_refused_at_start_up() {
     assert!(!out.status.success());
     let err = text(&out);
     assert!(
-        err.contains("schema version 99, newer than the 2 this m3dnode knows"),
+        err.contains(&format!(
+            "schema version 99, newer than the {LATEST_VERSION} this m3dnode knows"
+        )),
         "{err}"
     );
     assert_eq!(version(&index), 99, "the storage was not touched");
@@ -335,5 +354,9 @@ fn a_storage_newer_than_the_binary_is_refused_at_start_up() {
         .args(["jobs", "--config"])
         .arg(&config));
     assert!(!jobs.status.success());
-    assert!(text(&jobs).contains("newer than the 2"), "{}", text(&jobs));
+    assert!(
+        text(&jobs).contains(&format!("newer than the {LATEST_VERSION}")),
+        "{}",
+        text(&jobs)
+    );
 }

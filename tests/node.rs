@@ -21,7 +21,7 @@ fn config(dir: &Path, toml: &str) -> Config {
     std::fs::write(
         &path,
         format!(
-            "[node]\nlisten = \"127.0.0.1:0\"\nstorage = \"{}\"\nmin_free_mb = 1\n{toml}",
+            "[node]\nlisten = \"127.0.0.1:0\"\nstorage = \"{}\"\nmin_free_mb = 1\n{toml}\n[http]\nlisten = \"127.0.0.1:0\"\n",
             dir.join("var").display()
         ),
     )

@@ -246,6 +246,23 @@ pub(super) fn upsert_series(c: &Connection, h: &Header) -> rusqlite::Result<()> 
     Ok(())
 }
 
+/// Records where and when a series row's first instance came from (schema 3; kept apart from
+/// [`upsert_series`], which migration 2's back-fill runs before these columns exist). Runs
+/// only when the series row was written, so it costs ingest nothing per instance.
+fn stamp_series_origin(
+    c: &Connection,
+    series_uid: &str,
+    calling_ae: &str,
+    now: f64,
+) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "UPDATE series SET calling_ae = ?2, received_at = ?3
+         WHERE series_uid = ?1 AND received_at IS NULL",
+    )?
+    .execute(params![series_uid, calling_ae, now])?;
+    Ok(())
+}
+
 /// Query-row fingerprints an instance would make current: (study, series), each `None` when
 /// already current.
 type Stale = (Option<(String, u64)>, Option<(String, u64)>);
@@ -306,6 +323,7 @@ impl Db {
                     }
                     if series.is_some() {
                         upsert_series(c, &r.header)?;
+                        stamp_series_origin(c, &r.header.series_instance_uid, &r.calling_ae, now)?;
                     }
                     insert_instance(c, r, now)?;
                 }

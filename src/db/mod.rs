@@ -3,7 +3,7 @@
 //!
 //! Tables: `instances` (every stored file), the query index `patients`, `studies` and `series`
 //! (`migrations/0002_query_index.sql`), `series_work` (completion tracking and routing), `jobs`, `outbox` and
-//! `outbox_unconfirmed`. Other modules call typed methods ([`Db::queue_job`],
+//! `outbox_unconfirmed`; [`Db::recent_series`] and its neighbours are the status page's reads. Other modules call typed methods ([`Db::queue_job`],
 //! [`Db::claim_job`], [`Db::enqueue_deliveries`], [`Db::mark_sent`], ...); the states are enums
 //! ([`JobState`], [`SeriesState`], [`DeliveryState`]). The one exception is the query module,
 //! which builds its own SELECTs over the query tables through [`Db::with`].
@@ -26,6 +26,7 @@ pub mod migrate;
 mod outbox;
 pub mod state;
 mod stats;
+mod status;
 mod work;
 
 use std::path::{Path, PathBuf};
@@ -39,6 +40,7 @@ pub use migrate::{LATEST_VERSION, MigrateOptions};
 pub use outbox::{DueDelivery, OutboxRow};
 pub use state::{DeliveryState, JobState, SeriesState};
 pub use stats::{IndexStats, StatsReader};
+pub use status::{DestinationStatus, ResultStatus, SeriesStatus};
 pub use work::{NewSeriesWork, SeriesWork};
 
 /// Deliveries of one stored instance to its destinations.

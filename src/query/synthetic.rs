@@ -510,8 +510,9 @@ pub fn fill(
         )?;
         let mut series = tx.prepare(
             "INSERT INTO series (series_uid, study_uid, modality, series_number, description, \
-             body_part, frame_of_reference_uid, series_date, series_time, charset) \
-             VALUES (?1, ?2, ?3, ?4, ?5, 'HEAD', ?6, ?7, ?8, NULL)",
+             body_part, frame_of_reference_uid, series_date, series_time, charset, calling_ae, \
+             received_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, 'HEAD', ?6, ?7, ?8, NULL, ?9, ?10)",
         )?;
         let mut instance = tx.prepare(
             "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_instance_uid, \
@@ -555,7 +556,9 @@ pub fn fill(
                     se.description,
                     frame_of_reference,
                     st.date,
-                    st.time
+                    st.time,
+                    LOADER_AE,
+                    now
                 ])?;
             }
             filled.series += all.len() as u64;

@@ -85,7 +85,7 @@ fn db() -> Index {
     ];
     for (n, (uid, study, modality, count)) in series.iter().enumerate() {
         c.execute(
-            "INSERT INTO series VALUES (?1, ?2, ?3, ?4, NULL, NULL, NULL, NULL, NULL, NULL)",
+            "INSERT INTO series (series_uid, study_uid, modality, series_number) VALUES (?1, ?2, ?3, ?4)",
             params![uid, study, modality, n as i64 + 1],
         )
         .unwrap();

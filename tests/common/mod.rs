@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod orthanc;
+pub mod status;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -86,6 +87,8 @@ pub fn text(out: &Output) -> String {
 pub struct Node {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The status page, health and metrics (`None` when `[http] listen` is empty).
+    pub http: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub stderr_log: PathBuf,
@@ -106,7 +109,7 @@ impl Node {
         std::fs::write(
             &config,
             format!(
-                "[node]\n{}storage = \"{}\"\n{}{node_extra}\n{rest}\n",
+                "[node]\n{}storage = \"{}\"\n{}{node_extra}\n{rest}\n{}",
                 if node_extra.contains("listen") {
                     ""
                 } else {
@@ -117,6 +120,12 @@ impl Node {
                     ""
                 } else {
                     "min_free_mb = 1\n"
+                },
+                // A free port: tests run side by side, and 8080 may be taken on the machine.
+                if rest.contains("[http]") {
+                    ""
+                } else {
+                    "[http]\nlisten = \"127.0.0.1:0\"\n"
                 }
             ),
         )
@@ -139,9 +148,19 @@ impl Node {
             .stderr(log)
             .spawn()
             .expect("start m3dnode");
-        let stdout = child.stdout.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
+        stdout.read_line(&mut line).unwrap();
+        // The HTTP side's address comes first when it is enabled.
+        let http = match line.trim().strip_prefix("m3dnode http on ") {
+            Some(a) => {
+                let a = a.parse().ok();
+                line.clear();
+                stdout.read_line(&mut line).unwrap();
+                a
+            }
+            None => None,
+        };
         let addr = line
             .trim()
             .strip_prefix("m3dnode listening on ")
@@ -156,6 +175,7 @@ impl Node {
         Node {
             child,
             addr,
+            http,
             dir,
             config,
             stderr_log,
@@ -388,6 +408,26 @@ pub struct Grid {
 }
 
 impl Grid {
+    /// An axial grid of `size` x `size` pixels and `slices` slices, all `mm` apart, centred
+    /// on the patient origin.
+    pub fn axial(size: u16, slices: usize, mm: f64) -> Grid {
+        let half = |n: f64| -n * mm / 2.0;
+        Grid {
+            rows: size,
+            cols: size,
+            slices,
+            spacing: [mm, mm],
+            step: mm,
+            row_dir: [1.0, 0.0, 0.0],
+            col_dir: [0.0, 1.0, 0.0],
+            origin: [
+                half(f64::from(size)),
+                half(f64::from(size)),
+                half(slices as f64),
+            ],
+        }
+    }
+
     /// Patient position (LPS mm) of voxel column `i`, row `j`, slice `k`.
     pub fn position(&self, i: f64, j: f64, k: f64) -> [f64; 3] {
         let n = cross(self.row_dir, self.col_dir);

@@ -1,0 +1,416 @@
+//! The HTTP side in-process (tests/common/status.rs): health and its disk watermark, the
+//! token policy, the page and its JSON API over data written by the store, the mesh download.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::status::{
+    DELIVERY_ERROR, JOB_ERROR, METRICS_TEXT, StatusNode, TOKEN, get, login, make_work, post,
+};
+use m3dnode::config::{Config, ConfigError, Overrides};
+
+fn ready(node: &StatusNode) -> (u16, serde_json::Value) {
+    let a = get(&format!("{}/health/ready", node.base), None, None);
+    (a.status, a.json())
+}
+
+#[test]
+fn readiness_follows_the_free_space_watermark_and_the_scp() {
+    // The watermark 1 GB below the free space now: a 2 GB file crosses it, removing it goes
+    // back. (Margins against other processes writing to the same disk meanwhile.)
+    let probe = tempfile::tempdir().unwrap();
+    let free_mb = fs4::available_space(probe.path()).unwrap() / (1024 * 1024);
+    assert!(
+        free_mb > 4096,
+        "this test needs 4 GB free, {free_mb} MB are"
+    );
+    let node = StatusNode::start(|c| c.node.min_free_mb = free_mb - 1024);
+    let live = get(&format!("{}/health/live", node.base), None, None);
+    assert_eq!(live.status, 200);
+    let (status, body) = ready(&node);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["ready"], true);
+    for check in ["storage", "free_space", "index", "scp"] {
+        assert_eq!(body["checks"][check]["ok"], true, "{check}: {body}");
+    }
+    assert!(body["checks"].get("onnxruntime").is_none(), "no model rule");
+
+    let filler = node.store.root().join("filler");
+    let f = std::fs::File::create(&filler).unwrap();
+    fs4::fs_std::FileExt::allocate(&f, 2048 * 1024 * 1024).unwrap();
+    drop(f);
+    let (status, body) = ready(&node);
+    let _ = std::fs::remove_file(&filler);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["ready"], false);
+    assert_eq!(body["checks"]["free_space"]["ok"], false, "{body}");
+    let detail = body["checks"]["free_space"]["detail"].as_str().unwrap();
+    assert!(detail.contains("node.min_free_mb"), "{detail}");
+    assert_eq!(body["checks"]["storage"]["ok"], true, "{body}");
+
+    let (status, body) = ready(&node);
+    assert_eq!(status, 200, "back above the watermark: {body}");
+
+    // The DICOM listener stops accepting: not ready, and says why.
+    node.scp.store(false, Ordering::SeqCst);
+    let (status, body) = ready(&node);
+    assert_eq!(status, 503);
+    assert_eq!(body["checks"]["scp"]["ok"], false, "{body}");
+    assert_eq!(body["checks"]["free_space"]["ok"], true, "{body}");
+}
+
+#[test]
+fn with_a_model_rule_readiness_needs_onnx_runtime_to_load() {
+    let missing = std::path::PathBuf::from("/nonexistent/libonnxruntime.so.1.31.1");
+    let node = StatusNode::start_with_onnx(
+        |_| {},
+        Some(m3dnode::onnx::OrtSettings {
+            library: Some(missing),
+            device: Default::default(),
+        }),
+    );
+    for _ in 0..2 {
+        let (status, body) = ready(&node);
+        assert_eq!(status, 503, "{body}");
+        let check = &body["checks"]["onnxruntime"];
+        assert_eq!(check["ok"], false, "{body}");
+        assert!(
+            check["detail"].as_str().unwrap().contains("does not exist"),
+            "{body}"
+        );
+        assert_eq!(body["checks"]["storage"]["ok"], true);
+    }
+}
+
+#[test]
+fn a_storage_that_cannot_be_written_is_not_ready() {
+    let node = StatusNode::start(|_| {});
+    let tmp = node.store.root().join("tmp");
+    // A file where the temp directory should be: no temp file can be made in it (root
+    // ignores permission bits, so a read-only directory would not do).
+    std::fs::remove_dir_all(&tmp).unwrap();
+    std::fs::write(&tmp, b"not a directory").unwrap();
+    let (status, body) = ready(&node);
+    std::fs::remove_file(&tmp).unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["checks"]["storage"]["ok"], false, "{body}");
+    let (status, body) = ready(&node);
+    assert_eq!(status, 200, "tmp/ is made again: {body}");
+}
+
+#[test]
+fn posts_need_the_token_always_and_patient_data_needs_it_to_be_seen() {
+    let node = StatusNode::start(|_| {});
+    let scratch = tempfile::tempdir().unwrap();
+    let work = make_work(&node.store, scratch.path(), "CT_SCANNER");
+    let retry = format!(
+        "{}/api/deliveries/{}/retry",
+        node.base, work.failed_delivery
+    );
+
+    // On loopback too: no token, a wrong one -> 401 with the reason, and nothing changes.
+    let a = post(&retry, None, None);
+    assert_eq!(a.status, 401, "{}", a.text());
+    assert!(
+        a.json()["error"].as_str().unwrap().contains("Bearer"),
+        "{}",
+        a.text()
+    );
+    let a = post(&retry, Some("wrong-token-0123456789"), None);
+    assert_eq!(a.status, 401);
+    assert!(a.json()["error"].as_str().unwrap().contains("not valid"));
+    let state = |id: i64| {
+        node.store
+            .index()
+            .list_deliveries(10)
+            .unwrap()
+            .into_iter()
+            .find(|r| r.id == id)
+            .unwrap()
+            .state
+            .as_str()
+    };
+    assert_eq!(state(work.failed_delivery), "failed");
+    assert!(!node.woken(Duration::from_millis(100)));
+
+    // With the token: re-queued, and the delivery task is woken.
+    let a = post(&retry, Some(TOKEN), None);
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.json()["state"], "pending");
+    assert_eq!(state(work.failed_delivery), "pending");
+    assert!(node.woken(Duration::from_secs(1)));
+    // Again: it is no longer failed.
+    let a = post(&retry, Some(TOKEN), None);
+    assert_eq!(a.status, 409, "{}", a.text());
+    // A sent one is not re-sent.
+    let a = post(
+        &format!("{}/api/deliveries/{}/retry", node.base, work.sent_delivery),
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(a.status, 409);
+    assert_eq!(state(work.sent_delivery), "sent");
+
+    // Reads on loopback work without the token, without the patient.
+    let series = format!("{}/api/series", node.base);
+    let source_row = |v: &serde_json::Value| {
+        v["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["series_uid"] == work.series_uid.as_str())
+            .unwrap()
+            .clone()
+    };
+    let row = source_row(&get(&series, None, None).json());
+    assert_eq!(row["calling_ae"], "CT_SCANNER");
+    assert!(row.get("patient_name").is_none(), "{row}");
+    assert!(!get(&series, None, None).text().contains("PHANTOM"));
+    let results = get(&format!("{}/api/results", node.base), None, None).text();
+    assert!(!results.contains("PHANTOM"), "{results}");
+    let authed = source_row(&get(&series, Some(TOKEN), None).json());
+    assert_eq!(authed["patient_name"], "PHANTOM^ANALYTIC");
+    assert_eq!(authed["patient_id"], "PHANTOM02");
+
+    // The login form: a wrong token gets 401; the token gets a session cookie that is
+    // HttpOnly and SameSite=Strict, holds no token, and works for reads and POSTs.
+    let a = login(&node.base, "wrong-token-0123456789");
+    assert_eq!(a.status, 401);
+    assert!(a.set_cookie.is_none());
+    let a = login(&node.base, TOKEN);
+    assert_eq!(a.status, 303);
+    let set = a.set_cookie.expect("a session cookie");
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    assert!(!set.contains(TOKEN));
+    let cookie = set.split(';').next().unwrap().to_string();
+    let session = get(&format!("{}/api/session", node.base), None, Some(&cookie)).json();
+    assert_eq!(session["authenticated"], true);
+    let with_cookie = source_row(&get(&series, None, Some(&cookie)).json());
+    assert_eq!(with_cookie["patient_name"], "PHANTOM^ANALYTIC");
+    node.store
+        .index()
+        .mark_failed(work.failed_delivery, 6, "again")
+        .unwrap();
+    let a = post(&retry, None, Some(&cookie));
+    assert_eq!(a.status, 200, "{}", a.text());
+    // After logging out the cookie is worthless.
+    let a = post(&format!("{}/logout", node.base), None, Some(&cookie));
+    assert_eq!(a.status, 303);
+    let a = post(&retry, None, Some(&cookie));
+    assert_eq!(a.status, 401);
+}
+
+#[test]
+fn a_node_without_a_token_refuses_every_post() {
+    let node = StatusNode::start(|c| c.http.token = Default::default());
+    let a = post(&format!("{}/api/deliveries/1/retry", node.base), None, None);
+    assert_eq!(a.status, 401);
+    assert!(a.json()["error"].as_str().unwrap().contains("http.token"));
+    let a = post(
+        &format!("{}/api/deliveries/1/retry", node.base),
+        Some("anything-at-all-0123"),
+        None,
+    );
+    assert_eq!(a.status, 401);
+    assert_eq!(login(&node.base, "anything-at-all-0123").status, 401);
+    let session = get(&format!("{}/api/session", node.base), None, None).json();
+    assert_eq!(session["token_configured"], false);
+}
+
+#[test]
+fn beyond_loopback_the_token_is_required_to_bind_and_to_read() {
+    let env = |pairs: &[(&str, &str)]| {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    };
+    let err = Config::load(
+        None,
+        env(&[("M3DNODE__HTTP__LISTEN", "0.0.0.0:8080")]),
+        &Overrides::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Invalid { key, .. } if key == "http.token"),
+        "{err}"
+    );
+    // `bind` refuses it too, for a configuration that was never validated.
+    let mut unchecked = Config::default().http;
+    unchecked.listen = "0.0.0.0:0".into();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let err = rt.block_on(m3dnode::http::bind(&unchecked)).unwrap_err();
+    assert!(err.to_string().contains("http.token"), "{err}");
+    // An empty address disables the HTTP side.
+    unchecked.listen = String::new();
+    assert!(
+        rt.block_on(m3dnode::http::bind(&unchecked))
+            .unwrap()
+            .is_none()
+    );
+
+    // With a token it binds; then reads of data need it as well, the probes and the page's
+    // files do not.
+    let node = StatusNode::start(|c| c.http.listen = "0.0.0.0:0".into());
+    for path in [
+        "/api/series",
+        "/api/jobs",
+        "/api/deliveries",
+        "/api/results",
+        "/metrics",
+    ] {
+        let a = get(&format!("{}{path}", node.base), None, None);
+        assert_eq!(a.status, 401, "{path}");
+        let a = get(&format!("{}{path}", node.base), Some(TOKEN), None);
+        assert_eq!(a.status, 200, "{path}");
+    }
+    for path in ["/", "/assets/app.js", "/health/live", "/health/ready"] {
+        let a = get(&format!("{}{path}", node.base), None, None);
+        assert_eq!(a.status, 200, "{path}: {}", a.text());
+    }
+}
+
+#[test]
+fn the_page_and_api_show_a_series_stored_by_the_store_and_its_result() {
+    let node = StatusNode::start(|_| {});
+    let scratch = tempfile::tempdir().unwrap();
+    let work = make_work(&node.store, scratch.path(), "CT_SCANNER");
+
+    let page = get(&format!("{}/", node.base), None, None);
+    assert_eq!(page.status, 200);
+    assert!(page.content_type.starts_with("text/html"));
+    let html = page.text();
+    for hook in [
+        "id=\"series\"",
+        "id=\"jobs\"",
+        "id=\"deliveries\"",
+        "type=\"importmap\"",
+        "/assets/vendor/three/three.module.js",
+    ] {
+        assert!(html.contains(hook), "{hook}");
+    }
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no external loads"
+    );
+    for asset in [
+        "app.js",
+        "style.css",
+        "vendor/three/three.module.js",
+        "vendor/three/three.core.js",
+        "vendor/three/STLLoader.js",
+        "vendor/three/OrbitControls.js",
+        "vendor/three/LICENSE",
+    ] {
+        let a = get(&format!("{}/assets/{asset}", node.base), None, None);
+        assert_eq!(a.status, 200, "{asset}");
+        assert!(a.body.len() > 500, "{asset}");
+    }
+    assert_eq!(
+        get(&format!("{}/assets/../Cargo.toml", node.base), None, None).status,
+        404
+    );
+
+    let series = get(&format!("{}/api/series", node.base), None, None).json();
+    let rows = series["series"].as_array().unwrap();
+    // The received series and the result series the node stored.
+    assert_eq!(rows.len(), 2, "{series}");
+    let received = rows
+        .iter()
+        .find(|r| r["series_uid"] == work.series_uid.as_str())
+        .unwrap();
+    assert_eq!(received["calling_ae"], "CT_SCANNER");
+    assert_eq!(received["modality"], "MR");
+    assert_eq!(received["instances"], work.instances);
+    assert_eq!(received["state"], "processed");
+    let result_series = rows
+        .iter()
+        .find(|r| r["modality"] == "M3D")
+        .expect("the result series");
+    assert_eq!(result_series["calling_ae"], "M3DNODE");
+    assert_eq!(result_series["instances"], 1);
+    // Newest first: the result came after the source.
+    assert_eq!(rows[0]["modality"], "M3D");
+    let one = get(&format!("{}/api/series?limit=1", node.base), None, None).json();
+    assert_eq!(one["series"].as_array().unwrap().len(), 1);
+    let many = get(
+        &format!("{}/api/series?limit=100000", node.base),
+        None,
+        None,
+    );
+    assert_eq!(many.status, 200, "a large limit is capped, not refused");
+
+    let jobs = get(&format!("{}/api/jobs", node.base), None, None).json();
+    let jobs = jobs["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 2);
+    let failed = jobs.iter().find(|j| j["id"] == work.failed_job).unwrap();
+    assert_eq!(failed["state"], "failed");
+    assert_eq!(failed["error"], JOB_ERROR);
+    let done = jobs.iter().find(|j| j["id"] == work.done_job).unwrap();
+    assert_eq!(done["state"], "done");
+    assert!(done["duration_seconds"].as_f64().unwrap() >= 0.0);
+    assert!(done["summary"].as_str().unwrap().contains("triangles"));
+    assert!(done["error"].is_null());
+
+    let d = get(&format!("{}/api/deliveries", node.base), None, None).json();
+    let dests = d["destinations"].as_array().unwrap();
+    assert_eq!(dests.len(), 2, "{d}");
+    let nav = dests.iter().find(|x| x["destination"] == "NAV").unwrap();
+    assert_eq!(
+        (nav["pending"].as_i64(), nav["failed"].as_i64()),
+        (Some(0), Some(1))
+    );
+    assert_eq!(nav["last_error"], DELIVERY_ERROR);
+    let pacs = dests.iter().find(|x| x["destination"] == "PACS").unwrap();
+    assert_eq!(pacs["failed"], 0);
+    let rows = d["deliveries"].as_array().unwrap();
+    let f = rows
+        .iter()
+        .find(|r| r["id"] == work.failed_delivery)
+        .unwrap();
+    assert_eq!(f["state"], "failed");
+    assert_eq!(f["sop_instance_uid"], work.result_uid.as_str());
+
+    let results = get(&format!("{}/api/results", node.base), None, None).json();
+    let results = results["results"].as_array().unwrap();
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0]["sop_instance_uid"], work.result_uid.as_str());
+    assert_eq!(results[0]["series_uid"], work.series_uid.as_str());
+    assert_eq!(results[0]["modality"], "MR");
+    let mesh_url = results[0]["mesh"].as_str().unwrap();
+
+    // The mesh: the very STL the result holds.
+    let mesh = get(&format!("{}{mesh_url}", node.base), None, None);
+    assert_eq!(mesh.status, 200);
+    assert_eq!(mesh.content_type, "model/stl");
+    assert_eq!(mesh.body.len(), work.stl.len());
+    assert!(
+        mesh.body == work.stl,
+        "the served STL differs from the stored one"
+    );
+    let triangles = u32::from_le_bytes(mesh.body[80..84].try_into().unwrap()) as usize;
+    assert_eq!(mesh.body.len(), 84 + 50 * triangles);
+    // A source image is not a mesh; unknown and malformed UIDs are not found.
+    let source = node.store.index().series(&work.series_uid).unwrap();
+    for uid in [source[0].sop_instance_uid.as_str(), "1.2.3.4", "x'--"] {
+        let a = get(
+            &format!("{}/api/results/{uid}/mesh.stl", node.base),
+            None,
+            None,
+        );
+        assert_eq!(a.status, 404, "{uid}: {}", a.text());
+    }
+
+    // /metrics renders through the closure it was given.
+    let m = get(&format!("{}/metrics", node.base), None, None);
+    assert_eq!(m.status, 200);
+    assert_eq!(m.content_type, "text/plain; version=0.0.4; charset=utf-8");
+    assert_eq!(m.text(), METRICS_TEXT);
+}
