@@ -1,7 +1,8 @@
 //! The node started in-process with `m3dnode::node::start`: a real series from DCMTK storescu
 //! goes through to a delivered result, `shutdown` stops every thread and marks the storage
-//! clean, and a stop in the middle of a transfer keeps every acknowledged instance. Also the
-//! `[log] format = "json"` output of the binary.
+//! clean, and a stop in the middle of a transfer keeps every acknowledged instance. Also what
+//! the binary tells its supervisors: the `[log] format = "json"` output, systemd's notify
+//! protocol (READY, WATCHDOG, STOPPING) and `m3dnode health` for Docker's HEALTHCHECK.
 
 mod common;
 
@@ -214,4 +215,94 @@ fn json_logs_are_one_object_per_line() {
             "no `{expected}` in {messages:?}"
         );
     }
+}
+
+/// systemd `Type=notify` with `WatchdogSec=`: READY=1 once the node listens, WATCHDOG=1 at
+/// half the interval while it is alive, STOPPING=1 at SIGTERM. The socket is the one systemd
+/// would pass (a Unix datagram socket named by NOTIFY_SOCKET).
+#[test]
+fn the_binary_tells_systemd_ready_watchdog_and_stopping() {
+    use std::io::BufRead;
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let cfg = dir.path().join("m3dnode.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\nlisten = \"127.0.0.1:0\"\nstorage = \"{}\"\nmin_free_mb = 1\n[http]\nlisten = \"\"\n",
+            dir.path().join("var").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_m3dnode"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "1000000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("m3dnode listening on "), "{line}");
+    let recv = || {
+        let mut buf = [0u8; 512];
+        let n = socket.recv(&mut buf).expect("a notify message");
+        String::from_utf8_lossy(&buf[..n]).trim().to_string()
+    };
+    assert_eq!(recv(), "READY=1");
+    // Two pings within a few half-second periods: the node keeps pinging while alive.
+    let started = Instant::now();
+    assert_eq!(recv(), "WATCHDOG=1");
+    assert_eq!(recv(), "WATCHDOG=1");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    common::unsafe_kill(child.id() as i32, "TERM");
+    // Pings sent before the signal may still be queued.
+    let stopping = (0..5).map(|_| recv()).find(|m| m != "WATCHDOG=1");
+    assert_eq!(stopping.as_deref(), Some("STOPPING=1"));
+    assert!(child.wait().unwrap().success());
+}
+
+/// `m3dnode health` (the Docker image's HEALTHCHECK): exit 0 and the node's JSON when ready,
+/// 1 with the failing check when not ready (free space below the watermark), 1 when nothing
+/// answers.
+#[test]
+fn m3dnode_health_says_ready_not_ready_and_unreachable() {
+    let health = |url: &str, live: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_m3dnode"));
+        cmd.args(["health", "--url", url, "--timeout", "10"]);
+        if live {
+            cmd.arg("--live");
+        }
+        common::run(&mut cmd)
+    };
+    let node = common::Node::start("");
+    let url = format!("http://{}", node.http.expect("the HTTP side is on"));
+    let out = health(&url, false);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).starts_with("200 ") && text(&out).contains("\"ready\":true"));
+
+    let full = common::Node::start("min_free_mb = 100000000\n");
+    let url = format!("http://{}", full.http.expect("the HTTP side is on"));
+    let out = health(&url, false);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).starts_with("503 ") && text(&out).contains("node.min_free_mb"),
+        "{}",
+        text(&out)
+    );
+    // Alive all the same: a full disk is no reason to restart.
+    assert!(health(&url, true).status.success());
+
+    let nobody = format!("http://127.0.0.1:{}", common::free_port());
+    let out = health(&nobody, false);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
 }
