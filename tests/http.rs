@@ -414,3 +414,70 @@ fn the_page_and_api_show_a_series_stored_by_the_store_and_its_result() {
     assert_eq!(m.content_type, "text/plain; version=0.0.4; charset=utf-8");
     assert_eq!(m.text(), METRICS_TEXT);
 }
+
+/// Hostile clients of the HTTP side: more silent connections than it keeps, a request head
+/// that never ends, an oversized head and bytes that are no HTTP. Each gets closed or an
+/// error status, within the header timeout, and the node answers a health check after them.
+#[test]
+fn silent_endless_oversized_and_garbage_requests_are_cut_off_and_the_node_keeps_serving() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let node = StatusNode::start(|_| {});
+    let addr = node.base.trim_start_matches("http://").to_string();
+    let live = || common::status::get(&format!("{}/health/live", node.base), None, None).status;
+    let started = std::time::Instant::now();
+
+    // More silent connections than the cap (64).
+    let silent: Vec<TcpStream> = (0..80)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    // A head that trickles in and never ends.
+    let mut endless = TcpStream::connect(&addr).unwrap();
+    endless.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+    // A head of 1 MB.
+    let mut big = TcpStream::connect(&addr).unwrap();
+    let _ = big.write_all(b"GET / HTTP/1.1\r\nX-Big: ");
+    let _ = big.write_all(&vec![b'a'; 1 << 20]);
+    // Not HTTP.
+    let mut garbage = TcpStream::connect(&addr).unwrap();
+    let _ = garbage.write_all(&[
+        0x01, 0x00, 0x00, 0x00, 0x00, 0xcc, 0xff, 0xfe, b'\r', b'\n', b'\r', b'\n',
+    ]);
+
+    // Every one of them is closed by the node, silent ones after the header timeout.
+    let closed = |mut s: &TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut sink = Vec::new();
+        // EOF or reset both mean closed; a timeout means the node still holds it.
+        match s.read_to_end(&mut sink) {
+            Ok(_) => true,
+            Err(e) => {
+                e.kind() != std::io::ErrorKind::WouldBlock
+                    && e.kind() != std::io::ErrorKind::TimedOut
+            }
+        }
+    };
+    for s in &silent {
+        assert!(closed(s), "a silent connection was kept");
+    }
+    for _ in 0..5 {
+        let _ = endless.write_all(b"X-Slow: 1\r\n");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(closed(&endless), "a never-ending head was kept");
+    assert!(closed(&big), "an oversized head was kept");
+    let mut answer = Vec::new();
+    garbage
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let _ = garbage.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+        "{answer}"
+    );
+    // The header timeout (10 s) bounds it all; and the node serves.
+    assert!(started.elapsed() < Duration::from_secs(40));
+    assert!(common::wait_for(Duration::from_secs(15), || live() == 200));
+    drop(silent);
+}

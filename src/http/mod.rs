@@ -27,11 +27,16 @@ mod settings;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tracing::info;
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
 
 use crate::config::{Config, ConfigError};
 use crate::onnx::OrtSettings;
@@ -89,7 +94,8 @@ pub async fn bind(cfg: &HttpConfig) -> Result<Option<TcpListener>, HttpError> {
         .map_err(|source| HttpError::Bind { addr, source })
 }
 
-/// Serves until `shutdown` completes, then lets requests in flight finish.
+/// Serves until `shutdown` completes, then lets requests in flight finish (for at most
+/// [`SHUTDOWN_GRACE`]). Connections are capped and time out when slow or idle.
 pub async fn serve(
     listener: TcpListener,
     state: HttpState,
@@ -98,11 +104,68 @@ pub async fn serve(
     let local = listener.local_addr().map_err(HttpError::Serve)?;
     let app = Arc::new(App::new(state, local.ip().is_loopback())?);
     info!(listen = %local, token = app.auth.has_token(), "HTTP status page, health and metrics listening");
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(shutdown)
+    let router = router(app);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                // Out of file descriptors and the like: pause rather than spin.
+                Err(e) => {
+                    warn!("HTTP accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Closing at once costs the node nothing; the DICOM side shares its descriptors.
+            debug!(%peer, limit = MAX_CONNECTIONS, "HTTP connection refused: too many open");
+            drop(stream);
+            continue;
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(MAX_HEADER_BYTES)
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!(%peer, "HTTP connection ended: {e}");
+            }
+            drop(slot);
+        });
+    }
+    // Requests in flight finish; idle keep-alive connections close now.
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
         .await
-        .map_err(HttpError::Serve)
+        .is_err()
+    {
+        debug!("HTTP connections still open after the grace; dropped");
+    }
+    Ok(())
 }
+
+/// Open HTTP connections at most: a browser uses a handful, Prometheus one. Beyond this a
+/// connection is closed at once, so a flood cannot take the file descriptors the DICOM
+/// listener needs.
+const MAX_CONNECTIONS: usize = 64;
+
+/// A request's headers must arrive within this time, and an idle keep-alive connection is
+/// closed after it (hyper applies the timer to the wait for the next request's headers).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest request head buffered: 64 KiB is far above any browser's, and bounds what a
+/// client can make the node hold.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// How long requests in flight get at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// The shared state of the handlers.
 struct App {
