@@ -117,7 +117,7 @@ fn main() {
     let base = format!("http://{}", listener.local_addr().unwrap());
     let state = HttpState {
         store: store.clone(),
-        config: cfg.clone(),
+        settings: Arc::new(cfg.http_settings()),
         delivery_wake: Arc::default(),
         scp_listening: Arc::new(AtomicBool::new(true)),
         metrics: Arc::new(String::new),

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-pub use crate::http::{HttpConfig, Secret};
+pub use crate::http::{HttpConfig, HttpSettings, Secret};
 pub use crate::net::settings::{
     NodeConfig, PeerConfig, QueryConfig, ScpSettings, Service, check_ae_title, parse_host_port,
 };
@@ -244,7 +244,7 @@ impl Config {
             .validate()
             .map_err(|e| invalid("neus", e.to_string()))?;
         self.compiled = Arc::new(rules);
-        self.http.validate()?;
+        self.http.validate().map_err(|e| invalid(e.key, e.message))?;
         Ok(())
     }
 
@@ -281,6 +281,16 @@ impl Config {
             peers: self.peers.clone(),
             query: self.query.clone(),
             sub_operation_timeout_seconds: self.delivery.timeout_seconds,
+        }
+    }
+
+    /// What the HTTP side works with.
+    pub fn http_settings(&self) -> HttpSettings {
+        HttpSettings {
+            http: self.http.clone(),
+            ae_title: self.node.ae_title.clone(),
+            min_free_mb: self.node.min_free_mb,
+            delivery_deadline_seconds: self.delivery.deadline_seconds,
         }
     }
 

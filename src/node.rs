@@ -223,7 +223,7 @@ pub async fn start(mut config: Config) -> Result<Node, NodeError> {
     if let Some(listener) = http_listener {
         let state = HttpState {
             store: store.clone(),
-            config: config.clone(),
+            settings: Arc::new(config.http_settings()),
             delivery_wake: delivery_notify.clone(),
             scp_listening: scp_listening.clone(),
             metrics: {

@@ -348,10 +348,13 @@ fn the_status_page_shows_the_work_draws_the_mesh_and_retries_a_delivery() {
         "return document.getElementById('logout').hidden === false",
         json!([]),
     );
-    browser.click(&format!(
-        "#deliveries button.retry[data-id=\"{}\"]",
-        work.failed_delivery
-    ));
+    // The table is redrawn every refresh: find and press the button in one step.
+    browser.wait(
+        "the Retry button, pressed",
+        "const b = document.querySelector(`#deliveries button.retry[data-id=\"${arguments[0]}\"]`); \
+         if (b === null) return false; b.click(); return true",
+        json!([work.failed_delivery]),
+    );
     browser.wait(
         "the retried delivery to be pending",
         "const r = document.querySelector(`#deliveries tr[data-id=\"${arguments[0]}\"]`); \
@@ -380,7 +383,9 @@ fn the_status_page_shows_the_work_draws_the_mesh_and_retries_a_delivery() {
 fn a_real_series_through_the_node_is_shown_retried_from_the_page_and_counted() {
     let mut dest = common::Destination::down("NAV");
     let node = common::Node::start(&format!(
-        "[series]\nquiet_seconds = 0.5\n\
+        // A quiet time that a loaded machine's storescu cannot exceed between two instances:
+        // the series must complete once, for the counts below.
+        "[series]\nquiet_seconds = 3\n\
          [delivery]\nretry_initial_seconds = 0.2\nretry_max_seconds = 0.3\ndeadline_seconds = 1\n\
          {}[[rules]]\nname = \"ct\"\nmodality = \"CT\"\npreset = \"ct-bone\"\nsend_to = [\"NAV\"]\n\
          [http]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n",
@@ -472,7 +477,13 @@ fn a_real_series_through_the_node_is_shown_retried_from_the_page_and_counted() {
         "return document.getElementById('logout').hidden === false",
         json!([]),
     );
-    browser.click(&format!("#deliveries button.retry[data-id=\"{delivery}\"]"));
+    // The table is redrawn every refresh: find and press the button in one step.
+    browser.wait(
+        "the Retry button, pressed",
+        "const b = document.querySelector(`#deliveries button.retry[data-id=\"${arguments[0]}\"]`); \
+         if (b === null) return false; b.click(); return true",
+        json!([delivery]),
+    );
     browser.wait(
         "the retried delivery, sent",
         "const r = document.querySelector(`#deliveries tr[data-id=\"${arguments[0]}\"]`); \

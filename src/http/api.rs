@@ -70,7 +70,7 @@ pub(super) async fn session(
     Json(json!({
         "authenticated": viewer.authenticated,
         "token_configured": app.auth.has_token(),
-        "ae_title": app.state.config.node.ae_title,
+        "ae_title": app.state.settings.ae_title,
     }))
 }
 
@@ -275,7 +275,7 @@ pub(super) async fn mesh(State(app): State<Arc<App>>, Path(uid): Path<String>) -
 /// `POST /api/deliveries/{id}/retry`: a failed delivery back to pending, and delivery woken.
 pub(super) async fn retry(State(app): State<Arc<App>>, Path(id): Path<i64>) -> Response {
     let store = app.state.store.clone();
-    let deadline = app.state.config.delivery.deadline_seconds;
+    let deadline = app.state.settings.delivery_deadline_seconds;
     let n = match read(move || store.index().retry_deliveries(Some(id), deadline)).await {
         Ok(n) => n,
         Err(r) => return r,

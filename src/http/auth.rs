@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use super::App;
-use crate::config::Secret;
+use super::Secret;
 
 /// Name of the session cookie.
 pub const SESSION_COOKIE: &str = "m3dnode_session";

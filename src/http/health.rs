@@ -84,7 +84,7 @@ pub(super) async fn ready(State(app): State<Arc<App>>) -> impl IntoResponse {
             .map_err(|e| e.to_string())
     });
     let store = app.state.store.clone();
-    let min_mb = app.state.config.node.min_free_mb;
+    let min_mb = app.state.settings.min_free_mb;
     let free = blocking(move || {
         let free = fs4::available_space(store.root()).map_err(|e| e.to_string())?;
         let free_mb = free / (1024 * 1024);

@@ -38,17 +38,16 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
-use crate::config::{Config, ConfigError};
 use crate::onnx::OrtSettings;
 use crate::store::Store;
-pub use settings::{HttpConfig, MIN_TOKEN_LEN, Secret};
+pub use settings::{HttpConfig, HttpSettings, InvalidSetting, MIN_TOKEN_LEN, Secret};
 
 /// Why the HTTP side could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
     /// `[http]` is not acceptable (the message names the key).
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(#[from] InvalidSetting),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr} (http.listen): {source}")]
     Bind {
@@ -67,8 +66,8 @@ pub enum HttpError {
 pub struct HttpState {
     /// The storage and its index.
     pub store: Arc<Store>,
-    /// The configuration (`[http]`, `node.min_free_mb`, `delivery.deadline_seconds`).
-    pub config: Arc<Config>,
+    /// `[http]` and the few other settings the page and the checks read.
+    pub settings: Arc<HttpSettings>,
     /// Wakes the delivery task after a retry, so that the row goes out now rather than at
     /// the task's next timer.
     pub delivery_wake: Arc<tokio::sync::Notify>,
@@ -178,7 +177,7 @@ struct App {
 
 impl App {
     fn new(state: HttpState, open_reads: bool) -> Result<App, HttpError> {
-        let token = state.config.http.token()?;
+        let token = state.settings.http.token()?;
         Ok(App {
             auth: auth::Auth::new(token),
             open_reads,

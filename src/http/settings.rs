@@ -1,13 +1,36 @@
 //! `[http]`: where the HTTP side listens and the token that guards it. The checks live here
 //! because a token policy that is only enforced at bind time would let `validate` pass a
-//! configuration that cannot start.
+//! configuration that cannot start. [`HttpSettings`] is what the HTTP side gets of the rest
+//! of the configuration: it never sees the whole `Config`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+/// A `[http]` value that is not acceptable; `config` reports it as its own error.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("configuration key `{key}`: {message}")]
+pub struct InvalidSetting {
+    /// Dotted key, e.g. `http.token`.
+    pub key: &'static str,
+    /// What is wrong and what would be right.
+    pub message: String,
+}
+
+/// What the HTTP side reads of the node's configuration.
+#[derive(Debug, Clone, Default)]
+pub struct HttpSettings {
+    /// `[http]`.
+    pub http: HttpConfig,
+    /// `node.ae_title`, shown on the page.
+    pub ae_title: String,
+    /// `node.min_free_mb`, the readiness watermark.
+    pub min_free_mb: u64,
+    /// `delivery.deadline_seconds`, for a delivery queued again by Retry.
+    pub delivery_deadline_seconds: f64,
+}
+
 
 /// `[http]`: the status page, health and metrics endpoints (see [`crate::http`]).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -38,23 +61,20 @@ pub const MIN_TOKEN_LEN: usize = 16;
 
 impl HttpConfig {
     /// The listen address, `None` when the HTTP side is disabled.
-    pub fn listen_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+    pub fn listen_addr(&self) -> Result<Option<SocketAddr>, InvalidSetting> {
         let listen = self.listen.trim();
         if listen.is_empty() {
             return Ok(None);
         }
-        listen.parse().map(Some).map_err(|_| ConfigError::Invalid {
-            key: "http.listen".into(),
+        listen.parse().map(Some).map_err(|_| InvalidSetting {
+            key: "http.listen",
             message: format!("`{listen}` is not an IP address and port (e.g. 127.0.0.1:8080)"),
         })
     }
 
     /// The token from `token` or `token_file`, checked; `None` when neither is set.
-    pub fn token(&self) -> Result<Option<Secret>, ConfigError> {
-        let invalid = |key: &str, message: String| ConfigError::Invalid {
-            key: key.into(),
-            message,
-        };
+    pub fn token(&self) -> Result<Option<Secret>, InvalidSetting> {
+        let invalid = |key: &'static str, message: String| InvalidSetting { key, message };
         let has_file = !self.token_file.as_os_str().is_empty();
         let (key, token) = match (self.token.is_empty(), has_file) {
             (true, false) => return Ok(None),
@@ -94,14 +114,14 @@ impl HttpConfig {
 
     /// The checks of [`Config::validate`] for this section: the address parses, the token
     /// is usable, and an address beyond loopback has one.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
         let token = self.token()?;
         if let Some(addr) = self.listen_addr()?
             && !addr.ip().is_loopback()
             && token.is_none()
         {
-            return Err(ConfigError::Invalid {
-                key: "http.token".into(),
+            return Err(InvalidSetting {
+                key: "http.token",
                 message: format!(
                     "http.listen = \"{addr}\" is reachable beyond this machine: set http.token \
                      or http.token_file (at least {MIN_TOKEN_LEN} characters), or listen on \

@@ -78,7 +78,7 @@ impl StatusNode {
         let scp = Arc::new(AtomicBool::new(true));
         let state = HttpState {
             store: store.clone(),
-            config: cfg.clone(),
+            settings: Arc::new(cfg.http_settings()),
             delivery_wake: wake.clone(),
             scp_listening: scp.clone(),
             metrics: Arc::new(|| METRICS_TEXT.to_string()),
