@@ -349,8 +349,8 @@ struct ReconArgs {
     #[arg(long, value_enum, default_value_t = crate::route::Pipeline::Iso)]
     pipeline: crate::route::Pipeline,
     /// What to segment: ct-bone (300 HU), ct-skin (-300 HU), mr-head, otsu, mask (0.5), or an
-    /// iso value in modality units.
-    #[arg(long, default_value = "ct-bone")]
+    /// iso value in modality units (negative ones too: `--preset -142.5`).
+    #[arg(long, default_value = "ct-bone", allow_negative_numbers = true)]
     preset: crate::recon::iso::Preset,
     /// Mesh output; the format follows the extension: .stl (binary, or ASCII with --ascii),
     /// .ply (binary), .obj.

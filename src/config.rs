@@ -244,7 +244,9 @@ impl Config {
             .validate()
             .map_err(|e| invalid("neus", e.to_string()))?;
         self.compiled = Arc::new(rules);
-        self.http.validate().map_err(|e| invalid(e.key, e.message))?;
+        self.http
+            .validate()
+            .map_err(|e| invalid(e.key, e.message))?;
         Ok(())
     }
 

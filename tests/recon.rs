@@ -487,3 +487,31 @@ fn recon_command_writes_mesh_and_dicom_and_explains_failures() {
         text(&out)
     );
 }
+
+/// A negative iso value is a value, not an option: `--preset -142.5` (fat/skin level in HU)
+/// parses without the `=` form, and gives the same surface as `--preset=-142.5`.
+#[test]
+fn recon_takes_a_negative_iso_value_after_preset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recon = |args: &[&str], out: &str| {
+        run(Command::new(env!("CARGO_BIN_EXE_m3dnode"))
+            .arg("recon")
+            .args(args)
+            .arg("-o")
+            .arg(tmp.path().join(out))
+            .arg(series("ct_head_axial_small")))
+    };
+    let spaced = recon(&["--preset", "-142.5"], "a.stl");
+    assert!(spaced.status.success(), "{}", text(&spaced));
+    let joined = recon(&["--preset=-142.5"], "b.stl");
+    assert!(joined.status.success(), "{}", text(&joined));
+    assert_eq!(
+        std::fs::read(tmp.path().join("a.stl")).unwrap(),
+        std::fs::read(tmp.path().join("b.stl")).unwrap()
+    );
+    assert!(
+        String::from_utf8_lossy(&spaced.stdout).contains("-142.5"),
+        "{}",
+        text(&spaced)
+    );
+}

@@ -31,7 +31,6 @@ pub struct HttpSettings {
     pub delivery_deadline_seconds: f64,
 }
 
-
 /// `[http]`: the status page, health and metrics endpoints (see [`crate::http`]).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
