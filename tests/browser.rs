@@ -179,13 +179,62 @@ impl Browser {
         );
     }
 
+    /// Logs in with the form in the page's header and waits for the page to show it.
+    fn log_in(&self, token: &str) {
+        self.type_into("#login input[name=token]", token);
+        self.click("#login button[type=submit]");
+        self.wait(
+            "the logout button",
+            "return document.getElementById('logout').hidden === false",
+            json!([]),
+        );
+    }
+
+    /// Presses Retry on delivery `id`. The table is redrawn every refresh, so the button is
+    /// found and pressed in one step in the page.
+    fn press_retry(&self, id: i64) {
+        self.wait(
+            "the Retry button, pressed",
+            "const b = document.querySelector(`#deliveries button.retry[data-id=\"${arguments[0]}\"]`); \
+             if (b === null) return false; b.click(); return true",
+            json!([id]),
+        );
+    }
+
+    /// Waits for the preview `canvas` to load its mesh and show a frame, saves its
+    /// screenshot as `name` in the test's temp dir and fails if the canvas looks blank.
+    fn drawn_preview(&self, canvas: &str, name: &str) {
+        self.wait(
+            "the mesh preview",
+            "const c = document.querySelector(arguments[0]); return c !== null && c.dataset.loaded === 'true'",
+            json!([canvas]),
+        );
+        // Let the compositor show the first frame.
+        std::thread::sleep(Duration::from_millis(500));
+        let shot = self.screenshot(Some(canvas));
+        let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+        std::fs::write(&path, &shot).unwrap();
+        let (mean, sd, bright) = luminance_stats(&shot);
+        assert!(
+            sd > 20.0 && bright > 0.02,
+            "the preview canvas looks blank: mean {mean:.1}, sd {sd:.1}, bright share {bright:.3} \
+             (screenshot {})",
+            path.display()
+        );
+    }
+
     /// A PNG screenshot of the viewport, or of one element.
     fn screenshot(&self, css: Option<&str>) -> Vec<u8> {
         let path = match css {
             Some(css) => format!("/element/{}/screenshot", self.element(css)),
             None => "/screenshot".into(),
         };
-        base64_decode(self.call("GET", &path, Value::Null).as_str().unwrap())
+        {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(self.call("GET", &path, Value::Null).as_str().unwrap())
+                .expect("WebDriver screenshots are base64")
+        }
     }
 }
 
@@ -199,33 +248,6 @@ impl Drop for Browser {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
-}
-
-fn base64_decode(text: &str) -> Vec<u8> {
-    let value = |c: u8| match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        b'/' => 63,
-        _ => panic!("not base64: {c}"),
-    };
-    let digits: Vec<u8> = text
-        .bytes()
-        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
-        .map(value)
-        .collect();
-    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
-    for chunk in digits.chunks(4) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, d)| n | (u32::from(*d) << (18 - 6 * i)));
-        for i in 0..chunk.len().saturating_sub(1) {
-            out.push((n >> (16 - 8 * i)) as u8);
-        }
-    }
-    out
 }
 
 /// Mean and standard deviation of the luminance of a PNG, and the share of pixels much
@@ -305,11 +327,7 @@ fn the_status_page_shows_the_work_draws_the_mesh_and_retries_a_delivery() {
 
     // The preview: WebGL draws the mesh into the result's canvas.
     let canvas = format!("canvas[data-result=\"{}\"]", work.result_uid);
-    browser.wait(
-        "the mesh preview",
-        "const c = document.querySelector(arguments[0]); return c !== null && c.dataset.loaded === 'true'",
-        json!([canvas]),
-    );
+    browser.drawn_preview(&canvas, "status-page-preview.png");
     let metrics = browser.js(
         "return document.querySelector(arguments[0]).closest('.result').textContent",
         json!([canvas]),
@@ -319,42 +337,19 @@ fn the_status_page_shows_the_work_draws_the_mesh_and_retries_a_delivery() {
         metrics.contains("triangles") && metrics.contains("L-R x A-P x S-I"),
         "{metrics}"
     );
-    // Let the compositor show the first frame.
-    std::thread::sleep(Duration::from_millis(500));
-    let shot = browser.screenshot(Some(&canvas));
     let page = browser.screenshot(None);
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
     std::fs::write(out.join("status-page.png"), &page).unwrap();
-    std::fs::write(out.join("status-page-preview.png"), &shot).unwrap();
-    let (mean, sd, bright) = luminance_stats(&shot);
-    assert!(
-        sd > 20.0 && bright > 0.02,
-        "the preview canvas looks blank: mean {mean:.1}, sd {sd:.1}, bright share {bright:.3} \
-         (screenshots in {})",
-        out.display()
-    );
 
     // Logging in shows the patient and lets Retry through.
-    browser.type_into("#login input[name=token]", TOKEN);
-    browser.click("#login button[type=submit]");
+    browser.log_in(TOKEN);
     browser.wait(
         "the patient name after logging in",
         "const r = document.querySelector(`#series tr[data-uid=\"${arguments[0]}\"]`); \
          return r !== null && r.textContent.includes('PHANTOM^ANALYTIC')",
         json!([work.series_uid]),
     );
-    browser.wait(
-        "the logout button",
-        "return document.getElementById('logout').hidden === false",
-        json!([]),
-    );
-    // The table is redrawn every refresh: find and press the button in one step.
-    browser.wait(
-        "the Retry button, pressed",
-        "const b = document.querySelector(`#deliveries button.retry[data-id=\"${arguments[0]}\"]`); \
-         if (b === null) return false; b.click(); return true",
-        json!([work.failed_delivery]),
-    );
+    browser.press_retry(work.failed_delivery);
     browser.wait(
         "the retried delivery to be pending",
         "const r = document.querySelector(`#deliveries tr[data-id=\"${arguments[0]}\"]`); \
@@ -452,38 +447,15 @@ fn a_real_series_through_the_node_is_shown_retried_from_the_page_and_counted() {
          return r !== null && r.dataset.state === 'failed'",
         json!([delivery]),
     );
-    let canvas = format!("canvas[data-result=\"{result_uid}\"]");
-    browser.wait(
-        "the mesh preview",
-        "const c = document.querySelector(arguments[0]); return c !== null && c.dataset.loaded === 'true'",
-        json!([canvas]),
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    let shot = browser.screenshot(Some(&canvas));
-    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
-    std::fs::write(out.join("status-page-e2e-preview.png"), &shot).unwrap();
-    let (mean, sd, bright) = luminance_stats(&shot);
-    assert!(
-        sd > 20.0 && bright > 0.02,
-        "the preview of the CT result looks blank: mean {mean:.1}, sd {sd:.1}, bright {bright:.3}"
+    browser.drawn_preview(
+        &format!("canvas[data-result=\"{result_uid}\"]"),
+        "status-page-e2e-preview.png",
     );
 
     // The destination comes up; Retry (after logging in) delivers.
     dest.start();
-    browser.type_into("#login input[name=token]", TOKEN);
-    browser.click("#login button[type=submit]");
-    browser.wait(
-        "the logout button",
-        "return document.getElementById('logout').hidden === false",
-        json!([]),
-    );
-    // The table is redrawn every refresh: find and press the button in one step.
-    browser.wait(
-        "the Retry button, pressed",
-        "const b = document.querySelector(`#deliveries button.retry[data-id=\"${arguments[0]}\"]`); \
-         if (b === null) return false; b.click(); return true",
-        json!([delivery]),
-    );
+    browser.log_in(TOKEN);
+    browser.press_retry(delivery);
     browser.wait(
         "the retried delivery, sent",
         "const r = document.querySelector(`#deliveries tr[data-id=\"${arguments[0]}\"]`); \
@@ -496,11 +468,8 @@ fn a_real_series_through_the_node_is_shown_retried_from_the_page_and_counted() {
     let metrics = common::status::get(&format!("{base}/metrics"), None, None);
     assert_eq!(metrics.status, 200);
     let text = metrics.text();
-    let value = |key: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no `{key}` in:\n{text}"))
-    };
+    let samples = common::metric_samples(&text);
+    let value = |key: &str| common::metric_sample(&samples, key);
     assert_eq!(value("m3dnode_instances_stored_total"), sent as f64);
     assert_eq!(value("m3dnode_series_completed_total"), 1.0);
     assert_eq!(value("m3dnode_jobs{state=\"done\"}"), 1.0);
@@ -517,7 +486,7 @@ fn a_real_series_through_the_node_is_shown_retried_from_the_page_and_counted() {
         1.0
     );
     assert!(value("m3dnode_delivery_retries_total{destination=\"NAV\"}") >= 1.0);
-    let file = out.join("e2e-metrics.prom");
+    let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-metrics.prom");
     std::fs::write(&file, &text).unwrap();
     let check = common::run(
         Command::new(tool("promtool"))

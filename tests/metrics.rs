@@ -7,14 +7,13 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use common::{run, testdata, text, tool, wait_for};
+use common::{metric_sample, metric_samples, run, testdata, text, tool, wait_for};
 use m3dnode::config::{Config, Overrides};
 use m3dnode::metrics::Metrics;
 use m3dnode::store::Store;
@@ -85,23 +84,6 @@ impl InProcess {
     }
 }
 
-/// Samples of a rendered text: `name{labels}` (as written) -> value.
-fn samples(rendered: &str) -> BTreeMap<String, f64> {
-    rendered
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| {
-            let (key, value) = l.rsplit_once(' ').unwrap();
-            (key.to_string(), value.parse().unwrap())
-        })
-        .collect()
-}
-
-fn sample(s: &BTreeMap<String, f64>, key: &str) -> f64 {
-    *s.get(key)
-        .unwrap_or_else(|| panic!("no sample `{key}` in:\n{s:#?}"))
-}
-
 /// What the scenario rendered at each step.
 struct Rendered {
     /// After one storescu association.
@@ -129,7 +111,7 @@ fn files() -> Vec<PathBuf> {
 }
 
 fn active_is_zero(metrics: &Metrics, store: &Store) -> bool {
-    samples(&metrics.render(store)).get("m3dnode_associations_active") == Some(&0.0)
+    metric_samples(&metrics.render(store)).get("m3dnode_associations_active") == Some(&0.0)
 }
 
 fn scenario() -> &'static Rendered {
@@ -207,44 +189,56 @@ fn a_storescu_transfer_is_counted_exactly() {
     let n = files().len();
     let (stored_files, data_set_bytes) = r.after_store_expected;
     assert_eq!(stored_files, n, "every file of the series is stored");
-    let s = samples(&r.after_store);
-    assert_eq!(sample(&s, "m3dnode_instances_stored_total"), n as f64);
+    let s = metric_samples(&r.after_store);
     assert_eq!(
-        sample(&s, "m3dnode_received_bytes_total"),
+        metric_sample(&s, "m3dnode_instances_stored_total"),
+        n as f64
+    );
+    assert_eq!(
+        metric_sample(&s, "m3dnode_received_bytes_total"),
         data_set_bytes as f64
     );
     assert_eq!(
-        sample(&s, "m3dnode_store_receive_to_ack_seconds_count"),
+        metric_sample(&s, "m3dnode_store_receive_to_ack_seconds_count"),
         n as f64
     );
-    let sum = sample(&s, "m3dnode_store_receive_to_ack_seconds_sum");
+    let sum = metric_sample(&s, "m3dnode_store_receive_to_ack_seconds_sum");
     assert!(sum > 0.0 && sum < 60.0, "{sum}");
     assert_eq!(
-        sample(&s, "m3dnode_store_fsync_seconds_count{step=\"file\"}"),
+        metric_sample(&s, "m3dnode_store_fsync_seconds_count{step=\"file\"}"),
         n as f64
     );
-    let dirs = sample(&s, "m3dnode_store_fsync_seconds_count{step=\"directory\"}");
+    let dirs = metric_sample(&s, "m3dnode_store_fsync_seconds_count{step=\"directory\"}");
     assert!(dirs >= 1.0 && dirs <= n as f64, "{dirs}");
-    assert_eq!(sample(&s, "m3dnode_associations_total"), 1.0);
-    assert_eq!(sample(&s, "m3dnode_associations_active"), 0.0);
+    assert_eq!(metric_sample(&s, "m3dnode_associations_total"), 1.0);
+    assert_eq!(metric_sample(&s, "m3dnode_associations_active"), 0.0);
     assert_eq!(
-        sample(&s, "m3dnode_associations_ended_total{end=\"released\"}"),
+        metric_sample(&s, "m3dnode_associations_ended_total{end=\"released\"}"),
         1.0
     );
     assert_eq!(
-        sample(&s, "m3dnode_index_rows{table=\"instances\"}"),
+        metric_sample(&s, "m3dnode_index_rows{table=\"instances\"}"),
         n as f64
     );
-    assert_eq!(sample(&s, "m3dnode_index_rows{table=\"series\"}"), 1.0);
-    assert_eq!(sample(&s, "m3dnode_index_rows{table=\"studies\"}"), 1.0);
-    assert_eq!(sample(&s, "m3dnode_index_rows{table=\"patients\"}"), 1.0);
+    assert_eq!(
+        metric_sample(&s, "m3dnode_index_rows{table=\"series\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric_sample(&s, "m3dnode_index_rows{table=\"studies\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric_sample(&s, "m3dnode_index_rows{table=\"patients\"}"),
+        1.0
+    );
     for state in ["queued", "running", "done", "failed"] {
         assert_eq!(
-            sample(&s, &format!("m3dnode_jobs{{state=\"{state}\"}}")),
+            metric_sample(&s, &format!("m3dnode_jobs{{state=\"{state}\"}}")),
             0.0
         );
     }
-    assert!(sample(&s, "m3dnode_storage_free_bytes") > 0.0);
+    assert!(metric_sample(&s, "m3dnode_storage_free_bytes") > 0.0);
     // Nothing failed, nothing was refused yet.
     for (key, v) in &s {
         if key.starts_with("m3dnode_instances_failed_total")
@@ -258,23 +252,23 @@ fn a_storescu_transfer_is_counted_exactly() {
 #[test]
 fn refusals_are_counted_by_reason_without_the_peers_ae_title() {
     let r = scenario();
-    let s = samples(&r.after_rejects);
+    let s = metric_samples(&r.after_rejects);
     assert_eq!(
-        sample(
+        metric_sample(
             &s,
             "m3dnode_associations_rejected_total{reason=\"called_ae\"}"
         ),
         1.0
     );
     assert_eq!(
-        sample(
+        metric_sample(
             &s,
             "m3dnode_associations_rejected_total{reason=\"calling_ae\"}"
         ),
         1.0
     );
     // Refused requests are not associations.
-    assert_eq!(sample(&s, "m3dnode_associations_total"), 1.0);
+    assert_eq!(metric_sample(&s, "m3dnode_associations_total"), 1.0);
     assert!(
         !r.after_rejects.contains(r.unknown_ae) && !r.after_rejects.contains("NOTUS"),
         "a peer's AE title became a label value:\n{}",
@@ -285,19 +279,22 @@ fn refusals_are_counted_by_reason_without_the_peers_ae_title() {
 #[test]
 fn a_second_node_shares_the_recorder_and_counts_a_refused_store_by_status() {
     let r = scenario();
-    let s = samples(&r.after_failure);
+    let s = metric_samples(&r.after_failure);
     assert_eq!(
-        sample(&s, "m3dnode_instances_failed_total{status=\"0xA700\"}"),
+        metric_sample(&s, "m3dnode_instances_failed_total{status=\"0xA700\"}"),
         1.0
     );
     // The counters are the process's: the first node's instances are still there.
     assert_eq!(
-        sample(&s, "m3dnode_instances_stored_total"),
+        metric_sample(&s, "m3dnode_instances_stored_total"),
         files().len() as f64
     );
-    assert_eq!(sample(&s, "m3dnode_associations_total"), 2.0);
+    assert_eq!(metric_sample(&s, "m3dnode_associations_total"), 2.0);
     // The gauges are the storage's that was rendered: the second node stored nothing.
-    assert_eq!(sample(&s, "m3dnode_index_rows{table=\"instances\"}"), 0.0);
+    assert_eq!(
+        metric_sample(&s, "m3dnode_index_rows{table=\"instances\"}"),
+        0.0
+    );
 }
 
 /// promtool (Debian `prometheus`) parses the text and lints names, types and help texts.

@@ -754,3 +754,22 @@ pub fn retrieve_study(
             &node.port(),
         ]))
 }
+
+/// Samples of a Prometheus text exposition: `name{labels}` (as written) -> value.
+pub fn metric_samples(rendered: &str) -> std::collections::BTreeMap<String, f64> {
+    rendered
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (key, value) = l.rsplit_once(' ').unwrap();
+            (key.to_string(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+/// One sample of [`metric_samples`]; panics, listing them, when it is missing.
+pub fn metric_sample(samples: &std::collections::BTreeMap<String, f64>, key: &str) -> f64 {
+    *samples
+        .get(key)
+        .unwrap_or_else(|| panic!("no sample `{key}` in:\n{samples:#?}"))
+}
