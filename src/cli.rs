@@ -349,24 +349,38 @@ struct ReconArgs {
     #[arg(long, value_enum, default_value_t = crate::route::Pipeline::Iso)]
     pipeline: crate::route::Pipeline,
     /// What to segment: ct-bone (300 HU), ct-skin (-300 HU), mr-head, otsu, mask (0.5), or an
-    /// iso value in modality units (negative ones too: `--preset -142.5`).
+    /// iso value in modality units (negative ones too: `--preset -142.5`). Repeat it for
+    /// several structures (`--preset ct-bone --preset ct-skin`), each its own mesh.
     #[arg(long, default_value = "ct-bone", allow_negative_numbers = true)]
-    preset: crate::recon::iso::Preset,
-    /// Mesh output; the format follows the extension: .stl (binary, or ASCII with --ascii),
-    /// .ply (binary), .obj.
+    preset: Vec<crate::recon::iso::Preset>,
+    /// Output. A file with a mesh extension (.stl, binary or ASCII with --ascii; .ply; .obj)
+    /// for one structure; a directory (existing, or ending in `/`) for several structures or
+    /// with --format: one mesh file per structure (`bone.stl`) and the DICOM objects of each
+    /// format (`stl-bone.dcm`, `obj-bone.dcm` + `mtl-bone.dcm`, `surface-seg.dcm`).
     #[arg(long, short)]
     output: PathBuf,
-    /// Also write the Encapsulated STL DICOM object here.
+    /// DICOM objects to write into the output directory: stl, obj, surface-seg
+    /// (comma-separated or repeated).
+    #[arg(long, value_delimiter = ',')]
+    format: Vec<crate::i15_stub::Format>,
+    /// Also write the Encapsulated STL DICOM object here (one structure).
     #[arg(long)]
     dicom: Option<PathBuf>,
+    /// Which connected pieces to keep: largest, all, inside-body (default: the preset's,
+    /// inside-body for ct-bone, largest otherwise).
+    #[arg(long, value_enum)]
+    keep: Option<crate::i15_stub::Keep>,
+    /// Drop pieces enclosing less than this many mm³.
+    #[arg(long)]
+    min_size_mm3: Option<f64>,
     /// Series Instance UID to use when the folder holds several series.
     #[arg(long)]
     series: Option<String>,
     /// Gaussian pre-smoothing sigma in mm.
     #[arg(long)]
     smooth: Option<f64>,
-    /// Keep every component larger than 100 triangles, not only the largest.
-    #[arg(long)]
+    /// The same as `--keep all`.
+    #[arg(long, conflicts_with = "keep")]
     all_components: bool,
     /// No Taubin smoothing of the mesh.
     #[arg(long)]
@@ -564,7 +578,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::Recon(args) => tokio::task::spawn_blocking(move || recon(*args)).await?,
+        // The data's faults (no series, a missing slice, an empty surface) are failures of
+        // the command, exit 1; exit 2 stays for usage.
+        Command::Recon(args) => match tokio::task::spawn_blocking(move || recon(*args)).await? {
+            Err(e) if e.downcast_ref::<Usage>().is_none() => {
+                eprintln!("m3dnode: {e:#}");
+                Ok(ExitCode::from(1))
+            }
+            other => other,
+        },
         Command::Views(args) => tokio::task::spawn_blocking(move || views(*args, false)).await?,
         Command::Bench(BenchCommand::Views(args)) => {
             tokio::task::spawn_blocking(move || views(*args, true)).await?
@@ -1122,13 +1144,74 @@ fn peak_rss_mib() -> f64 {
     usage.ru_maxrss as f64 / 1024.0
 }
 
+/// A usage error of an offline command (exit 2); its other errors are failures (exit 1).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Usage(String);
+
 fn recon(args: ReconArgs) -> Result<ExitCode> {
-    use crate::recon::iso::{self, IsoOptions, Stage};
+    use crate::recon::iso::{self, Stage};
+    use crate::route::{RuleConfig, StructureConfig};
     let started = std::time::Instant::now();
     if args.pipeline != crate::route::Pipeline::Iso {
-        anyhow::bail!(
-            "--pipeline mvdiffusion: offline, only the iso pipeline is available (use `m3dnode views` and `m3dnode neus`)"
-        );
+        return Err(Usage(
+            "--pipeline mvdiffusion: offline, only the iso pipeline is available (use `m3dnode views` and `m3dnode neus`)".into(),
+        )
+        .into());
+    }
+    let to_dir = args.preset.len() > 1
+        || !args.format.is_empty()
+        || args.output.is_dir()
+        || args.output.as_os_str().to_string_lossy().ends_with('/');
+    let ext = args
+        .output
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if !to_dir && !matches!(ext.as_str(), "stl" | "ply" | "obj") {
+        return Err(Usage(format!(
+            "-o {}: unknown mesh format `.{ext}` (use .stl, .ply or .obj, or a directory ending in /)",
+            args.output.display()
+        ))
+        .into());
+    }
+    if to_dir && args.dicom.is_some() {
+        return Err(Usage(
+            "--dicom names one object; with a directory output use --format stl".into(),
+        )
+        .into());
+    }
+    let keep = if args.all_components {
+        Some(crate::i15_stub::Keep::All)
+    } else {
+        args.keep
+    };
+    let rule = RuleConfig {
+        smooth_sigma_mm: args.smooth,
+        structures: args
+            .preset
+            .iter()
+            .map(|&preset| StructureConfig {
+                preset,
+                label: None,
+                color: None,
+                opacity: None,
+                keep,
+                min_size_mm3: args.min_size_mm3,
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let mut structures = crate::route::compile_structures(&rule, crate::recon::iso::Preset::CtBone)
+        .map_err(|(key, message)| Usage(format!("--{key}: {message}")))?;
+    for s in &mut structures {
+        if args.no_taubin {
+            s.iso.taubin = None;
+        }
+        if args.no_simplify {
+            s.iso.simplify = None;
+        }
     }
     let assemble = crate::volume::AssembleOptions {
         gaps: args.gaps,
@@ -1144,19 +1227,8 @@ fn recon(args: ReconArgs) -> Result<ExitCode> {
     for w in &vol.warnings {
         progress.println(&format!("warning: {w}"));
     }
-    let mut opts = IsoOptions {
-        preset: args.preset,
-        smooth_sigma_mm: args.smooth,
-        keep_largest: !args.all_components,
-        ..Default::default()
-    };
-    if args.no_taubin {
-        opts.taubin = None;
-    }
-    if args.no_simplify {
-        opts.simplify = None;
-    }
-    let result = iso::reconstruct(&vol, &opts, &mut |stage| {
+    let opts: Vec<_> = structures.iter().map(|s| s.iso.clone()).collect();
+    let results = iso::reconstruct_all(&vol, &opts, &mut |_, stage| {
         progress.stage(match stage {
             Stage::Segment => "segmenting",
             Stage::Surface => "marching cubes",
@@ -1166,50 +1238,130 @@ fn recon(args: ReconArgs) -> Result<ExitCode> {
         })
     })?;
     progress.stage("writing");
-    let stl = crate::mesh::write_stl_binary(&result.mesh, &result.description);
-    let ext = args
-        .output
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let bytes = match ext.as_str() {
-        "stl" if args.ascii => crate::mesh::write_stl_ascii(&result.mesh, "m3dnode").into_bytes(),
-        "stl" => stl.clone(),
-        "ply" => crate::mesh::write_ply(&result.mesh),
-        "obj" => crate::mesh::write_obj(&result.mesh).into_bytes(),
-        other => anyhow::bail!(
-            "-o {}: unknown mesh format `.{other}` (use .stl, .ply or .obj)",
-            args.output.display()
-        ),
-    };
-    std::fs::write(&args.output, bytes)
-        .with_context(|| format!("writing {}", args.output.display()))?;
-    if let Some(path) = &args.dicom {
-        let obj = crate::encap::from_reconstruction(
-            &vol,
-            &result.description,
-            &result.metrics,
-            &stl,
-            &crate::encap::ResultIds::default(),
-        )?;
-        obj.write_to_file(path)
-            .with_context(|| format!("writing {}", path.display()))?;
+    if to_dir {
+        write_recon_dir(&args, &vol, &structures, &results)?;
+    } else if let Some(result) = results.first() {
+        let stl = crate::mesh::write_stl_binary(&result.mesh, &result.description);
+        let bytes = match ext.as_str() {
+            "stl" if args.ascii => {
+                crate::mesh::write_stl_ascii(&result.mesh, "m3dnode").into_bytes()
+            }
+            "ply" => crate::mesh::write_ply(&result.mesh),
+            "obj" => crate::mesh::write_obj(&result.mesh).into_bytes(),
+            _ => stl.clone(),
+        };
+        std::fs::write(&args.output, bytes)
+            .with_context(|| format!("writing {}", args.output.display()))?;
+        if let Some(path) = &args.dicom {
+            let obj = crate::encap::from_reconstruction(
+                &vol,
+                &result.description,
+                &result.metrics,
+                &stl,
+                &crate::encap::ResultIds::default(),
+            )?;
+            obj.write_to_file(path)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
     }
     progress.finish();
-    let m = &result.metrics;
-    println!(
-        "{}: {} triangles, {} vertices, volume {:.0} mm3, area {:.0} mm2, watertight {}, manifold {}, {:.2} s",
-        result.description,
-        m.triangles,
-        m.vertices,
-        m.volume_mm3,
-        m.area_mm2,
-        if m.watertight { "yes" } else { "no" },
-        if m.manifold { "yes" } else { "no" },
-        started.elapsed().as_secs_f64()
-    );
+    let seconds = started.elapsed().as_secs_f64();
+    for r in &results {
+        let m = &r.metrics;
+        println!(
+            "{}: {} triangles, {} vertices, volume {:.0} mm3, area {:.0} mm2, watertight {}, manifold {}, {:.2} s",
+            r.description,
+            m.triangles,
+            m.vertices,
+            m.volume_mm3,
+            m.area_mm2,
+            if m.watertight { "yes" } else { "no" },
+            if m.manifold { "yes" } else { "no" },
+            seconds
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `recon -o DIR/`: a mesh file per structure and the DICOM objects of each `--format`.
+fn write_recon_dir(
+    args: &ReconArgs,
+    vol: &crate::volume::Volume,
+    structures: &[crate::route::Structure],
+    results: &[crate::recon::iso::IsoResult],
+) -> Result<()> {
+    use crate::i15_stub::{Format, ObjectKind, StructureMesh};
+    let dir = &args.output;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let names: Vec<String> = structures.iter().map(|s| file_stem(&s.label)).collect();
+    for (name, r) in names.iter().zip(results) {
+        let path = dir.join(format!("{name}.stl"));
+        std::fs::write(&path, crate::mesh::write_stl_binary(&r.mesh, &r.description))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let formats = if args.format.is_empty() {
+        vec![Format::Stl]
+    } else {
+        args.format.clone()
+    };
+    let algorithms: Vec<String> = results
+        .iter()
+        .map(|r| format!("m3dnode iso {}", r.description))
+        .collect();
+    let meshes: Vec<StructureMesh<'_>> = structures
+        .iter()
+        .zip(results)
+        .zip(&algorithms)
+        .map(|((s, r), algorithm)| StructureMesh {
+            label: &s.label,
+            description: &r.description,
+            colour: s.colour,
+            opacity: s.opacity,
+            mesh: &r.mesh,
+            metrics: &r.metrics,
+            comment: crate::series::jobs::metrics_comment(&r.metrics),
+            algorithm,
+        })
+        .collect();
+    let built = crate::i15_stub::build_results(
+        vol,
+        &meshes,
+        &formats,
+        &crate::encap::ResultIds::default(),
+    )?;
+    for b in built {
+        let file = match (b.kind, b.structure.and_then(|i| names.get(i))) {
+            (ObjectKind::SurfaceSeg, _) | (_, None) => "surface-seg.dcm".to_string(),
+            (ObjectKind::Stl, Some(n)) => format!("stl-{n}.dcm"),
+            (ObjectKind::Obj, Some(n)) => format!("obj-{n}.dcm"),
+            (ObjectKind::Mtl, Some(n)) => format!("mtl-{n}.dcm"),
+        };
+        let path = dir.join(file);
+        b.object
+            .write_to_file(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// A structure label as a file name: lower case, letters and digits, `-` for the rest.
+fn file_stem(label: &str) -> String {
+    let stem: String = label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let stem = stem.trim_matches('-').to_string();
+    if stem.is_empty() {
+        "surface".into()
+    } else {
+        stem
+    }
 }
 
 /// A spinner on a terminal; silent otherwise (scripts and tests read stdout only).

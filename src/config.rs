@@ -214,6 +214,12 @@ impl Config {
             }
             parse_host_port(&peer.address)
                 .map_err(|m| invalid(&format!("peers[{i}].address"), m))?;
+            if peer.formats.is_empty() {
+                return Err(invalid(
+                    &format!("peers[{i}].formats"),
+                    "name at least one of stl, obj, surface-seg (or leave it out for stl)".into(),
+                ));
+            }
         }
         if !(self.series.quiet_seconds >= 0.0 && self.series.quiet_seconds.is_finite()) {
             return Err(invalid(
@@ -541,12 +547,12 @@ mod tests {
         let names: Vec<&str> = compiled.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["a", "rule 2", "rule 3"]);
         assert_eq!(compiled[0].assemble.gaps, GapPolicy::Interpolate);
-        assert_eq!(compiled[2].iso.preset, Preset::CtBone);
+        assert_eq!(compiled[2].structures[0].iso.preset, Preset::CtBone);
         // A changed rule is noticed, and validate compiles it again.
         cfg.rules[2].modality = Some("MR".into());
         assert!(!cfg.rules_are_compiled());
         cfg.validate().unwrap();
-        assert_eq!(cfg.compiled_rules()[2].iso.preset, Preset::MrHead);
+        assert_eq!(cfg.compiled_rules()[2].structures[0].iso.preset, Preset::MrHead);
     }
 
     #[test]

@@ -189,17 +189,37 @@ impl Db {
         })
     }
 
-    /// Marks a job done and queues its result's deliveries, in one transaction: a crash
-    /// between the two would lose the deliveries of a done job.
+    /// Marks a job done, records the objects it made and queues their deliveries, in one
+    /// transaction: a crash between them would lose the deliveries of a done job.
     pub fn finish_job(
         &self,
         job_id: i64,
         summary: &str,
-        deliveries: &super::NewDeliveries<'_>,
+        objects: &[super::ResultObject<'_>],
+        deliveries: &[super::NewDeliveries<'_>],
     ) -> Result<(), DbError> {
         self.with(|c| {
             let tx = c.unchecked_transaction()?;
-            super::outbox::enqueue(&tx, Some(job_id), deliveries)?;
+            for d in deliveries {
+                super::outbox::enqueue(&tx, Some(job_id), d)?;
+            }
+            for o in objects {
+                tx.execute(
+                    "INSERT INTO result_objects (job_id, sop_instance_uid, kind, structure, label, colour, opacity)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (job_id, sop_instance_uid) DO UPDATE SET kind = ?3, structure = ?4,
+                         label = ?5, colour = ?6, opacity = ?7",
+                    params![
+                        job_id,
+                        o.sop_instance_uid,
+                        o.kind,
+                        o.structure.map(|s| s as i64),
+                        o.label,
+                        o.colour,
+                        o.opacity.map(f64::from)
+                    ],
+                )?;
+            }
             tx.execute(
                 "UPDATE jobs SET state = ?4, finished_at = ?2, error = NULL, summary = ?3 WHERE id = ?1",
                 params![job_id, now(), summary, JobState::Done],

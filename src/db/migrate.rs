@@ -6,6 +6,7 @@
 //! | 1 | the tables of the releases before versioning (`migrations/0001_initial.sql`) |
 //! | 2 | the query index (`migrations/0002_query_index.sql`), back-filled from the files |
 //! | 3 | each series' calling AE title and first arrival (`migrations/0003_series_origin.sql`) |
+//! | 4 | the objects each job made, with their structure's label and colour (`migrations/0004_result_objects.sql`) |
 //!
 //! Each migration runs in its own transaction and sets `user_version` in it, so a crash leaves
 //! the storage at one version or the next. The one exception is migration 2's back-fill, which
@@ -26,7 +27,7 @@ use super::{DbError, in_transaction, instances};
 use crate::store::header;
 
 /// The schema this binary writes.
-pub const LATEST_VERSION: i64 = 3;
+pub const LATEST_VERSION: i64 = 4;
 
 /// How a migration runs.
 #[derive(Debug, Clone)]
@@ -92,6 +93,12 @@ pub fn run(c: &Connection, path: &Path, root: &Path, opts: &MigrateOptions) -> R
         in_transaction(c, |c| {
             c.execute_batch(include_str!("migrations/0003_series_origin.sql"))?;
             set_version(c, 3)
+        })?;
+    }
+    if found < 4 {
+        in_transaction(c, |c| {
+            c.execute_batch(include_str!("migrations/0004_result_objects.sql"))?;
+            set_version(c, 4)
         })?;
     }
     Ok(())

@@ -40,7 +40,7 @@ pub use migrate::{LATEST_VERSION, MigrateOptions};
 pub use outbox::{DueDelivery, OutboxRow};
 pub use state::{DeliveryState, JobState, SeriesState};
 pub use stats::{IndexStats, StatsReader};
-pub use status::{DestinationStatus, ResultStatus, SeriesStatus};
+pub use status::{DestinationStatus, ResultMesh, ResultStatus, SeriesStatus};
 pub use work::{NewSeriesWork, SeriesWork};
 
 /// Deliveries of one stored instance to its destinations.
@@ -54,6 +54,23 @@ pub struct NewDeliveries<'a> {
     pub destinations: &'a [(String, String)],
     /// Seconds from now after which a row that keeps failing is given up.
     pub deadline_seconds: f64,
+}
+
+/// One object a job made (table `result_objects`).
+#[derive(Debug, Clone)]
+pub struct ResultObject<'a> {
+    /// Its SOP Instance UID.
+    pub sop_instance_uid: &'a str,
+    /// `stl`, `obj`, `mtl` or `surface-seg`.
+    pub kind: &'a str,
+    /// The structure it shows (index in the rule), `None` for an object holding them all.
+    pub structure: Option<usize>,
+    /// The structure's label.
+    pub label: Option<&'a str>,
+    /// Its recommended display colour, sRGB `#rrggbb`.
+    pub colour: Option<&'a str>,
+    /// Its recommended opacity, 0 to 1.
+    pub opacity: Option<f32>,
 }
 
 /// Index failures.

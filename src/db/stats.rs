@@ -162,12 +162,13 @@ mod tests {
         db.finish_job(
             running.id,
             "ok",
-            &NewDeliveries {
+            &[],
+            &[NewDeliveries {
                 sop_instance_uid: "1.2.9.1",
                 path: "a/b/c.dcm",
                 destinations: &destinations,
                 deadline_seconds: 60.0,
-            },
+            }],
         )
         .unwrap();
         db.enqueue_deliveries(&NewDeliveries {

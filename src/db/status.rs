@@ -63,6 +63,24 @@ pub struct ResultStatus {
     pub patient_name: Option<String>,
     /// Patient ID (for authenticated viewers only).
     pub patient_id: Option<String>,
+    /// Its Encapsulated STL objects, one per structure, in structure order; for a job done
+    /// before the node recorded its objects (schema 3), the one result instance.
+    pub meshes: Vec<ResultMesh>,
+}
+
+/// One structure's surface of a result, as the status page previews it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResultMesh {
+    /// The Encapsulated STL instance.
+    pub sop_instance_uid: String,
+    /// The structure's label (`None` for results made before labels).
+    pub label: Option<String>,
+    /// Recommended display colour, sRGB `#rrggbb`.
+    pub colour: Option<String>,
+    /// Recommended opacity, 0 to 1.
+    pub opacity: Option<f64>,
+    /// Whether the instance is in the index (it is unless deleted by hand).
+    pub stored: bool,
 }
 
 /// The outstanding deliveries of one destination.
@@ -117,8 +135,9 @@ impl Db {
     /// The results of the `limit` most recent done jobs, newest first.
     pub fn recent_results(&self, limit: usize) -> Result<Vec<ResultStatus>, DbError> {
         self.with(|c| {
-            c.prepare_cached(
-                "SELECT j.id, j.series_instance_uid, j.rule, j.version, j.result_sop_instance_uid,
+            let mut results = c
+                .prepare_cached(
+                    "SELECT j.id, j.series_instance_uid, j.rule, j.version, j.result_sop_instance_uid,
                         j.summary, j.finished_at, i.sop_instance_uid IS NOT NULL, s.modality,
                         p.name, p.patient_id
                  FROM jobs j
@@ -127,23 +146,54 @@ impl Db {
                  LEFT JOIN studies t ON t.study_uid = s.study_uid
                  LEFT JOIN patients p ON p.pk = t.patient_pk
                  WHERE j.state = ?1 ORDER BY j.id DESC LIMIT ?2",
-            )?
-            .query_map(params![JobState::Done, limit as i64], |r| {
-                Ok(ResultStatus {
-                    job_id: r.get(0)?,
-                    series_uid: r.get(1)?,
-                    rule: r.get(2)?,
-                    version: r.get(3)?,
-                    sop_instance_uid: r.get(4)?,
-                    summary: r.get(5)?,
-                    finished_at: r.get(6)?,
-                    stored: r.get(7)?,
-                    modality: r.get(8)?,
-                    patient_name: r.get(9)?,
-                    patient_id: r.get(10)?,
-                })
-            })?
-            .collect()
+                )?
+                .query_map(params![JobState::Done, limit as i64], |r| {
+                    Ok(ResultStatus {
+                        job_id: r.get(0)?,
+                        series_uid: r.get(1)?,
+                        rule: r.get(2)?,
+                        version: r.get(3)?,
+                        sop_instance_uid: r.get(4)?,
+                        summary: r.get(5)?,
+                        finished_at: r.get(6)?,
+                        stored: r.get(7)?,
+                        modality: r.get(8)?,
+                        patient_name: r.get(9)?,
+                        patient_id: r.get(10)?,
+                        meshes: Vec::new(),
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            // One indexed lookup per result (primary key prefix): `limit` is small.
+            let mut meshes = c.prepare_cached(
+                "SELECT o.sop_instance_uid, o.label, o.colour, o.opacity, i.sop_instance_uid IS NOT NULL
+                 FROM result_objects o
+                 LEFT JOIN instances i ON i.sop_instance_uid = o.sop_instance_uid
+                 WHERE o.job_id = ?1 AND o.kind = 'stl' ORDER BY o.structure",
+            )?;
+            for r in &mut results {
+                r.meshes = meshes
+                    .query_map([r.job_id], |row| {
+                        Ok(ResultMesh {
+                            sop_instance_uid: row.get(0)?,
+                            label: row.get(1)?,
+                            colour: row.get(2)?,
+                            opacity: row.get(3)?,
+                            stored: row.get(4)?,
+                        })
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                if r.meshes.is_empty() {
+                    r.meshes.push(ResultMesh {
+                        sop_instance_uid: r.sop_instance_uid.clone(),
+                        label: None,
+                        colour: None,
+                        opacity: None,
+                        stored: r.stored,
+                    });
+                }
+            }
+            Ok(results)
         })
     }
 
@@ -272,7 +322,7 @@ mod tests {
             destinations: &[],
             deadline_seconds: 60.0,
         };
-        db.finish_job(first.id, "bone: 12 triangles", &none)
+        db.finish_job(first.id, "bone: 12 triangles", &[], &[none])
             .unwrap();
         db.fail_job(second.id, "no usable image stack").unwrap();
         let results = db.recent_results(10).unwrap();

@@ -206,9 +206,22 @@ pub(super) async fn results(
     Query(limit): Query<Limit>,
 ) -> Response {
     list(&app, limit, crate::db::Db::recent_results, "results", |r| {
-        let mesh = r
-            .stored
-            .then(|| format!("/api/results/{}/mesh.stl", r.sop_instance_uid));
+        // One preview layer per structure, in its recommended colour and opacity.
+        let meshes: Vec<Value> = r
+            .meshes
+            .iter()
+            .filter(|m| m.stored)
+            .map(|m| {
+                json!({
+                    "url": format!("/api/results/{}/mesh.stl", m.sop_instance_uid),
+                    "sop_instance_uid": m.sop_instance_uid,
+                    "label": m.label,
+                    "colour": m.colour,
+                    "opacity": m.opacity,
+                })
+            })
+            .collect();
+        let mesh = meshes.first().and_then(|m| m["url"].as_str().map(String::from));
         let row = json!({
             "job_id": r.job_id,
             "series_uid": r.series_uid,
@@ -219,6 +232,7 @@ pub(super) async fn results(
             "finished_at": r.finished_at,
             "modality": r.modality,
             "mesh": mesh,
+            "meshes": meshes,
         });
         with_patient(row, viewer, r.patient_name, r.patient_id)
     })

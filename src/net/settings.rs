@@ -115,6 +115,14 @@ pub struct PeerConfig {
     /// refused to AE titles that are not listed in `[[peers]]` at all.
     #[serde(default = "Service::all")]
     pub may: Vec<Service>,
+    /// The mesh objects this peer gets when it is a rule's destination (`stl`, `obj`,
+    /// `surface-seg`); default Encapsulated STL only, which every M3D-aware viewer reads.
+    #[serde(default = "default_formats")]
+    pub formats: Vec<crate::i15_stub::Format>,
+}
+
+fn default_formats() -> Vec<crate::i15_stub::Format> {
+    vec![crate::i15_stub::Format::Stl]
 }
 
 /// The peer entry for an AE title, if any.

@@ -109,6 +109,10 @@ pub struct IsoOptions {
     pub simplify: Option<SimplifyOptions>,
     /// Marching cubes threads (`None` = rayon's pool, all cores).
     pub threads: Option<usize>,
+    /// TEMP (lead stub)
+    pub keep: Option<crate::i15_stub::Keep>,
+    /// TEMP (lead stub)
+    pub min_component_mm3: f64,
 }
 
 impl Default for IsoOptions {
@@ -125,6 +129,8 @@ impl Default for IsoOptions {
                 lock_border: false,
             }),
             threads: None,
+            keep: None,
+            min_component_mm3: 50.0,
         }
     }
 }
@@ -299,4 +305,17 @@ mod tests {
         );
         assert_eq!(describe(Preset::Mask, 0.5, "MR"), "Mask surface, iso 0.5");
     }
+}
+
+/// TEMP (lead stub)
+pub fn reconstruct_all(
+    vol: &Volume,
+    structures: &[IsoOptions],
+    progress: &mut dyn FnMut(usize, Stage),
+) -> Result<Vec<IsoResult>, ReconError> {
+    structures
+        .iter()
+        .enumerate()
+        .map(|(i, o)| reconstruct(vol, o, &mut |s| progress(i, s)))
+        .collect()
 }

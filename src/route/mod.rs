@@ -14,6 +14,7 @@ use regex::Regex;
 use serde::Deserialize;
 
 use crate::net::settings::{PeerConfig, find_peer};
+use crate::i15_stub::{Cielab, Format, Keep};
 use crate::recon::iso::{IsoOptions, Preset};
 use crate::recon::mvdiffusion::{KeySlice, RunOptions, Windowing};
 use crate::recon::neus::NeusProfile;
@@ -58,8 +59,12 @@ pub struct RuleConfig {
     /// mvdiffusion: NeuS optimisation steps, overriding the profile's.
     pub neus_steps: Option<usize>,
     /// Preset of the iso pipeline (`ct-bone`, `ct-skin`, `mr-head`, `otsu`, `mask` or a
-    /// number); default `ct-bone` for CT, `mr-head` otherwise.
+    /// number); default `ct-bone` for CT, `mr-head` otherwise. The short form of one
+    /// structure with the preset's label, colour and keep policy; `structures` is the long one.
     pub preset: Option<Preset>,
+    /// `[[rules.structures]]`: the surfaces of the iso pipeline, each its own mesh in the
+    /// result (e.g. bone and skin of a CT head). Excludes `preset`.
+    pub structures: Vec<StructureConfig>,
     /// Gaussian pre-smoothing in mm.
     pub smooth_sigma_mm: Option<f64>,
     /// Missing slices: `fail` (default) or `interpolate`.
@@ -76,6 +81,60 @@ pub struct RuleConfig {
     pub send_to: Vec<String>,
     /// Also send the result to the AE that sent the series (it must be in `[[peers]]`).
     pub reply_to_sender: bool,
+}
+
+/// `[[rules.structures]]`: one surface of a result.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StructureConfig {
+    /// What to segment (as `[[rules]] preset`).
+    pub preset: Preset,
+    /// Segment label and file name part, e.g. `Bone`; default from the preset.
+    pub label: Option<String>,
+    /// Recommended display colour, `"#rrggbb"` or CIELab `[L, a, b]`; default from the preset.
+    pub color: Option<Cielab>,
+    /// Recommended opacity, 0 to 1; default 1, or 0.4 for skin beside other structures
+    /// (so that what is under it shows).
+    pub opacity: Option<f32>,
+    /// Which connected pieces to keep: `largest`, `all` or `inside-body`; default from the
+    /// preset (`inside-body` for bone, `largest` otherwise).
+    pub keep: Option<Keep>,
+    /// Pieces enclosing less than this many mm³ are dropped.
+    pub min_size_mm3: Option<f64>,
+}
+
+/// One compiled structure of a rule.
+#[derive(Debug, Clone)]
+pub struct Structure {
+    /// Segment label, unique within the rule.
+    pub label: String,
+    /// Recommended display colour.
+    pub colour: Cielab,
+    /// Recommended opacity, 0 to 1.
+    pub opacity: f32,
+    /// How to make its surface.
+    pub iso: IsoOptions,
+}
+
+/// A destination of a rule's results, with the formats it is sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Destination {
+    /// AE title.
+    pub ae_title: String,
+    /// `host:port`.
+    pub address: String,
+    /// The mesh objects it gets (`[[peers]] formats`).
+    pub formats: Vec<Format>,
+}
+
+impl Destination {
+    fn of(peer: &PeerConfig) -> Destination {
+        Destination {
+            ae_title: peer.ae_title.clone(),
+            address: peer.address.clone(),
+            formats: peer.formats.clone(),
+        }
+    }
 }
 
 /// A reconstruction pipeline (`[[rules]] pipeline`, `m3dnode recon --pipeline`).
@@ -98,14 +157,14 @@ pub struct Rule {
     pub name: String,
     config: RuleConfig,
     description: Option<Regex>,
-    /// Reconstruction settings.
-    pub iso: IsoOptions,
+    /// The surfaces of the `iso` pipeline, in order (at least one).
+    pub structures: Vec<Structure>,
     /// Set when the rule's pipeline is `mvdiffusion`; the iso settings are then unused.
     pub mvdiffusion: Option<MvDiffusionRule>,
     /// Assembly policies.
     pub assemble: AssembleOptions,
-    /// Destinations from `send_to`, as (AE title, host:port).
-    pub destinations: Vec<(String, String)>,
+    /// Destinations from `send_to`.
+    pub destinations: Vec<Destination>,
 }
 
 /// Two rules are equal when compiled from the same text: everything else in them follows
@@ -230,23 +289,18 @@ impl Rule {
             Pipeline::Iso => None,
             Pipeline::Mvdiffusion => Some(mvdiffusion_rule(rule)?),
         };
-        let preset = match rule.preset {
-            Some(p) => p,
-            None if rule.modality.as_deref() == Some("CT") => Preset::CtBone,
-            None => Preset::MrHead,
+        let default_preset = if rule.modality.as_deref() == Some("CT") {
+            Preset::CtBone
+        } else {
+            Preset::MrHead
         };
-        let mut iso = IsoOptions {
-            preset,
-            smooth_sigma_mm: rule.smooth_sigma_mm,
-            ..Default::default()
-        };
-        if iso
+        if rule
             .smooth_sigma_mm
             .is_some_and(|s| !(0.0..=20.0).contains(&s))
         {
             return Err(("smooth_sigma_mm", "must be between 0 and 20 mm".into()));
         }
-        iso.threads = None;
+        let structures = compile_structures(rule, default_preset)?;
         let assemble = AssembleOptions {
             gaps: rule.gaps,
             mixed: rule.mixed,
@@ -263,7 +317,7 @@ impl Rule {
         for ae in &rule.send_to {
             let peer =
                 find_peer(peers, ae).ok_or(("send_to", format!("`{ae}` is not in [[peers]]")))?;
-            destinations.push((peer.ae_title.clone(), peer.address.clone()));
+            destinations.push(Destination::of(peer));
         }
         if destinations.is_empty() && !rule.reply_to_sender {
             return Err((
@@ -275,7 +329,7 @@ impl Rule {
             name,
             config: rule.clone(),
             description,
-            iso,
+            structures,
             mvdiffusion,
             assemble,
             destinations,
@@ -324,17 +378,119 @@ impl Rule {
         &self,
         calling_ae: &str,
         peers: &[PeerConfig],
-    ) -> Result<Vec<(String, String)>, String> {
+    ) -> Result<Vec<Destination>, String> {
         let mut out = self.destinations.clone();
         if self.config.reply_to_sender {
             let peer = find_peer(peers, calling_ae).ok_or_else(|| {
                 format!("reply_to_sender: the sender `{calling_ae}` is not in [[peers]], so its address is unknown")
             })?;
-            if !out.iter().any(|(ae, _)| ae == &peer.ae_title) {
-                out.push((peer.ae_title.clone(), peer.address.clone()));
+            if !out.iter().any(|d| d.ae_title == peer.ae_title) {
+                out.push(Destination::of(peer));
             }
         }
         Ok(out)
+    }
+}
+
+/// The structures of a rule: `[[rules.structures]]`, or the one of `preset` (else the
+/// modality's default preset).
+pub fn compile_structures(
+    rule: &RuleConfig,
+    default_preset: Preset,
+) -> Result<Vec<Structure>, (&'static str, String)> {
+    let written = if rule.structures.is_empty() {
+        vec![StructureConfig {
+            preset: rule.preset.unwrap_or(default_preset),
+            label: None,
+            color: None,
+            opacity: None,
+            keep: None,
+            min_size_mm3: None,
+        }]
+    } else if rule.preset.is_some() {
+        return Err((
+            "preset",
+            "set either preset or [[rules.structures]], not both".into(),
+        ));
+    } else if rule.pipeline == Pipeline::Mvdiffusion {
+        return Err((
+            "structures",
+            "the mvdiffusion pipeline makes one surface; structures are for the iso pipeline"
+                .into(),
+        ));
+    } else {
+        rule.structures.clone()
+    };
+    if written.len() > MAX_STRUCTURES {
+        return Err((
+            "structures",
+            format!("at most {MAX_STRUCTURES} structures per rule"),
+        ));
+    }
+    let several = written.len() > 1;
+    let mut out: Vec<Structure> = Vec::with_capacity(written.len());
+    for s in written {
+        let (label, rgb) = preset_look(s.preset);
+        let label = s.label.clone().unwrap_or_else(|| label.to_string());
+        let label = label.trim().to_string();
+        if label.is_empty() || label.len() > 64 || label.chars().any(char::is_control) {
+            return Err((
+                "structures",
+                format!("label `{label}` must be 1 to 64 printable characters"),
+            ));
+        }
+        if out.iter().any(|o| o.label.eq_ignore_ascii_case(&label)) {
+            return Err((
+                "structures",
+                format!("two structures are labelled `{label}`; labels name the meshes and must differ"),
+            ));
+        }
+        let opacity = s.opacity.unwrap_or(if several && s.preset == Preset::CtSkin {
+            0.4
+        } else {
+            1.0
+        });
+        if !(0.0..=1.0).contains(&opacity) {
+            return Err(("structures", format!("opacity of `{label}` must be between 0 and 1")));
+        }
+        if s.min_size_mm3.is_some_and(|m| !(m >= 0.0 && m.is_finite())) {
+            return Err((
+                "structures",
+                format!("min_size_mm3 of `{label}` must be 0 or more"),
+            ));
+        }
+        let mut iso = IsoOptions {
+            preset: s.preset,
+            smooth_sigma_mm: rule.smooth_sigma_mm,
+            keep: s.keep,
+            ..Default::default()
+        };
+        if let Some(m) = s.min_size_mm3 {
+            iso.min_component_mm3 = m;
+        }
+        iso.threads = None;
+        out.push(Structure {
+            label,
+            colour: s.color.unwrap_or_else(|| Cielab::from_srgb(rgb)),
+            opacity,
+            iso,
+        });
+    }
+    Ok(out)
+}
+
+/// Structures a rule may ask for: each costs a marching cubes pass over the whole volume.
+pub const MAX_STRUCTURES: usize = 8;
+
+/// A preset's default label and colour (sRGB): 3D Slicer's bone and skin colours, which
+/// planning software users know.
+pub fn preset_look(preset: Preset) -> (&'static str, [u8; 3]) {
+    match preset {
+        Preset::CtBone => ("Bone", [241, 214, 145]),
+        Preset::CtSkin => ("Skin", [177, 122, 101]),
+        Preset::MrHead => ("Head", [177, 122, 101]),
+        Preset::Mask => ("Mask", [128, 174, 128]),
+        Preset::Otsu | Preset::Iso(_) => ("Surface", [216, 101, 79]),
     }
 }
 
@@ -391,12 +547,12 @@ mod tests {
         f.series_description = Some("soft tissue".into());
         let r = first_match(rules, &f).unwrap();
         assert_eq!(r.name, "any ct");
-        assert_eq!(r.iso.preset, Preset::CtSkin);
+        assert_eq!(r.structures[0].iso.preset, Preset::CtSkin);
         f.modality = Some("MR".into());
         assert!(first_match(rules, &f).is_none());
         f.calling_ae = "MR1".into();
         let r = first_match(rules, &f).unwrap();
-        assert_eq!(r.iso.preset, Preset::MrHead);
+        assert_eq!(r.structures[0].iso.preset, Preset::MrHead);
         assert!(
             r.destinations_for("MR1", &c.peers)
                 .unwrap_err()

@@ -21,7 +21,8 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, warn};
 
-use crate::db::{JobRow, NewDeliveries};
+use crate::db::{JobRow, NewDeliveries, ResultObject};
+use crate::i15_stub::{Cielab, Format, ObjectKind, StructureMesh, build_results};
 use crate::net::settings::PeerConfig;
 use crate::onnx::OrtSettings;
 use crate::recon::multiview::MultiviewOptions;
@@ -297,11 +298,113 @@ impl Workers {
             .collect();
         let vol = crate::volume::assemble(&paths, &rule.assemble)
             .map_err(|e| format!("no usable image stack: {e}"))?;
-        let (mesh, metrics, description) = match &rule.mvdiffusion {
+        let made = self.reconstruct(rule, &vol)?;
+        let structures: Vec<StructureMesh<'_>> = made
+            .iter()
+            .map(|m| StructureMesh {
+                label: &m.label,
+                description: &m.description,
+                colour: m.colour,
+                opacity: m.opacity,
+                mesh: &m.mesh,
+                metrics: &m.metrics,
+                comment: m.comment.clone(),
+                algorithm: &m.algorithm,
+            })
+            .collect();
+        let formats = formats_to_build(&destinations);
+        let ids = crate::encap::ResultIds {
+            series_instance_uid: Some(result_series),
+            sop_instance_uid: Some(job.result_sop_instance_uid.clone()),
+            instance_number: i32::try_from(job.version).unwrap_or(1),
+        };
+        let built = build_results(&vol, &structures, &formats, &ids)
+            .map_err(|e| format!("building the result objects failed: {e}"))?;
+        let mut paths = Vec::with_capacity(built.len());
+        for b in &built {
+            let stored = self
+                .store
+                .store_object(&b.object, &self.config.ae_title)
+                .map_err(|e| format!("storing the result failed: {e}"))?;
+            paths.push(
+                stored
+                    .path
+                    .strip_prefix(self.store.root())
+                    .unwrap_or(&stored.path)
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+        }
+        let summary = made
+            .iter()
+            .map(Made::summary)
+            .collect::<Vec<_>>()
+            .join("; ");
+        // Each object goes to the destinations that take its format.
+        let routed: Vec<Vec<(String, String)>> = built
+            .iter()
+            .map(|b| {
+                destinations
+                    .iter()
+                    .filter(|d| d.formats.contains(&b.format))
+                    .map(|d| (d.ae_title.clone(), d.address.clone()))
+                    .collect()
+            })
+            .collect();
+        let deliveries: Vec<NewDeliveries<'_>> = built
+            .iter()
+            .zip(&paths)
+            .zip(&routed)
+            .filter(|(_, to)| !to.is_empty())
+            .map(|((b, path), to)| NewDeliveries {
+                sop_instance_uid: &b.sop_instance_uid,
+                path,
+                destinations: to,
+                deadline_seconds: self.config.delivery_deadline_seconds,
+            })
+            .collect();
+        let colours: Vec<String> = made.iter().map(|m| m.colour.to_string()).collect();
+        let objects: Vec<ResultObject<'_>> = built
+            .iter()
+            .map(|b| ResultObject {
+                sop_instance_uid: &b.sop_instance_uid,
+                kind: kind_name(b.kind),
+                structure: b.structure,
+                label: b.structure.and_then(|i| made.get(i)).map(|m| m.label.as_str()),
+                colour: b.structure.and_then(|i| colours.get(i)).map(String::as_str),
+                opacity: b.structure.and_then(|i| made.get(i)).map(|m| m.opacity),
+            })
+            .collect();
+        index
+            .finish_job(job.id, &summary, &objects, &deliveries)
+            .map_err(|e| format!("recording the result failed: {e}"))?;
+        self.delivery.notify_one();
+        Ok(summary)
+    }
+
+    /// The rule's surfaces: each structure of the `iso` pipeline, or the one surface of the
+    /// model pipeline.
+    fn reconstruct(&self, rule: &Rule, vol: &crate::volume::Volume) -> Result<Vec<Made>, String> {
+        match &rule.mvdiffusion {
             None => {
-                let r = crate::recon::iso::reconstruct(&vol, &rule.iso, &mut |_| {})
+                let opts: Vec<_> = rule.structures.iter().map(|s| s.iso.clone()).collect();
+                let results = crate::recon::iso::reconstruct_all(vol, &opts, &mut |_, _| {})
                     .map_err(|e| e.to_string())?;
-                (r.mesh, r.metrics, r.description)
+                Ok(rule
+                    .structures
+                    .iter()
+                    .zip(results)
+                    .map(|(s, r)| Made {
+                        comment: iso_comment(&r),
+                        algorithm: format!("m3dnode iso {}", r.description),
+                        label: s.label.clone(),
+                        colour: s.colour,
+                        opacity: s.opacity,
+                        description: r.description,
+                        mesh: r.mesh,
+                        metrics: r.metrics,
+                    })
+                    .collect())
             }
             Some(mv) => {
                 let pipeline = self.models.get(&mv.model, &self.config.ort)?;
@@ -313,49 +416,93 @@ impl Workers {
                     run: mv.run.clone(),
                     neus,
                 };
-                let r = crate::recon::multiview::reconstruct(&vol, &pipeline, &opts)
+                let r = crate::recon::multiview::reconstruct(vol, &pipeline, &opts)
                     .map_err(|e| e.to_string())?;
-                (r.mesh, r.metrics, r.description)
+                let (label, rgb) = crate::route::preset_look(crate::recon::iso::Preset::Otsu);
+                Ok(vec![Made {
+                    comment: metrics_comment(&r.metrics),
+                    algorithm: "m3dnode mvdiffusion (six views, NeuS)".into(),
+                    label: label.into(),
+                    colour: Cielab::from_srgb(rgb),
+                    opacity: 1.0,
+                    description: r.description,
+                    mesh: r.mesh,
+                    metrics: r.metrics,
+                }])
             }
-        };
-        let stl = crate::mesh::write_stl_binary(&mesh, &description);
-        let ids = crate::encap::ResultIds {
-            series_instance_uid: Some(result_series),
-            sop_instance_uid: Some(job.result_sop_instance_uid.clone()),
-            instance_number: i32::try_from(job.version).unwrap_or(1),
-        };
-        let obj = crate::encap::from_reconstruction(&vol, &description, &metrics, &stl, &ids)
-            .map_err(|e| format!("building the Encapsulated STL object failed: {e}"))?;
-        let stored = self
-            .store
-            .store_object(&obj, &self.config.ae_title)
-            .map_err(|e| format!("storing the result failed: {e}"))?;
-        let rel = stored
-            .path
-            .strip_prefix(self.store.root())
-            .unwrap_or(&stored.path)
-            .to_string_lossy()
-            .into_owned();
-        let m = &metrics;
-        let summary = format!(
+        }
+    }
+}
+
+/// One surface a job made, with what describes it.
+struct Made {
+    label: String,
+    colour: Cielab,
+    opacity: f32,
+    description: String,
+    mesh: crate::mesh::Mesh,
+    metrics: crate::mesh::MeshMetrics,
+    comment: String,
+    algorithm: String,
+}
+
+impl Made {
+    fn summary(&self) -> String {
+        let m = &self.metrics;
+        format!(
             "{}: {} triangles, {:.0} mm3, watertight {}",
-            description,
+            self.description,
             m.triangles,
             m.volume_mm3,
             if m.watertight { "yes" } else { "no" }
-        );
-        let deliveries = NewDeliveries {
-            sop_instance_uid: &job.result_sop_instance_uid,
-            path: &rel,
-            destinations: &destinations,
-            deadline_seconds: self.config.delivery_deadline_seconds,
-        };
-        index
-            .finish_job(job.id, &summary, &deliveries)
-            .map_err(|e| format!("recording the result failed: {e}"))?;
-        self.delivery.notify_one();
-        Ok(summary)
+        )
     }
+}
+
+/// The formats to build for `destinations`: Encapsulated STL always (the status page and
+/// Query/Retrieve serve it), then each other format some destination takes.
+fn formats_to_build(destinations: &[crate::route::Destination]) -> Vec<Format> {
+    let mut formats = vec![Format::Stl];
+    for f in destinations.iter().flat_map(|d| &d.formats) {
+        if !formats.contains(f) {
+            formats.push(*f);
+        }
+    }
+    formats
+}
+
+fn kind_name(kind: ObjectKind) -> &'static str {
+    match kind {
+        ObjectKind::Stl => "stl",
+        ObjectKind::Obj => "obj",
+        ObjectKind::Mtl => "mtl",
+        ObjectKind::SurfaceSeg => "surface-seg",
+    }
+}
+
+/// The mesh metrics as free text, for the objects' comment.
+pub fn metrics_comment(m: &crate::mesh::MeshMetrics) -> String {
+    format!(
+        "triangles={} vertices={} volume_mm3={:.1} area_mm2={:.1} watertight={} manifold={} bbox_mm=[{:.1},{:.1},{:.1}]..[{:.1},{:.1},{:.1}]",
+        m.triangles,
+        m.vertices,
+        m.volume_mm3,
+        m.area_mm2,
+        m.watertight,
+        m.manifold,
+        m.bbox_min[0],
+        m.bbox_min[1],
+        m.bbox_min[2],
+        m.bbox_max[0],
+        m.bbox_max[1],
+        m.bbox_max[2]
+    )
+}
+
+/// The metrics and the pieces the keep policy dropped (volume and centre of each), for the
+/// objects' comment.
+fn iso_comment(r: &crate::recon::iso::IsoResult) -> String {
+    metrics_comment(&r.metrics)
 }
 
 /// The message of a panic payload (`panic!` with a literal or a formatted message).

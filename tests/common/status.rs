@@ -329,12 +329,13 @@ pub fn make_work(store: &Store, scratch: &Path, calling_ae: &str) -> Work {
         .finish_job(
             job.id,
             &summary,
-            &NewDeliveries {
+            &[],
+            &[NewDeliveries {
                 sop_instance_uid: &job.result_sop_instance_uid,
                 path: &rel,
                 destinations: &destinations,
                 deadline_seconds: 60.0,
-            },
+            }],
         )
         .unwrap();
     let rows = index.list_deliveries(10).unwrap();

@@ -163,7 +163,9 @@ function patientAxes(scene, center, length) {
   }
 }
 
-function preview(canvas, url, metrics) {
+// Every structure of a result (bone, skin, ...) is one layer, in its recommended colour and
+// opacity; the camera frames them all once the last has loaded.
+function preview(canvas, layers, metrics) {
   const renderer = new THREE.WebGLRenderer({ canvas, antialias: true, preserveDrawingBuffer: true });
   renderer.setPixelRatio(window.devicePixelRatio || 1);
   renderer.setSize(canvas.clientWidth || 320, canvas.clientHeight || 320, false);
@@ -178,16 +180,19 @@ function preview(canvas, url, metrics) {
   const controls = new OrbitControls(camera, canvas);
   const render = () => renderer.render(scene, camera);
   controls.addEventListener('change', render);
-  new STLLoader().load(url, (geometry) => {
-    geometry.computeVertexNormals();
-    geometry.computeBoundingBox();
-    const box = geometry.boundingBox;
+  const box = new THREE.Box3();
+  let pending = layers.length;
+  let triangles = 0;
+  const loaded = () => {
+    pending -= 1;
+    if (pending > 0) return;
+    if (box.isEmpty()) {
+      canvas.dataset.loaded = 'error';
+      return;
+    }
     const center = box.getCenter(new THREE.Vector3());
     const size = box.getSize(new THREE.Vector3());
     const r = Math.max(size.x, size.y, size.z) / 2 || 1;
-    scene.add(new THREE.Mesh(geometry, new THREE.MeshStandardMaterial({
-      color: 0xe9dfc8, roughness: 0.65, metalness: 0, side: THREE.DoubleSide,
-    })));
     patientAxes(scene, center, r * 1.3);
     // Seen from the front (anterior, -y), superior up: the patient's left is on the right.
     camera.position.set(center.x, center.y - r * 6, center.z);
@@ -197,12 +202,34 @@ function preview(canvas, url, metrics) {
     controls.target.copy(center);
     controls.update();
     render();
-    metrics('triangles', (geometry.attributes.position.count / 3).toLocaleString());
+    metrics('triangles', triangles.toLocaleString());
     metrics('size (L-R x A-P x S-I)', `${size.x.toFixed(1)} x ${size.y.toFixed(1)} x ${size.z.toFixed(1)} mm`);
     canvas.dataset.loaded = 'true';
-  }, undefined, (err) => {
-    canvas.dataset.loaded = 'error';
-    metrics('preview', `the mesh could not be loaded: ${err && err.message ? err.message : err}`);
+  };
+  layers.forEach((layer, i) => {
+    new STLLoader().load(layer.url, (geometry) => {
+      geometry.computeVertexNormals();
+      geometry.computeBoundingBox();
+      box.union(geometry.boundingBox);
+      triangles += geometry.attributes.position.count / 3;
+      const opacity = layer.opacity === null || layer.opacity === undefined ? 1 : layer.opacity;
+      const mesh = new THREE.Mesh(geometry, new THREE.MeshStandardMaterial({
+        color: layer.colour || '#e9dfc8',
+        roughness: 0.65,
+        metalness: 0,
+        side: THREE.DoubleSide,
+        transparent: opacity < 1,
+        opacity,
+        depthWrite: opacity >= 1,
+      }));
+      // Opaque layers first, then the see-through ones, so that skin shows the bone under it.
+      mesh.renderOrder = opacity < 1 ? 1 + i : 0;
+      scene.add(mesh);
+      loaded();
+    }, undefined, (err) => {
+      metrics('preview', `${layer.label || 'the mesh'} could not be loaded: ${err && err.message ? err.message : err}`);
+      loaded();
+    });
   });
   return () => {
     controls.dispose();
@@ -210,9 +237,25 @@ function preview(canvas, url, metrics) {
   };
 }
 
+// The structures of a result as a legend: a colour swatch and the label of each.
+function legend(layers) {
+  const ul = document.createElement('ul');
+  ul.className = 'legend';
+  for (const layer of layers) {
+    const li = document.createElement('li');
+    const swatch = document.createElement('span');
+    swatch.className = 'swatch';
+    swatch.style.background = layer.colour || '#e9dfc8';
+    li.append(swatch, document.createTextNode(layer.label || 'surface'));
+    li.dataset.colour = layer.colour || '';
+    ul.append(li);
+  }
+  return ul;
+}
+
 function drawResults(results) {
   const box = $('results');
-  const shown = results.filter((r) => r.mesh).slice(0, PREVIEWS);
+  const shown = results.filter((r) => r.meshes && r.meshes.length > 0).slice(0, PREVIEWS);
   const keep = new Set(shown.map((r) => r.sop_instance_uid));
   for (const [uid, p] of previews) {
     if (!keep.has(uid)) {
@@ -232,7 +275,7 @@ function drawResults(results) {
       canvas.dataset.result = uid;
       canvas.width = canvas.height = 320;
       const dl = document.createElement('dl');
-      card.append(canvas, dl);
+      card.append(canvas, legend(r.meshes), dl);
       const metrics = (name, value) => {
         const dt = document.createElement('dt');
         dt.textContent = name;
@@ -246,7 +289,7 @@ function drawResults(results) {
       metrics('rule / version', `${r.rule} / ${r.version}`);
       metrics('finished', when(r.finished_at));
       box.append(card); // laid out before the renderer reads its size
-      p = { card, dispose: preview(canvas, r.mesh, metrics) };
+      p = { card, dispose: preview(canvas, r.meshes, metrics) };
       previews.set(uid, p);
     }
     return p.card;
