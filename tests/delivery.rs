@@ -17,6 +17,9 @@ use common::*;
 
 const CT: &str = "ct_head_axial_small";
 const ENCAPSULATED_STL: &str = "1.2.840.10008.5.1.4.1.1.104.3";
+const ENCAPSULATED_OBJ: &str = "1.2.840.10008.5.1.4.1.1.104.4";
+const ENCAPSULATED_MTL: &str = "1.2.840.10008.5.1.4.1.1.104.5";
+const SURFACE_SEGMENTATION: &str = "1.2.840.10008.5.1.4.1.1.66.5";
 
 fn ct_series() -> PathBuf {
     testdata().join("series").join(CT)
@@ -40,6 +43,7 @@ p.add_argument("--find", action="store_true")
 p.add_argument("--only-ct", action="store_true")
 p.add_argument("--max-pdu", type=int, default=16384)
 p.add_argument("--require-called-aet", action="store_true")
+p.add_argument("--refuse", action="append", default=[])
 a = p.parse_args()
 
 lock = threading.Lock()
@@ -79,10 +83,13 @@ ae.require_called_aet = a.require_called_aet
 if a.only_ct:
     ae.add_supported_context(CTImageStorage, ALL_TRANSFER_SYNTAXES)
 else:
-    for cx in AllStoragePresentationContexts:
-        ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-    ae.add_supported_context("1.2.840.10008.5.1.4.1.1.104.3", ALL_TRANSFER_SYNTAXES)
-    ae.add_supported_context("1.2.840.10008.5.1.4.1.1.4", ALL_TRANSFER_SYNTAXES)
+    classes = [cx.abstract_syntax for cx in AllStoragePresentationContexts]
+    # Encapsulated STL, OBJ, MTL, Surface Segmentation, MR
+    classes += ["1.2.840.10008.5.1.4.1.1.104.%d" % n for n in (3, 4, 5)]
+    classes += ["1.2.840.10008.5.1.4.1.1.66.5", "1.2.840.10008.5.1.4.1.1.4"]
+    for uid in dict.fromkeys(classes):
+        if uid not in a.refuse:
+            ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
 if a.find:
     ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
 handlers = [(evt.EVT_C_STORE, on_store), (evt.EVT_C_FIND, on_find)]
@@ -482,4 +489,116 @@ fn deflated_file_is_inflated_for_a_peer_that_refuses_deflated() {
     let received = dest.files();
     assert_eq!(received.len(), 1);
     assert_eq!(data_set(&received[0]), data_set(&deflated));
+}
+
+/// SOP Class UID of every file a destination holds.
+fn classes_of(files: &[PathBuf]) -> Vec<String> {
+    let mut v: Vec<String> = files
+        .iter()
+        .map(|f| attr(f, dicom_dictionary_std::tags::SOP_CLASS_UID))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn several_structures_reach_each_destination_in_its_formats() {
+    // PACS takes the default (Encapsulated STL), PLAN OBJ + MTL, NAV everything but refuses
+    // Encapsulated OBJ at association time: its OBJ rows fail at once, for good, while the
+    // other objects go on to NAV and to the others.
+    let pacs = Destination::up("PACS");
+    let plan = Destination::up("PLAN");
+    let nav = Scripted::start(&["--refuse", ENCAPSULATED_OBJ]);
+    let node = Node::start(&format!(
+        "[series]\nquiet_seconds = 0.5\n[delivery]\nretry_initial_seconds = 0.2\nretry_max_seconds = 0.5\n\
+         {}{}formats = [\"obj\"]\n{}formats = [\"stl\", \"obj\", \"surface-seg\"]\n\
+         [[rules]]\nname = \"ct head\"\nmodality = \"CT\"\nsend_to = [\"PACS\", \"PLAN\", \"NAV\"]\n\
+         [[rules.structures]]\npreset = \"ct-bone\"\n\
+         [[rules.structures]]\npreset = \"ct-skin\"\ncolor = \"#ffcc99\"\nopacity = 0.5\n",
+        pacs.peer_toml(),
+        plan.peer_toml(),
+        nav.peer_toml("NAV"),
+    ));
+    storescu(&node, &[ct_series()]);
+    // 2 STL to PACS, 2 OBJ + 2 MTL to PLAN, 2 STL + 2 MTL + 1 Surface Segmentation + 2
+    // refused OBJ for NAV.
+    let settled = || {
+        let r = rows(&node);
+        r.len() == 13 && r.iter().all(|(state, _, _)| state != "pending")
+    };
+    assert!(
+        wait_for(Duration::from_secs(120), settled),
+        "{:?}; log:\n{}",
+        rows(&node),
+        node.log()
+    );
+    let jobs = jobs(&node);
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0].0, "done", "{jobs:?}");
+    assert!(
+        jobs[0].1.contains("Bone surface") && jobs[0].1.contains("Skin surface"),
+        "{jobs:?}"
+    );
+
+    assert_eq!(
+        classes_of(&pacs.files()),
+        vec![ENCAPSULATED_STL; 2],
+        "PACS gets one Encapsulated STL per structure"
+    );
+    assert_eq!(
+        classes_of(&plan.files()),
+        vec![ENCAPSULATED_OBJ, ENCAPSULATED_OBJ, ENCAPSULATED_MTL, ENCAPSULATED_MTL],
+    );
+    let nav_files: Vec<PathBuf> = std::fs::read_dir(nav.dir.path().join("in"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
+        .collect();
+    let mut want = vec![
+        ENCAPSULATED_STL,
+        ENCAPSULATED_STL,
+        ENCAPSULATED_MTL,
+        ENCAPSULATED_MTL,
+        SURFACE_SEGMENTATION,
+    ];
+    want.sort();
+    assert_eq!(classes_of(&nav_files), want);
+
+    // The refused format: failed after one attempt, with the reason, and not retried.
+    let failed: Vec<_> = rows(&node)
+        .into_iter()
+        .filter(|(state, _, _)| state == "failed")
+        .collect();
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    for (_, attempts, error) in &failed {
+        assert_eq!(*attempts, 1, "{error}");
+        assert!(error.contains(ENCAPSULATED_OBJ), "{error}");
+        assert!(error.contains("Encapsulated OBJ"), "{error}");
+    }
+    assert!(node.log().contains("refused for good"), "{}", node.log());
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(rows(&node).iter().all(|(_, attempts, _)| *attempts == 1));
+
+    // The job recorded what it made, with each structure's label and colour.
+    let objects: Vec<(String, Option<i64>, Option<String>, Option<String>)> = node
+        .index()
+        .with(|c| {
+            c.prepare("SELECT kind, structure, label, colour FROM result_objects ORDER BY kind, structure")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect()
+        })
+        .unwrap();
+    let kinds: Vec<&str> = objects.iter().map(|o| o.0.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["mtl", "mtl", "obj", "obj", "stl", "stl", "surface-seg"],
+        "{objects:?}"
+    );
+    let skin = objects
+        .iter()
+        .find(|o| o.0 == "stl" && o.1 == Some(1))
+        .unwrap();
+    assert_eq!(skin.2.as_deref(), Some("Skin"));
+    assert_eq!(skin.3.as_deref(), Some("#ffcc99"));
 }

@@ -577,6 +577,31 @@ mod tests {
     }
 
     #[test]
+    fn structures_and_formats_compile_with_the_presets_looks() {
+        let c = cfg("[[peers]]\nae_title = \"NAV\"\naddress = \"127.0.0.1:4243\"\nformats = [\"obj\", \"surface-seg\"]\n\
+                     [[rules]]\nmodality = \"CT\"\nsend_to = [\"PACS\", \"NAV\"]\n\
+                     [[rules.structures]]\npreset = \"ct-bone\"\n\
+                     [[rules.structures]]\npreset = \"ct-skin\"\nkeep = \"all\"\nmin_size_mm3 = 5\n\
+                     [[rules.structures]]\npreset = -500\nlabel = \"Airway\"\ncolor = \"#80c0ff\"\nopacity = 0.8\n")
+        .unwrap();
+        let r = &c.compiled_rules()[0];
+        let labels: Vec<&str> = r.structures.iter().map(|s| s.label.as_str()).collect();
+        assert_eq!(labels, ["Bone", "Skin", "Airway"]);
+        assert_eq!(r.structures[0].opacity, 1.0);
+        assert_eq!(r.structures[1].opacity, 0.4, "skin beside bone is see-through");
+        assert_eq!(r.structures[0].iso.keep, None, "the preset's default");
+        assert_eq!(r.structures[1].iso.keep, Some(Keep::All));
+        assert_eq!(r.structures[1].iso.min_component_mm3, 5.0);
+        assert_eq!(r.structures[2].iso.preset, Preset::Iso(-500.0));
+        assert_eq!(r.structures[2].colour.to_string(), "#80c0ff");
+        let formats: Vec<Vec<Format>> = r.destinations.iter().map(|d| d.formats.clone()).collect();
+        assert_eq!(
+            formats,
+            [vec![Format::Stl], vec![Format::Obj, Format::SurfaceSeg]]
+        );
+    }
+
+    #[test]
     fn rule_errors_name_the_key() {
         for (rules, key) in [
             ("[[rules]]\nsend_to = [\"NOBODY\"]\n", "rules[0].send_to"),
@@ -593,6 +618,30 @@ mod tests {
                 "rules[0].pipeline",
             ),
             ("[[rules]]\nmodality = \"CT\"\n", "rules[0].send_to"),
+            (
+                "[[rules]]\npreset = \"ct-bone\"\nsend_to = [\"PACS\"]\n[[rules.structures]]\npreset = \"ct-skin\"\n",
+                "rules[0].preset",
+            ),
+            (
+                "[[rules]]\nsend_to = [\"PACS\"]\n[[rules.structures]]\npreset = \"ct-bone\"\n[[rules.structures]]\npreset = 200\nlabel = \"bone\"\n",
+                "rules[0].structures",
+            ),
+            (
+                "[[rules]]\nsend_to = [\"PACS\"]\n[[rules.structures]]\npreset = \"ct-skin\"\nopacity = 1.5\n",
+                "rules[0].structures",
+            ),
+            (
+                "[[rules]]\nsend_to = [\"PACS\"]\n[[rules.structures]]\npreset = \"ct-skin\"\nkeep = \"some\"\n",
+                "keep",
+            ),
+            (
+                "[[peers]]\nae_title = \"NAV\"\naddress = \"nav:104\"\nformats = []\n",
+                "peers[1].formats",
+            ),
+            (
+                "[[peers]]\nae_title = \"NAV\"\naddress = \"nav:104\"\nformats = [\"ply\"]\n",
+                "formats",
+            ),
             (
                 "[[rules]]\ngaps = \"maybe\"\nsend_to = [\"PACS\"]\n",
                 "rules[0].gaps",
