@@ -451,7 +451,8 @@ fn recon_command_writes_mesh_and_dicom_and_explains_failures() {
         .args(["recon", "-o"])
         .arg(&stl)
         .arg(&empty));
-    assert_eq!(out.status.code(), Some(2));
+    // The data's fault, not the command line's: exit 1 (2 is for usage).
+    assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out).contains("holds no DICOM image series"),
         "{}",
@@ -463,7 +464,7 @@ fn recon_command_writes_mesh_and_dicom_and_explains_failures() {
         .args(["recon", "--preset", "mr-head", "-o"])
         .arg(&stl)
         .arg(&gap));
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out).contains("missing position(s): 19.500 mm"),
         "{}",
@@ -514,4 +515,73 @@ fn recon_takes_a_negative_iso_value_after_preset() {
         "{}",
         text(&spaced)
     );
+}
+
+/// `recon` with several presets and formats writes a mesh file per structure and each
+/// format's DICOM objects into the output directory; usage mistakes exit 2, data faults 1.
+#[test]
+fn recon_writes_several_structures_in_several_formats() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out_dir = tmp.path().join("out");
+    let out = run(Command::new(env!("CARGO_BIN_EXE_m3dnode"))
+        .args(["recon", "--preset", "ct-bone", "--preset", "ct-skin"])
+        .args(["--format", "stl,obj,surface-seg", "-o"])
+        .arg(format!("{}/", out_dir.display()))
+        .arg(series("ct_head_axial_small")));
+    assert!(out.status.success(), "{}", text(&out));
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("Bone surface"), "{summary}");
+    assert!(summary.contains("Skin surface"), "{summary}");
+    let mut names: Vec<String> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "bone.stl",
+            "mtl-bone.dcm",
+            "mtl-skin.dcm",
+            "obj-bone.dcm",
+            "obj-skin.dcm",
+            "skin.stl",
+            "stl-bone.dcm",
+            "stl-skin.dcm",
+            "surface-seg.dcm"
+        ]
+    );
+    // The Encapsulated STL holds exactly the mesh file written beside it.
+    for name in ["bone", "skin"] {
+        let obj = dicom_object::open_file(out_dir.join(format!("stl-{name}.dcm"))).unwrap();
+        let stl = m3dnode::encap::extract_stl(&obj).unwrap();
+        assert_eq!(stl, std::fs::read(out_dir.join(format!("{name}.stl"))).unwrap());
+    }
+    assert_dciodvfy_clean(&out_dir.join("stl-skin.dcm"));
+    assert_dciodvfy_clean(&out_dir.join("surface-seg.dcm"));
+
+    // Usage: an unknown format, a file output with a format; data: a single slice.
+    let bad = run(Command::new(env!("CARGO_BIN_EXE_m3dnode"))
+        .args(["recon", "--format", "ply", "-o"])
+        .arg(&out_dir)
+        .arg(series("ct_head_axial_small")));
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+    assert!(text(&bad).contains("surface-seg"), "{}", text(&bad));
+    let one = tmp.path().join("one");
+    std::fs::create_dir(&one).unwrap();
+    let first = std::fs::read_dir(series("ct_head_axial_small"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "dcm"))
+        .unwrap();
+    std::fs::copy(&first, one.join("slice.dcm")).unwrap();
+    let single = run(Command::new(env!("CARGO_BIN_EXE_m3dnode"))
+        .args(["recon", "-o"])
+        .arg(tmp.path().join("one.stl"))
+        .arg(&one));
+    assert_eq!(single.status.code(), Some(1), "{}", text(&single));
+    assert!(text(&single).contains("1 slice"), "{}", text(&single));
+    assert!(!tmp.path().join("one.stl").exists());
 }
