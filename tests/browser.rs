@@ -214,10 +214,11 @@ impl Browser {
         let shot = self.screenshot(Some(canvas));
         let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
         std::fs::write(&path, &shot).unwrap();
-        let (mean, sd, bright) = luminance_stats(&shot);
+        let (mean, sd, drawn) = luminance_stats(&shot);
+        // The axes and their letters alone cover about 2 % of the canvas; a mesh far more.
         assert!(
-            sd > 20.0 && bright > 0.02,
-            "the preview canvas looks blank: mean {mean:.1}, sd {sd:.1}, bright share {bright:.3} \
+            sd > 15.0 && drawn > 0.08,
+            "the preview canvas looks blank: mean {mean:.1}, sd {sd:.1}, drawn share {drawn:.3} \
              (screenshot {})",
             path.display()
         );
@@ -250,8 +251,8 @@ impl Drop for Browser {
     }
 }
 
-/// Mean and standard deviation of the luminance of a PNG, and the share of pixels much
-/// brighter than the preview's dark background (the mesh and the axis labels).
+/// Mean and standard deviation of the luminance of a PNG, and the share of pixels drawn over
+/// the preview's dark background (the meshes, the axes and their letters).
 fn luminance_stats(png_bytes: &[u8]) -> (f64, f64, f64) {
     let decoder = png::Decoder::new(std::io::Cursor::new(png_bytes));
     let mut reader = decoder.read_info().unwrap();
@@ -266,8 +267,16 @@ fn luminance_stats(png_bytes: &[u8]) -> (f64, f64, f64) {
     let n = lum.len() as f64;
     let mean = lum.iter().sum::<f64>() / n;
     let var = lum.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / n;
-    let bright = lum.iter().filter(|l| **l > 120.0).count() as f64 / n;
-    (mean, var.sqrt(), bright)
+    // Pixels clearly unlike the scene's background (#1b1f24): what was drawn.
+    let drawn = buf[..info.buffer_size()]
+        .chunks(channels)
+        .filter(|p| {
+            let d = |c: u8, bg: u8| (i32::from(c) - i32::from(bg)).abs();
+            d(p[0], 0x1b).max(d(p[1], 0x1f)).max(d(p[2], 0x24)) > 40
+        })
+        .count() as f64
+        / n;
+    (mean, var.sqrt(), drawn)
 }
 
 #[test]
@@ -336,6 +345,19 @@ fn the_status_page_shows_the_work_draws_the_mesh_and_retries_a_delivery() {
     assert!(
         metrics.contains("triangles") && metrics.contains("L-R x A-P x S-I"),
         "{metrics}"
+    );
+    // Both structures are drawn, and the legend names each with its colour.
+    let legend = browser.js(
+        "return [...document.querySelector(arguments[0]).closest('.result').querySelectorAll('.legend li')] \
+         .map(li => [li.textContent, li.dataset.colour, getComputedStyle(li.querySelector('.swatch')).backgroundColor])",
+        json!([canvas]),
+    );
+    assert_eq!(
+        legend,
+        json!([
+            [common::status::OUTER.0, common::status::OUTER.1, "rgb(233, 196, 106)"],
+            [common::status::INNER.0, common::status::INNER.1, "rgb(208, 64, 58)"]
+        ])
     );
     let page = browser.screenshot(None);
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));

@@ -335,7 +335,7 @@ fn the_page_and_api_show_a_series_stored_by_the_store_and_its_result() {
         .find(|r| r["modality"] == "M3D")
         .expect("the result series");
     assert_eq!(result_series["calling_ae"], "M3DNODE");
-    assert_eq!(result_series["instances"], 1);
+    assert_eq!(result_series["instances"], 2, "an STL per structure");
     // Newest first: the result came after the source.
     assert_eq!(rows[0]["modality"], "M3D");
     let one = get(&format!("{}/api/series?limit=1", node.base), None, None).json();
@@ -384,6 +384,17 @@ fn the_page_and_api_show_a_series_stored_by_the_store_and_its_result() {
     assert_eq!(results[0]["sop_instance_uid"], work.result_uid.as_str());
     assert_eq!(results[0]["series_uid"], work.series_uid.as_str());
     assert_eq!(results[0]["modality"], "MR");
+    let layers: Vec<(&str, &str)> = results[0]["meshes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["label"].as_str().unwrap(), m["colour"].as_str().unwrap()))
+        .collect();
+    assert_eq!(layers, [common::status::OUTER, common::status::INNER]);
+    assert_eq!(
+        results[0]["meshes"][1]["url"],
+        format!("/api/results/{}/mesh.stl", work.inner_uid)
+    );
     let mesh_url = results[0]["mesh"].as_str().unwrap();
 
     // The mesh: the very STL the result holds.

@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use m3dnode::config::{Config, Secret};
-use m3dnode::db::{NewDeliveries, NewSeriesWork};
+use m3dnode::db::{NewDeliveries, NewSeriesWork, ResultObject};
 use m3dnode::http::{HttpError, HttpState};
 use m3dnode::store::{Announced, Store};
 use serde_json::Value;
@@ -225,6 +225,8 @@ pub struct Work {
     /// The done job and its result instance.
     pub done_job: i64,
     pub result_uid: String,
+    /// The result's second structure ([`INNER`]), not delivered.
+    pub inner_uid: String,
     /// The STL stored in the result.
     pub stl: Vec<u8>,
     /// A failed job of the same series.
@@ -233,6 +235,10 @@ pub struct Work {
     pub sent_delivery: i64,
     pub failed_delivery: i64,
 }
+
+/// Label and colour of the result's two structures.
+pub const OUTER: (&str, &str) = ("Outer", "#e9c46a");
+pub const INNER: (&str, &str) = ("Inner", "#d0403a");
 
 /// The error sentence of [`Work::failed_job`].
 pub const JOB_ERROR: &str = "no usable image stack: 2 slices are missing";
@@ -314,6 +320,36 @@ pub fn make_work(store: &Store, scratch: &Path, calling_ae: &str) -> Work {
         .unwrap()
         .to_string_lossy()
         .into_owned();
+    // A second structure: the inner ellipsoid at half the size (iso 1500 is 5 mm inside),
+    // drawn under the see-through outer one.
+    let inner = m3dnode::recon::iso::reconstruct(
+        &vol,
+        &m3dnode::recon::iso::IsoOptions {
+            preset: m3dnode::recon::iso::Preset::Iso(1500.0),
+            ..Default::default()
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    let inner_stl = m3dnode::mesh::write_stl_binary(&inner.mesh, &inner.description);
+    let inner_obj = m3dnode::encap::from_reconstruction(
+        &vol,
+        &inner.description,
+        &inner.metrics,
+        &inner_stl,
+        &m3dnode::encap::ResultIds {
+            series_instance_uid: Some(index.job_source(job.id).unwrap().result_series_uid),
+            sop_instance_uid: None,
+            instance_number: 2,
+        },
+    )
+    .unwrap();
+    let inner_uid = inner_obj
+        .meta()
+        .media_storage_sop_instance_uid()
+        .trim_end_matches('\0')
+        .to_string();
+    store.store_object(&inner_obj, "M3DNODE").unwrap();
     let summary = format!(
         "{}: {} triangles, {:.0} mm3, watertight {}",
         r.description,
@@ -329,7 +365,24 @@ pub fn make_work(store: &Store, scratch: &Path, calling_ae: &str) -> Work {
         .finish_job(
             job.id,
             &summary,
-            &[],
+            &[
+                ResultObject {
+                    sop_instance_uid: &job.result_sop_instance_uid,
+                    kind: "stl",
+                    structure: Some(0),
+                    label: Some(OUTER.0),
+                    colour: Some(OUTER.1),
+                    opacity: Some(0.4),
+                },
+                ResultObject {
+                    sop_instance_uid: &inner_uid,
+                    kind: "stl",
+                    structure: Some(1),
+                    label: Some(INNER.0),
+                    colour: Some(INNER.1),
+                    opacity: Some(1.0),
+                },
+            ],
             &[NewDeliveries {
                 sop_instance_uid: &job.result_sop_instance_uid,
                 path: &rel,
@@ -352,6 +405,7 @@ pub fn make_work(store: &Store, scratch: &Path, calling_ae: &str) -> Work {
         instances: files.len(),
         done_job: job.id,
         result_uid: job.result_sop_instance_uid,
+        inner_uid,
         stl,
         failed_job: again.id,
         sent_delivery: sent,
