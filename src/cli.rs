@@ -1147,7 +1147,11 @@ fn recon(args: ReconArgs) -> Result<ExitCode> {
     let mut opts = IsoOptions {
         preset: args.preset,
         smooth_sigma_mm: args.smooth,
-        keep_largest: !args.all_components,
+        keep: if args.all_components {
+            Some(iso::Keep::All)
+        } else {
+            None
+        },
         ..Default::default()
     };
     if args.no_taubin {
