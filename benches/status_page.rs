@@ -16,7 +16,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use m3dnode::config::{Config, Secret};
-use m3dnode::db::{NewDeliveries, NewSeriesWork};
+use m3dnode::db::{NewDeliveries, NewSeriesWork, ResultObject};
 use m3dnode::http::HttpState;
 use m3dnode::store::Store;
 
@@ -70,12 +70,31 @@ fn fill(store: &Store, series: u64, jobs: u64) {
             .finish_job(
                 job.id,
                 "Bone surface, iso 300 HU: 251234 triangles, 412345 mm3, watertight yes",
-                &NewDeliveries {
+                // Two structures, as a CT head rule with bone and skin makes.
+                &[
+                    ResultObject {
+                        sop_instance_uid: &job.result_sop_instance_uid,
+                        kind: "stl",
+                        structure: Some(0),
+                        label: Some("Bone"),
+                        colour: Some("#f1d691"),
+                        opacity: Some(1.0),
+                    },
+                    ResultObject {
+                        sop_instance_uid: &format!("{}.2", job.result_sop_instance_uid),
+                        kind: "stl",
+                        structure: Some(1),
+                        label: Some("Skin"),
+                        colour: Some("#b17a65"),
+                        opacity: Some(0.4),
+                    },
+                ],
+                &[NewDeliveries {
                     sop_instance_uid: &job.result_sop_instance_uid,
                     path: "result.dcm",
                     destinations: &destinations,
                     deadline_seconds: 86_400.0,
-                },
+                }],
             )
             .unwrap();
     }

@@ -369,7 +369,7 @@ struct ReconArgs {
     /// Which connected pieces to keep: largest, all, inside-body (default: the preset's,
     /// inside-body for ct-bone, largest otherwise).
     #[arg(long, value_enum)]
-    keep: Option<crate::i15_stub::Keep>,
+    keep: Option<crate::recon::iso::Keep>,
     /// Drop pieces enclosing less than this many mm³.
     #[arg(long)]
     min_size_mm3: Option<f64>,
@@ -1183,7 +1183,7 @@ fn recon(args: ReconArgs) -> Result<ExitCode> {
         .into());
     }
     let keep = if args.all_components {
-        Some(crate::i15_stub::Keep::All)
+        Some(crate::recon::iso::Keep::All)
     } else {
         args.keep
     };
@@ -1279,6 +1279,14 @@ fn recon(args: ReconArgs) -> Result<ExitCode> {
             if m.manifold { "yes" } else { "no" },
             seconds
         );
+        if !r.dropped.is_empty() {
+            println!(
+                "  keep {}: dropped {} piece(s): {}",
+                r.keep,
+                r.dropped.len(),
+                crate::series::jobs::dropped_text(&r.dropped)
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -1296,8 +1304,11 @@ fn write_recon_dir(
     let names: Vec<String> = structures.iter().map(|s| file_stem(&s.label)).collect();
     for (name, r) in names.iter().zip(results) {
         let path = dir.join(format!("{name}.stl"));
-        std::fs::write(&path, crate::mesh::write_stl_binary(&r.mesh, &r.description))
-            .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(
+            &path,
+            crate::mesh::write_stl_binary(&r.mesh, &r.description),
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
     }
     let formats = if args.format.is_empty() {
         vec![Format::Stl]
@@ -1319,7 +1330,7 @@ fn write_recon_dir(
             opacity: s.opacity,
             mesh: &r.mesh,
             metrics: &r.metrics,
-            comment: crate::series::jobs::metrics_comment(&r.metrics),
+            comment: crate::series::jobs::iso_comment(r),
             algorithm,
         })
         .collect();

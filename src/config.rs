@@ -552,7 +552,10 @@ mod tests {
         cfg.rules[2].modality = Some("MR".into());
         assert!(!cfg.rules_are_compiled());
         cfg.validate().unwrap();
-        assert_eq!(cfg.compiled_rules()[2].structures[0].iso.preset, Preset::MrHead);
+        assert_eq!(
+            cfg.compiled_rules()[2].structures[0].iso.preset,
+            Preset::MrHead
+        );
     }
 
     #[test]

@@ -3,15 +3,6 @@
 
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(try_from = "String")]
-pub enum Keep {
-    Largest,
-    All,
-    InsideBody,
-}
-crate::choice!(Keep);
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, clap::ValueEnum)]
 #[serde(try_from = "String")]
 pub enum Format {
@@ -38,7 +29,11 @@ pub struct Cielab {
 }
 impl Cielab {
     pub fn from_srgb(_rgb: [u8; 3]) -> Cielab {
-        Cielab { l: 50.0, a: 0.0, b: 0.0 }
+        Cielab {
+            l: 50.0,
+            a: 0.0,
+            b: 0.0,
+        }
     }
     pub fn to_srgb(&self) -> [u8; 3] {
         [128, 128, 128]
@@ -106,12 +101,4 @@ pub fn build_results(
         });
     }
     Ok(out)
-}
-
-#[derive(Debug, Clone)]
-pub struct DroppedComponent {
-    pub reason: String,
-    pub volume_mm3: f64,
-    pub centre_mm: [f64; 3],
-    pub triangles: usize,
 }

@@ -355,8 +355,16 @@ fn the_status_page_shows_the_work_draws_the_mesh_and_retries_a_delivery() {
     assert_eq!(
         legend,
         json!([
-            [common::status::OUTER.0, common::status::OUTER.1, "rgb(233, 196, 106)"],
-            [common::status::INNER.0, common::status::INNER.1, "rgb(208, 64, 58)"]
+            [
+                common::status::OUTER.0,
+                common::status::OUTER.1,
+                "rgb(233, 196, 106)"
+            ],
+            [
+                common::status::INNER.0,
+                common::status::INNER.1,
+                "rgb(208, 64, 58)"
+            ]
         ])
     );
     let page = browser.screenshot(None);

@@ -547,7 +547,12 @@ fn several_structures_reach_each_destination_in_its_formats() {
     );
     assert_eq!(
         classes_of(&plan.files()),
-        vec![ENCAPSULATED_OBJ, ENCAPSULATED_OBJ, ENCAPSULATED_MTL, ENCAPSULATED_MTL],
+        vec![
+            ENCAPSULATED_OBJ,
+            ENCAPSULATED_OBJ,
+            ENCAPSULATED_MTL,
+            ENCAPSULATED_MTL
+        ],
     );
     let nav_files: Vec<PathBuf> = std::fs::read_dir(nav.dir.path().join("in"))
         .unwrap()

@@ -556,7 +556,10 @@ fn recon_writes_several_structures_in_several_formats() {
     for name in ["bone", "skin"] {
         let obj = dicom_object::open_file(out_dir.join(format!("stl-{name}.dcm"))).unwrap();
         let stl = m3dnode::encap::extract_stl(&obj).unwrap();
-        assert_eq!(stl, std::fs::read(out_dir.join(format!("{name}.stl"))).unwrap());
+        assert_eq!(
+            stl,
+            std::fs::read(out_dir.join(format!("{name}.stl"))).unwrap()
+        );
     }
     assert_dciodvfy_clean(&out_dir.join("stl-skin.dcm"));
     assert_dciodvfy_clean(&out_dir.join("surface-seg.dcm"));

@@ -221,7 +221,9 @@ pub(super) async fn results(
                 })
             })
             .collect();
-        let mesh = meshes.first().and_then(|m| m["url"].as_str().map(String::from));
+        let mesh = meshes
+            .first()
+            .and_then(|m| m["url"].as_str().map(String::from));
         let row = json!({
             "job_id": r.job_id,
             "series_uid": r.series_uid,

@@ -99,6 +99,92 @@ pub fn connected_components(mesh: &Mesh) -> Vec<usize> {
     labels.into_iter().map(|l| rank[l]).collect()
 }
 
+/// Measurements of one connected component, see [`component_stats`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ComponentStats {
+    /// Triangles of the component.
+    pub triangles: usize,
+    /// Distinct vertices its triangles use.
+    pub vertices: usize,
+    /// Signed enclosed volume in mm³ (divergence theorem, as [`super::metrics`]): positive
+    /// for a closed outward-wound surface; a hollow shell gives outer minus inner.
+    pub volume_mm3: f64,
+    /// Mean position of its vertices in mm (the vertex centroid, not the centre of mass).
+    pub centroid_mm: [f64; 3],
+}
+
+/// Per-component triangles, vertices, signed volume and vertex centroid, indexed by the
+/// labels of [`connected_components`] (`labels` has one entry per triangle). Triangles with
+/// out-of-range indices count as triangles but add no volume.
+pub fn component_stats(mesh: &Mesh, labels: &[usize]) -> Vec<ComponentStats> {
+    let count = labels.iter().max().map_or(0, |m| m + 1);
+    let mut out = vec![
+        ComponentStats {
+            triangles: 0,
+            vertices: 0,
+            volume_mm3: 0.0,
+            centroid_mm: [0.0; 3],
+        };
+        count
+    ];
+    let nv = mesh.vertices.len();
+    // Reference point for the signed tetrahedra: the first vertex, to keep the products
+    // small (the volume does not depend on it for a closed surface).
+    let o = mesh.vertices.first().map_or([0.0; 3], |p| p.map(f64::from));
+    let pos = |i: u32| {
+        let p = mesh.vertices[i as usize];
+        [
+            f64::from(p[0]) - o[0],
+            f64::from(p[1]) - o[1],
+            f64::from(p[2]) - o[2],
+        ]
+    };
+    let mut vertex_comp = vec![usize::MAX; nv];
+    for (t, &c) in mesh.indices.chunks_exact(3).zip(labels) {
+        let s = &mut out[c];
+        s.triangles += 1;
+        if t.iter().any(|&i| i as usize >= nv) {
+            continue;
+        }
+        let (a, b, d) = (pos(t[0]), pos(t[1]), pos(t[2]));
+        s.volume_mm3 += super::metrics::dot(a, super::metrics::cross(b, d)) / 6.0;
+        for &i in t {
+            vertex_comp[i as usize] = c;
+        }
+    }
+    for (v, &c) in vertex_comp.iter().enumerate() {
+        if let Some(s) = out.get_mut(c) {
+            s.vertices += 1;
+            let p = mesh.vertices[v];
+            for a in 0..3 {
+                s.centroid_mm[a] += f64::from(p[a]);
+            }
+        }
+    }
+    for s in &mut out {
+        if s.vertices > 0 {
+            s.centroid_mm = s.centroid_mm.map(|x| x / s.vertices as f64);
+        }
+    }
+    out
+}
+
+/// The triangles whose component label (from [`connected_components`], one per triangle)
+/// passes `keep`, compacted.
+pub fn keep_components(mesh: &Mesh, labels: &[usize], keep: impl Fn(usize) -> bool) -> Mesh {
+    let indices = mesh
+        .indices
+        .chunks_exact(3)
+        .zip(labels)
+        .filter(|&(_, &c)| keep(c))
+        .flat_map(|(t, _)| t.iter().copied())
+        .collect();
+    compact(&Mesh {
+        vertices: mesh.vertices.clone(),
+        indices,
+    })
+}
+
 fn filter_components(mesh: &Mesh, keep: impl Fn(usize) -> bool) -> Mesh {
     let comp = connected_components(mesh);
     let indices = mesh
@@ -194,5 +280,30 @@ mod tests {
         assert_eq!(keep_largest_component(&m).triangle_count(), 2);
         assert_eq!(remove_small_components(&m, 2).triangle_count(), 2);
         assert_eq!(remove_small_components(&m, 1).triangle_count(), 3);
+    }
+
+    #[test]
+    fn component_stats_measure_each_piece() {
+        // Two unit-corner tetrahedra, the second shifted by 10 along x and twice the size.
+        let tetra = |s: f32, x: f32| [[x, 0.0, 0.0], [x + s, 0.0, 0.0], [x, s, 0.0], [x, 0.0, s]];
+        let mut m = Mesh::default();
+        for (s, x) in [(1.0, 0.0), (2.0, 10.0)] {
+            let b = m.vertices.len() as u32;
+            m.vertices.extend(tetra(s, x));
+            for t in [[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]] {
+                m.indices.extend(t.iter().map(|&k| b + k));
+            }
+        }
+        let labels = connected_components(&m);
+        let st = component_stats(&m, &labels);
+        assert_eq!(st.len(), 2);
+        // Equal triangle counts: the first one comes first.
+        assert!((st[0].volume_mm3 - 1.0 / 6.0).abs() < 1e-9, "{st:?}");
+        assert!((st[1].volume_mm3 - 8.0 / 6.0).abs() < 1e-9, "{st:?}");
+        assert_eq!((st[1].triangles, st[1].vertices), (4, 4));
+        assert_eq!(st[1].centroid_mm, [10.5, 0.5, 0.5]);
+        let second = keep_components(&m, &labels, |c| c == 1);
+        assert_eq!(second.vertices, tetra(2.0, 10.0).to_vec());
+        assert_eq!(second.triangle_count(), 4);
     }
 }

@@ -23,10 +23,15 @@
 //!   brain) cost a few instructions per eight voxels. Vertices are created
 //!   once per crossed edge into per-slice index caches; cells only look
 //!   indices up. Nothing is allocated per voxel. `benches/mc.rs` measures it.
-//! * **Ties.** A sample exactly equal to `iso` is inside; the vertices of its
-//!   crossed edges then sit on the sample, so several vertices can coincide
-//!   and some triangles have zero area. The index topology stays closed and
-//!   manifold.
+//! * **Ties.** A sample exactly equal to `iso` is inside. The crossing on
+//!   an edge leaving it would sit on the sample itself, where the vertices of
+//!   all its crossed edges would coincide and make zero-area triangles (closed
+//!   and manifold by index, non-manifold once merged by position as STL
+//!   readers do). So the crossing parameter is kept [`TIE_MARGIN`] away from
+//!   both ends of the edge: those vertices stay distinct, each moved by at
+//!   most 1/256 of a voxel along its own edge. `recon::iso` also moves integer
+//!   thresholds half a stored unit off the samples, so that on integer data
+//!   ties do not occur at all.
 //! * **Determinism across threads.** Work is split into slabs of cell layers
 //!   processed in parallel (rayon). Vertices are numbered in a canonical
 //!   order (per slice: x- and y-edges, then the z-edges up to the next slice)
@@ -435,13 +440,22 @@ fn classify<T: Copy + Into<f32>>(g: &Grid<'_, T>, p: usize, m: &mut SliceMask) {
     }
 }
 
-/// Interpolation parameter of the iso crossing between `v0` and `v1`;
-/// falls back to the midpoint for non-finite samples.
+/// How close (as a fraction of the edge) a crossing may come to a sample; see "Ties" in the
+/// module documentation. 1/256 of a voxel is far above `f32` resolution of patient
+/// coordinates (1e-5 mm at 200 mm) and far below any accuracy this module promises.
+pub(crate) const TIE_MARGIN: f64 = 1.0 / 256.0;
+
+/// Interpolation parameter of the iso crossing between `v0` and `v1`, kept within
+/// `[TIE_MARGIN, 1 - TIE_MARGIN]`; falls back to the midpoint for non-finite samples.
 #[inline]
 fn lerp_t(iso: f32, v0: f32, v1: f32) -> f64 {
     let (iso, v0, v1) = (f64::from(iso), f64::from(v0), f64::from(v1));
     let t = (iso - v0) / (v1 - v0);
-    if (0.0..=1.0).contains(&t) { t } else { 0.5 }
+    if (0.0..=1.0).contains(&t) {
+        t.clamp(TIE_MARGIN, 1.0 - TIE_MARGIN)
+    } else {
+        0.5
+    }
 }
 
 impl<T: Copy + Into<f32>> Grid<'_, T> {

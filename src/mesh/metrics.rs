@@ -29,12 +29,19 @@ pub struct MeshMetrics {
     /// Signed enclosed volume in mm³: positive for a closed mesh with
     /// outward (counter-clockwise seen from outside) winding.
     pub volume_mm3: f64,
-    /// Every edge belongs to exactly two triangles (no boundary), and all
-    /// triangles are valid (indices in range, three distinct vertices).
+    /// Triangles with zero area: two corners at the same position (same index or not), or
+    /// three collinear corners (exactly, in the stored `f32` coordinates). Marching cubes
+    /// makes them when a sample equals the iso value; merged by position (as every STL
+    /// reader does) they are non-manifold edges, so they make the mesh neither
+    /// [`watertight`](Self::watertight) nor [`manifold`](Self::manifold).
+    pub degenerate_triangles: usize,
+    /// Every edge belongs to exactly two triangles (no boundary), all
+    /// triangles are valid (indices in range, three distinct vertices), and
+    /// none is degenerate.
     pub watertight: bool,
     /// Edge-manifold (no edge in more than two triangles) and
     /// vertex-manifold (the triangles around each vertex form one fan), with
-    /// all triangles valid.
+    /// all triangles valid and none degenerate.
     pub manifold: bool,
     /// Every edge shared by two triangles is traversed in opposite
     /// directions by them (consistent winding).
@@ -63,12 +70,13 @@ pub fn metrics(mesh: &Mesh) -> MeshMetrics {
     ];
 
     let tris = &mesh.indices[..3 * tri_count];
-    let partial: Vec<(f64, f64, bool)> = tris
+    let partial: Vec<(f64, f64, bool, usize)> = tris
         .par_chunks(3 * CHUNK)
         .map(|chunk| {
             let mut area = 0.0;
             let mut vol = 0.0;
             let mut valid = true;
+            let mut degenerate = 0usize;
             for t in chunk.chunks_exact(3) {
                 if t.iter().any(|&i| i as usize >= nv) {
                     valid = false;
@@ -76,6 +84,13 @@ pub fn metrics(mesh: &Mesh) -> MeshMetrics {
                 }
                 if t[0] == t[1] || t[1] == t[2] || t[0] == t[2] {
                     valid = false;
+                }
+                if is_degenerate(
+                    mesh.vertices[t[0] as usize],
+                    mesh.vertices[t[1] as usize],
+                    mesh.vertices[t[2] as usize],
+                ) {
+                    degenerate += 1;
                 }
                 let p = |i: u32| {
                     let v = mesh.vertices[i as usize];
@@ -90,19 +105,21 @@ pub fn metrics(mesh: &Mesh) -> MeshMetrics {
                 area += 0.5 * norm(n);
                 vol += dot(a, cross(b, c)) / 6.0;
             }
-            (area, vol, valid)
+            (area, vol, valid, degenerate)
         })
         .collect();
     let mut area_mm2 = 0.0;
     let mut volume_mm3 = 0.0;
     let mut all_valid = true;
-    for (a, v, ok) in partial {
+    let mut degenerate_triangles = 0;
+    for (a, v, ok, d) in partial {
         area_mm2 += a;
         volume_mm3 += v;
         all_valid &= ok;
+        degenerate_triangles += d;
     }
 
-    let topo = if all_valid {
+    let topo = if all_valid && degenerate_triangles == 0 {
         topology(nv, tris)
     } else {
         Topology {
@@ -117,12 +134,25 @@ pub fn metrics(mesh: &Mesh) -> MeshMetrics {
         vertices: nv,
         area_mm2,
         volume_mm3,
+        degenerate_triangles,
         watertight: topo.closed,
         manifold: topo.manifold,
         consistently_oriented: topo.oriented,
         bbox_min,
         bbox_max,
     }
+}
+
+/// Zero area: two equal positions, or a cross product of exactly zero. Edge vectors are
+/// differences of `f32` coordinates taken in `f64`, where they are exact, so collinear
+/// corners are recognised without a tolerance that would also catch thin but valid slivers.
+pub(crate) fn is_degenerate(a: [f32; 3], b: [f32; 3], c: [f32; 3]) -> bool {
+    if a == b || b == c || a == c {
+        return true;
+    }
+    let f = |p: [f32; 3]| p.map(f64::from);
+    let (a, b, c) = (f(a), f(b), f(c));
+    cross(sub(b, a), sub(c, a)) == [0.0; 3]
 }
 
 fn bbox(v: &[[f32; 3]]) -> ([f64; 3], [f64; 3]) {
@@ -352,6 +382,29 @@ mod tests {
         let r = metrics(&m);
         assert!(r.watertight);
         assert!(!r.manifold);
+    }
+
+    #[test]
+    fn zero_area_triangles_are_counted_and_break_manifold() {
+        // A closed tetrahedron with one corner moved onto the opposite edge: the faces
+        // stay topologically closed, but face (1, 2, 3) has zero area.
+        let mut t = tetra();
+        t.vertices[3] = [0.5, 0.5, 0.0];
+        assert!(metrics(&tetra()).manifold);
+        let m = metrics(&t);
+        assert_eq!(m.degenerate_triangles, 1, "{m:?}");
+        assert!(!m.manifold && !m.watertight, "{m:?}");
+        // Two corners at the same position under different indices.
+        let mut t = tetra();
+        t.vertices.push([0.0, 0.0, 1.0]);
+        t.indices[5] = 4;
+        let m = metrics(&t);
+        assert_eq!(m.degenerate_triangles, 0);
+        t.vertices[4] = t.vertices[1];
+        let m = metrics(&t);
+        assert_eq!(m.degenerate_triangles, 1, "{m:?}");
+        assert!(!m.manifold && !m.watertight);
+        assert_eq!(metrics(&tetra()).degenerate_triangles, 0);
     }
 
     #[test]

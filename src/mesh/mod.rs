@@ -34,6 +34,7 @@ mod smooth;
 #[cfg(test)]
 mod tests;
 
+pub use clean::{ComponentStats, component_stats, keep_components};
 pub use clean::{compact, connected_components, keep_largest_component, remove_small_components};
 pub use distance::{DistanceStats, distance_to_fn, one_sided_distance, surface_distance};
 pub use io::{read_stl, write_obj, write_ply, write_stl_ascii, write_stl_binary};

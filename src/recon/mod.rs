@@ -27,6 +27,22 @@ pub enum ReconError {
     /// The NeuS stage (six views -> SDF -> surface) failed.
     #[error("NeuS reconstruction failed: {0}")]
     Neus(#[from] neus::NeusError),
+    /// The series is one slice (or one row or column) thick: no surface encloses anything.
+    #[error("a surface needs a volume: {}", not_a_volume(dims))]
+    NotAVolume {
+        /// The volume's `[cols, rows, slices]`.
+        dims: [usize; 3],
+    },
+    /// The keep policy and minimum size dropped every piece of the surface.
+    #[error("no piece of the surface is kept ({what}, keep {keep}): {dropped} dropped")]
+    NothingKept {
+        /// What was looked for.
+        what: String,
+        /// The keep policy.
+        keep: String,
+        /// How many pieces were dropped.
+        dropped: usize,
+    },
     /// Nothing in the volume reaches the iso value.
     #[error("the surface is empty: no voxel reaches the iso value {iso} ({what})")]
     EmptySurface {
@@ -35,4 +51,14 @@ pub enum ReconError {
         /// What was looked for.
         what: String,
     },
+}
+
+/// "the series has 1 slice" or "the images are 1 x 512 pixels".
+fn not_a_volume(dims: &[usize; 3]) -> String {
+    if dims[2] < 2 {
+        let s = if dims[2] == 1 { "" } else { "s" };
+        format!("the series has {} slice{s}", dims[2])
+    } else {
+        format!("the images are {} x {} pixels", dims[0], dims[1])
+    }
 }

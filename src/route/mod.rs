@@ -13,8 +13,9 @@ use std::path::PathBuf;
 use regex::Regex;
 use serde::Deserialize;
 
+use crate::i15_stub::{Cielab, Format};
 use crate::net::settings::{PeerConfig, find_peer};
-use crate::i15_stub::{Cielab, Format, Keep};
+use crate::recon::iso::Keep;
 use crate::recon::iso::{IsoOptions, Preset};
 use crate::recon::mvdiffusion::{KeySlice, RunOptions, Windowing};
 use crate::recon::neus::NeusProfile;
@@ -442,16 +443,23 @@ pub fn compile_structures(
         if out.iter().any(|o| o.label.eq_ignore_ascii_case(&label)) {
             return Err((
                 "structures",
-                format!("two structures are labelled `{label}`; labels name the meshes and must differ"),
+                format!(
+                    "two structures are labelled `{label}`; labels name the meshes and must differ"
+                ),
             ));
         }
-        let opacity = s.opacity.unwrap_or(if several && s.preset == Preset::CtSkin {
-            0.4
-        } else {
-            1.0
-        });
+        let opacity = s
+            .opacity
+            .unwrap_or(if several && s.preset == Preset::CtSkin {
+                0.4
+            } else {
+                1.0
+            });
         if !(0.0..=1.0).contains(&opacity) {
-            return Err(("structures", format!("opacity of `{label}` must be between 0 and 1")));
+            return Err((
+                "structures",
+                format!("opacity of `{label}` must be between 0 and 1"),
+            ));
         }
         if s.min_size_mm3.is_some_and(|m| !(m >= 0.0 && m.is_finite())) {
             return Err((
@@ -588,7 +596,10 @@ mod tests {
         let labels: Vec<&str> = r.structures.iter().map(|s| s.label.as_str()).collect();
         assert_eq!(labels, ["Bone", "Skin", "Airway"]);
         assert_eq!(r.structures[0].opacity, 1.0);
-        assert_eq!(r.structures[1].opacity, 0.4, "skin beside bone is see-through");
+        assert_eq!(
+            r.structures[1].opacity, 0.4,
+            "skin beside bone is see-through"
+        );
         assert_eq!(r.structures[0].iso.keep, None, "the preset's default");
         assert_eq!(r.structures[1].iso.keep, Some(Keep::All));
         assert_eq!(r.structures[1].iso.min_component_mm3, 5.0);

@@ -370,7 +370,10 @@ impl Workers {
                 sop_instance_uid: &b.sop_instance_uid,
                 kind: kind_name(b.kind),
                 structure: b.structure,
-                label: b.structure.and_then(|i| made.get(i)).map(|m| m.label.as_str()),
+                label: b
+                    .structure
+                    .and_then(|i| made.get(i))
+                    .map(|m| m.label.as_str()),
                 colour: b.structure.and_then(|i| colours.get(i)).map(String::as_str),
                 opacity: b.structure.and_then(|i| made.get(i)).map(|m| m.opacity),
             })
@@ -395,6 +398,7 @@ impl Workers {
                     .iter()
                     .zip(results)
                     .map(|(s, r)| Made {
+                        dropped: r.dropped.len(),
                         comment: iso_comment(&r),
                         algorithm: format!("m3dnode iso {}", r.description),
                         label: s.label.clone(),
@@ -420,6 +424,7 @@ impl Workers {
                     .map_err(|e| e.to_string())?;
                 let (label, rgb) = crate::route::preset_look(crate::recon::iso::Preset::Otsu);
                 Ok(vec![Made {
+                    dropped: 0,
                     comment: metrics_comment(&r.metrics),
                     algorithm: "m3dnode mvdiffusion (six views, NeuS)".into(),
                     label: label.into(),
@@ -444,18 +449,24 @@ struct Made {
     metrics: crate::mesh::MeshMetrics,
     comment: String,
     algorithm: String,
+    /// Pieces the keep policy dropped.
+    dropped: usize,
 }
 
 impl Made {
     fn summary(&self) -> String {
         let m = &self.metrics;
-        format!(
+        let mut line = format!(
             "{}: {} triangles, {:.0} mm3, watertight {}",
             self.description,
             m.triangles,
             m.volume_mm3,
             if m.watertight { "yes" } else { "no" }
-        )
+        );
+        if self.dropped > 0 {
+            line.push_str(&format!(", {} pieces dropped", self.dropped));
+        }
+        line
     }
 }
 
@@ -501,8 +512,38 @@ pub fn metrics_comment(m: &crate::mesh::MeshMetrics) -> String {
 
 /// The metrics and the pieces the keep policy dropped (volume and centre of each), for the
 /// objects' comment.
-fn iso_comment(r: &crate::recon::iso::IsoResult) -> String {
-    metrics_comment(&r.metrics)
+pub fn iso_comment(r: &crate::recon::iso::IsoResult) -> String {
+    let mut out = format!("{} keep={}", metrics_comment(&r.metrics), r.keep);
+    if !r.dropped.is_empty() {
+        out.push_str(&format!(
+            " dropped={}: {}",
+            r.dropped.len(),
+            dropped_text(&r.dropped)
+        ));
+    }
+    out
+}
+
+/// The largest dropped pieces, by volume, as `outside the body 1234 mm3 at (x, y, z)`; a
+/// count for the rest (noise can leave hundreds of specks).
+pub fn dropped_text(dropped: &[crate::recon::iso::DroppedComponent]) -> String {
+    const SHOWN: usize = 5;
+    let mut by_volume: Vec<_> = dropped.iter().collect();
+    by_volume.sort_by(|a, b| b.volume_mm3.total_cmp(&a.volume_mm3));
+    let mut parts: Vec<String> = by_volume
+        .iter()
+        .take(SHOWN)
+        .map(|d| {
+            format!(
+                "{} {:.0} mm3 at ({:.1}, {:.1}, {:.1})",
+                d.reason, d.volume_mm3, d.centre_mm[0], d.centre_mm[1], d.centre_mm[2]
+            )
+        })
+        .collect();
+    if dropped.len() > SHOWN {
+        parts.push(format!("{} smaller ones", dropped.len() - SHOWN));
+    }
+    parts.join("; ")
 }
 
 /// The message of a panic payload (`panic!` with a literal or a formatted message).

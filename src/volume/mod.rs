@@ -31,6 +31,7 @@
 //! has to understand why a series could not be processed.
 
 mod assemble;
+mod body;
 mod decode;
 mod enhanced;
 mod filter;
@@ -44,6 +45,7 @@ mod tests;
 use std::path::PathBuf;
 
 pub use assemble::{SeriesFiles, assemble, scan_dir};
+pub use body::{BodyMask, CT_SKIN_HU};
 pub use filter::{background_threshold, gaussian_smooth, otsu_threshold};
 pub use geometry::TILT_TOLERANCE_DEG;
 
