@@ -29,10 +29,12 @@
 //! series-level, free-text attribute, so no private tags are needed.
 
 mod build;
+mod colour;
 mod raw;
 mod read;
 
 pub use build::build_encapsulated_stl;
+pub use colour::{Cielab, ColourError};
 pub use raw::stored_values;
 pub use read::extract_stl;
 
