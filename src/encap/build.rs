@@ -33,9 +33,9 @@ use crate::store::uid::{is_valid_uid, new_uid};
 use crate::store::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 
 /// Maximum characters of an LO value.
-const LO_MAX: usize = 64;
+pub(super) const LO_MAX: usize = 64;
 /// Maximum characters of an ST value.
-const ST_MAX: usize = 1024;
+pub(super) const ST_MAX: usize = 1024;
 
 /// Patient module (C.7.1.1): type 2 attributes, written empty when absent.
 const PATIENT_TYPE2: &[(Tag, VR)] = &[
