@@ -33,9 +33,9 @@ use crate::store::uid::{is_valid_uid, new_uid};
 use crate::store::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 
 /// Maximum characters of an LO value.
-const LO_MAX: usize = 64;
+pub(super) const LO_MAX: usize = 64;
 /// Maximum characters of an ST value.
-const ST_MAX: usize = 1024;
+pub(super) const ST_MAX: usize = 1024;
 
 /// Patient module (C.7.1.1): type 2 attributes, written empty when absent.
 const PATIENT_TYPE2: &[(Tag, VR)] = &[
@@ -132,7 +132,36 @@ pub fn build_encapsulated_stl(
     src: &SourceSeries,
     req: &EncapRequest,
 ) -> Result<FileDicomObject<InMemDicomObject>, EncapError> {
-    // ---- check the inputs
+    build_document(
+        src,
+        req,
+        &DocumentKind {
+            sop_class_uid: ENCAPSULATED_STL_STORAGE,
+            mime_type: STL_MIME_TYPE,
+            frame_of_reference: true,
+            extra: Vec::new(),
+        },
+    )
+}
+
+/// Which encapsulated 3D model document to build (PS3.3 A.85.1 STL, A.85.2 OBJ, A.85.3
+/// MTL): they share every module and differ in SOP class, MIME type, whether the Frame of
+/// Reference applies, and a few attributes of their own (`extra`, put last).
+pub(super) struct DocumentKind<'a> {
+    pub sop_class_uid: &'a str,
+    pub mime_type: &'a str,
+    pub frame_of_reference: bool,
+    pub extra: Vec<DataElement<InMemDicomObject>>,
+}
+
+/// Builds one Encapsulated Document (STL, OBJ or MTL) in the `M3D` series; see
+/// [`build_encapsulated_stl`] for what is checked. `req.stl` is the payload, whatever the
+/// format.
+pub(super) fn build_document(
+    src: &SourceSeries,
+    req: &EncapRequest,
+    kind: &DocumentKind<'_>,
+) -> Result<FileDicomObject<InMemDicomObject>, EncapError> {
     if req.stl.is_empty() {
         return Err(EncapError::EmptyStl);
     }
@@ -140,161 +169,14 @@ pub fn build_encapsulated_stl(
     if req.stl.len() >= (u32::MAX - 1) as usize {
         return Err(EncapError::StlTooLarge(req.stl.len()));
     }
-    if src.instances.is_empty() {
-        return Err(EncapError::NoSourceInstances);
-    }
-    let rep = &src.representative;
-    check_uid("source SeriesInstanceUID", &src.series_instance_uid)?;
-    for inst in &src.instances {
-        check_uid("source SOPClassUID", &inst.sop_class_uid)?;
-        check_uid("source SOPInstanceUID", &inst.sop_instance_uid)?;
-    }
-    let study_uid = required_uid(rep, tags::STUDY_INSTANCE_UID, "StudyInstanceUID")?;
-    let frame_uid = required_uid(rep, tags::FRAME_OF_REFERENCE_UID, "FrameOfReferenceUID")?;
+    let mut base = Base::new(src, req, MODALITY_M3D, kind.frame_of_reference)?;
+    let obj = &mut base.obj;
+    let own = &base.own;
 
-    let series_uid = match &req.series_instance_uid {
-        Some(uid) => {
-            check_uid("SeriesInstanceUID", uid)?;
-            uid.clone()
-        }
-        None => new_uid(),
-    };
-    if series_uid == src.series_instance_uid {
-        return Err(EncapError::SeriesUidIsSource(series_uid));
-    }
-    let sop_uid = match &req.sop_instance_uid {
-        Some(uid) => {
-            check_uid("SOPInstanceUID", uid)?;
-            uid.clone()
-        }
-        None => new_uid(),
-    };
-    if src.instances.iter().any(|i| i.sop_instance_uid == sop_uid) {
-        return Err(EncapError::SopInstanceUidIsSource(sop_uid));
-    }
-
-    let now = dicom_core::chrono::Local::now();
-    let now_date = now.format("%Y%m%d").to_string();
-    let now_time = now.format("%H%M%S%.6f").to_string();
-    let (content_date, content_time) = match &req.content_datetime {
-        Some((da, tm)) => {
-            let (da, tm) = (da.trim(), tm.trim());
-            if !is_valid_da(da) {
-                return Err(EncapError::InvalidDateTime {
-                    field: "Content Date",
-                    value: da.to_string(),
-                });
-            }
-            if !is_valid_tm(tm) {
-                return Err(EncapError::InvalidDateTime {
-                    field: "Content Time",
-                    value: tm.to_string(),
-                });
-            }
-            (da.to_string(), tm.to_string())
-        }
-        None => (now_date.clone(), now_time.clone()),
-    };
-
-    let eq = &req.equipment;
-    let manufacturer = required_lo(&eq.manufacturer, "Manufacturer")?;
-    let model_name = required_lo(&eq.model_name, "ManufacturerModelName")?;
-    let serial = required_lo(&eq.device_serial_number, "DeviceSerialNumber")?;
-    let software = required_lo(&eq.software_versions, "SoftwareVersions")?;
-
-    let mut obj = InMemDicomObject::new_empty();
-    // The result is in the source's character set; the node's own text is made to fit it.
-    let charset = rep.get(tags::SPECIFIC_CHARACTER_SET).cloned();
-    let own = OwnText::for_charset(charset.as_ref().and_then(element_text).as_deref());
-    if let Some(charset) = charset {
-        obj.put(charset);
-    }
-
-    // ---- Patient IE
-    copy_type2(&mut obj, rep, PATIENT_TYPE2);
-    copy_present(&mut obj, rep, PATIENT_OPTIONAL);
-    if has_value(rep, tags::CLINICAL_TRIAL_SPONSOR_NAME)
-        && has_value(rep, tags::CLINICAL_TRIAL_PROTOCOL_ID)
-    {
-        copy_present(&mut obj, rep, CLINICAL_TRIAL_SUBJECT);
-        // type 2 attributes of that module
-        copy_type2(
-            &mut obj,
-            rep,
-            &[
-                (tags::CLINICAL_TRIAL_PROTOCOL_NAME, VR::LO),
-                (tags::CLINICAL_TRIAL_SITE_ID, VR::LO),
-                (tags::CLINICAL_TRIAL_SITE_NAME, VR::LO),
-            ],
-        );
-    }
-
-    // ---- Study IE
-    put_str(&mut obj, tags::STUDY_INSTANCE_UID, VR::UI, &study_uid);
-    copy_type2(&mut obj, rep, STUDY_TYPE2);
-    copy_present(&mut obj, rep, STUDY_OPTIONAL);
-
-    // ---- Series IE: Encapsulated Document Series module
-    put_str(&mut obj, tags::MODALITY, VR::CS, MODALITY_M3D);
-    put_str(&mut obj, tags::SERIES_INSTANCE_UID, VR::UI, &series_uid);
-    put_str(
-        &mut obj,
-        tags::SERIES_NUMBER,
-        VR::IS,
-        &req.series_number.to_string(),
-    );
-    let series_description = clean_line(&req.series_description, LO_MAX);
-    if !series_description.is_empty() {
-        own.put(
-            &mut obj,
-            tags::SERIES_DESCRIPTION,
-            VR::LO,
-            &series_description,
-        );
-    }
-    if let Some(comment) = &req.metrics_comment {
-        let comment = clean_text(comment, ST_MAX);
-        if !comment.is_empty() {
-            own.put(
-                &mut obj,
-                tags::COMMENTS_ON_THE_PERFORMED_PROCEDURE_STEP,
-                VR::ST,
-                &comment,
-            );
-        }
-    }
-
-    // ---- Frame of Reference IE
-    put_str(&mut obj, tags::FRAME_OF_REFERENCE_UID, VR::UI, &frame_uid);
-    copy_type2(
-        &mut obj,
-        rep,
-        &[(tags::POSITION_REFERENCE_INDICATOR, VR::LO)],
-    );
-
-    // ---- Equipment IE: General and Enhanced General Equipment
-    own.put(&mut obj, tags::MANUFACTURER, VR::LO, &manufacturer);
-    own.put(&mut obj, tags::MANUFACTURER_MODEL_NAME, VR::LO, &model_name);
-    own.put(&mut obj, tags::DEVICE_SERIAL_NUMBER, VR::LO, &serial);
-    own.put(&mut obj, tags::SOFTWARE_VERSIONS, VR::LO, &software);
-    if let Some(institution) = &eq.institution_name {
-        let institution = clean_line(institution, LO_MAX);
-        if !institution.is_empty() {
-            own.put(&mut obj, tags::INSTITUTION_NAME, VR::LO, &institution);
-        }
-    }
-
-    // ---- Encapsulated Document IE: Encapsulated Document module
-    put_str(
-        &mut obj,
-        tags::INSTANCE_NUMBER,
-        VR::IS,
-        &req.instance_number.to_string(),
-    );
-    put_str(&mut obj, tags::CONTENT_DATE, VR::DA, &content_date);
-    put_str(&mut obj, tags::CONTENT_TIME, VR::TM, &content_time);
+    // ---- Encapsulated Document IE: Encapsulated Document module (Instance Number and
+    // Content Date/Time are in the base)
     obj.put(DataElement::empty(tags::ACQUISITION_DATE_TIME, VR::DT));
-    put_str(&mut obj, tags::BURNED_IN_ANNOTATION, VR::CS, "NO");
+    put_str(obj, tags::BURNED_IN_ANNOTATION, VR::CS, "NO");
     obj.put(DataElement::new(
         tags::SOURCE_INSTANCE_SEQUENCE,
         VR::SQ,
@@ -304,16 +186,16 @@ pub fn build_encapsulated_stl(
     if title.is_empty() {
         obj.put(DataElement::empty(tags::DOCUMENT_TITLE, VR::ST));
     } else {
-        own.put(&mut obj, tags::DOCUMENT_TITLE, VR::ST, &title);
+        own.put(obj, tags::DOCUMENT_TITLE, VR::ST, &title);
     }
     // Type 2; no code in CID 7061 names "a surface reconstructed from a
     // volume" well enough, so it is left empty.
     obj.put(DataElement::empty(tags::CONCEPT_NAME_CODE_SEQUENCE, VR::SQ));
     put_str(
-        &mut obj,
+        obj,
         tags::MIME_TYPE_OF_ENCAPSULATED_DOCUMENT,
         VR::LO,
-        STL_MIME_TYPE,
+        kind.mime_type,
     );
     let mut document = req.stl.to_vec();
     if document.len() % 2 == 1 {
@@ -341,6 +223,232 @@ pub fn build_encapsulated_stl(
     ));
 
     // ---- Common Instance Reference module: the source series, same study
+    put_common_instance_reference(obj, src);
+
+    for e in &kind.extra {
+        obj.put(e.clone());
+    }
+    tracing::debug!(
+        sop_class_uid = kind.sop_class_uid,
+        sop_instance_uid = %base.sop_uid,
+        series_instance_uid = %base.series_uid,
+        bytes = req.stl.len(),
+        references = src.instances.len(),
+        "built encapsulated 3D model object"
+    );
+    base.finish(kind.sop_class_uid)
+}
+
+/// The modules every object m3dnode makes shares, filled from the source and the request:
+/// Patient, Clinical Trial Subject, General Study, Patient Study, the series attributes
+/// (General Series / Encapsulated Document Series: Modality, UID, number, description, the
+/// metrics comment), Frame of Reference (when it applies), General and Enhanced General
+/// Equipment, and Instance Number, Content Date and Content Time.
+pub(super) struct Base {
+    pub obj: InMemDicomObject,
+    pub own: OwnText,
+    pub series_uid: String,
+    pub sop_uid: String,
+    pub now_date: String,
+    pub now_time: String,
+}
+
+impl Base {
+    pub(super) fn new(
+        src: &SourceSeries,
+        req: &EncapRequest,
+        modality: &str,
+        frame_of_reference: bool,
+    ) -> Result<Base, EncapError> {
+        if src.instances.is_empty() {
+            return Err(EncapError::NoSourceInstances);
+        }
+        let rep = &src.representative;
+        check_uid("source SeriesInstanceUID", &src.series_instance_uid)?;
+        for inst in &src.instances {
+            check_uid("source SOPClassUID", &inst.sop_class_uid)?;
+            check_uid("source SOPInstanceUID", &inst.sop_instance_uid)?;
+        }
+        let study_uid = required_uid(rep, tags::STUDY_INSTANCE_UID, "StudyInstanceUID")?;
+        let frame_uid = required_uid(rep, tags::FRAME_OF_REFERENCE_UID, "FrameOfReferenceUID")?;
+
+        let series_uid = match &req.series_instance_uid {
+            Some(uid) => {
+                check_uid("SeriesInstanceUID", uid)?;
+                uid.clone()
+            }
+            None => new_uid(),
+        };
+        if series_uid == src.series_instance_uid {
+            return Err(EncapError::SeriesUidIsSource(series_uid));
+        }
+        let sop_uid = match &req.sop_instance_uid {
+            Some(uid) => {
+                check_uid("SOPInstanceUID", uid)?;
+                uid.clone()
+            }
+            None => new_uid(),
+        };
+        if src.instances.iter().any(|i| i.sop_instance_uid == sop_uid) {
+            return Err(EncapError::SopInstanceUidIsSource(sop_uid));
+        }
+
+        let now = dicom_core::chrono::Local::now();
+        let now_date = now.format("%Y%m%d").to_string();
+        let now_time = now.format("%H%M%S%.6f").to_string();
+        let (content_date, content_time) = match &req.content_datetime {
+            Some((da, tm)) => {
+                let (da, tm) = (da.trim(), tm.trim());
+                if !is_valid_da(da) {
+                    return Err(EncapError::InvalidDateTime {
+                        field: "Content Date",
+                        value: da.to_string(),
+                    });
+                }
+                if !is_valid_tm(tm) {
+                    return Err(EncapError::InvalidDateTime {
+                        field: "Content Time",
+                        value: tm.to_string(),
+                    });
+                }
+                (da.to_string(), tm.to_string())
+            }
+            None => (now_date.clone(), now_time.clone()),
+        };
+
+        let eq = &req.equipment;
+        let manufacturer = required_lo(&eq.manufacturer, "Manufacturer")?;
+        let model_name = required_lo(&eq.model_name, "ManufacturerModelName")?;
+        let serial = required_lo(&eq.device_serial_number, "DeviceSerialNumber")?;
+        let software = required_lo(&eq.software_versions, "SoftwareVersions")?;
+
+        let mut obj = InMemDicomObject::new_empty();
+        // The result is in the source's character set; the node's own text is made to fit it.
+        let charset = rep.get(tags::SPECIFIC_CHARACTER_SET).cloned();
+        let own = OwnText::for_charset(charset.as_ref().and_then(element_text).as_deref());
+        if let Some(charset) = charset {
+            obj.put(charset);
+        }
+
+        // ---- Patient IE
+        copy_type2(&mut obj, rep, PATIENT_TYPE2);
+        copy_present(&mut obj, rep, PATIENT_OPTIONAL);
+        if has_value(rep, tags::CLINICAL_TRIAL_SPONSOR_NAME)
+            && has_value(rep, tags::CLINICAL_TRIAL_PROTOCOL_ID)
+        {
+            copy_present(&mut obj, rep, CLINICAL_TRIAL_SUBJECT);
+            // type 2 attributes of that module
+            copy_type2(
+                &mut obj,
+                rep,
+                &[
+                    (tags::CLINICAL_TRIAL_PROTOCOL_NAME, VR::LO),
+                    (tags::CLINICAL_TRIAL_SITE_ID, VR::LO),
+                    (tags::CLINICAL_TRIAL_SITE_NAME, VR::LO),
+                ],
+            );
+        }
+
+        // ---- Study IE
+        put_str(&mut obj, tags::STUDY_INSTANCE_UID, VR::UI, &study_uid);
+        copy_type2(&mut obj, rep, STUDY_TYPE2);
+        copy_present(&mut obj, rep, STUDY_OPTIONAL);
+
+        // ---- Series IE: Encapsulated Document Series module / General Series module
+        put_str(&mut obj, tags::MODALITY, VR::CS, modality);
+        put_str(&mut obj, tags::SERIES_INSTANCE_UID, VR::UI, &series_uid);
+        put_str(
+            &mut obj,
+            tags::SERIES_NUMBER,
+            VR::IS,
+            &req.series_number.to_string(),
+        );
+        let series_description = clean_line(&req.series_description, LO_MAX);
+        if !series_description.is_empty() {
+            own.put(
+                &mut obj,
+                tags::SERIES_DESCRIPTION,
+                VR::LO,
+                &series_description,
+            );
+        }
+        if let Some(comment) = &req.metrics_comment {
+            let comment = clean_text(comment, ST_MAX);
+            if !comment.is_empty() {
+                own.put(
+                    &mut obj,
+                    tags::COMMENTS_ON_THE_PERFORMED_PROCEDURE_STEP,
+                    VR::ST,
+                    &comment,
+                );
+            }
+        }
+
+        // ---- Frame of Reference IE
+        if frame_of_reference {
+            put_str(&mut obj, tags::FRAME_OF_REFERENCE_UID, VR::UI, &frame_uid);
+            copy_type2(
+                &mut obj,
+                rep,
+                &[(tags::POSITION_REFERENCE_INDICATOR, VR::LO)],
+            );
+        }
+
+        // ---- Equipment IE: General and Enhanced General Equipment
+        own.put(&mut obj, tags::MANUFACTURER, VR::LO, &manufacturer);
+        own.put(&mut obj, tags::MANUFACTURER_MODEL_NAME, VR::LO, &model_name);
+        own.put(&mut obj, tags::DEVICE_SERIAL_NUMBER, VR::LO, &serial);
+        own.put(&mut obj, tags::SOFTWARE_VERSIONS, VR::LO, &software);
+        if let Some(institution) = &eq.institution_name {
+            let institution = clean_line(institution, LO_MAX);
+            if !institution.is_empty() {
+                own.put(&mut obj, tags::INSTITUTION_NAME, VR::LO, &institution);
+            }
+        }
+
+        // ---- Instance Number and content date/time (Encapsulated Document module,
+        // Surface Segmentation module's Content Identification)
+        put_str(
+            &mut obj,
+            tags::INSTANCE_NUMBER,
+            VR::IS,
+            &req.instance_number.to_string(),
+        );
+        put_str(&mut obj, tags::CONTENT_DATE, VR::DA, &content_date);
+        put_str(&mut obj, tags::CONTENT_TIME, VR::TM, &content_time);
+
+        Ok(Base {
+            obj,
+            own,
+            series_uid,
+            sop_uid,
+            now_date,
+            now_time,
+        })
+    }
+
+    /// Adds the SOP Common module and the file meta group.
+    pub(super) fn finish(
+        mut self,
+        sop_class_uid: &str,
+    ) -> Result<FileDicomObject<InMemDicomObject>, EncapError> {
+        let obj = &mut self.obj;
+        put_str(obj, tags::SOP_CLASS_UID, VR::UI, sop_class_uid);
+        put_str(obj, tags::SOP_INSTANCE_UID, VR::UI, &self.sop_uid);
+        put_str(obj, tags::INSTANCE_CREATION_DATE, VR::DA, &self.now_date);
+        put_str(obj, tags::INSTANCE_CREATION_TIME, VR::TM, &self.now_time);
+        let meta = FileMetaTableBuilder::new()
+            .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
+            .media_storage_sop_class_uid(sop_class_uid)
+            .media_storage_sop_instance_uid(self.sop_uid.as_str())
+            .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
+            .implementation_version_name(IMPLEMENTATION_VERSION_NAME);
+        self.obj.with_meta(meta).map_err(EncapError::FileMeta)
+    }
+}
+
+/// Common Instance Reference module (C.12.2): the source series, in the same study.
+pub(super) fn put_common_instance_reference(obj: &mut InMemDicomObject, src: &SourceSeries) {
     let mut series_item = InMemDicomObject::new_empty();
     put_str(
         &mut series_item,
@@ -358,36 +466,10 @@ pub fn build_encapsulated_stl(
         VR::SQ,
         DataSetSequence::from(vec![series_item]),
     ));
-
-    // ---- SOP Common module
-    put_str(
-        &mut obj,
-        tags::SOP_CLASS_UID,
-        VR::UI,
-        ENCAPSULATED_STL_STORAGE,
-    );
-    put_str(&mut obj, tags::SOP_INSTANCE_UID, VR::UI, &sop_uid);
-    put_str(&mut obj, tags::INSTANCE_CREATION_DATE, VR::DA, &now_date);
-    put_str(&mut obj, tags::INSTANCE_CREATION_TIME, VR::TM, &now_time);
-
-    let meta = FileMetaTableBuilder::new()
-        .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
-        .media_storage_sop_class_uid(ENCAPSULATED_STL_STORAGE)
-        .media_storage_sop_instance_uid(sop_uid.as_str())
-        .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
-        .implementation_version_name(IMPLEMENTATION_VERSION_NAME);
-    tracing::debug!(
-        sop_instance_uid = %sop_uid,
-        series_instance_uid = %series_uid,
-        stl_bytes = req.stl.len(),
-        references = src.instances.len(),
-        "built Encapsulated STL object"
-    );
-    obj.with_meta(meta).map_err(EncapError::FileMeta)
 }
 
 /// One item per distinct source instance: Referenced SOP Class/Instance UID.
-fn source_references(src: &SourceSeries) -> Vec<InMemDicomObject> {
+pub(super) fn source_references(src: &SourceSeries) -> Vec<InMemDicomObject> {
     let mut seen = std::collections::HashSet::new();
     src.instances
         .iter()
@@ -412,7 +494,7 @@ fn source_references(src: &SourceSeries) -> Vec<InMemDicomObject> {
 }
 
 /// A Code Sequence item (Basic Code Sequence Macro).
-fn code_item(value: &str, scheme: &str, meaning: &str) -> InMemDicomObject {
+pub(super) fn code_item(value: &str, scheme: &str, meaning: &str) -> InMemDicomObject {
     let mut item = InMemDicomObject::new_empty();
     put_str(&mut item, tags::CODE_VALUE, VR::SH, value);
     put_str(&mut item, tags::CODING_SCHEME_DESIGNATOR, VR::SH, scheme);
@@ -420,7 +502,7 @@ fn code_item(value: &str, scheme: &str, meaning: &str) -> InMemDicomObject {
     item
 }
 
-fn put_str(obj: &mut InMemDicomObject, tag: Tag, vr: VR, value: &str) {
+pub(super) fn put_str(obj: &mut InMemDicomObject, tag: Tag, vr: VR, value: &str) {
     obj.put(DataElement::new(tag, vr, PrimitiveValue::from(value)));
 }
 
@@ -540,7 +622,7 @@ fn element_text(e: &DataElement<InMemDicomObject>) -> Option<String> {
 /// set when that is one dicom-rs encodes without code extensions (a single ISO 8859 part,
 /// UTF-8, GB18030, GBK); otherwise — the default repertoire, ISO 2022 code extensions, JIS
 /// X 0201 — each is replaced by `?`, never written in bytes the declared set does not mean.
-enum OwnText {
+pub(super) enum OwnText {
     Ascii,
     Encoded(SpecificCharacterSet),
 }
@@ -572,7 +654,7 @@ impl OwnText {
 
     /// Puts `text` as `tag`: as a string when ASCII, else as the bytes of its encoding
     /// (so that the writer, whatever codec it picks from (0008,0005), writes them as is).
-    fn put(&self, obj: &mut InMemDicomObject, tag: Tag, vr: VR, text: &str) {
+    pub(super) fn put(&self, obj: &mut InMemDicomObject, tag: Tag, vr: VR, text: &str) {
         if text.is_ascii() {
             return put_str(obj, tag, vr, text);
         }
@@ -597,7 +679,7 @@ impl OwnText {
 
 /// One line of text for LO/SH-like values: no control characters, no
 /// backslash (the value delimiter), trimmed, at most `max` characters.
-fn clean_line(s: &str, max: usize) -> String {
+pub(super) fn clean_line(s: &str, max: usize) -> String {
     let cleaned: String = s
         .chars()
         .map(|c| if c == '\\' { '/' } else { c })
@@ -608,7 +690,7 @@ fn clean_line(s: &str, max: usize) -> String {
 
 /// Free text for ST values: control characters other than CR, LF, TAB and FF
 /// removed, trailing spaces trimmed, at most `max` characters.
-fn clean_text(s: &str, max: usize) -> String {
+pub(super) fn clean_text(s: &str, max: usize) -> String {
     let cleaned: String = s
         .chars()
         .filter(|c| !c.is_control() || matches!(c, '\r' | '\n' | '\t' | '\u{c}'))

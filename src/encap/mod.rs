@@ -29,12 +29,20 @@
 //! series-level, free-text attribute, so no private tags are needed.
 
 mod build;
+mod colour;
+mod obj;
 mod raw;
 mod read;
+mod surface_seg;
 
 pub use build::build_encapsulated_stl;
+pub use colour::{Cielab, ColourError};
+pub use obj::{
+    ENCAPSULATED_MTL_STORAGE, ENCAPSULATED_OBJ_STORAGE, MTL_MIME_TYPE, OBJ_MIME_TYPE, mtl_file_name,
+};
 pub use raw::stored_values;
-pub use read::extract_stl;
+pub use read::{extract_stl, extract_text_document};
+pub use surface_seg::{SEG_SERIES_NUMBER, SURFACE_SEGMENTATION_STORAGE};
 
 use dicom_object::InMemDicomObject;
 
@@ -240,6 +248,24 @@ pub enum EncapError {
     /// The Encapsulated Document or its length could not be read.
     #[error("could not read {0}")]
     ReadValue(&'static str, #[source] dicom_core::value::ConvertValueError),
+    /// The object is not the encapsulated document expected (wrong MIME type, not text).
+    #[error("not the expected encapsulated document: {0}")]
+    WrongDocument(String),
+    /// A result was asked for without any structure.
+    #[error("a result needs at least one structure")]
+    NoStructures,
+    /// More structures than the numbering allows.
+    #[error("{0} structures is more than one result can hold (at most 999)")]
+    TooManyStructures(usize),
+    /// A structure's mesh has no triangles.
+    #[error("the surface of {0:?} has no triangles")]
+    EmptyMesh(String),
+    /// A structure's mesh is too large for one DICOM value.
+    #[error("the surface of {0:?} is too large for one DICOM value")]
+    MeshTooLarge(String),
+    /// The rebuild version (instance number) is beyond the numbering scheme.
+    #[error("instance number {0} is out of range (1..=99999)")]
+    InstanceNumberOutOfRange(i32),
     /// Encapsulated Document Length does not fit the stored value.
     #[error("Encapsulated Document Length {declared} does not fit the {stored} stored bytes")]
     LengthMismatch {
@@ -307,4 +333,294 @@ pub fn from_reconstruction(
         )),
     };
     build_encapsulated_stl(&source, &request)
+}
+
+/// Series Number of the result series holding the STL, OBJ and MTL objects.
+pub const M3D_SERIES_NUMBER: i32 = 9901;
+
+/// An output format a destination asks for: `stl` (Encapsulated STL, one per structure),
+/// `obj` (Encapsulated OBJ + MTL, one pair per structure, one Model Group) or `surface-seg`
+/// (one Surface Segmentation holding every structure).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(try_from = "String")]
+pub enum Format {
+    /// Encapsulated STL (PS3.3 A.85.1).
+    Stl,
+    /// Encapsulated OBJ with its Encapsulated MTL (PS3.3 A.85.2, A.85.3).
+    Obj,
+    /// Surface Segmentation (PS3.3 A.57).
+    SurfaceSeg,
+}
+crate::choice!(Format);
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Format::Stl => "stl",
+            Format::Obj => "obj",
+            Format::SurfaceSeg => "surface-seg",
+        })
+    }
+}
+
+/// One structure of a result (e.g. bone or skin) with what every format needs.
+#[derive(Debug, Clone)]
+pub struct StructureMesh<'a> {
+    /// Short name: "Bone", "Skin" (Segment Label, OBJ object/material names, MTL file name).
+    pub label: &'a str,
+    /// What the surface is: "Bone surface, iso 300 HU" (Document Title of its STL/OBJ,
+    /// Segment Description).
+    pub description: &'a str,
+    /// Recommended display colour.
+    pub colour: Cielab,
+    /// Recommended opacity, 0 (transparent) to 1 (opaque).
+    pub opacity: f32,
+    /// The surface, patient LPS mm, CCW outward.
+    pub mesh: &'a crate::mesh::Mesh,
+    /// Its metrics (Finite Volume and Manifold of the Surface Segmentation).
+    pub metrics: &'a crate::mesh::MeshMetrics,
+    /// Free text (metrics, dropped components); all structures' comments go, prefixed by
+    /// their labels, to Comments on the Performed Procedure Step, a series-level attribute.
+    pub comment: String,
+    /// The algorithm, e.g. "m3dnode iso threshold 300 HU" (Segment Algorithm Name).
+    pub algorithm: &'a str,
+}
+
+/// What one built object is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ObjectKind {
+    /// Encapsulated STL.
+    Stl,
+    /// Encapsulated OBJ.
+    Obj,
+    /// Encapsulated MTL (belongs to the OBJ format).
+    Mtl,
+    /// Surface Segmentation.
+    SurfaceSeg,
+}
+
+/// One object of a result, ready to store and send.
+#[derive(Debug, Clone)]
+pub struct BuiltObject {
+    /// What it is.
+    pub kind: ObjectKind,
+    /// The destination format it belongs to (an MTL belongs to [`Format::Obj`]).
+    pub format: Format,
+    /// Index of its structure; `None` for the Surface Segmentation, which holds them all.
+    pub structure: Option<usize>,
+    /// SOP Class UID.
+    pub sop_class_uid: String,
+    /// SOP Instance UID.
+    pub sop_instance_uid: String,
+    /// The Part 10 object.
+    pub object: dicom_object::FileDicomObject<dicom_object::InMemDicomObject>,
+}
+
+/// Highest rebuild version the instance numbering takes (see [`build_results`]).
+const MAX_VERSION: i32 = 99_999;
+
+/// Builds every object of a result: for each format in `formats` (deduplicated, built in
+/// the order STL, OBJ, Surface Segmentation), the objects of all `structures`, made from
+/// the series `vol` was assembled from.
+///
+/// Identity, so that a job re-run after a crash makes the same instances:
+/// * the result series is `ids.series_instance_uid` (new when `None`), Series Number 9901,
+///   Modality M3D: the STL, OBJ and MTL objects; the Surface Segmentation is in a series of
+///   its own (Modality SEG, Series Number 9902) whose UID is
+///   `derived_uid(result series, "seg-series")` (see the `surface_seg` module);
+/// * structure 0's STL has `ids.sop_instance_uid` (as [`from_reconstruction`] gives the one
+///   STL of today's results); every other object has `derived_uid(base, "stl/N" | "obj/N"
+///   | "mtl/N" | "seg")` from that same base UID (minted when `None`), and the OBJ/MTL
+///   Model Group UID is `derived_uid(base, "model-group")`;
+/// * Instance Number = version + 100000 × slot, where version = `ids.instance_number`
+///   (at least 1, at most 99999) and slot = N for STL N, 1000 + N for OBJ N, 2000 + N for
+///   MTL N: distinct within the series, structure 0's STL keeps today's number, and each
+///   object's number grows with the rebuild version. The Surface Segmentation has the
+///   version.
+///
+/// Series-level text must be the same in every instance of a series, so Series
+/// Description ("3D model: Bone, Skin") and the comment (every structure's, prefixed with
+/// its label) are built once for the whole result.
+pub fn build_results(
+    vol: &crate::volume::Volume,
+    structures: &[StructureMesh<'_>],
+    formats: &[Format],
+    ids: &ResultIds,
+) -> Result<Vec<BuiltObject>, EncapError> {
+    use crate::store::uid::{derived_uid, new_uid};
+    if structures.is_empty() {
+        return Err(EncapError::NoStructures);
+    }
+    if structures.len() > 999 {
+        return Err(EncapError::TooManyStructures(structures.len()));
+    }
+    let version = ids.instance_number.max(1);
+    if version > MAX_VERSION {
+        return Err(EncapError::InstanceNumberOutOfRange(ids.instance_number));
+    }
+    let mut formats = formats.to_vec();
+    formats.sort();
+    formats.dedup();
+    let source = load_source(vol)?;
+    let base_uid = ids.sop_instance_uid.clone().unwrap_or_else(new_uid);
+    let series_uid = ids.series_instance_uid.clone().unwrap_or_else(new_uid);
+    let labels: Vec<&str> = structures.iter().map(|s| s.label).collect();
+    let series_description = format!("3D model: {}", labels.join(", "));
+    let comment = structures
+        .iter()
+        .map(|s| format!("{}: {}", s.label, s.comment))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let shared = SharedSeries {
+        series_uid: series_uid.clone(),
+        description: series_description,
+        comment,
+    };
+    let number = |slot: usize| version + 100_000 * slot as i32;
+    let mut out = Vec::new();
+    let mut push =
+        |kind, format, structure, sop_class_uid: &str, object: dicom_object::DefaultDicomObject| {
+            let sop_instance_uid = object
+                .meta()
+                .media_storage_sop_instance_uid()
+                .trim_end_matches('\0')
+                .to_string();
+            out.push(BuiltObject {
+                kind,
+                format,
+                structure,
+                sop_class_uid: sop_class_uid.to_string(),
+                sop_instance_uid,
+                object,
+            });
+        };
+    for format in formats {
+        match format {
+            Format::Stl => {
+                for (i, s) in structures.iter().enumerate() {
+                    let uid = if i == 0 {
+                        base_uid.clone()
+                    } else {
+                        derived_uid(&base_uid, &format!("stl/{i}"))
+                    };
+                    if s.mesh.is_empty() {
+                        return Err(EncapError::EmptyMesh(s.label.to_string()));
+                    }
+                    let stl = crate::mesh::write_stl_binary(s.mesh, s.description);
+                    let req = shared.request(&stl, s.description.to_string(), uid, number(i));
+                    let obj = build_encapsulated_stl(&source, &req)?;
+                    push(
+                        ObjectKind::Stl,
+                        Format::Stl,
+                        Some(i),
+                        ENCAPSULATED_STL_STORAGE,
+                        obj,
+                    );
+                }
+            }
+            Format::Obj => {
+                let group = derived_uid(&base_uid, "model-group");
+                for (i, s) in structures.iter().enumerate() {
+                    if s.mesh.is_empty() {
+                        return Err(EncapError::EmptyMesh(s.label.to_string()));
+                    }
+                    let obj_uid = derived_uid(&base_uid, &format!("obj/{i}"));
+                    let mtl_uid = derived_uid(&base_uid, &format!("mtl/{i}"));
+                    let mtl_name = mtl_file_name(i, s.label);
+                    let text = obj::obj_text(s, &mtl_name);
+                    let req = shared.request(
+                        text.as_bytes(),
+                        s.description.to_string(),
+                        obj_uid,
+                        number(1000 + i),
+                    );
+                    let o = obj::build_obj(&source, &req, s, &group, &mtl_uid, &mtl_name)?;
+                    push(
+                        ObjectKind::Obj,
+                        Format::Obj,
+                        Some(i),
+                        ENCAPSULATED_OBJ_STORAGE,
+                        o,
+                    );
+                    let text = obj::mtl_text(s);
+                    let req = shared.request(
+                        text.as_bytes(),
+                        format!("{} material", s.label),
+                        mtl_uid,
+                        number(2000 + i),
+                    );
+                    let m = obj::build_mtl(&source, &req, &group)?;
+                    push(
+                        ObjectKind::Mtl,
+                        Format::Obj,
+                        Some(i),
+                        ENCAPSULATED_MTL_STORAGE,
+                        m,
+                    );
+                }
+            }
+            Format::SurfaceSeg => {
+                let mut req =
+                    shared.request(&[], String::new(), derived_uid(&base_uid, "seg"), version);
+                req.series_instance_uid = Some(derived_uid(&series_uid, "seg-series"));
+                req.series_number = SEG_SERIES_NUMBER;
+                req.series_description = format!("Surfaces: {}", labels.join(", "));
+                let o = surface_seg::build_surface_segmentation(&source, &req, structures)?;
+                push(
+                    ObjectKind::SurfaceSeg,
+                    Format::SurfaceSeg,
+                    None,
+                    SURFACE_SEGMENTATION_STORAGE,
+                    o,
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The source series of a volume: its first file's header and every source image.
+fn load_source(vol: &crate::volume::Volume) -> Result<SourceSeries, EncapError> {
+    let first = vol.sources.first().ok_or(EncapError::NoSourceInstances)?;
+    let instances = vol
+        .sources
+        .iter()
+        .map(|s| SourceInstance {
+            sop_class_uid: s.sop_class_uid.clone(),
+            sop_instance_uid: s.sop_instance_uid.clone(),
+        })
+        .collect();
+    SourceSeries::load(&first.path, instances, &vol.series_instance_uid)
+}
+
+/// What every object of the M3D series shares (series-level attributes).
+struct SharedSeries {
+    series_uid: String,
+    description: String,
+    comment: String,
+}
+
+impl SharedSeries {
+    fn request<'p>(
+        &self,
+        payload: &'p [u8],
+        title: String,
+        uid: String,
+        number: i32,
+    ) -> EncapRequest<'p> {
+        EncapRequest {
+            stl: payload,
+            document_title: title,
+            series_description: self.description.clone(),
+            series_instance_uid: Some(self.series_uid.clone()),
+            sop_instance_uid: Some(uid),
+            series_number: M3D_SERIES_NUMBER,
+            instance_number: number,
+            content_datetime: None,
+            equipment: Equipment::default(),
+            metrics_comment: Some(self.comment.clone()),
+        }
+    }
 }

@@ -82,6 +82,49 @@ fn is_exact_binary_stl(bytes: &[u8]) -> bool {
         == Some(bytes.len())
 }
 
+/// The text of an encapsulated text document (OBJ, MTL) whose MIME type is `mime`: the
+/// stored bytes cut to Encapsulated Document Length (or without the pad byte, a NUL or
+/// space, when the length is absent), as UTF-8.
+pub fn extract_text_document(
+    obj: &FileDicomObject<InMemDicomObject>,
+    mime: &str,
+) -> Result<String, EncapError> {
+    let found = obj
+        .get(tags::MIME_TYPE_OF_ENCAPSULATED_DOCUMENT)
+        .ok_or_else(|| EncapError::WrongDocument("no MIME type".to_string()))?
+        .to_str()
+        .map_err(|err| EncapError::ReadValue("MIME Type of Encapsulated Document", err))?;
+    if !found.trim().eq_ignore_ascii_case(mime) {
+        return Err(EncapError::WrongDocument(format!(
+            "MIME type is {:?}, not {mime}",
+            found.trim()
+        )));
+    }
+    let stored = obj
+        .get(tags::ENCAPSULATED_DOCUMENT)
+        .ok_or(EncapError::MissingDocument)?
+        .to_bytes()
+        .map_err(|err| EncapError::ReadValue("Encapsulated Document", err))?;
+    let len = match obj.get(tags::ENCAPSULATED_DOCUMENT_LENGTH) {
+        Some(e) => {
+            let declared = e
+                .to_int::<u64>()
+                .map_err(|err| EncapError::ReadValue("Encapsulated Document Length", err))?;
+            usize::try_from(declared)
+                .ok()
+                .filter(|&d| d <= stored.len() && stored.len() - d <= 1)
+                .ok_or(EncapError::LengthMismatch {
+                    declared,
+                    stored: stored.len(),
+                })?
+        }
+        None if matches!(stored.last(), Some(0 | b' ')) => stored.len() - 1,
+        None => stored.len(),
+    };
+    String::from_utf8(stored[..len].to_vec())
+        .map_err(|_| EncapError::WrongDocument("the document is not UTF-8 text".to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

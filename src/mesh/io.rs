@@ -136,6 +136,191 @@ pub fn write_obj(mesh: &Mesh) -> String {
     s
 }
 
+/// One material of an MTL file (Wavefront "Material Library File", Alias|Wavefront 1995:
+/// `newmtl`, `Kd`, `d`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Material {
+    /// The name that `usemtl` refers to (whitespace is replaced by `_` when written).
+    pub name: String,
+    /// Diffuse colour, sRGB fractions 0..1.
+    pub kd: [f32; 3],
+    /// Opacity 0 (transparent) ..1 (opaque), written as `d`.
+    pub opacity: f32,
+}
+
+/// An OBJ/MTL name: no whitespace (the formats split on it), not empty.
+fn obj_name(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_whitespace() || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    if s.is_empty() { "_".to_string() } else { s }
+}
+
+/// Wavefront OBJ text with vertex normals: `mtllib` (when given), `o object_name`,
+/// `usemtl` (when given), `v`, `vn` (one per vertex, `normals[i]` for vertex `i`) and
+/// 1-based `f a//a b//b c//c` faces. Triangles with out-of-range indices are skipped; when
+/// `normals` is not one per vertex, no `vn` are written and faces are `f a b c`.
+pub fn write_obj_with(
+    mesh: &Mesh,
+    normals: &[[f32; 3]],
+    object_name: &str,
+    mtllib: Option<&str>,
+    material: Option<&str>,
+) -> String {
+    let with_normals = normals.len() == mesh.vertices.len();
+    let mut s = String::with_capacity(
+        32 * mesh.vertices.len() * if with_normals { 2 } else { 1 } + 30 * mesh.triangle_count(),
+    );
+    s.push_str("# m3dnode OBJ, units mm, patient coordinates (LPS)\n");
+    let _ = writeln!(
+        s,
+        "# vertices {} triangles {}",
+        mesh.vertices.len(),
+        mesh.valid_triangles().count()
+    );
+    if let Some(lib) = mtllib {
+        let _ = writeln!(s, "mtllib {}", obj_name(lib));
+    }
+    let _ = writeln!(s, "o {}", obj_name(object_name));
+    for v in &mesh.vertices {
+        let _ = writeln!(s, "v {} {} {}", v[0], v[1], v[2]);
+    }
+    if with_normals {
+        for n in normals {
+            let _ = writeln!(s, "vn {} {} {}", n[0], n[1], n[2]);
+        }
+    }
+    if let Some(m) = material {
+        let _ = writeln!(s, "usemtl {}", obj_name(m));
+    }
+    for t in mesh.valid_triangles() {
+        let [a, b, c] = t.map(|i| u64::from(i) + 1);
+        if with_normals {
+            let _ = writeln!(s, "f {a}//{a} {b}//{b} {c}//{c}");
+        } else {
+            let _ = writeln!(s, "f {a} {b} {c}");
+        }
+    }
+    s
+}
+
+/// MTL text: one `newmtl` per material with `Ka` (black), `Kd`, `Ks` (black), `illum 1`
+/// (diffuse only, no highlights) and `d` (opacity; 1 is opaque).
+pub fn write_mtl(materials: &[Material]) -> String {
+    let mut s = String::from("# m3dnode MTL\n");
+    for m in materials {
+        let kd = m.kd.map(|c| {
+            if c.is_finite() {
+                c.clamp(0.0, 1.0)
+            } else {
+                0.0
+            }
+        });
+        let d = if m.opacity.is_finite() {
+            m.opacity.clamp(0.0, 1.0)
+        } else {
+            1.0
+        };
+        let _ = writeln!(s, "newmtl {}", obj_name(&m.name));
+        s.push_str("Ka 0 0 0\n");
+        let _ = writeln!(s, "Kd {} {} {}", kd[0], kd[1], kd[2]);
+        s.push_str("Ks 0 0 0\nillum 1\n");
+        let _ = writeln!(s, "d {d}");
+    }
+    s
+}
+
+/// Most vertices [`read_obj`] accepts (and so the largest index): 2^28, far beyond any
+/// surface m3dnode makes (a CT head is well under 2^22), and small enough that a hostile
+/// file cannot make the reader allocate more than a few GiB.
+pub const OBJ_MAX_VERTICES: usize = 1 << 28;
+
+/// Reads the geometry of a Wavefront OBJ text: `v x y z [w]` positions and `f` faces whose
+/// corners are `a`, `a/b`, `a//c` or `a/b/c` (only the position index `a` is used), 1-based
+/// or negative (relative to the last vertex so far). Polygons with more than three corners
+/// are fanned from their first corner. Comments (`#`), blank lines and every other record
+/// (`vn`, `vt`, `o`, `g`, `s`, `mtllib`, `usemtl`, ...) are ignored. The mesh's vertices
+/// are the `v` records in order, so what [`write_obj_with`] writes reads back equal.
+///
+/// # Errors
+/// [`MeshError::InvalidObj`] on a malformed number or index, an index 0 or out of range, a
+/// face with fewer than three corners, a non-finite coordinate, or more than
+/// [`OBJ_MAX_VERTICES`] vertices or faces. Never panics.
+pub fn read_obj(text: &str) -> Result<Mesh, MeshError> {
+    fn bad(line: usize, what: impl std::fmt::Display) -> MeshError {
+        MeshError::InvalidObj(format!("line {line}: {what}"))
+    }
+    let mut mesh = Mesh::default();
+    let mut corners: Vec<u32> = Vec::new();
+    for (n, raw) in text.lines().enumerate() {
+        let line_no = n + 1;
+        let line = raw.split('#').next().unwrap_or("");
+        let mut words = line.split_ascii_whitespace();
+        match words.next() {
+            Some("v") => {
+                if mesh.vertices.len() >= OBJ_MAX_VERTICES {
+                    return Err(bad(line_no, "too many vertices"));
+                }
+                let mut v = [0f32; 3];
+                for c in &mut v {
+                    let w = words
+                        .next()
+                        .ok_or_else(|| bad(line_no, "a vertex needs x y z"))?;
+                    *c = w
+                        .parse::<f32>()
+                        .map_err(|_| bad(line_no, format!("bad number {w:?}")))?;
+                    if !c.is_finite() {
+                        return Err(bad(line_no, format!("non-finite coordinate {w:?}")));
+                    }
+                }
+                mesh.vertices.push(v);
+            }
+            Some("f") => {
+                corners.clear();
+                for w in words {
+                    let a = w.split('/').next().unwrap_or("");
+                    let i: i64 = a
+                        .parse()
+                        .map_err(|_| bad(line_no, format!("bad face corner {w:?}")))?;
+                    let count = mesh.vertices.len() as i64;
+                    let index = match i {
+                        0 => return Err(bad(line_no, "index 0 (OBJ indices start at 1)")),
+                        i if i > 0 && i <= count => i - 1,
+                        i if i < 0 && i.checked_neg().is_some_and(|n| n <= count) => count + i,
+                        _ => {
+                            return Err(bad(
+                                line_no,
+                                format!("index {i} with {count} vertices so far"),
+                            ));
+                        }
+                    };
+                    // in range of a vector no longer than OBJ_MAX_VERTICES
+                    corners.push(index as u32);
+                }
+                if corners.len() < 3 {
+                    return Err(bad(line_no, "a face needs at least three corners"));
+                }
+                if mesh.indices.len() / 3 + corners.len() > OBJ_MAX_VERTICES {
+                    return Err(bad(line_no, "too many faces"));
+                }
+                for k in 1..corners.len() - 1 {
+                    mesh.indices
+                        .extend_from_slice(&[corners[0], corners[k], corners[k + 1]]);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(mesh)
+}
+
 /// Collects facet corners into an indexed mesh, merging bit-identical
 /// positions (`-0.0` and `0.0` are merged).
 struct Welder {
@@ -277,4 +462,111 @@ fn read_ascii(bytes: &[u8]) -> Result<Mesh, MeshError> {
         }
     }
     Ok(w.mesh)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::vertex_normals;
+
+    fn tetra() -> Mesh {
+        Mesh {
+            vertices: vec![
+                [0.0, 0.0, 0.0],
+                [10.5, 0.0, 0.0],
+                [0.0, 10.25, 0.0],
+                [0.1, 0.2, -1e-7],
+            ],
+            indices: vec![0, 2, 1, 0, 1, 3, 1, 2, 3, 2, 0, 3],
+        }
+    }
+
+    #[test]
+    fn obj_with_normals_and_material_round_trips() {
+        let m = tetra();
+        let n = vertex_normals(&m);
+        let text = write_obj_with(&m, &n, "Bone surface", Some("model.mtl"), Some("Bone"));
+        assert!(text.contains("mtllib model.mtl\n"), "{text}");
+        assert!(text.contains("o Bone_surface\n"), "{text}");
+        assert!(text.contains("usemtl Bone\n"), "{text}");
+        assert!(text.contains("f 1//1 3//3 2//2\n"), "{text}");
+        assert_eq!(text.matches("\nvn ").count(), 4);
+        assert_eq!(read_obj(&text).expect("read"), m);
+        // Without normals: plain faces; today's writer still reads back.
+        let plain = write_obj_with(&m, &[], "x", None, None);
+        assert!(
+            plain.contains("f 1 3 2\n") && !plain.contains("vn"),
+            "{plain}"
+        );
+        assert_eq!(read_obj(&plain).expect("read"), m);
+        assert_eq!(read_obj(&write_obj(&m)).expect("read"), m);
+    }
+
+    #[test]
+    fn read_obj_accepts_every_corner_form_negative_indices_and_polygons() {
+        let text = "# a square and a triangle\n\
+                    v 0 0 0\nv 1 0 0 1.0\nv 1 1 0\nv 0 1 0  # trailing comment\n\
+                    vt 0 0\nvn 0 0 1\ng quad\n\
+                    f 1/1/1 2/1/1 3//1 4\n\
+                    f -4 -3/1 -1//1\n";
+        let m = read_obj(text).expect("read");
+        assert_eq!(m.vertices.len(), 4);
+        assert_eq!(m.indices, vec![0, 1, 2, 0, 2, 3, 0, 1, 3]);
+    }
+
+    #[test]
+    fn read_obj_refuses_malformed_and_hostile_input() {
+        let cases = [
+            ("v 1 2\n", "needs x y z"),
+            ("v 1 2 x\n", "bad number"),
+            ("v 1 2 inf\n", "non-finite"),
+            ("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2\n", "at least three"),
+            ("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 0 1 2\n", "index 0"),
+            ("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 4\n", "index 4"),
+            ("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 -4\n", "index -4"),
+            (
+                "v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 99999999999999999999999\n",
+                "bad face",
+            ),
+            (
+                "v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 -9223372036854775808\n",
+                "index",
+            ),
+            ("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 a/b\n", "bad face"),
+            ("f 1 2 3\n", "with 0 vertices"),
+        ];
+        for (text, want) in cases {
+            let err = read_obj(text).expect_err(text).to_string();
+            assert!(
+                err.contains(want) && err.contains("invalid OBJ"),
+                "{text:?}: {err}"
+            );
+        }
+        // Binary junk is not a panic; it has no records, so no mesh.
+        let junk: String = (0..2000u32)
+            .map(|i| char::from((i * 37 % 96 + 32) as u8))
+            .collect();
+        assert!(read_obj(&junk).map(|m| m.is_empty()).unwrap_or(true));
+    }
+
+    #[test]
+    fn mtl_holds_colour_and_opacity() {
+        let text = write_mtl(&[
+            Material {
+                name: "Bone".into(),
+                kd: [0.89, 0.855, 0.788],
+                opacity: 1.0,
+            },
+            Material {
+                name: "Soft skin".into(),
+                kd: [2.0, f32::NAN, 0.5],
+                opacity: 0.4,
+            },
+        ]);
+        assert!(text.contains("newmtl Bone\n"), "{text}");
+        assert!(text.contains("Kd 0.89 0.855 0.788\n"), "{text}");
+        assert!(text.contains("newmtl Soft_skin\n"), "{text}");
+        assert!(text.contains("Kd 1 0 0.5\n"), "{text}");
+        assert!(text.contains("d 0.4\n") && text.contains("d 1\n"), "{text}");
+    }
 }

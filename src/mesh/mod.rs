@@ -28,6 +28,7 @@ mod io;
 mod mc;
 mod mc_table;
 mod metrics;
+mod normals;
 mod simplify;
 mod smooth;
 
@@ -37,9 +38,13 @@ mod tests;
 pub use clean::{ComponentStats, component_stats, keep_components};
 pub use clean::{compact, connected_components, keep_largest_component, remove_small_components};
 pub use distance::{DistanceStats, distance_to_fn, one_sided_distance, surface_distance};
-pub use io::{read_stl, write_obj, write_ply, write_stl_ascii, write_stl_binary};
+pub use io::{
+    Material, read_obj, read_stl, write_mtl, write_obj, write_obj_with, write_ply, write_stl_ascii,
+    write_stl_binary,
+};
 pub use mc::{McOptions, marching_cubes};
 pub use metrics::{MeshMetrics, metrics};
+pub use normals::vertex_normals;
 pub use simplify::{SimplifyOptions, SimplifyReport, simplify};
 pub use smooth::{TaubinOptions, taubin_smooth};
 
@@ -123,4 +128,8 @@ pub enum MeshError {
     /// An STL file is truncated, malformed or not STL at all.
     #[error("invalid STL: {0}")]
     InvalidStl(String),
+    /// A Wavefront OBJ text is malformed, refers to vertices it does not have, or is
+    /// beyond the reader's limits.
+    #[error("invalid OBJ: {0}")]
+    InvalidObj(String),
 }
