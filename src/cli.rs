@@ -362,7 +362,7 @@ struct ReconArgs {
     /// DICOM objects to write into the output directory: stl, obj, surface-seg
     /// (comma-separated or repeated).
     #[arg(long, value_delimiter = ',')]
-    format: Vec<crate::i15_stub::Format>,
+    format: Vec<crate::encap::Format>,
     /// Also write the Encapsulated STL DICOM object here (one structure).
     #[arg(long)]
     dicom: Option<PathBuf>,
@@ -1298,7 +1298,7 @@ fn write_recon_dir(
     structures: &[crate::route::Structure],
     results: &[crate::recon::iso::IsoResult],
 ) -> Result<()> {
-    use crate::i15_stub::{Format, ObjectKind, StructureMesh};
+    use crate::encap::{Format, ObjectKind, StructureMesh};
     let dir = &args.output;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let names: Vec<String> = structures.iter().map(|s| file_stem(&s.label)).collect();
@@ -1334,12 +1334,8 @@ fn write_recon_dir(
             algorithm,
         })
         .collect();
-    let built = crate::i15_stub::build_results(
-        vol,
-        &meshes,
-        &formats,
-        &crate::encap::ResultIds::default(),
-    )?;
+    let built =
+        crate::encap::build_results(vol, &meshes, &formats, &crate::encap::ResultIds::default())?;
     for b in built {
         let file = match (b.kind, b.structure.and_then(|i| names.get(i))) {
             (ObjectKind::SurfaceSeg, _) | (_, None) => "surface-seg.dcm".to_string(),

@@ -35,8 +35,6 @@ pub mod config;
 pub mod db;
 pub mod encap;
 pub mod http;
-#[doc(hidden)]
-pub mod i15_stub;
 pub mod mesh;
 pub mod metrics;
 pub mod net;

@@ -118,11 +118,11 @@ pub struct PeerConfig {
     /// The mesh objects this peer gets when it is a rule's destination (`stl`, `obj`,
     /// `surface-seg`); default Encapsulated STL only, which every M3D-aware viewer reads.
     #[serde(default = "default_formats")]
-    pub formats: Vec<crate::i15_stub::Format>,
+    pub formats: Vec<crate::encap::Format>,
 }
 
-fn default_formats() -> Vec<crate::i15_stub::Format> {
-    vec![crate::i15_stub::Format::Stl]
+fn default_formats() -> Vec<crate::encap::Format> {
+    vec![crate::encap::Format::Stl]
 }
 
 /// The peer entry for an AE title, if any.

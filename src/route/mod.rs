@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use regex::Regex;
 use serde::Deserialize;
 
-use crate::i15_stub::{Cielab, Format};
+use crate::encap::{Cielab, Format};
 use crate::net::settings::{PeerConfig, find_peer};
 use crate::recon::iso::Keep;
 use crate::recon::iso::{IsoOptions, Preset};

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, warn};
 
 use crate::db::{JobRow, NewDeliveries, ResultObject};
-use crate::i15_stub::{Cielab, Format, ObjectKind, StructureMesh, build_results};
+use crate::encap::{Cielab, Format, ObjectKind, StructureMesh, build_results};
 use crate::net::settings::PeerConfig;
 use crate::onnx::OrtSettings;
 use crate::recon::multiview::MultiviewOptions;
