@@ -1,8 +1,19 @@
-//! DICOM Encapsulated STL: wrapping a reconstructed surface mesh into a
-//! standard DICOM object, and getting it back out.
+//! DICOM objects that carry surface meshes: wrapping reconstructed surfaces into standard
+//! DICOM objects, and getting them back out.
 //!
-//! This module owns everything m3dnode knows about the *Encapsulated STL IOD*
-//! (PS3.3 §A.85.1, SOP Class `1.2.840.10008.5.1.4.1.1.104.3`):
+//! A result holds one or more structures ([`StructureMesh`]: bone, skin, ...), and each
+//! destination asks for [`Format`]s; [`build_results`] makes every object:
+//!
+//! * Encapsulated STL (PS3.3 A.85.1), one per structure, in the `M3D` result series;
+//! * Encapsulated OBJ + Encapsulated MTL (A.85.2, A.85.3), one pair per structure, in the
+//!   same series and one Model Group (how they link: the `obj` module);
+//! * Surface Segmentation (A.57), one instance with a Segment and a Surface per structure,
+//!   in a `SEG` series of its own (the `surface_seg` module).
+//!
+//! Colours are [`Cielab`] (DICOM's form), given as `#rrggbb` or `[L, a, b]`.
+//!
+//! The Encapsulated STL part, as it was first built (PS3.3 §A.85.1, SOP Class
+//! `1.2.840.10008.5.1.4.1.1.104.3`):
 //!
 //! * [`build_encapsulated_stl`] turns a binary STL payload plus facts about the
 //!   source series into a complete Part 10 object (file meta included) that
@@ -289,7 +300,9 @@ pub struct ResultIds {
 }
 
 /// Wraps a reconstruction of `vol` as an Encapsulated STL object in the source's study,
-/// with the mesh metrics in the object.
+/// with the mesh metrics in the object. (One structure, STL only: what
+/// [`build_results`] makes for structure 0 with [`Format::Stl`], except the Series
+/// Description and the comment's label prefix.)
 pub fn from_reconstruction(
     vol: &crate::volume::Volume,
     description: &str,
@@ -297,42 +310,41 @@ pub fn from_reconstruction(
     stl: &[u8],
     ids: &ResultIds,
 ) -> Result<dicom_object::DefaultDicomObject, EncapError> {
-    let first = vol.sources.first().ok_or(EncapError::NoSourceInstances)?;
-    let mut instances: Vec<SourceInstance> = Vec::with_capacity(vol.sources.len());
-    for s in &vol.sources {
-        instances.push(SourceInstance {
-            sop_class_uid: s.sop_class_uid.clone(),
-            sop_instance_uid: s.sop_instance_uid.clone(),
-        });
-    }
-    let source = SourceSeries::load(&first.path, instances, &vol.series_instance_uid)?;
+    let source = load_source(vol)?;
     let request = EncapRequest {
         stl,
         document_title: description.to_string(),
         series_description: format!("3D model: {description}"),
         series_instance_uid: ids.series_instance_uid.clone(),
         sop_instance_uid: ids.sop_instance_uid.clone(),
-        series_number: 9901,
+        series_number: M3D_SERIES_NUMBER,
         instance_number: ids.instance_number.max(1),
         content_datetime: None,
         equipment: Equipment::default(),
-        metrics_comment: Some(format!(
-            "triangles={} vertices={} volume_mm3={:.1} area_mm2={:.1} watertight={} manifold={} bbox_mm=[{:.1},{:.1},{:.1}]..[{:.1},{:.1},{:.1}]",
-            m.triangles,
-            m.vertices,
-            m.volume_mm3,
-            m.area_mm2,
-            m.watertight,
-            m.manifold,
-            m.bbox_min[0],
-            m.bbox_min[1],
-            m.bbox_min[2],
-            m.bbox_max[0],
-            m.bbox_max[1],
-            m.bbox_max[2]
-        )),
+        metrics_comment: Some(metrics_comment(m)),
     };
     build_encapsulated_stl(&source, &request)
+}
+
+/// The one-line summary of a mesh's metrics that results carry as free text
+/// (`triangles=... vertices=... volume_mm3=... area_mm2=... watertight=... manifold=...
+/// bbox_mm=[...]..[...]`), e.g. for [`StructureMesh::comment`].
+pub fn metrics_comment(m: &crate::mesh::MeshMetrics) -> String {
+    format!(
+        "triangles={} vertices={} volume_mm3={:.1} area_mm2={:.1} watertight={} manifold={} bbox_mm=[{:.1},{:.1},{:.1}]..[{:.1},{:.1},{:.1}]",
+        m.triangles,
+        m.vertices,
+        m.volume_mm3,
+        m.area_mm2,
+        m.watertight,
+        m.manifold,
+        m.bbox_min[0],
+        m.bbox_min[1],
+        m.bbox_min[2],
+        m.bbox_max[0],
+        m.bbox_max[1],
+        m.bbox_max[2]
+    )
 }
 
 /// Series Number of the result series holding the STL, OBJ and MTL objects.
