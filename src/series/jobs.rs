@@ -425,7 +425,7 @@ impl Workers {
                 let (label, rgb) = crate::route::preset_look(crate::recon::iso::Preset::Otsu);
                 Ok(vec![Made {
                     dropped: 0,
-                    comment: metrics_comment(&r.metrics),
+                    comment: crate::encap::metrics_comment(&r.metrics),
                     algorithm: "m3dnode mvdiffusion (six views, NeuS)".into(),
                     label: label.into(),
                     colour: Cielab::from_srgb(rgb),
@@ -491,29 +491,14 @@ fn kind_name(kind: ObjectKind) -> &'static str {
     }
 }
 
-/// The mesh metrics as free text, for the objects' comment.
-pub fn metrics_comment(m: &crate::mesh::MeshMetrics) -> String {
-    format!(
-        "triangles={} vertices={} volume_mm3={:.1} area_mm2={:.1} watertight={} manifold={} bbox_mm=[{:.1},{:.1},{:.1}]..[{:.1},{:.1},{:.1}]",
-        m.triangles,
-        m.vertices,
-        m.volume_mm3,
-        m.area_mm2,
-        m.watertight,
-        m.manifold,
-        m.bbox_min[0],
-        m.bbox_min[1],
-        m.bbox_min[2],
-        m.bbox_max[0],
-        m.bbox_max[1],
-        m.bbox_max[2]
-    )
-}
-
 /// The metrics and the pieces the keep policy dropped (volume and centre of each), for the
 /// objects' comment.
 pub fn iso_comment(r: &crate::recon::iso::IsoResult) -> String {
-    let mut out = format!("{} keep={}", metrics_comment(&r.metrics), r.keep);
+    let mut out = format!(
+        "{} keep={}",
+        crate::encap::metrics_comment(&r.metrics),
+        r.keep
+    );
     if !r.dropped.is_empty() {
         out.push_str(&format!(
             " dropped={}: {}",
