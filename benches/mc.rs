@@ -12,6 +12,7 @@
 use std::time::Instant;
 
 use m3dnode::mesh::{Affine, McOptions, marching_cubes, metrics, surface_distance};
+use m3dnode::volume::{BodyMask, Rescale, Volume, Voxels};
 use rayon::prelude::*;
 
 fn blobs(n: usize) -> Vec<f32> {
@@ -141,10 +142,14 @@ fn main() {
         [0.0, 0.0, 1.0, 0.0],
     ];
 
-    // MC_BENCH_ONLY=ct, =blobs or =distance restricts the run (profiling).
+    // MC_BENCH_ONLY=ct, =blobs, =distance or =body restricts the run (profiling).
     let only = std::env::var("MC_BENCH_ONLY").unwrap_or_default();
     if only == "distance" {
         distance_bench(&ident);
+        return;
+    }
+    if only == "body" {
+        body_bench(reps);
         return;
     }
     if only != "ct" {
@@ -176,6 +181,41 @@ fn main() {
         );
     }
     distance_bench(&ident);
+}
+
+/// Body mask (skin threshold, largest component, holes filled) on the 512x512x300 CT
+/// phantom: the once-per-volume cost of `keep = "inside-body"`.
+fn body_bench(reps: usize) {
+    let (ct, dims, affine) = ct_phantom();
+    let vol = Volume {
+        dims,
+        voxels: Voxels::I16(ct),
+        rescale: Rescale::IDENTITY,
+        affine,
+        spacing: [affine[0][0], affine[1][1], affine[2][2]],
+        study_instance_uid: "1".into(),
+        series_instance_uid: "2".into(),
+        frame_of_reference_uid: None,
+        modality: "CT".into(),
+        sources: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let mut times = Vec::with_capacity(reps);
+    let mut voxels = 0;
+    for _ in 0..reps {
+        let t0 = Instant::now();
+        let body = BodyMask::of(&vol);
+        times.push(t0.elapsed().as_secs_f64());
+        voxels = body.voxels();
+        std::hint::black_box(&body);
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "body mask 512x512x300 i16  median {:.4} s (min {:.4})  {} body voxels",
+        times[times.len() / 2],
+        times[0],
+        voxels
+    );
 }
 
 /// Distance query timing on two ~100k-triangle surfaces.

@@ -155,9 +155,8 @@ pub fn component_stats(mesh: &Mesh, labels: &[usize]) -> Vec<ComponentStats> {
     for (v, &c) in vertex_comp.iter().enumerate() {
         if let Some(s) = out.get_mut(c) {
             s.vertices += 1;
-            let p = mesh.vertices[v];
-            for a in 0..3 {
-                s.centroid_mm[a] += f64::from(p[a]);
+            for (sum, &x) in s.centroid_mm.iter_mut().zip(&mesh.vertices[v]) {
+                *sum += f64::from(x);
             }
         }
     }

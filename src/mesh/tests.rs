@@ -515,6 +515,9 @@ fn surface_distance_self_and_shifted() {
     assert!(d.max <= 0.5 + 1e-4, "{d:?}");
 }
 
+/// A signed distance function of patient mm, positive inside.
+type Sdf = Box<dyn Fn([f64; 3]) -> f64 + Sync>;
+
 /// Taubin smoothing on coarse anisotropic grids (CT-like 1.9 x 1.9 x 3 mm and coarser),
 /// where a small sphere and a thin torus are curved at the scale of a voxel: the enclosed
 /// volume changes by less than 1 % and the surface does not drift from the true one.
@@ -528,7 +531,7 @@ fn taubin_keeps_volume_on_coarse_anisotropic_grids() {
     };
     let c = [0.31, -0.17, 0.23];
     for spacing in [[1.9, 1.9, 3.0], [2.5, 2.5, 4.0], [3.0, 3.0, 5.0_f64]] {
-        let shapes: [(&str, Box<dyn Fn([f64; 3]) -> f64 + Sync>, f64); 3] = [
+        let shapes: [(&str, Sdf, f64); 3] = [
             ("sphere r 10", Box::new(sphere_sdf(c, 10.0)), 30.0),
             ("sphere r 25", Box::new(sphere_sdf(c, 25.0)), 60.0),
             // Minor radius at least 1.5 slices: thinner is not a shape the grid can hold.

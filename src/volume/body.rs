@@ -9,11 +9,9 @@
 //! Why this way: it runs on 512x512x300 CTs before the surfaces of every structure are
 //! filtered, so it is one flat `u8` state per voxel (no labels array: the largest component is
 //! found by flooding each component once and remembering its seed, then flooded again), and all
-//! floods are iterative breadth-first with one reused queue, never recursive, no allocation
-//! per voxel. Known limit: a head-rest or table that touches the skin at the skin threshold is
+//! floods are iterative scanline fills (runs along x) with one reused stack, never recursive,
+//! no allocation per voxel. Known limit: a head-rest or table that touches the skin at the skin threshold is
 //! part of the largest component, hence "body".
-
-use std::collections::VecDeque;
 
 use super::{Volume, Voxels};
 
@@ -173,14 +171,14 @@ impl BodyMask {
 
 /// Largest 6-connected component of `FOREGROUND` voxels, holes filled. Returns 1/0 per voxel.
 fn fill(dims: [usize; 3], mut state: Vec<u8>) -> Vec<u8> {
-    let mut queue: VecDeque<usize> = VecDeque::new();
+    let mut stack: Vec<usize> = Vec::new();
     // 1. Size of every component, flooding each once (FOREGROUND -> SEEN).
     let mut best: Option<(usize, usize)> = None; // (seed, size)
     for seed in 0..state.len() {
         if state[seed] != FOREGROUND {
             continue;
         }
-        let size = flood(dims, &mut state, &mut queue, seed, FOREGROUND, SEEN);
+        let size = flood(dims, &mut state, &mut stack, seed, FOREGROUND, SEEN);
         if best.is_none_or(|(_, s)| size > s) {
             best = Some((seed, size));
         }
@@ -189,7 +187,7 @@ fn fill(dims: [usize; 3], mut state: Vec<u8>) -> Vec<u8> {
         return vec![0; state.len()];
     };
     // 2. The largest again (SEEN -> LARGEST).
-    flood(dims, &mut state, &mut queue, seed, SEEN, LARGEST);
+    flood(dims, &mut state, &mut stack, seed, SEEN, LARGEST);
     // 3. Everything not LARGEST and reachable from the border is outside.
     for v in &mut state {
         if *v != LARGEST {
@@ -201,7 +199,7 @@ fn fill(dims: [usize; 3], mut state: Vec<u8>) -> Vec<u8> {
     let mut border = |i: usize, j: usize, k: usize, state: &mut Vec<u8>| {
         let p = idx(i, j, k);
         if state[p] == OUT {
-            flood(dims, state, &mut queue, p, OUT, OUTSIDE);
+            flood(dims, state, &mut stack, p, OUT, OUTSIDE);
         }
     };
     for k in 0..nz {
@@ -219,50 +217,65 @@ fn fill(dims: [usize; 3], mut state: Vec<u8>) -> Vec<u8> {
     state.into_iter().map(|v| u8::from(v != OUTSIDE)).collect()
 }
 
-/// Breadth-first flood of the 6-connected region of `from` voxels around `seed`, marking them
-/// `to`; returns how many were marked. `queue` is reused between calls.
+/// Scanline flood of the 6-connected region of `from` voxels around `seed`, marking them
+/// `to`; returns how many were marked. Each popped seed is grown into a whole run along x
+/// (marked with one `fill`), and the four neighbouring rows (y +-1, z +-1) are scanned over
+/// the run's span, pushing one seed per run of `from` voxels found there: a few stack
+/// entries and index divisions per run instead of per voxel. `stack` is reused between calls.
 fn flood(
     dims: [usize; 3],
     state: &mut [u8],
-    queue: &mut VecDeque<usize>,
+    stack: &mut Vec<usize>,
     seed: usize,
     from: u8,
     to: u8,
 ) -> usize {
     let [nx, ny, nz] = dims;
     let plane = nx * ny;
-    queue.clear();
-    state[seed] = to;
-    queue.push_back(seed);
+    stack.clear();
+    stack.push(seed);
     let mut count = 0usize;
-    while let Some(p) = queue.pop_front() {
-        count += 1;
-        let i = p % nx;
-        let j = (p / nx) % ny;
-        let k = p / plane;
-        let mut visit = |q: usize| {
-            if state[q] == from {
-                state[q] = to;
-                queue.push_back(q);
+    while let Some(p) = stack.pop() {
+        if state[p] != from {
+            continue;
+        }
+        let row = p - p % nx;
+        let (mut lo, mut hi) = (p, p);
+        while lo > row && state[lo - 1] == from {
+            lo -= 1;
+        }
+        while hi + 1 < row + nx && state[hi + 1] == from {
+            hi += 1;
+        }
+        state[lo..=hi].fill(to);
+        count += hi - lo + 1;
+        let j = (row / nx) % ny;
+        let k = row / plane;
+        let (x0, x1) = (lo - row, hi - row);
+        let mut scan = |other_row: usize, state: &[u8]| {
+            let mut in_run = false;
+            for q in other_row + x0..=other_row + x1 {
+                if state[q] == from {
+                    if !in_run {
+                        stack.push(q);
+                        in_run = true;
+                    }
+                } else {
+                    in_run = false;
+                }
             }
         };
-        if i > 0 {
-            visit(p - 1);
-        }
-        if i + 1 < nx {
-            visit(p + 1);
-        }
         if j > 0 {
-            visit(p - nx);
+            scan(row - nx, state);
         }
         if j + 1 < ny {
-            visit(p + nx);
+            scan(row + nx, state);
         }
         if k > 0 {
-            visit(p - plane);
+            scan(row - plane, state);
         }
         if k + 1 < nz {
-            visit(p + plane);
+            scan(row + plane, state);
         }
     }
     count
