@@ -254,10 +254,11 @@ fn flood(
         let (x0, x1) = (lo - row, hi - row);
         let mut scan = |other_row: usize, state: &[u8]| {
             let mut in_run = false;
-            for q in other_row + x0..=other_row + x1 {
-                if state[q] == from {
+            let start = other_row + x0;
+            for (q, &v) in state[start..=other_row + x1].iter().enumerate() {
+                if v == from {
                     if !in_run {
-                        stack.push(q);
+                        stack.push(start + q);
                         in_run = true;
                     }
                 } else {
