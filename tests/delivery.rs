@@ -586,7 +586,9 @@ fn several_structures_reach_each_destination_in_its_formats() {
     assert!(rows(&node).iter().all(|(_, attempts, _)| *attempts == 1));
 
     // The job recorded what it made, with each structure's label and colour.
-    let objects: Vec<(String, Option<i64>, Option<String>, Option<String>)> = node
+    /// kind, structure, label, colour
+    type ObjectRow = (String, Option<i64>, Option<String>, Option<String>);
+    let objects: Vec<ObjectRow> = node
         .index()
         .with(|c| {
             c.prepare("SELECT kind, structure, label, colour FROM result_objects ORDER BY kind, structure")?

@@ -646,6 +646,19 @@ mod tests {
                 "keep",
             ),
             (
+                "[[rules]]\nsend_to = [\"PACS\"]\n[[rules.structures]]\npreset = \"ct-skin\"\ncolor = \"red\"\n",
+                "color",
+            ),
+            (
+                &format!(
+                    "[[rules]]\nsend_to = [\"PACS\"]\n{}",
+                    (0..9)
+                        .map(|i| format!("[[rules.structures]]\npreset = {i}\nlabel = \"s{i}\"\n"))
+                        .collect::<String>()
+                ),
+                "rules[0].structures",
+            ),
+            (
                 "[[peers]]\nae_title = \"NAV\"\naddress = \"nav:104\"\nformats = []\n",
                 "peers[1].formats",
             ),
