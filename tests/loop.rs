@@ -414,7 +414,9 @@ fn orthanc_round_trip() {
         .as_str()
         .unwrap_or_default()
         .to_string();
-    assert!(described.contains("Bone surface"), "{m3d}");
+    // The series is named by its structures' labels (each object's Document Title says
+    // what its surface is: "Bone surface, iso 300 HU").
+    assert_eq!(described, "3D model: Bone", "{m3d}");
     assert_eq!(
         orthanc.series_of_study(&study).len(),
         2,
