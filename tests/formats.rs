@@ -94,14 +94,7 @@ fn ids() -> ResultIds {
 }
 
 fn get(obj: &InMemDicomObject, tag: Tag) -> String {
-    obj.get(tag)
-        .map(|e| {
-            e.to_str()
-                .unwrap()
-                .trim_end_matches(['\0', ' '])
-                .to_string()
-        })
-        .unwrap_or_default()
+    common::text_of(obj, tag)
 }
 
 fn write(dir: &Path, b: &BuiltObject) -> PathBuf {

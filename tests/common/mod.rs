@@ -31,7 +31,12 @@ pub fn attr(path: &Path, tag: dicom_core::Tag) -> String {
         .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
         .open_file(path)
         .unwrap();
-    obj.element(tag)
+    text_of(&obj, tag)
+}
+
+/// The text of `tag` in a data set without its padding; empty when absent.
+pub fn text_of(obj: &dicom_object::InMemDicomObject, tag: dicom_core::Tag) -> String {
+    obj.get(tag)
         .map(|e| {
             e.to_str()
                 .unwrap()
