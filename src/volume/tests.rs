@@ -911,3 +911,15 @@ fn volume_helpers() {
     };
     assert_eq!(flat.stored_threshold(5.0), None);
 }
+
+/// Found by `scripts/fuzz` (target `stored_file`): an RLE stream whose run reaches past its
+/// segment makes dicom-rs's decoder index out of bounds. The node catches the panic: the
+/// series fails with the reason, and nothing else is hurt.
+#[test]
+fn a_decoder_panic_on_corrupt_rle_is_an_error() {
+    let path = testdata().join("files/fuzz/rle-run-past-segment.dcm");
+    let err = crate::volume::assemble(&[path], &Default::default())
+        .err()
+        .expect("the corrupt frame must not assemble");
+    assert!(err.to_string().contains("the decoder crashed"), "{err}");
+}
