@@ -919,7 +919,6 @@ fn volume_helpers() {
 fn a_decoder_panic_on_corrupt_rle_is_an_error() {
     let path = testdata().join("files/fuzz/rle-run-past-segment.dcm");
     let err = crate::volume::assemble(&[path], &Default::default())
-        .err()
-        .expect("the corrupt frame must not assemble");
+        .expect_err("the corrupt frame must not assemble");
     assert!(err.to_string().contains("the decoder crashed"), "{err}");
 }
