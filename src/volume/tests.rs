@@ -922,3 +922,17 @@ fn a_decoder_panic_on_corrupt_rle_is_an_error() {
         .expect_err("the corrupt frame must not assemble");
     assert!(err.to_string().contains("the decoder crashed"), "{err}");
 }
+
+/// Found by `scripts/fuzz` (target `stored_file`): element (0029,1007) carries the unknown VR
+/// `CL`. The store's walk read it with the 16-bit length form, dicom-object with the 32-bit
+/// one, and from there dicom-object took later bytes as a 3.2 GB length and filled it (a job
+/// held 3.1 GB for this 14 KB file). Both now read it alike, so the walk that guards every
+/// stored and every job's file sees that length run past the end and refuses the file.
+#[test]
+fn a_file_whose_lengths_run_past_its_end_is_refused_before_it_is_read() {
+    let path = testdata().join("files/fuzz/unknown-vr-length-form.dcm");
+    let err = crate::store::header::scan_part10(&path).expect_err("the walk must refuse it");
+    // Read as dicom-object reads it, the file goes wrong where the fuzzer's bytes begin.
+    assert!(err.to_string().contains("malformed data set"), "{err}");
+    assert!(crate::volume::assemble(&[path], &Default::default()).is_err());
+}
