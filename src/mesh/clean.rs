@@ -185,18 +185,7 @@ pub fn keep_components(mesh: &Mesh, labels: &[usize], keep: impl Fn(usize) -> bo
 }
 
 fn filter_components(mesh: &Mesh, keep: impl Fn(usize) -> bool) -> Mesh {
-    let comp = connected_components(mesh);
-    let indices = mesh
-        .indices
-        .chunks_exact(3)
-        .zip(&comp)
-        .filter(|&(_, &c)| keep(c))
-        .flat_map(|(t, _)| t.iter().copied())
-        .collect();
-    compact(&Mesh {
-        vertices: mesh.vertices.clone(),
-        indices,
-    })
+    keep_components(mesh, &connected_components(mesh), keep)
 }
 
 /// The largest connected component (by triangle count), compacted. An
