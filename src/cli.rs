@@ -3,7 +3,7 @@
 //! codes: 0 success, 1 a command that ran and failed (e.g. a file that was not stored), 2 bad
 //! usage or configuration; the Q/R commands add the codes of [`qr_exit`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -59,11 +59,15 @@ enum Command {
     },
     /// Verify a remote AE with C-ECHO.
     Echo {
-        /// The remote AE, `AE@host:port`.
-        to: AeAddress,
-        /// Our calling AE title.
-        #[arg(long, default_value = "M3DNODE")]
-        calling_ae: String,
+        /// The remote AE, `AE@host:port`, or with `--config` the AE title of one of its
+        /// `[[peers]]` (called at its address, over TLS when it has `tls = true`).
+        to: String,
+        /// The node's configuration: its `[[peers]]`, `[tls]` identity and AE title.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Our calling AE title (default `node.ae_title`, M3DNODE without `--config`).
+        #[arg(long)]
+        calling_ae: Option<String>,
         /// Seconds to wait for the connection and each answer.
         #[arg(long, default_value_t = 30)]
         timeout: u64,
@@ -525,14 +529,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Echo {
             to,
+            config,
             calling_ae,
             timeout,
         } => {
-            let opts = ScuOptions {
-                calling_ae,
-                timeout: Duration::from_secs(timeout),
-                ..Default::default()
-            };
+            let (to, mut opts) = echo_target(&to, config.as_deref())?;
+            if let Some(calling_ae) = calling_ae {
+                opts.calling_ae = calling_ae;
+            }
+            opts.timeout = Duration::from_secs(timeout);
             match scu::echo(&to, &opts).await {
                 Ok(()) => {
                     println!("C-ECHO {to}: success");
@@ -635,13 +640,26 @@ async fn serve(cfg: Config) -> Result<()> {
     if let Some(http) = node.http_addr() {
         println!("m3dnode http on {http}");
     }
+    if let Some(tls) = node.tls_addr() {
+        println!("m3dnode tls listening on {tls}");
+    }
     println!("m3dnode listening on {}", node.local_addr());
     // systemd `Type=notify`: started means accepting associations. Outside systemd
     // (no NOTIFY_SOCKET) these do nothing.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    tokio::select! {
-        _ = shutdown_signal() => {}
-        _ = node.wait() => {}
+    let mut hangups = Hangups::new();
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = node.wait() => break,
+            _ = hangups.next() => match node.reload_tls() {
+                Ok(true) => info!("SIGHUP: TLS certificate, key and CA files reloaded"),
+                Ok(false) => info!("SIGHUP: no [tls] configured; nothing to reload"),
+                Err(e) => warn!("SIGHUP: TLS files not reloaded, the previous ones stay in use: {e}"),
+            },
+        }
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     node.shutdown().await?;
@@ -683,6 +701,66 @@ async fn watchdog(
                 "systemd watchdog not pinged: the index did not answer in time"
             ),
         }
+    }
+}
+
+/// Whom `m3dnode echo` calls and how: `AE@host:port` as given, or a `[[peers]]` entry of
+/// `config` by AE title, with the node's AE title and, for a `tls = true` peer, its TLS
+/// identity.
+fn echo_target(to: &str, config: Option<&Path>) -> Result<(AeAddress, ScuOptions)> {
+    let Some(path) = config else {
+        let to: AeAddress = to.parse()?;
+        return Ok((to, ScuOptions::default()));
+    };
+    let cfg = Config::load(Some(path), None, &Overrides::default())?;
+    let mut opts = ScuOptions {
+        calling_ae: cfg.node.ae_title.clone(),
+        ..Default::default()
+    };
+    let to = match cfg.peer(to) {
+        Some(peer) => AeAddress {
+            ae_title: peer.ae_title.clone(),
+            address: peer.address.clone(),
+            tls: peer.tls,
+        },
+        None if to.contains('@') => to.parse()?,
+        None => anyhow::bail!(
+            "`{to}` is neither AE@host:port nor the AE title of a [[peers]] entry in {}",
+            path.display()
+        ),
+    };
+    if to.tls {
+        let tls = crate::net::tls::Tls::load(&cfg.tls)?;
+        opts.tls = Some(tls.client_config());
+    }
+    Ok((to, opts))
+}
+
+/// SIGHUP, which reloads the TLS files (systemd's `ExecReload`). Once it is watched, a
+/// hangup no longer ends the process, as it would by default.
+struct Hangups(#[cfg(unix)] Option<tokio::signal::unix::Signal>);
+
+impl Hangups {
+    fn new() -> Hangups {
+        #[cfg(unix)]
+        {
+            let signal =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+            Hangups(signal)
+        }
+        #[cfg(not(unix))]
+        Hangups()
+    }
+
+    /// The next SIGHUP (never, where there are none).
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(signal) = &mut self.0
+            && signal.recv().await.is_some()
+        {
+            return;
+        }
+        std::future::pending::<()>().await
     }
 }
 

@@ -22,6 +22,7 @@ pub use crate::http::{HttpConfig, HttpSettings, Secret};
 pub use crate::net::settings::{
     NodeConfig, PeerConfig, QueryConfig, ScpSettings, Service, check_ae_title, parse_host_port,
 };
+pub use crate::net::tls::TlsConfig;
 pub use crate::onnx::OnnxRuntimeConfig;
 pub use crate::recon::neus::{NeusConfig, NeusProfile};
 pub use crate::route::outbox::DeliveryConfig;
@@ -78,6 +79,8 @@ pub struct Config {
     compiled: Arc<Vec<Rule>>,
     /// The HTTP side: health, metrics, the status page.
     pub http: HttpConfig,
+    /// DICOM TLS: the TLS listener and the node's certificate.
+    pub tls: TlsConfig,
 }
 
 /// `[log]`: how the node writes its log (to stderr).
@@ -221,6 +224,9 @@ impl Config {
                 ));
             }
         }
+        self.tls
+            .validate(&self.peers)
+            .map_err(|(key, message)| invalid(&key, message))?;
         if !(self.series.quiet_seconds >= 0.0 && self.series.quiet_seconds.is_finite()) {
             return Err(invalid(
                 "series.quiet_seconds",

@@ -138,13 +138,16 @@ pub enum Rejection {
     RequestTimeout,
     /// Something other than a well-formed A-ASSOCIATE-RQ arrived.
     BadRequest,
+    /// The TLS handshake failed (no or an untrusted client certificate, a protocol version
+    /// or suite outside BCP 195, plain TCP on the TLS port) or did not end in time.
+    TlsHandshake,
     /// A rejection this list does not name.
     Other,
 }
 
 impl Rejection {
     /// Every reason, in label order.
-    pub const ALL: [Rejection; 11] = [
+    pub const ALL: [Rejection; 12] = [
         Rejection::CalledAe,
         Rejection::CallingAe,
         Rejection::ApplicationContext,
@@ -155,6 +158,7 @@ impl Rejection {
         Rejection::ShuttingDown,
         Rejection::RequestTimeout,
         Rejection::BadRequest,
+        Rejection::TlsHandshake,
         Rejection::Other,
     ];
 
@@ -171,6 +175,7 @@ impl Rejection {
             Rejection::ShuttingDown => "shutting_down",
             Rejection::RequestTimeout => "request_timeout",
             Rejection::BadRequest => "bad_request",
+            Rejection::TlsHandshake => "tls_handshake",
             Rejection::Other => "other",
         }
     }

@@ -25,6 +25,7 @@ use crate::config::{Config, ConfigError};
 use crate::http::{HttpError, HttpState};
 use crate::metrics::Metrics;
 use crate::net::scp::{self, ScpContext, ScpError};
+use crate::net::tls::{Tls, TlsError};
 use crate::series::jobs::{JobQueue, SpawnError, Workers};
 use crate::store::{IndexError, OpenError, Store, StoreError};
 
@@ -48,10 +49,15 @@ pub enum NodeError {
     /// A `check_host` peer's address does not resolve.
     #[error("{0}")]
     Peers(String),
-    /// The DICOM listener could not be bound.
-    #[error("cannot listen on {addr} (node.listen): {source}")]
+    /// The node's TLS identity could not be loaded (`[tls]`).
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A DICOM listener could not be bound.
+    #[error("cannot listen on {addr} ({key}): {source}")]
     Bind {
-        /// `node.listen`.
+        /// `node.listen` or `tls.listen`.
+        key: &'static str,
+        /// The address.
         addr: SocketAddr,
         /// The OS error.
         source: std::io::Error,
@@ -97,6 +103,9 @@ pub struct Node {
     /// shutdown on, or when it failed).
     pub scp_listening: Arc<AtomicBool>,
     local_addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
+    /// The TLS identity, reloaded by [`Node::reload_tls`].
+    tls: Option<Arc<Tls>>,
     http_addr: Option<SocketAddr>,
     /// The one stop signal: tracker, workers, delivery and added tasks end on it.
     stop: CancellationToken,
@@ -143,18 +152,32 @@ pub async fn start(mut config: Config) -> Result<Node, NodeError> {
     }
     // Resolved and bound before any thread starts, so that these common failures leave
     // nothing behind.
+    let tls = match config.tls.needed(&config.peers) {
+        true => Some(Arc::new(Tls::load(&config.tls)?)),
+        false => None,
+    };
     let ctx = ScpContext::new(Arc::new(config.scp_settings()), store.clone())
-        .map_err(NodeError::Peers)?;
-    let listener = tokio::net::TcpListener::bind(node.listen)
-        .await
-        .map_err(|source| NodeError::Bind {
+        .map_err(NodeError::Peers)?
+        .with_tls(tls.clone());
+    let mut listeners = scp::Listeners::default();
+    if config.tls.plain_listener {
+        listeners.plain = Some(bind("node.listen", node.listen).await?);
+    }
+    if config.tls.enabled {
+        listeners.tls = Some(bind("tls.listen", config.tls.listen).await?);
+    }
+    let addr_of = |l: &Option<tokio::net::TcpListener>, key| match l {
+        Some(l) => l.local_addr().map(Some).map_err(|source| NodeError::Bind {
+            key,
             addr: node.listen,
             source,
-        })?;
-    let local_addr = listener.local_addr().map_err(|source| NodeError::Bind {
-        addr: node.listen,
-        source,
-    })?;
+        }),
+        None => Ok(None),
+    };
+    let plain_addr = addr_of(&listeners.plain, "node.listen")?;
+    let tls_addr = addr_of(&listeners.tls, "tls.listen")?;
+    // Validation keeps at least one listener.
+    let local_addr = plain_addr.or(tls_addr).unwrap_or(node.listen);
     let http_listener = crate::http::bind(&config.http).await?;
     let http_addr = match &http_listener {
         Some(l) => Some(
@@ -195,6 +218,7 @@ pub async fn start(mut config: Config) -> Result<Node, NodeError> {
         store.clone(),
         delivery_notify.clone(),
     );
+    let delivery = delivery.with_tls(&config.peers, tls.clone());
     let tasks = vec![("delivery task", tokio::spawn(delivery.run(stop.clone())))];
 
     let scp_listening = Arc::new(AtomicBool::new(true));
@@ -202,7 +226,7 @@ pub async fn start(mut config: Config) -> Result<Node, NodeError> {
     let scp = tokio::spawn({
         let (receive, stop, listening) = (receive.clone(), stop.clone(), scp_listening.clone());
         async move {
-            let result = scp::serve(listener, ctx, receive).await;
+            let result = scp::serve(listeners, ctx, receive).await;
             listening.store(false, Ordering::SeqCst);
             if result.is_err() {
                 // The listener failed: the node stops on its own ([`Node::wait`] returns).
@@ -249,7 +273,8 @@ pub async fn start(mut config: Config) -> Result<Node, NodeError> {
     }
     info!(
         ae_title = %node.ae_title,
-        listen = %local_addr,
+        listen = %plain_addr.map_or("off".to_string(), |a| a.to_string()),
+        tls_listen = %tls_addr.map_or("off".to_string(), |a| a.to_string()),
         storage = %node.storage.display(),
         sync = node.sync,
         "m3dnode listening"
@@ -262,6 +287,8 @@ pub async fn start(mut config: Config) -> Result<Node, NodeError> {
         delivery_notify,
         scp_listening,
         local_addr,
+        tls_addr,
+        tls,
         http_addr,
         stop,
         receive,
@@ -271,10 +298,32 @@ pub async fn start(mut config: Config) -> Result<Node, NodeError> {
     })
 }
 
+async fn bind(key: &'static str, addr: SocketAddr) -> Result<tokio::net::TcpListener, NodeError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| NodeError::Bind { key, addr, source })
+}
+
 impl Node {
-    /// The address the DICOM listener is bound to.
+    /// The address the plain DICOM listener is bound to (the TLS listener's when
+    /// `tls.plain_listener` is false).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the DICOM TLS listener, when `tls.enabled`.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// Reads the certificate, key and CA files again (SIGHUP): new handshakes and new
+    /// outgoing associations use them; open associations keep their sessions. On error the
+    /// files in use stay in use. Without TLS there is nothing to do.
+    pub fn reload_tls(&self) -> Result<bool, TlsError> {
+        match &self.tls {
+            Some(tls) => tls.reload().map(|()| true),
+            None => Ok(false),
+        }
     }
 
     /// The address of the HTTP side (status page, health, metrics); `None` when

@@ -14,6 +14,7 @@ pub mod request;
 pub mod scp;
 pub mod scu;
 pub mod settings;
+pub mod tls;
 pub mod wire;
 
 use dicom_core::dictionary::{UidDictionary, UidType};

@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use dicom_ul::Pdu;
 use dicom_ul::pdu::{PDataValueType, PresentationContextNegotiated};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::WriteHalf;
+
+use super::tls::NetStream;
 use tokio::sync::{Mutex, MutexGuard, mpsc, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -38,14 +40,14 @@ pub const MAX_IDENTIFIER: usize = 4 * 1024 * 1024;
 /// the running operation. A message (command and data set) is written under one lock, so
 /// messages never interleave on the wire.
 pub struct Writer {
-    half: Mutex<OwnedWriteHalf>,
+    half: Mutex<WriteHalf<NetStream>>,
     /// The peer's maximum PDU length (variable field).
     pub peer_max_pdu: u32,
 }
 
 impl Writer {
     /// Wraps the write half of the association's socket.
-    pub fn new(half: OwnedWriteHalf, peer_max_pdu: u32) -> Writer {
+    pub fn new(half: WriteHalf<NetStream>, peer_max_pdu: u32) -> Writer {
         Writer {
             half: Mutex::new(half),
             peer_max_pdu,
@@ -87,7 +89,7 @@ impl Writer {
         half.write_all(&out).await
     }
 
-    async fn lock(&self) -> MutexGuard<'_, OwnedWriteHalf> {
+    async fn lock(&self) -> MutexGuard<'_, WriteHalf<NetStream>> {
         self.half.lock().await
     }
 }
@@ -388,6 +390,7 @@ impl Operation {
                 Some(peer) => Some(AeAddress {
                     ae_title: peer.ae_title.clone(),
                     address: peer.address.clone(),
+                    tls: peer.tls,
                 }),
                 None => {
                     return self
@@ -450,6 +453,7 @@ impl Operation {
             calling_ae: config.node.ae_title.clone(),
             timeout: Duration::from_secs(config.sub_operation_timeout_seconds),
             max_pdu_length: config.node.max_pdu_length,
+            tls: self.env.ctx.tls.as_ref().map(|t| t.client_config()),
         };
         let (progress_tx, mut progress_rx) = mpsc::unbounded_channel::<(usize, Option<u16>)>();
         let cancel = self.env.cancel.clone();
@@ -741,7 +745,7 @@ fn failed_list(uids: &[String], ts_uid: &str) -> Option<Vec<u8>> {
 /// comes from the reader.
 struct GetLink<'a> {
     writer: &'a Writer,
-    guard: Option<MutexGuard<'a, OwnedWriteHalf>>,
+    guard: Option<MutexGuard<'a, WriteHalf<NetStream>>>,
     store_rsp: &'a mut mpsc::Receiver<Command>,
     timeout: Duration,
     message_id: u16,

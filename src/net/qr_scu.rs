@@ -465,6 +465,7 @@ impl QrAssociation {
             max_pdu: opts.max_pdu_length,
             contexts: &contexts,
             timeout: opts.timeout,
+            tls: super::scu::tls_for(to, opts)?,
         };
         let assoc = Association::request_with_roles(&to.address, &proposal, &roles)
             .await

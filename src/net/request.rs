@@ -6,6 +6,7 @@
 //! reads or writes is bounded here in the same way as on the SCP side ([`super::accept`]).
 //! PDU encoding and decoding stay dicom-ul's.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use dicom_ul::Pdu;
@@ -15,6 +16,8 @@ use dicom_ul::pdu::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use super::tls::NetStream;
 
 use super::accept::{APPLICATION_CONTEXT, IMPLEMENTATION_VERSION_NAME};
 
@@ -27,6 +30,10 @@ pub enum RequestError {
     /// TCP connection failed.
     #[error("could not connect: {0}")]
     Connect(#[source] std::io::Error),
+    /// The TLS handshake failed (the peer's certificate does not verify against `tls.ca` or
+    /// does not name its host, it refused ours, no common version or suite).
+    #[error("TLS handshake failed: {0}")]
+    Tls(#[source] std::io::Error),
     /// Reading or writing the socket failed.
     #[error("{0}")]
     Io(#[source] std::io::Error),
@@ -49,7 +56,7 @@ pub enum RequestError {
 
 /// An association this node requested.
 pub struct Association {
-    socket: TcpStream,
+    socket: NetStream,
     /// Largest PDU the acceptor takes (its variable field length).
     acceptor_max_pdu: u32,
     /// Largest P-DATA PDU we accept (announced in our request).
@@ -71,6 +78,8 @@ pub struct Proposal<'a> {
     pub contexts: &'a [(String, Vec<String>)],
     /// Connect, read and write timeout.
     pub timeout: Duration,
+    /// TLS (the node's client configuration) for a `tls = true` peer; `None` for plain TCP.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 async fn timed<T>(
@@ -97,12 +106,28 @@ impl Association {
         roles: &[(String, RequestorRoles)],
     ) -> Result<Association, RequestError> {
         let socket = timed(p.timeout, async {
-            TcpStream::connect(address)
+            let tcp = TcpStream::connect(address)
                 .await
-                .map_err(RequestError::Connect)
+                .map_err(RequestError::Connect)?;
+            let _ = tcp.set_nodelay(true);
+            match &p.tls {
+                None => Ok(NetStream::Plain(tcp)),
+                Some(client) => {
+                    let host = super::settings::parse_host_port(address)
+                        .map(|(host, _)| host)
+                        .map_err(|m| {
+                            RequestError::Connect(std::io::Error::new(
+                                std::io::ErrorKind::InvalidInput,
+                                m,
+                            ))
+                        })?;
+                    super::tls::connect(client.clone(), &host, tcp)
+                        .await
+                        .map_err(RequestError::Tls)
+                }
+            }
         })
         .await?;
-        let _ = socket.set_nodelay(true);
         let proposed: Vec<PresentationContextProposed> = p
             .contexts
             .iter()

@@ -26,8 +26,10 @@ use dicom_ul::pdu::{
     PresentationContextResultReason,
 };
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::io::ReadHalf;
 use tokio::net::{TcpListener, TcpStream};
+
+use super::tls::{ClientCertificate, NetStream, Tls};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -48,6 +50,9 @@ pub enum ScpError {
     /// Accepting a connection failed in a way that is not per-connection.
     #[error("accepting connections on the listener: {0}")]
     Accept(#[source] std::io::Error),
+    /// A TLS listener was given without the identity it needs.
+    #[error("a TLS listener needs the node's TLS identity ([tls] certificate, key, ca)")]
+    NoTlsIdentity,
 }
 
 /// How an association ended: the log line says it, and the series tracker applies
@@ -112,6 +117,9 @@ pub struct ScpContext {
     /// Resolved addresses of peers with `check_host = true`.
     peer_hosts: HashMap<String, Vec<IpAddr>>,
     observer: Option<Arc<dyn StoreObserver>>,
+    /// The node's TLS identity: the TLS listener's handshakes, and the C-MOVE
+    /// sub-associations to `tls = true` peers.
+    pub(super) tls: Option<Arc<Tls>>,
 }
 
 impl ScpContext {
@@ -139,7 +147,15 @@ impl ScpContext {
             store,
             peer_hosts,
             observer: None,
+            tls: None,
         })
+    }
+
+    /// Adds the node's TLS identity (needed by [`Listeners::tls`] and by C-MOVE to
+    /// `tls = true` peers).
+    pub fn with_tls(mut self, tls: Option<Arc<Tls>>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Adds the observer that learns of stored instances (the series tracker).
@@ -149,11 +165,14 @@ impl ScpContext {
     }
 
     /// The node's AE policy (called AE title, `require_known_peers`, `check_host`).
+    /// `certified`: the connection is TLS and its client certificate verified against
+    /// `tls.ca`, which a `tls = true` peer needs.
     fn check_access(
         &self,
         peer_ip: IpAddr,
         called: &str,
         calling: &str,
+        certified: bool,
     ) -> Result<(), AssociationRJServiceUserReason> {
         if called != self.config.node.ae_title.trim() {
             warn!(
@@ -174,6 +193,10 @@ impl ScpContext {
             && !hosts.contains(&peer_ip)
         {
             warn!(calling_ae = %Printable(calling), %peer_ip, "association rejected: calling AE title used from a host other than its [[peers]] address");
+            return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
+        }
+        if !certified && self.config.peer(calling).is_some_and(|p| p.tls) {
+            warn!(calling_ae = %Printable(calling), %peer_ip, "association rejected: this calling AE title has tls = true in [[peers]] and may only associate over TLS with a client certificate from tls.ca");
             return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
         }
         Ok(())
@@ -242,14 +265,47 @@ fn refusal_is_news() -> bool {
             .is_ok()
 }
 
+/// The sockets the SCP accepts on: plain TCP (`node.listen`), TLS (`tls.listen`) or both.
+/// Both share one set of limits (`node.max_associations`, per-host connections).
+#[derive(Default)]
+pub struct Listeners {
+    /// Plain DICOM.
+    pub plain: Option<TcpListener>,
+    /// DICOM TLS: every connection starts with a handshake with the context's [`Tls`].
+    pub tls: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(plain: TcpListener) -> Listeners {
+        Listeners {
+            plain: Some(plain),
+            tls: None,
+        }
+    }
+}
+
+async fn accept_on(listener: &Option<TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Serves associations until `shutdown` is cancelled, then stops accepting and gives open
 /// associations `node.shutdown_grace_seconds` to finish before aborting them.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Listeners,
     ctx: Arc<ScpContext>,
     shutdown: CancellationToken,
 ) -> Result<(), ScpError> {
-    size_receive_buffer(&listener, ctx.config.node.receive_buffer_kb);
+    let tls = match (&listeners.tls, &ctx.tls) {
+        (Some(_), Some(tls)) => Some(tls.clone()),
+        (Some(_), None) => return Err(ScpError::NoTlsIdentity),
+        (None, _) => None,
+    };
+    for listener in listeners.plain.iter().chain(&listeners.tls) {
+        size_receive_buffer(listener, ctx.config.node.receive_buffer_kb);
+    }
     let node = &ctx.config.node;
     let limit = node.max_associations;
     let slots = Arc::new(Semaphore::new(limit));
@@ -262,60 +318,77 @@ pub async fn serve(
     let (phase_tx, phase) = watch::channel(Phase::Serving);
     let mut tasks = JoinSet::new();
     loop {
-        tokio::select! {
+        let (accepted, tls) = tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
-            accepted = listener.accept() => {
-                let (socket, peer) = match accepted {
-                    Ok(x) => x,
-                    Err(e) if is_per_connection(&e) => {
-                        debug!(error = %e, "connection failed during accept");
-                        continue;
-                    }
-                    Err(e) => {
-                        // e.g. EMFILE: back off instead of spinning.
-                        warn!(error = %e, "accept failed; retrying in 100 ms");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let _ = socket.set_nodelay(true);
-                let Some(host) = hosts.take(peer.ip(), node.max_connections_per_host) else {
-                    crate::metrics::association_rejected(Rejection::HostLimit);
-                    if refusal_is_news() {
-                        warn!(%peer, max = node.max_connections_per_host, "connection refused: too many open connections from this address (node.max_connections_per_host)");
-                    } else {
-                        debug!(%peer, "connection refused: too many open connections from this address");
-                    }
-                    if let Ok(permit) = reject_permits.clone().try_acquire_owned() {
-                        tasks.spawn(async move {
-                            refuse_request(socket).await;
-                            drop(permit);
-                        });
-                    }
-                    continue;
-                };
-                let Ok(request) = requests.clone().try_acquire_owned() else {
-                    crate::metrics::association_rejected(Rejection::RequestBacklog);
-                    if refusal_is_news() {
-                        warn!(%peer, "connection dropped: too many connections are still sending their association request");
-                    }
-                    continue;
+            accepted = accept_on(&listeners.plain) => (accepted, None),
+            accepted = accept_on(&listeners.tls) => (accepted, tls.clone()),
+        };
+        let (socket, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) if is_per_connection(&e) => {
+                debug!(error = %e, "connection failed during accept");
+                continue;
+            }
+            Err(e) => {
+                // e.g. EMFILE: back off instead of spinning.
+                warn!(error = %e, "accept failed; retrying in 100 ms");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        let Some(host) = hosts.take(peer.ip(), node.max_connections_per_host) else {
+            crate::metrics::association_rejected(Rejection::HostLimit);
+            if refusal_is_news() {
+                warn!(%peer, max = node.max_connections_per_host, "connection refused: too many open connections from this address (node.max_connections_per_host)");
+            } else {
+                debug!(%peer, "connection refused: too many open connections from this address");
+            }
+            // On the TLS port the answer would need a handshake first: the connection is
+            // just closed.
+            if tls.is_none()
+                && let Ok(permit) = reject_permits.clone().try_acquire_owned()
+            {
+                tasks.spawn(async move {
+                    refuse_request(socket).await;
+                    drop(permit);
+                });
+            }
+            continue;
+        };
+        let Ok(request) = requests.clone().try_acquire_owned() else {
+            crate::metrics::association_rejected(Rejection::RequestBacklog);
+            if refusal_is_news() {
+                warn!(%peer, "connection dropped: too many connections are still sending their association request");
+            }
+            continue;
+        };
+        let (ctx, slots, phase) = (ctx.clone(), slots.clone(), phase.clone());
+        let span = info_span!("association", peer = %peer, tls = tls.is_some(), calling_ae = tracing::field::Empty, called_ae = tracing::field::Empty);
+        tasks.spawn(
+            async move {
+                let artim =
+                    Duration::from_secs(ctx.config.node.association_request_timeout_seconds);
+                let Some((socket, certificate)) = secure(socket, tls.as_deref(), artim).await
+                else {
+                    return;
                 };
                 let conn = Connection {
                     socket,
+                    certified: certificate.is_some(),
                     peer,
-                    ctx: ctx.clone(),
-                    slots: slots.clone(),
+                    ctx,
+                    slots,
                     _host: host,
-                    phase: phase.clone(),
+                    phase,
                 };
-                let span = info_span!("association", peer = %peer, calling_ae = tracing::field::Empty, called_ae = tracing::field::Empty);
-                tasks.spawn(conn.run(request).instrument(span));
+                conn.run(request).await
             }
-        }
+            .instrument(span),
+        );
     }
-    drop(listener);
+    drop(listeners);
     let _ = phase_tx.send(Phase::Draining);
     let grace = Duration::from_secs(ctx.config.node.shutdown_grace_seconds);
     if !tasks.is_empty() {
@@ -417,9 +490,47 @@ async fn refuse_request(mut socket: TcpStream) {
     let _ = socket.shutdown().await;
 }
 
+/// The connection as the association reads it: plain, or after a TLS handshake that ended
+/// within `artim` (the handshake counts against the request timer). `None` when the
+/// handshake failed, which is logged with rustls's reason (an unknown CA, an expired
+/// certificate, no certificate, a TLS version or suite BCP 195 excludes, plain DICOM on the
+/// TLS port) and counted as a `tls_handshake` rejection.
+async fn secure(
+    socket: TcpStream,
+    tls: Option<&Tls>,
+    artim: Duration,
+) -> Option<(NetStream, Option<ClientCertificate>)> {
+    let Some(tls) = tls else {
+        return Some((NetStream::Plain(socket), None));
+    };
+    let why = match tokio::time::timeout(artim, tls.accept(socket)).await {
+        Ok(Ok((stream, certificate))) => {
+            match &certificate {
+                Some(c) => debug!(client_certificate_sha256 = %c.sha256, "TLS established"),
+                None => debug!("TLS established without a client certificate"),
+            }
+            return Some((stream, certificate));
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!(
+            "no handshake within {} s (node.association_request_timeout_seconds)",
+            artim.as_secs()
+        ),
+    };
+    crate::metrics::association_rejected(Rejection::TlsHandshake);
+    if refusal_is_news() {
+        warn!(reason = %Printable(&why), "TLS connection refused: handshake failed");
+    } else {
+        debug!(reason = %Printable(&why), "TLS connection refused: handshake failed");
+    }
+    None
+}
+
 /// A connection from its accept to its end.
 struct Connection {
-    socket: TcpStream,
+    socket: NetStream,
+    /// TLS with a client certificate that verified against `tls.ca`.
+    certified: bool,
     peer: SocketAddr,
     ctx: Arc<ScpContext>,
     /// The `node.max_associations` slots, one taken once the request is complete.
@@ -485,7 +596,9 @@ impl Connection {
         };
         let ctx = self.ctx.clone();
         let peer_ip = self.peer.ip();
-        let access = |called: &str, calling: &str| ctx.check_access(peer_ip, called, calling);
+        let certified = self.certified;
+        let access =
+            |called: &str, calling: &str| ctx.check_access(peer_ip, called, calling, certified);
         let terms = Terms {
             max_pdu: node.max_pdu_length,
             abstract_syntax: &|uid| {
@@ -532,7 +645,7 @@ impl Connection {
                 }
             }
         }
-        let (read_half, write_half) = self.socket.into_split();
+        let (read_half, write_half) = tokio::io::split(self.socket);
         let mut handler = Handler {
             calling_ae: agreed.calling_ae.clone(),
             report: EndReport {
@@ -673,7 +786,7 @@ async fn operation_ended(op: &mut Option<Running>) {
 }
 
 struct Handler {
-    socket: OwnedReadHalf,
+    socket: ReadHalf<NetStream>,
     /// The sending side, shared with the running Q/R operation.
     writer: Arc<Writer>,
     peer_ip: IpAddr,

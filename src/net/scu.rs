@@ -14,6 +14,7 @@ use std::fmt;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use dicom_ul::Pdu;
@@ -115,6 +116,8 @@ pub struct AeAddress {
     pub ae_title: String,
     /// `host:port`.
     pub address: String,
+    /// Call it over TLS ([`ScuOptions::tls`] must then be set).
+    pub tls: bool,
 }
 
 impl FromStr for AeAddress {
@@ -129,6 +132,7 @@ impl FromStr for AeAddress {
         Ok(AeAddress {
             ae_title: ae.to_string(),
             address: addr.to_string(),
+            tls: false,
         })
     }
 }
@@ -148,6 +152,8 @@ pub struct ScuOptions {
     pub timeout: Duration,
     /// Largest PDU we accept from the peer.
     pub max_pdu_length: u32,
+    /// The node's TLS client configuration, for peers with [`AeAddress::tls`].
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for ScuOptions {
@@ -156,6 +162,7 @@ impl Default for ScuOptions {
             calling_ae: "M3DNODE".into(),
             timeout: Duration::from_secs(30),
             max_pdu_length: 262_144,
+            tls: None,
         }
     }
 }
@@ -298,10 +305,31 @@ async fn associate(
         max_pdu: opts.max_pdu_length,
         contexts,
         timeout: opts.timeout,
+        tls: tls_for(to, opts)?,
     };
     Association::request(&to.address, &proposal)
         .await
         .map_err(|source| associate_error(to, contexts, source))
+}
+
+/// The TLS configuration to call `to` with: `None` for a plain peer; an error when the peer
+/// wants TLS and the node has no identity (a configuration the node refuses at start-up).
+pub(crate) fn tls_for(
+    to: &AeAddress,
+    opts: &ScuOptions,
+) -> Result<Option<Arc<rustls::ClientConfig>>, ScuError> {
+    if !to.tls {
+        return Ok(None);
+    }
+    match &opts.tls {
+        Some(client) => Ok(Some(client.clone())),
+        None => Err(ScuError::Associate {
+            peer: to.to_string(),
+            source: Box::new(RequestError::Tls(std::io::Error::other(
+                "the peer has tls = true but the node has no TLS identity ([tls])",
+            ))),
+        }),
+    }
 }
 
 /// Classifies a failed association request: permanent refusals get their own variants.

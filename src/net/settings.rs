@@ -119,6 +119,11 @@ pub struct PeerConfig {
     /// `surface-seg`); default Encapsulated STL only, which every M3D-aware viewer reads.
     #[serde(default = "default_formats")]
     pub formats: Vec<crate::encap::Format>,
+    /// DICOM TLS with this peer: its associations are accepted only on the TLS listener
+    /// with a client certificate from `tls.ca`, and the node calls it over TLS, verifying
+    /// its server certificate against `tls.ca` and the host of `address`.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 fn default_formats() -> Vec<crate::encap::Format> {

@@ -33,7 +33,7 @@
 //! rejects the association permanently, accepts no presentation context for the result's SOP
 //! class, or answers 0x0122 or 0xA9xx) fails the row at once: retrying unchanged cannot help.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +46,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::db::{DueDelivery, now};
 use crate::net::scu::{self, AeAddress, InstanceKeys, OutgoingFile, ScuOptions, Verification};
+use crate::net::settings::PeerConfig;
+use crate::net::tls::Tls;
 use crate::store::{Index, IndexError, Store};
 
 /// The timeout of an attempt grows to at most this many times `delivery.timeout_seconds`
@@ -94,6 +96,9 @@ pub struct Delivery {
     ae_title: String,
     store: Arc<Store>,
     notify: Arc<Notify>,
+    /// AE titles of the `tls = true` peers, called over TLS with `tls`.
+    tls_peers: HashSet<String>,
+    tls: Option<Arc<Tls>>,
 }
 
 type Due = DueDelivery;
@@ -112,7 +117,20 @@ impl Delivery {
             ae_title,
             store,
             notify,
+            tls_peers: HashSet::new(),
+            tls: None,
         }
+    }
+
+    /// Calls the `tls = true` peers among `peers` over TLS with the node's identity.
+    pub fn with_tls(mut self, peers: &[PeerConfig], tls: Option<Arc<Tls>>) -> Delivery {
+        self.tls_peers = peers
+            .iter()
+            .filter(|p| p.tls)
+            .map(|p| p.ae_title.clone())
+            .collect();
+        self.tls = tls;
+        self
     }
 
     /// Works through the outbox until `shutdown` is cancelled; rows not yet sent stay
@@ -158,6 +176,7 @@ impl Delivery {
         let to = AeAddress {
             ae_title: ae.to_string(),
             address: address.to_string(),
+            tls: self.tls_peers.contains(ae),
         };
         let base = self.settings.timeout_seconds;
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
@@ -171,6 +190,7 @@ impl Delivery {
         let opts = ScuOptions {
             calling_ae: self.ae_title.clone(),
             timeout: Duration::from_secs_f64(timeout_after(base, most)),
+            tls: self.tls.as_ref().map(|t| t.client_config()),
             ..Default::default()
         };
         let mut files = Vec::new();

@@ -94,6 +94,8 @@ pub struct Node {
     pub addr: SocketAddr,
     /// The status page, health and metrics (`None` when `[http] listen` is empty).
     pub http: Option<SocketAddr>,
+    /// The DICOM TLS listener (`None` unless `[tls] enabled`).
+    pub tls: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub stderr_log: PathBuf,
@@ -166,6 +168,15 @@ impl Node {
             }
             None => None,
         };
+        let tls = match line.trim().strip_prefix("m3dnode tls listening on ") {
+            Some(a) => {
+                let a = a.parse().ok();
+                line.clear();
+                stdout.read_line(&mut line).unwrap();
+                a
+            }
+            None => None,
+        };
         let addr = line
             .trim()
             .strip_prefix("m3dnode listening on ")
@@ -181,6 +192,7 @@ impl Node {
             child,
             addr,
             http,
+            tls,
             dir,
             config,
             stderr_log,
