@@ -107,6 +107,11 @@ fn events() -> Vec<Event> {
             studies: vec![study("1.2.3.4", "P1", "Doe^Jane")],
             outcome: Outcome::SeriousFailure("disk full".into()),
         },
+        Event::Export {
+            destination: "http://192.0.2.13/api/mesh/1.2.3.4".into(),
+            studies: vec![study("1.2.3.4", "P1", "Doe^Jane")],
+            outcome: Outcome::Success,
+        },
         hostile_event(),
         Event::ApplicationStop,
     ]
@@ -518,4 +523,44 @@ async fn an_unreachable_repository_never_blocks_record_and_the_queue_is_bounded(
     let written = lines(auditor.file().unwrap()).len() as u64;
     assert_eq!(written + auditor.dropped_file(), n);
     assert!(written >= 10_000, "only {written} written");
+}
+
+/// Messages recorded while the repository is down wait in the queue and arrive, in order, once
+/// it comes up (the sender retries with backoff).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_queued_while_disconnected_arrive_after_reconnecting() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certificates(dir.path());
+    let port = free_port();
+    let config = AuditConfig {
+        file: dir.path().join("audit.log"),
+        syslog: format!("127.0.0.1:{port}"),
+        ..AuditConfig::default()
+    };
+    let auditor = Auditor::start(
+        &config,
+        "M3D",
+        dir.path(),
+        Some(client_config(&dir.path().join("ca.pem"))),
+    )
+    .unwrap();
+    auditor.record(Event::ApplicationStart);
+    auditor.record(hostile_event());
+    // Let the first connection attempt fail, then bring the receiver up.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let receiver = start_receiver(dir.path(), port);
+    auditor.record(Event::ApplicationStop);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let got = loop {
+        let got = frames(&receiver.received.lock().unwrap());
+        if got.len() >= 3 || Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(got.len(), 3, "frames received: {got:?}");
+    assert!(got[0].contains("csd-code=\"110120\""));
+    assert!(got[1].contains("csd-code=\"110104\""));
+    assert!(got[2].contains("csd-code=\"110121\""));
+    assert_eq!(auditor.dropped_syslog(), 0);
 }

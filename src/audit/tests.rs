@@ -158,6 +158,7 @@ fn samples() -> Vec<(Event, Vec<&'static str>)> {
                 "EventOutcomeIndicator=\"8\"",
                 "csd-code=\"110154\"",
                 "<MediaType csd-code=\"110037\"",
+                "UserID=\"http://10.1.2.6/\" UserIsRequestor=\"false\" NetworkAccessPointID=\"10.1.2.6\" NetworkAccessPointTypeCode=\"2\"",
             ],
         ),
     ]
@@ -327,4 +328,35 @@ fn a_stuck_writer_never_blocks_record() {
     a.close();
     let text = std::fs::read_to_string(a.file().unwrap()).unwrap();
     assert_eq!(text.lines().count(), FILE_QUEUE);
+}
+
+#[test]
+fn uri_hosts() {
+    assert_eq!(
+        xml::uri_host("http://10.1.2.6/mesh/1"),
+        Some("10.1.2.6".into())
+    );
+    assert_eq!(
+        xml::uri_host("https://u@ws.example:8443/x"),
+        Some("ws.example".into())
+    );
+    assert_eq!(
+        xml::uri_host("http://[2001:db8::1]:80/"),
+        Some("2001:db8::1".into())
+    );
+    assert_eq!(xml::uri_host("file:///tmp/mesh.stl"), None);
+    assert_eq!(xml::uri_host("USB stick"), None);
+}
+
+#[test]
+fn an_unusable_storage_path_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_dir = dir.path().join("file");
+    std::fs::write(&not_a_dir, "").unwrap();
+    let err = Auditor::start(&AuditConfig::default(), "M3D", &not_a_dir, None).unwrap_err();
+    assert!(matches!(err, AuditError::CreateDir { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&not_a_dir.display().to_string()),
+        "{err}"
+    );
 }

@@ -346,13 +346,14 @@ fn message(event: &Event, node_ae: &str) -> Message {
                 participants: vec![
                     Participant::node(node_ae, node_ae, true, Some(ROLE_SOURCE)),
                     // The destination as a media participant (A.5.3.4): UserID a URI or
-                    // description, media type URI.
+                    // description, media type URI, and the network access point when the
+                    // URI names a host (required for a network destination).
                     Participant {
                         user_id: destination.clone(),
                         alternative_user_id: None,
                         user_name: None,
                         requestor: false,
-                        access_point: None,
+                        access_point: uri_host(destination),
                         role: Some(ROLE_DESTINATION_MEDIA),
                         media: Some(MEDIA_URI),
                     },
@@ -361,6 +362,19 @@ fn message(event: &Event, node_ae: &str) -> Message {
             }
         }
     }
+}
+
+/// The host of a `scheme://[user@]host[:port]/...` URI, if it names one (`file:///x` does not).
+pub(super) fn uri_host(uri: &str) -> Option<String> {
+    let (_, rest) = uri.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = host_port.strip_prefix('[') {
+        v6.split_once(']').map(|(h, _)| h)?
+    } else {
+        host_port.split(':').next().unwrap_or_default()
+    };
+    (!host.is_empty()).then(|| host.to_string())
 }
 
 /// A Security Alert (A.5.3.11): the node reports, the peer performed (never the requestor),
