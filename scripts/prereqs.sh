@@ -21,7 +21,9 @@ PREREQS_BUILD=(
 # Running the tests: the real DICOM peers they talk to (DCMTK, dicom3tools, Orthanc and curl
 # for its REST API), Python with venv for the ONNX Runtime reference venv, promtool
 # (Debian's prometheus) that checks the metrics text, and headless Chromium with its
-# WebDriver for the status page's browser test (tests/browser.rs).
+# WebDriver for the status page's browser test (tests/browser.rs), xmllint that validates the
+# audit messages against the DICOM audit schema and openssl's s_server as the TLS syslog
+# receiver (tests/audit.rs).
 PREREQS_TEST=(
     "dcmtk command -v storescu"
     "dicom3tools command -v dciodvfy"
@@ -32,6 +34,8 @@ PREREQS_TEST=(
     "prometheus command -v promtool"
     "chromium command -v chromium"
     "chromium-driver command -v chromedriver"
+    "libxml2-utils command -v xmllint"
+    "openssl command -v openssl"
 )
 
 # install_prereqs WHO LIST...: installs with apt-get (through sudo when not root) the packages

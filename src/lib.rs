@@ -3,6 +3,7 @@
 //!
 //! The modules follow the data:
 //!
+//! - [`audit`]: the audit trail (DICOM audit messages to a 0600 file and syslog over TLS).
 //! - [`net`]: associations and DIMSE (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET as SCP and SCU).
 //! - [`store`]: durable files (temp file, fsync, rename).
 //! - [`db`]: the SQLite index: every table and statement, the versioned schema.
@@ -29,6 +30,7 @@
 //! falls back to the CPU).
 #![deny(missing_docs)]
 
+pub mod audit;
 pub mod choice;
 pub mod cli;
 pub mod config;
