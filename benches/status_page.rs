@@ -141,6 +141,7 @@ fn main() {
         scp_listening: Arc::new(AtomicBool::new(true)),
         metrics: Arc::new(String::new),
         onnx: None,
+        audit: m3dnode::audit::Auditor::disabled(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = rt.spawn(m3dnode::http::serve(listener, state, async move {

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+pub use crate::audit::AuditConfig;
 pub use crate::http::{HttpConfig, HttpSettings, Secret};
 pub use crate::net::settings::{
     NodeConfig, PeerConfig, QueryConfig, ScpSettings, Service, check_ae_title, parse_host_port,
@@ -81,6 +82,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// DICOM TLS: the TLS listener and the node's certificate.
     pub tls: TlsConfig,
+    /// The audit trail (IHE ATNA): its file and syslog repository.
+    pub audit: AuditConfig,
 }
 
 /// `[log]`: how the node writes its log (to stderr).
@@ -227,6 +230,23 @@ impl Config {
         self.tls
             .validate(&self.peers)
             .map_err(|(key, message)| invalid(&key, message))?;
+        self.audit
+            .validate()
+            .map_err(|(key, message)| invalid(&key, message))?;
+        if !self.audit.syslog.is_empty() && self.audit.enabled && !self.tls.needed(&self.peers) {
+            for (key, path) in [
+                ("tls.certificate", &self.tls.certificate),
+                ("tls.key", &self.tls.key),
+                ("tls.ca", &self.tls.ca),
+            ] {
+                if path.as_os_str().is_empty() {
+                    return Err(invalid(
+                        key,
+                        "must name a PEM file (audit.syslog is sent over TLS with the node's certificate)".into(),
+                    ));
+                }
+            }
+        }
         if !(self.series.quiet_seconds >= 0.0 && self.series.quiet_seconds.is_finite()) {
             return Err(invalid(
                 "series.quiet_seconds",
@@ -296,6 +316,12 @@ impl Config {
             query: self.query.clone(),
             sub_operation_timeout_seconds: self.delivery.timeout_seconds,
         }
+    }
+
+    /// Whether the node loads its TLS identity: for the TLS listener, `tls = true` peers or
+    /// the audit trail's syslog.
+    pub fn needs_tls_identity(&self) -> bool {
+        self.tls.needed(&self.peers) || (self.audit.enabled && !self.audit.syslog.is_empty())
     }
 
     /// What the HTTP side works with.

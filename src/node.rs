@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::audit::{Auditor, Event as AuditEvent};
 use crate::config::{Config, ConfigError};
 use crate::http::{HttpError, HttpState};
 use crate::metrics::Metrics;
@@ -49,6 +50,9 @@ pub enum NodeError {
     /// A `check_host` peer's address does not resolve.
     #[error("{0}")]
     Peers(String),
+    /// The audit trail could not be opened (`[audit]`).
+    #[error("audit trail: {0}")]
+    Audit(#[from] crate::audit::AuditError),
     /// The node's TLS identity could not be loaded (`[tls]`).
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -106,6 +110,9 @@ pub struct Node {
     tls_addr: Option<SocketAddr>,
     /// The TLS identity, reloaded by [`Node::reload_tls`].
     tls: Option<Arc<Tls>>,
+    /// The audit trail: Application Start is recorded when the node is up, Stop at the end of
+    /// [`Node::shutdown`].
+    pub audit: Auditor,
     http_addr: Option<SocketAddr>,
     /// The one stop signal: tracker, workers, delivery and added tasks end on it.
     stop: CancellationToken,
@@ -152,13 +159,20 @@ pub async fn start(mut config: Config) -> Result<Node, NodeError> {
     }
     // Resolved and bound before any thread starts, so that these common failures leave
     // nothing behind.
-    let tls = match config.tls.needed(&config.peers) {
+    let tls = match config.needs_tls_identity() {
         true => Some(Arc::new(Tls::load(&config.tls)?)),
         false => None,
     };
+    let audit = Auditor::start(
+        &config.audit,
+        &node.ae_title,
+        &node.storage,
+        tls.as_ref().map(|t| t.client_config()),
+    )?;
     let ctx = ScpContext::new(Arc::new(config.scp_settings()), store.clone())
         .map_err(NodeError::Peers)?
-        .with_tls(tls.clone());
+        .with_tls(tls.clone())
+        .with_audit(audit.clone());
     let mut listeners = scp::Listeners::default();
     if config.tls.plain_listener {
         listeners.plain = Some(bind("node.listen", node.listen).await?);
@@ -218,7 +232,9 @@ pub async fn start(mut config: Config) -> Result<Node, NodeError> {
         store.clone(),
         delivery_notify.clone(),
     );
-    let delivery = delivery.with_tls(&config.peers, tls.clone());
+    let delivery = delivery
+        .with_tls(&config.peers, tls.clone())
+        .with_audit(audit.clone());
     let tasks = vec![("delivery task", tokio::spawn(delivery.run(stop.clone())))];
 
     let scp_listening = Arc::new(AtomicBool::new(true));
@@ -260,6 +276,7 @@ pub async fn start(mut config: Config) -> Result<Node, NodeError> {
                 .iter()
                 .any(|r| r.mvdiffusion.is_some())
                 .then(|| config.onnxruntime.settings()),
+            audit: audit.clone(),
         };
         let stop = stop.clone();
         tasks.push((
@@ -280,6 +297,7 @@ pub async fn start(mut config: Config) -> Result<Node, NodeError> {
         "m3dnode listening"
     );
     started.disarm();
+    audit.record(AuditEvent::ApplicationStart);
     Ok(Node {
         config: config.clone(),
         metrics,
@@ -289,6 +307,7 @@ pub async fn start(mut config: Config) -> Result<Node, NodeError> {
         local_addr,
         tls_addr,
         tls,
+        audit,
         http_addr,
         stop,
         receive,
@@ -395,6 +414,9 @@ impl Node {
             return Err(NodeError::Panicked(name));
         }
         self.store.mark_clean_shutdown()?;
+        self.audit.record(AuditEvent::ApplicationStop);
+        let audit = self.audit.clone();
+        let _ = tokio::task::spawn_blocking(move || audit.close()).await;
         info!(
             seconds = format_args!("{:.2}", began.elapsed().as_secs_f64()),
             "m3dnode stopped"

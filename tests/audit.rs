@@ -100,6 +100,7 @@ fn events() -> Vec<Event> {
             local_ae: "M3D".into(),
             sop_class_uid: "1.2.840.10008.5.1.4.1.2.2.1".into(),
             query: vec![0, 1, 2, 0xff, b'<', b'&'],
+            transfer_syntax: "1.2.840.10008.1.2.1".into(),
             outcome: Outcome::Success,
         },
         Event::Export {
@@ -563,4 +564,186 @@ async fn messages_queued_while_disconnected_arrive_after_reconnecting() {
     assert!(got[1].contains("csd-code=\"110104\""));
     assert!(got[2].contains("csd-code=\"110121\""));
     assert_eq!(auditor.dropped_syslog(), 0);
+}
+
+/// The audit file's messages, once `n` of them satisfy `done`.
+fn wait_lines(path: &Path, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let mut got = Vec::new();
+    common::wait_for(Duration::from_secs(60), || {
+        got = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        done(&got)
+    });
+    got
+}
+
+/// The messages whose EventID has `code`.
+fn of_event<'a>(lines: &'a [String], code: &str) -> Vec<&'a String> {
+    let id = format!("<EventID csd-code=\"{code}\"");
+    lines.iter().filter(|l| l.contains(&id)).collect()
+}
+
+#[test]
+fn a_store_delivery_and_query_run_is_audited_with_the_right_participants() {
+    let dest = common::Destination::up("DEST");
+    let mut node = common::Node::start(&format!(
+        "[series]\nquiet_seconds = 0.5\n[delivery]\nretry_initial_seconds = 0.2\nretry_max_seconds = 0.5\n\
+         {}[[peers]]\nae_title = \"FINDER\"\naddress = \"127.0.0.1:{}\"\n\
+         [[rules]]\nname = \"phantom\"\nmodality = \"MR\"\npreset = \"1000\"\nsend_to = [\"DEST\"]\n",
+        dest.peer_toml(),
+        common::free_port()
+    ));
+    let audit = node.storage().join("audit").join("audit.log");
+    let mode = std::fs::metadata(&audit).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the audit trail holds PHI");
+
+    let series = tempfile::tempdir().unwrap();
+    let grid = common::Grid::axial(32, 24, 2.0);
+    let files = common::write_phantom(series.path(), &grid, &[], |p| {
+        (p[0] * p[0] + p[1] * p[1] + p[2] * p[2]).sqrt() - 12.0
+    });
+    let study = common::attr(&files[0], dicom_dictionary_std::tags::STUDY_INSTANCE_UID);
+    common::storescu(&node, &[series.path().to_path_buf()]);
+    assert!(
+        common::wait_for(Duration::from_secs(120), || dest.stores() >= 1),
+        "{}",
+        node.log()
+    );
+    // A query, a refused association (wrong called AE title) and a refused C-FIND.
+    let find = |aet: &str| {
+        common::run(Command::new(common::tool("findscu")).args([
+            "-aet",
+            aet,
+            "-aec",
+            "M3DNODE",
+            "-S",
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            "PatientID=PHANTOM02",
+            "-k",
+            "StudyInstanceUID",
+            "127.0.0.1",
+            &node.port(),
+        ]))
+    };
+    assert!(find("FINDER").status.success());
+    // Refused with 0x0124 (findscu exits 0 all the same); the audit trail is checked below.
+    find("STRANGER");
+    let refused = common::run(Command::new(common::tool("echoscu")).args([
+        "-aet",
+        "MODALITY",
+        "-aec",
+        "NOT-THE-NODE",
+        "127.0.0.1",
+        &node.port(),
+    ]));
+    assert!(!refused.status.success());
+    assert!(node.terminate().success());
+
+    let lines = wait_lines(&audit, |l| of_event(l, "110100").len() >= 2);
+    validate(&lines).unwrap_or_else(|e| panic!("{e}\n{}", lines.join("\n")));
+
+    // Start and stop.
+    let activity = of_event(&lines, "110100");
+    assert_eq!(activity.len(), 2, "{lines:#?}");
+    assert!(activity[0].contains("csd-code=\"110120\""));
+    assert!(activity[1].contains("csd-code=\"110121\""));
+
+    // The storescu association accepted, then the 24 instances received from it.
+    let logins = of_event(&lines, "110114");
+    assert!(
+        logins
+            .iter()
+            .any(|m| m.contains("STORESCU") && m.contains("127.0.0.1")),
+        "{logins:#?}"
+    );
+    let transferred = of_event(&lines, "110104");
+    let received: Vec<_> = transferred
+        .iter()
+        .filter(|m| m.contains("EventActionCode=\"C\""))
+        .collect();
+    assert_eq!(received.len(), 1, "{transferred:#?}");
+    let m = received[0];
+    let source = xpath(
+        m,
+        "string(//ActiveParticipant[RoleIDCode/@csd-code='110153']/@UserID)",
+    );
+    assert_eq!(source, "STORESCU");
+    let destination = xpath(
+        m,
+        "string(//ActiveParticipant[RoleIDCode/@csd-code='110152']/@UserID)",
+    );
+    assert_eq!(destination, "M3DNODE");
+    assert_eq!(
+        xpath(
+            m,
+            "string(//ParticipantObjectIdentification[ParticipantObjectIDTypeCode/@csd-code='110180']/@ParticipantObjectID)"
+        ),
+        study
+    );
+    assert_eq!(
+        xpath(
+            m,
+            "string(//ParticipantObjectDescription/SOPClass/@NumberOfInstances)"
+        ),
+        "24"
+    );
+    assert_eq!(
+        xpath(
+            m,
+            "string(//ParticipantObjectIdentification[@ParticipantObjectTypeCodeRole='1']/@ParticipantObjectID)"
+        ),
+        "PHANTOM02"
+    );
+
+    // The mesh sent to DEST: Begin Transferring, then Instances Transferred (R) naming DEST
+    // as the destination and the source study.
+    let begun = of_event(&lines, "110102");
+    assert!(!begun.is_empty(), "{lines:#?}");
+    let sent: Vec<_> = transferred
+        .iter()
+        .filter(|m| m.contains("EventActionCode=\"R\""))
+        .collect();
+    assert_eq!(sent.len(), 1, "{transferred:#?}");
+    let m = sent[0];
+    assert_eq!(
+        xpath(
+            m,
+            "string(//ActiveParticipant[RoleIDCode/@csd-code='110152']/@UserID)"
+        ),
+        "DEST"
+    );
+    assert_eq!(
+        xpath(m, "string(//ParticipantObjectDescription/SOPClass/@UID)"),
+        "1.2.840.10008.5.1.4.1.1.104.3"
+    );
+    assert!(m.contains(&study), "{m}");
+
+    // The query, the unauthorized C-FIND and the refused association.
+    let queries = of_event(&lines, "110112");
+    assert!(queries.iter().any(|m| m.contains("FINDER")), "{queries:#?}");
+    let alerts = of_event(&lines, "110113");
+    assert!(
+        alerts
+            .iter()
+            .any(|m| m.contains("STRANGER") && m.contains("110132")),
+        "{alerts:#?}"
+    );
+    assert!(
+        alerts
+            .iter()
+            .any(|m| m.contains("MODALITY") && m.contains("110126") && m.contains("NOT-THE-NODE")),
+        "{alerts:#?}"
+    );
+    // Patient identifiers stay out of the node's own log (at info level and above).
+    let log = node.log();
+    assert!(
+        !log.lines()
+            .any(|l| !l.contains("DEBUG") && l.contains("PHANTOM02")),
+        "{log}"
+    );
 }

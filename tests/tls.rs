@@ -544,3 +544,36 @@ fn tls_configuration_errors_name_the_key() {
         text(&out)
     );
 }
+
+#[test]
+fn a_handshake_that_never_finishes_is_closed_at_the_request_timer() {
+    use std::io::{Read, Write};
+    let pki = Pki::new("m3dnode test CA");
+    let node = Node::start(&format!(
+        "association_request_timeout_seconds = 1\n{}",
+        pki.tls_toml("")
+    ));
+    let tls = node.tls.unwrap();
+    // One socket says nothing; another sends the first bytes of a ClientHello and stops.
+    let mut silent = std::net::TcpStream::connect(tls).unwrap();
+    let mut partial = std::net::TcpStream::connect(tls).unwrap();
+    partial
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .unwrap();
+    for socket in [&mut silent, &mut partial] {
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        // Closed by the node (0 bytes, or a reset), not left open until our timeout.
+        let started = std::time::Instant::now();
+        let _ = socket.read(&mut buf);
+        assert!(started.elapsed() < Duration::from_secs(8));
+    }
+    nth_failure(&node, 2);
+    for line in handshake_failures(&node) {
+        assert!(line.contains("no handshake within 1 s"), "{line}");
+    }
+    // Meanwhile and after, a good client is served.
+    assert!(echo_tls(&node, "MODALITY", &pki.client, &pki.ca_file));
+}

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Deserialize;
 
-pub use xml::{QUERY_TRANSFER_SYNTAX, to_xml};
+pub use xml::to_xml;
 
 /// `[audit]`: where the audit trail goes.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -49,22 +49,25 @@ impl Default for AuditConfig {
 
 impl AuditConfig {
     /// Checks what serde cannot; the message names the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), (String, String)> {
         if !self.syslog.is_empty() {
             crate::net::settings::parse_host_port(&self.syslog).map_err(|m| {
-                format!("configuration key `audit.syslog`: {m} (e.g. audit.example.org:6514)")
+                (
+                    "audit.syslog".to_string(),
+                    format!("{m} (e.g. audit.example.org:6514)"),
+                )
             })?;
         }
         if self.enterprise_site_id.chars().any(char::is_control) {
-            return Err(
-                "configuration key `audit.enterprise_site_id`: must not contain control characters"
-                    .into(),
-            );
+            return Err((
+                "audit.enterprise_site_id".into(),
+                "must not contain control characters".into(),
+            ));
         }
         if !self.file.as_os_str().is_empty() && self.file.file_name().is_none() {
-            return Err(format!(
-                "configuration key `audit.file`: `{}` does not name a file",
-                self.file.display()
+            return Err((
+                "audit.file".into(),
+                format!("`{}` does not name a file", self.file.display()),
             ));
         }
         Ok(())
@@ -100,6 +103,73 @@ pub struct StudyInstances {
     pub patient_name: Option<String>,
     /// (SOP Class UID, number of instances).
     pub sop_classes: Vec<(String, usize)>,
+}
+
+/// Instances counted per study as they are transferred, for one
+/// [`Event::InstancesTransferred`] at the end of an association or a retrieve. Bounded by
+/// what it counts: one entry per study and SOP class, not per instance.
+#[derive(Debug, Default)]
+pub struct StudyTally(std::collections::BTreeMap<String, StudyInstances>);
+
+impl StudyTally {
+    /// Counts one instance of `sop_class` in `study_uid`; the patient of the first instance
+    /// of a study stands for the study.
+    pub fn add(
+        &mut self,
+        study_uid: &str,
+        patient_id: Option<&str>,
+        patient_name: Option<&str>,
+        sop_class: &str,
+    ) {
+        let study = self
+            .0
+            .entry(study_uid.to_string())
+            .or_insert_with(|| StudyInstances {
+                study_uid: study_uid.to_string(),
+                patient_id: patient_id.map(str::to_string),
+                patient_name: patient_name.map(str::to_string),
+                sop_classes: Vec::new(),
+            });
+        match study.sop_classes.iter_mut().find(|(c, _)| c == sop_class) {
+            Some((_, n)) => *n += 1,
+            None => study.sop_classes.push((sop_class.to_string(), 1)),
+        }
+    }
+
+    /// Whether nothing was counted.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The studies, in UID order.
+    pub fn into_studies(self) -> Vec<StudyInstances> {
+        self.0.into_values().collect()
+    }
+}
+
+/// The studies of stored Part 10 files, read from their headers (a few KB each): what the
+/// node sends is described in its audit messages by what the files hold. A file whose
+/// header cannot be read is left out (its failure is reported by the sending itself).
+pub fn tally_files<'a>(paths: impl IntoIterator<Item = &'a Path>) -> StudyTally {
+    let mut tally = StudyTally::default();
+    for path in paths {
+        if let Ok((h, _)) = crate::store::header::scan_part10(path) {
+            tally.add(
+                &h.study_instance_uid,
+                h.query.patient_id.as_deref(),
+                h.query.patient_name.as_deref(),
+                &h.sop_class_uid,
+            );
+        }
+    }
+    tally
+}
+
+/// The host part of a `host:port` address, for [`Peer::host`].
+pub fn host_of(address: &str) -> String {
+    crate::net::settings::parse_host_port(address)
+        .map(|(host, _)| host)
+        .unwrap_or_else(|_| address.to_string())
 }
 
 /// EventOutcomeIndicator 0, 4 or 8 with the EventOutcomeDescription.
@@ -190,8 +260,10 @@ pub enum Event {
         local_ae: String,
         /// The Affected SOP Class UID of the C-FIND.
         sop_class_uid: String,
-        /// The identifier data set, encoded in [`QUERY_TRANSFER_SYNTAX`].
+        /// The identifier data set as received.
         query: Vec<u8>,
+        /// The transfer syntax `query` is encoded in (the presentation context's).
+        transfer_syntax: String,
         /// How it went.
         outcome: Outcome,
     },
@@ -440,6 +512,12 @@ impl Auditor {
                 }
             }
         }
+    }
+
+    /// Whether events are recorded at all: callers skip the work of describing an event
+    /// (reading headers) when they are not.
+    pub fn is_enabled(&self) -> bool {
+        self.inner.is_some()
     }
 
     /// Path of the audit file, if enabled.

@@ -15,10 +15,6 @@ use base64::Engine as _;
 
 use super::{AlertKind, Direction, Event, Outcome, Peer, StudyInstances};
 
-/// The transfer syntax [`Event::Query`]'s `query` bytes are taken to be in (Explicit VR Little
-/// Endian): PS3.15 A.5.3.10 asks for it in a `TransferSyntax` ParticipantObjectDetail.
-pub const QUERY_TRANSFER_SYNTAX: &str = "1.2.840.10008.1.2.1";
-
 /// A coded value (PS3.15 A.5.1 `CodedValueType`): code, coding scheme, meaning.
 #[derive(Clone, Copy)]
 struct Code(&'static str, &'static str, &'static str);
@@ -307,6 +303,7 @@ fn message(event: &Event, node_ae: &str) -> Message {
             local_ae,
             sop_class_uid,
             query,
+            transfer_syntax,
             outcome: o,
         } => {
             let (outcome, outcome_description) = outcome(o);
@@ -326,7 +323,7 @@ fn message(event: &Event, node_ae: &str) -> Message {
                     role: "3",
                     id_type: SOP_CLASS_UID,
                     name_or_query: NameOrQuery::Query(query.clone()),
-                    details: vec![("TransferSyntax", QUERY_TRANSFER_SYNTAX.as_bytes().to_vec())],
+                    details: vec![("TransferSyntax", transfer_syntax.as_bytes().to_vec())],
                     sop_classes: Vec::new(),
                 }],
             }

@@ -248,11 +248,21 @@ enum MeshError {
 }
 
 /// `GET /api/results/{uid}/mesh.stl`: the STL stored in an Encapsulated STL instance.
-pub(super) async fn mesh(State(app): State<Arc<App>>, Path(uid): Path<String>) -> Response {
+/// Recorded in the audit trail as an Export to the client's address.
+pub(super) async fn mesh(
+    State(app): State<Arc<App>>,
+    Path(uid): Path<String>,
+    client: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+) -> Response {
     if uid.is_empty() || uid.len() > 64 || !uid.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
         return error(StatusCode::NOT_FOUND, "not a SOP Instance UID");
     }
     let store = app.state.store.clone();
+    let audited = app.state.audit.is_enabled();
+    let destination = format!(
+        "http://{}/api/results/{uid}/mesh.stl",
+        client.map_or("unknown".to_string(), |c| c.0.0.ip().to_string())
+    );
     let outcome = tokio::task::spawn_blocking(move || {
         let row = store
             .index()
@@ -267,18 +277,30 @@ pub(super) async fn mesh(State(app): State<Arc<App>>, Path(uid): Path<String>) -
         let path = store.root().join(&row.path);
         let obj = dicom_object::open_file(&path)
             .map_err(|e| MeshError::Failed(format!("{}: {e}", path.display())))?;
-        crate::encap::extract_stl(&obj).map_err(|e| MeshError::Failed(e.to_string()))
+        let stl = crate::encap::extract_stl(&obj).map_err(|e| MeshError::Failed(e.to_string()))?;
+        let studies = match audited {
+            true => crate::audit::tally_files([path.as_path()]).into_studies(),
+            false => Vec::new(),
+        };
+        Ok((stl, studies))
     })
     .await;
     match outcome {
-        Ok(Ok(stl)) => (
-            [
-                (header::CONTENT_TYPE, HeaderValue::from_static("model/stl")),
-                (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-            ],
-            stl,
-        )
-            .into_response(),
+        Ok(Ok((stl, studies))) => {
+            app.state.audit.record(crate::audit::Event::Export {
+                destination,
+                studies,
+                outcome: crate::audit::Outcome::Success,
+            });
+            (
+                [
+                    (header::CONTENT_TYPE, HeaderValue::from_static("model/stl")),
+                    (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+                ],
+                stl,
+            )
+                .into_response()
+        }
         Ok(Err(MeshError::NotFound(m))) => error(StatusCode::NOT_FOUND, m),
         Ok(Err(MeshError::Failed(m))) => {
             warn!(error = %m, "status page: a result's mesh could not be read");

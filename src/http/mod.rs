@@ -78,6 +78,8 @@ pub struct HttpState {
     /// ONNX Runtime settings when some rule runs a model pipeline: readiness then includes
     /// whether the library loads. `None`: no model rule, no such check.
     pub onnx: Option<OrtSettings>,
+    /// The audit trail: a mesh downloaded is an Export of patient data.
+    pub audit: crate::audit::Auditor,
 }
 
 /// Binds `[http] listen`; `None` when it is empty (the HTTP side disabled). Refuses an
@@ -126,7 +128,12 @@ pub async fn serve(
             drop(stream);
             continue;
         };
-        let service = TowerToHyperService::new(router.clone());
+        // The client's address reaches the handlers that audit what leaves (ConnectInfo).
+        let service = TowerToHyperService::new(
+            router
+                .clone()
+                .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+        );
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)

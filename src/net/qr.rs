@@ -23,6 +23,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::io::WriteHalf;
 
 use super::tls::NetStream;
+use crate::audit::{self, Direction, Event as AuditEvent, Outcome};
 use tokio::sync::{Mutex, MutexGuard, mpsc, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -143,6 +144,10 @@ pub struct Env {
     pub writer: Arc<Writer>,
     /// The peer's AE title.
     pub calling_ae: String,
+    /// The peer's address, for the audit trail.
+    pub peer_ip: std::net::IpAddr,
+    /// Our AE title as the peer called it.
+    pub called_ae: String,
     /// Contexts the peer accepted the SCP role on (C-GET sub-operations), as negotiated.
     pub get_contexts: Vec<PresentationContextNegotiated>,
     /// Set by the reader when a C-CANCEL-RQ for this operation arrives.
@@ -303,8 +308,28 @@ impl Operation {
         )
     }
 
+    /// The requester, as the audit trail names it.
+    fn requester(&self) -> audit::Peer {
+        audit::Peer {
+            ae_title: self.env.calling_ae.clone(),
+            host: self.env.peer_ip.to_string(),
+        }
+    }
+
     async fn find(&mut self) {
-        let q = match self.parse() {
+        let parsed = self.parse();
+        self.env.ctx.audit.record(AuditEvent::Query {
+            remote: self.requester(),
+            local_ae: self.env.called_ae.clone(),
+            sop_class_uid: self.request.sop_class_uid.clone(),
+            query: self.request.identifier.clone(),
+            transfer_syntax: self.request.transfer_syntax.clone(),
+            outcome: match &parsed {
+                Ok(_) => Outcome::Success,
+                Err(e) => Outcome::MinorFailure(e.to_string()),
+            },
+        });
+        let q = match parsed {
             Ok(q) => q,
             Err(e) => return self.fail(e.status(), &e.to_string()).await,
         };
@@ -430,10 +455,61 @@ impl Operation {
                 }
             }
         }
+        // The receiving side: the Move Destination, or the requester itself for C-GET.
+        let receiver = match &destination {
+            Some(to) => audit::Peer {
+                ae_title: to.ae_title.clone(),
+                host: audit::host_of(&to.address),
+            },
+            None => self.requester(),
+        };
+        let audit = self.env.ctx.audit.clone();
+        // The headers are read off the runtime's threads (a retrieve may hold thousands).
+        let studies_of = |paths: Vec<std::path::PathBuf>| async move {
+            tokio::task::spawn_blocking(move || {
+                audit::tally_files(paths.iter().map(|p| p.as_path())).into_studies()
+            })
+            .await
+            .unwrap_or_default()
+        };
+        if audit.is_enabled() {
+            audit.record(AuditEvent::BeginTransferring {
+                remote: receiver.clone(),
+                local_ae: self.env.called_ae.clone(),
+                studies: studies_of(sendable.iter().map(|f| f.path.clone()).collect()).await,
+            });
+        }
         let outcome = match destination {
             Some(to) => self.move_to(&to, &sendable, &mut tally).await,
             None => self.get(&sendable, &mut tally).await,
         };
+        // What was attempted when the association broke; otherwise what was not refused.
+        let failed: std::collections::HashSet<&str> =
+            tally.failed_uids.iter().map(String::as_str).collect();
+        let sent: Vec<std::path::PathBuf> = sendable
+            .iter()
+            .filter(|f| outcome.is_err() || !failed.contains(f.sop_instance_uid.as_str()))
+            .map(|f| f.path.clone())
+            .collect();
+        let c = &tally.counts;
+        let studies = match audit.is_enabled() {
+            true => studies_of(sent).await,
+            false => Vec::new(),
+        };
+        audit.record(AuditEvent::InstancesTransferred {
+            direction: Direction::Sent,
+            remote: receiver,
+            local_ae: self.env.called_ae.clone(),
+            studies,
+            outcome: match &outcome {
+                Err(why) => Outcome::SeriousFailure(why.clone()),
+                Ok(()) if c.failed > 0 || c.remaining > 0 => Outcome::MinorFailure(format!(
+                    "{} failed, {} not attempted",
+                    c.failed, c.remaining
+                )),
+                Ok(()) => Outcome::Success,
+            },
+        });
         self.finish(outcome, tally, sendable.len()).await;
     }
 

@@ -30,6 +30,7 @@ use tokio::io::ReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::tls::{ClientCertificate, NetStream, Tls};
+use crate::audit::{self, AlertKind, Auditor, Direction, Event as AuditEvent, Outcome, StudyTally};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -120,6 +121,9 @@ pub struct ScpContext {
     /// The node's TLS identity: the TLS listener's handshakes, and the C-MOVE
     /// sub-associations to `tls = true` peers.
     pub(super) tls: Option<Arc<Tls>>,
+    /// The audit trail: associations accepted and rejected, TLS failures, instances
+    /// received, and the Q/R operations.
+    pub(super) audit: Auditor,
 }
 
 impl ScpContext {
@@ -148,6 +152,7 @@ impl ScpContext {
             peer_hosts,
             observer: None,
             tls: None,
+            audit: Auditor::disabled(),
         })
     }
 
@@ -155,6 +160,12 @@ impl ScpContext {
     /// `tls = true` peers).
     pub fn with_tls(mut self, tls: Option<Arc<Tls>>) -> Self {
         self.tls = tls;
+        self
+    }
+
+    /// Adds the audit trail.
+    pub fn with_audit(mut self, audit: Auditor) -> Self {
+        self.audit = audit;
         self
     }
 
@@ -370,7 +381,8 @@ pub async fn serve(
             async move {
                 let artim =
                     Duration::from_secs(ctx.config.node.association_request_timeout_seconds);
-                let Some((socket, certificate)) = secure(socket, tls.as_deref(), artim).await
+                let Some((socket, certificate)) =
+                    secure(socket, tls.as_deref(), artim, &ctx.audit, peer).await
                 else {
                     return;
                 };
@@ -499,6 +511,8 @@ async fn secure(
     socket: TcpStream,
     tls: Option<&Tls>,
     artim: Duration,
+    audit: &Auditor,
+    peer: SocketAddr,
 ) -> Option<(NetStream, Option<ClientCertificate>)> {
     let Some(tls) = tls else {
         return Some((NetStream::Plain(socket), None));
@@ -518,6 +532,14 @@ async fn secure(
         ),
     };
     crate::metrics::association_rejected(Rejection::TlsHandshake);
+    audit.record(AuditEvent::SecurityAlert {
+        peer: audit::Peer {
+            ae_title: String::new(),
+            host: peer.ip().to_string(),
+        },
+        kind: AlertKind::NodeAuthentication,
+        detail: format!("TLS handshake failed: {why}"),
+    });
     if refusal_is_news() {
         warn!(reason = %Printable(&why), "TLS connection refused: handshake failed");
     } else {
@@ -578,8 +600,24 @@ impl Connection {
             }
         };
         drop(request);
+        let (calling, called) = (
+            rq.calling_ae_title.trim().to_string(),
+            rq.called_ae_title.trim().to_string(),
+        );
+        let rejected = |reason: &str| {
+            self.ctx.audit.record(AuditEvent::AssociationRejected {
+                peer: audit::Peer {
+                    ae_title: calling.clone(),
+                    host: self.peer.ip().to_string(),
+                },
+                calling_ae: calling.clone(),
+                called_ae: called.clone(),
+                reason: reason.to_string(),
+            })
+        };
         if *self.phase.borrow() != Phase::Serving {
             info!("association rejected: the node is shutting down");
+            rejected("the node is shutting down");
             crate::metrics::association_rejected(Rejection::ShuttingDown);
             let _ = accept::send(&mut self.socket, &accept::reject_congestion()).await;
             return;
@@ -590,6 +628,7 @@ impl Connection {
                 "association rejected: local limit of concurrent associations exceeded"
             );
             crate::metrics::association_rejected(Rejection::AssociationLimit);
+            rejected("local limit of concurrent associations exceeded");
             let _ = accept::send(&mut self.socket, &accept::reject_local_limit()).await;
             let _ = self.socket.shutdown().await;
             return;
@@ -615,6 +654,7 @@ impl Connection {
             Decision::Accept(agreed) => agreed,
             Decision::Reject { rj, why } => {
                 info!(reason = %why, "association rejected");
+                rejected(&why);
                 crate::metrics::association_rejected(Rejection::of(&rj));
                 let _ = accept::send(&mut self.socket, &rj).await;
                 let _ = self.socket.shutdown().await;
@@ -645,6 +685,16 @@ impl Connection {
                 }
             }
         }
+        let remote = audit::Peer {
+            ae_title: agreed.calling_ae.clone(),
+            host: peer_ip.to_string(),
+        };
+        self.ctx.audit.record(AuditEvent::AssociationAccepted {
+            peer: remote.clone(),
+            calling_ae: agreed.calling_ae.clone(),
+            called_ae: agreed.called_ae.clone(),
+            tls: self.socket.is_tls(),
+        });
         let (read_half, write_half) = tokio::io::split(self.socket);
         let mut handler = Handler {
             calling_ae: agreed.calling_ae.clone(),
@@ -653,6 +703,10 @@ impl Connection {
                 end: AssociationEnd::Cancelled,
                 new_instances: Vec::new(),
                 _active: crate::metrics::association_accepted(),
+                audit: self.ctx.audit.clone(),
+                remote: remote.clone(),
+                local_ae: agreed.called_ae.clone(),
+                received: StudyTally::default(),
             },
             socket: read_half,
             writer: Arc::new(Writer::new(write_half, agreed.peer_max_pdu)),
@@ -689,11 +743,29 @@ struct EndReport {
     new_instances: Vec<(String, String)>,
     /// The association's place in `m3dnode_associations_active`.
     _active: crate::metrics::ActiveAssociation,
+    audit: Auditor,
+    remote: audit::Peer,
+    local_ae: String,
+    /// What it stored (acknowledged), per study: one Instances Transferred message at the end.
+    received: StudyTally,
 }
 
 impl Drop for EndReport {
     fn drop(&mut self) {
         crate::metrics::association_ended(self.end);
+        if !self.received.is_empty() {
+            self.audit.record(AuditEvent::InstancesTransferred {
+                direction: Direction::Received,
+                remote: self.remote.clone(),
+                local_ae: self.local_ae.clone(),
+                studies: std::mem::take(&mut self.received).into_studies(),
+                outcome: if self.end.is_released() {
+                    Outcome::Success
+                } else {
+                    Outcome::MinorFailure(format!("association ended: {}", self.end))
+                },
+            });
+        }
         if let Some(observer) = &self.observer {
             observer.association_ended(self.end, &self.new_instances);
         }
@@ -1173,6 +1245,21 @@ impl Handler {
                 reason = if listed { "its [[peers]] may leaves it out" } else { "the AE title is not in [[peers]]" },
                 "request refused: not authorized (0x0124)"
             );
+            self.ctx.audit.record(AuditEvent::SecurityAlert {
+                peer: audit::Peer {
+                    ae_title: self.calling_ae.clone(),
+                    host: self.peer_ip.to_string(),
+                },
+                kind: AlertKind::UnauthorizedUse,
+                detail: format!(
+                    "{service} refused (0x0124): {}",
+                    if listed {
+                        "its [[peers]] may leaves it out"
+                    } else {
+                        "the AE title is not in [[peers]]"
+                    }
+                ),
+            });
         }
         ok
     }
@@ -1291,6 +1378,8 @@ impl Handler {
             ctx: self.ctx.clone(),
             writer: self.writer.clone(),
             calling_ae: self.calling_ae.clone(),
+            peer_ip: self.peer_ip,
+            called_ae: self.agreed.called_ae.clone(),
             get_contexts,
             cancel: cancel_rx,
             store_rsp: rsp_rx,
@@ -1360,6 +1449,13 @@ impl Handler {
                 if let Some(observer) = &self.ctx.observer {
                     observer.stored(&stored, &self.calling_ae, &self.ctx.config.node.ae_title);
                 }
+                let h = &stored.header;
+                self.report.received.add(
+                    &h.study_instance_uid,
+                    h.query.patient_id.as_deref(),
+                    h.query.patient_name.as_deref(),
+                    &h.sop_class_uid,
+                );
                 if !stored.duplicate {
                     self.report.new_instances.push((
                         stored.header.series_instance_uid.clone(),

@@ -34,6 +34,7 @@
 //! class, or answers 0x0122 or 0xA9xx) fails the row at once: retrying unchanged cannot help.
 
 use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +45,7 @@ use tracing::{info, warn};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::{self, Auditor, Direction, Event as AuditEvent, Outcome};
 use crate::db::{DueDelivery, now};
 use crate::net::scu::{self, AeAddress, InstanceKeys, OutgoingFile, ScuOptions, Verification};
 use crate::net::settings::PeerConfig;
@@ -99,6 +101,7 @@ pub struct Delivery {
     /// AE titles of the `tls = true` peers, called over TLS with `tls`.
     tls_peers: HashSet<String>,
     tls: Option<Arc<Tls>>,
+    audit: Auditor,
 }
 
 type Due = DueDelivery;
@@ -119,7 +122,14 @@ impl Delivery {
             notify,
             tls_peers: HashSet::new(),
             tls: None,
+            audit: Auditor::disabled(),
         }
+    }
+
+    /// Records each delivery in the audit trail (Begin Transferring, Instances Transferred).
+    pub fn with_audit(mut self, audit: Auditor) -> Delivery {
+        self.audit = audit;
+        self
     }
 
     /// Calls the `tls = true` peers among `peers` over TLS with the node's identity.
@@ -225,10 +235,27 @@ impl Delivery {
             let id = row_ids.get(i).copied().ok_or("no such row")?;
             mark_unconfirmed(index.index(), id, base).map_err(|e| e.to_string())
         };
+        let remote = audit::Peer {
+            ae_title: ae.to_string(),
+            host: audit::host_of(address),
+        };
+        let studies = || audit::tally_files(files.iter().map(|f| f.path.as_path())).into_studies();
+        self.audit.record(AuditEvent::BeginTransferring {
+            remote: remote.clone(),
+            local_ae: self.ae_title.clone(),
+            studies: studies(),
+        });
         let outcomes = match scu::send_files_with(&files, &verify, &to, &opts, &mut mark).await {
             Ok(o) => o,
             Err(e) => {
                 let why = e.full_message();
+                self.audit.record(AuditEvent::InstancesTransferred {
+                    direction: Direction::Sent,
+                    remote,
+                    local_ae: self.ae_title.clone(),
+                    studies: studies(),
+                    outcome: Outcome::SeriousFailure(why.clone()),
+                });
                 for row in &sendable {
                     if e.is_permanent() {
                         self.refused(row, ae, address, &why)?;
@@ -239,6 +266,23 @@ impl Delivery {
                 return Ok(());
             }
         };
+        let delivered: Vec<&Path> = files
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| o.is_success() || o.verified == Verification::Found)
+            .map(|(f, _)| f.path.as_path())
+            .collect();
+        let not_delivered = files.len() - delivered.len();
+        self.audit.record(AuditEvent::InstancesTransferred {
+            direction: Direction::Sent,
+            remote,
+            local_ae: self.ae_title.clone(),
+            studies: audit::tally_files(delivered).into_studies(),
+            outcome: match not_delivered {
+                0 => Outcome::Success,
+                n => Outcome::MinorFailure(format!("{n} of {} instances not stored", files.len())),
+            },
+        });
         for ((row, f), outcome) in sendable.iter().zip(&files).zip(outcomes) {
             if outcome.verified == Verification::Found {
                 self.confirmed(row)?;

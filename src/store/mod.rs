@@ -260,7 +260,10 @@ impl Store {
         }
         let mut added = 0u64;
         for study in read_dirs(&self.root)? {
-            if study.file_name().is_some_and(|n| n == "tmp") {
+            if study
+                .file_name()
+                .is_some_and(|n| n == "tmp" || n == "audit")
+            {
                 continue;
             }
             for series in read_dirs(&study)? {

@@ -228,7 +228,10 @@ impl Node {
         let mut out = Vec::new();
         let root = self.storage();
         for study in std::fs::read_dir(&root).unwrap().flatten() {
-            if !study.file_type().unwrap().is_dir() || study.file_name() == "tmp" {
+            if !study.file_type().unwrap().is_dir()
+                || study.file_name() == "tmp"
+                || study.file_name() == "audit"
+            {
                 continue;
             }
             for series in std::fs::read_dir(study.path()).unwrap().flatten() {

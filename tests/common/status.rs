@@ -83,6 +83,7 @@ impl StatusNode {
             scp_listening: scp.clone(),
             metrics: Arc::new(|| METRICS_TEXT.to_string()),
             onnx,
+            audit: m3dnode::audit::Auditor::disabled(),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = rt.spawn(m3dnode::http::serve(listener, state, async move {
