@@ -452,6 +452,58 @@ impl OutSample for f32 {
     }
 }
 
+/// RLE Lossless (PS3.5 G.5): a frame's fragment starts with a 64-byte header of at most 15
+/// segment offsets. dicom-rs sizes a table by the header's segment count before checking it,
+/// so a corrupt count (the fuzzer found 0x2A000002) asks for gigabytes; the header is checked
+/// here first: 1 to 15 segments, each offset inside the fragment and in order.
+fn check_rle_header(file: &DicomFile, frames: u32, frame0: u32) -> Result<(), String> {
+    const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
+    if file.meta().transfer_syntax().trim_end_matches(['\0', ' ']) != RLE_LOSSLESS {
+        return Ok(());
+    }
+    let Some(DicomValue::PixelSequence(seq)) = file.get(tags::PIXEL_DATA).map(|e| e.value()) else {
+        return Ok(());
+    };
+    let fragments = seq.fragments();
+    // One fragment per frame (PS3.5 A.4.2); anything else is left to the decoder's checks.
+    let fragment = match (fragments.len() == frames as usize, frames) {
+        (true, _) => fragments.get(frame0 as usize),
+        (false, 1) => fragments.first(),
+        _ => None,
+    };
+    let Some(fragment) = fragment else {
+        return Ok(());
+    };
+    let word = |i: usize| {
+        fragment
+            .get(4 * i..4 * i + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let (Some(segments), true) = (word(0), fragment.len() >= 64) else {
+        return Err(format!(
+            "RLE frame of {} bytes is shorter than its 64-byte header",
+            fragment.len()
+        ));
+    };
+    if !(1..=15).contains(&segments) {
+        return Err(format!(
+            "RLE header declares {segments} segments (PS3.5 G.5 allows 1 to 15)"
+        ));
+    }
+    let mut previous = 63u32;
+    for i in 1..=segments as usize {
+        let offset = word(i).unwrap_or(u32::MAX);
+        if offset <= previous || offset as usize >= fragment.len() {
+            return Err(format!(
+                "RLE segment {i} starts at byte {offset}, outside its {}-byte frame or out of order",
+                fragment.len()
+            ));
+        }
+        previous = offset;
+    }
+    Ok(())
+}
+
 fn ts_description(file: &DicomFile) -> String {
     let uid = file.meta().transfer_syntax().trim_end_matches(['\0', ' ']);
     match TransferSyntaxRegistry.get(uid) {
@@ -518,6 +570,7 @@ pub(crate) fn decode_frame(
             )));
         }
     }
+    check_rle_header(file, layout.frames, frame0).map_err(decode_err)?;
     // JPEG Extended goes to libjpeg-turbo (12-bit lossy), every other syntax to dicom-pixeldata.
     let decoded: Box<dyn DecodedFrame + '_> = if jpeg12::handles(file) {
         Box::new(jpeg12::decode_frame(file, layout, frame0).map_err(decode_err)?)

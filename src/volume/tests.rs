@@ -923,6 +923,21 @@ fn a_decoder_panic_on_corrupt_rle_is_an_error() {
     assert!(err.to_string().contains("the decoder crashed"), "{err}");
 }
 
+/// Found by `scripts/fuzz` (target `stored_file`, the long run of issue 16): an RLE frame
+/// whose header declares 0x2A000002 segments. dicom-rs allocated a table of that many offsets
+/// (2.8 GB) before looking at them; the node checks the header first and fails the frame.
+#[test]
+fn an_rle_header_with_too_many_segments_is_refused_before_decoding() {
+    let path = testdata().join("files/fuzz/rle-segment-count.dcm");
+    let err = crate::volume::assemble(&[path], &Default::default())
+        .expect_err("the corrupt frame must not assemble");
+    assert!(
+        err.to_string()
+            .contains("RLE header declares 704643074 segments"),
+        "{err}"
+    );
+}
+
 /// Found by `scripts/fuzz` (target `stored_file`): element (0029,1007) carries the unknown VR
 /// `CL`. The store's walk read it with the 16-bit length form, dicom-object with the 32-bit
 /// one, and from there dicom-object took later bytes as a 3.2 GB length and filled it (a job
