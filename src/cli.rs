@@ -292,6 +292,9 @@ enum BenchCommand {
         /// View size in pixels.
         #[arg(long, default_value_t = 96)]
         size: usize,
+        /// cpu, cuda or auto (cuda needs the `gpu-cuda` feature; scripts/gpu-check).
+        #[arg(long, default_value = "cpu")]
+        device: crate::recon::neus::Device,
     },
 }
 
@@ -602,7 +605,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             fast,
             steps,
             size,
-        }) => tokio::task::spawn_blocking(move || bench_neus(&shape, fast, steps, size)).await?,
+            device,
+        }) => {
+            tokio::task::spawn_blocking(move || bench_neus(&shape, fast, steps, size, device))
+                .await?
+        }
         Command::Bench(BenchCommand::QrLoad {
             storage,
             studies,
@@ -1832,9 +1839,15 @@ fn neus(args: NeusArgs) -> Result<ExitCode> {
 }
 
 /// `m3dnode bench neus`: timings and accuracy on an analytic shape.
-fn bench_neus(shape: &str, fast: bool, steps: Option<usize>, size: usize) -> Result<ExitCode> {
+fn bench_neus(
+    shape: &str,
+    fast: bool,
+    steps: Option<usize>,
+    size: usize,
+    device: crate::recon::neus::Device,
+) -> Result<ExitCode> {
     use crate::recon::neus::synthetic::{Shape, render_views};
-    use crate::recon::neus::{self, Device, Placement};
+    use crate::recon::neus::{self, Placement};
     let shape = match shape {
         "sphere" => Shape::Sphere {
             centre: [0.0; 3],
@@ -1853,7 +1866,7 @@ fn bench_neus(shape: &str, fast: bool, steps: Option<usize>, size: usize) -> Res
         other => anyhow::bail!("unknown shape `{other}`: sphere, ellipsoid or dimple"),
     };
     let mut settings = neus_settings(fast, steps);
-    settings.device = Device::Cpu;
+    settings.device = device;
     let mm = 50.0;
     let views = render_views(&shape, size);
     let start = std::time::Instant::now();
@@ -1867,7 +1880,8 @@ fn bench_neus(shape: &str, fast: bool, steps: Option<usize>, size: usize) -> Res
         .sqrt();
     let d = crate::mesh::surface_distance(&r.mesh, &truth);
     println!(
-        "steps {} rays {} samples {} mc {}: {:.3} s/step, fit {:.1} s, marching cubes {:.1} s, total {:.1} s; mean distance {:.3} % of the diagonal, watertight {}",
+        "on {:?}: steps {} rays {} samples {} mc {}: {:.3} s/step, fit {:.1} s, marching cubes {:.1} s, total {:.1} s; mean distance {:.3} % of the diagonal, watertight {}",
+        r.report.device,
         settings.steps,
         settings.rays_per_batch,
         settings.samples_per_ray,

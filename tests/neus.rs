@@ -2,6 +2,9 @@
 //! with the fast profile (shortened where the shape allows), compared with the true surface;
 //! the rendering and ranking helpers against hand-computed values; device selection; and
 //! views -> NeuS -> Encapsulated STL checked by dciodvfy.
+//!
+//! `M3DNODE_TEST_DEVICE=cuda` (scripts/gpu-check, on a GPU machine with the `gpu-cuda`
+//! feature) runs the shape fits on burn's CUDA backend against the same accuracy bounds.
 
 mod common;
 
@@ -21,6 +24,16 @@ use m3dnode::recon::neus::{
 };
 
 type B = CpuBackend;
+
+/// The device of the shape fits: `M3DNODE_TEST_DEVICE` (`cpu`; `cuda` or `tensorrt`, which
+/// both mean burn's CUDA backend here), set by scripts/gpu-check; the CPU when unset.
+fn test_device() -> Device {
+    match std::env::var("M3DNODE_TEST_DEVICE").as_deref() {
+        Err(_) | Ok("") | Ok("cpu") => Device::Cpu,
+        Ok("cuda") | Ok("tensorrt") => Device::Cuda,
+        Ok(other) => panic!("M3DNODE_TEST_DEVICE={other:?}: expected cpu, cuda or tensorrt"),
+    }
+}
 
 fn t1(v: &[f32]) -> Tensor<B, 1> {
     Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), &Default::default())
@@ -232,6 +245,14 @@ fn fit(shape: &Shape, settings: &NeusSettings) -> (NeusResult, f64) {
     let t = Instant::now();
     let r = neus::reconstruct(&views, settings, &Placement::scaled(MM)).unwrap();
     let secs = t.elapsed().as_secs_f64();
+    // The device is forced: no silent fallback to the CPU.
+    assert_eq!(
+        r.report.device == neus::ChosenDevice::Cpu,
+        settings.device == Device::Cpu,
+        "ran on {:?}, asked for {:?}",
+        r.report.device,
+        settings.device
+    );
     (r, secs)
 }
 
@@ -246,7 +267,7 @@ fn within_two_percent(name: &str, shape: Shape, steps: usize) {
     let settings = NeusSettings {
         steps,
         mc_resolution: 64,
-        device: Device::Cpu,
+        device: test_device(),
         ..NeusSettings::fast()
     };
     let (r, secs) = fit(&shape, &settings);
@@ -306,7 +327,7 @@ fn a_dimple_no_silhouette_shows_is_shaped_by_the_normal_loss() {
     let full = NeusSettings {
         steps: 150,
         mc_resolution: 64,
-        device: Device::Cpu,
+        device: test_device(),
         ..NeusSettings::fast()
     };
     let mut mask_only = full.clone();
@@ -360,7 +381,7 @@ fn views_to_encapsulated_stl_in_the_key_image_frame() {
     let settings = NeusSettings {
         steps: 60,
         mc_resolution: 48,
-        device: Device::Cpu,
+        device: test_device(),
         ..NeusSettings::fast()
     };
     let r = neus::reconstruct(&views, &settings, &placement).unwrap();
