@@ -23,7 +23,7 @@ PREREQS_BUILD=(
 # (Debian's prometheus) that checks the metrics text, and headless Chromium with its
 # WebDriver for the status page's browser test (tests/browser.rs), xmllint that validates the
 # audit messages against the DICOM audit schema and openssl's s_server as the TLS syslog
-# receiver (tests/audit.rs).
+# receiver (tests/audit.rs), shellcheck for scripts/gpu-check (tests/gpu_check.rs).
 PREREQS_TEST=(
     "dcmtk command -v storescu"
     "dicom3tools command -v dciodvfy"
@@ -36,6 +36,7 @@ PREREQS_TEST=(
     "chromium-driver command -v chromedriver"
     "libxml2-utils command -v xmllint"
     "openssl command -v openssl"
+    "shellcheck command -v shellcheck"
 )
 
 # install_prereqs WHO LIST...: installs with apt-get (through sudo when not root) the packages
