@@ -233,19 +233,10 @@ impl Config {
         self.audit
             .validate()
             .map_err(|(key, message)| invalid(&key, message))?;
-        if !self.audit.syslog.is_empty() && self.audit.enabled && !self.tls.needed(&self.peers) {
-            for (key, path) in [
-                ("tls.certificate", &self.tls.certificate),
-                ("tls.key", &self.tls.key),
-                ("tls.ca", &self.tls.ca),
-            ] {
-                if path.as_os_str().is_empty() {
-                    return Err(invalid(
-                        key,
-                        "must name a PEM file (audit.syslog is sent over TLS with the node's certificate)".into(),
-                    ));
-                }
-            }
+        if !self.audit.syslog.is_empty() && self.audit.enabled {
+            self.tls
+                .require_files("audit.syslog is sent over TLS with the node's certificate")
+                .map_err(|(key, message)| invalid(&key, message))?;
         }
         if !(self.series.quiet_seconds >= 0.0 && self.series.quiet_seconds.is_finite()) {
             return Err(invalid(

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::free_port;
 use std::io::Read;
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
@@ -339,14 +340,6 @@ fn client_config(ca: &Path) -> Arc<rustls::ClientConfig> {
         .with_root_certificates(roots)
         .with_no_client_auth(),
     )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `openssl s_server` printing what it receives; killed on drop.

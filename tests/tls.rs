@@ -289,8 +289,14 @@ fn a_tls_peer_is_refused_on_plain_tcp_and_without_a_certificate() {
 
 /// DCMTK `storescp +tls` as `DEST`, requiring the node's client certificate.
 fn tls_storescp(pki: &Pki) -> Destination {
+    tls_storescp_with(&pki.ca, &pki.ca_file)
+}
+
+/// DCMTK `storescp +tls` as `DEST` with a certificate from `signer`, trusting the CAs of
+/// `trusted` for the node's client certificate.
+fn tls_storescp_with(signer: &Ca, trusted: &Path) -> Destination {
     let mut dest = Destination::down("DEST");
-    let (key, cert) = pki.ca.leaf(dest.dir.path(), "dest", "127.0.0.1", VALID);
+    let (key, cert) = signer.leaf(dest.dir.path(), "dest", "127.0.0.1", VALID);
     let log = std::fs::File::create(dest.dir.path().join("storescp.log")).unwrap();
     let out = dest.dir.path().join("in");
     std::fs::create_dir_all(&out).unwrap();
@@ -300,7 +306,7 @@ fn tls_storescp(pki: &Pki) -> Destination {
             .arg(&key)
             .arg(&cert)
             .arg("+cf")
-            .arg(&pki.ca_file)
+            .arg(trusted)
             .arg("-od")
             .arg(&out)
             .arg(dest.port.to_string())
@@ -366,38 +372,17 @@ fn results_are_delivered_to_a_tls_storescp() {
 #[test]
 fn a_storescp_with_a_certificate_from_another_ca_gets_nothing() {
     let pki = Pki::new("m3dnode test CA");
-    // DEST's certificate comes from a CA the node does not trust.
+    // DEST's certificate comes from a CA the node does not trust, while DEST trusts the
+    // node, so only the node's check can refuse.
     let stranger = Pki::new("stranger CA");
-    let mut dest = tls_storescp(&stranger);
-    // ... but it trusts the node, so only the node's check can refuse.
-    let both = dest.dir.path().join("both.crt");
+    let both = stranger.dir.path().join("both.crt");
     std::fs::write(
         &both,
         std::fs::read_to_string(&stranger.ca_file).unwrap()
             + &std::fs::read_to_string(&pki.ca_file).unwrap(),
     )
     .unwrap();
-    drop(dest.child.take().map(|mut c| {
-        let _ = c.kill();
-        c.wait()
-    }));
-    let (key, cert) = stranger
-        .ca
-        .leaf(dest.dir.path(), "dest", "127.0.0.1", VALID);
-    dest.child = Some(
-        Command::new(tool("storescp"))
-            .args(["-aet", "DEST", "+tls"])
-            .arg(&key)
-            .arg(&cert)
-            .arg("+cf")
-            .arg(&both)
-            .arg(dest.port.to_string())
-            .spawn()
-            .unwrap(),
-    );
-    assert!(wait_for(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", dest.port)).is_ok()
-    }));
+    let dest = tls_storescp_with(&stranger.ca, &both);
     let node = Node::start(&format!(
         "[[peers]]\nae_title = \"DEST\"\naddress = \"127.0.0.1:{}\"\ntls = true\n{}",
         dest.port,

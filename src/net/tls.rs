@@ -95,6 +95,11 @@ impl TlsConfig {
             let peer = peers.iter().find(|p| p.tls).map_or("", |p| &p.ae_title);
             format!("peer `{peer}` has tls = true")
         };
+        self.require_files(&why)
+    }
+
+    /// Each of the three files must be named, because `why` needs the identity.
+    pub fn require_files(&self, why: &str) -> Result<(), (String, String)> {
         for (key, path) in [
             ("tls.certificate", &self.certificate),
             ("tls.key", &self.key),
