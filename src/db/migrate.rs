@@ -7,6 +7,7 @@
 //! | 2 | the query index (`migrations/0002_query_index.sql`), back-filled from the files |
 //! | 3 | each series' calling AE title and first arrival (`migrations/0003_series_origin.sql`) |
 //! | 4 | the objects each job made, with their structure's label and colour (`migrations/0004_result_objects.sql`) |
+//! | 5 | Storage Commitment transactions and MPPS steps (`migrations/0005_commitment_mpps.sql`) |
 //!
 //! Each migration runs in its own transaction and sets `user_version` in it, so a crash leaves
 //! the storage at one version or the next. The one exception is migration 2's back-fill, which
@@ -27,7 +28,7 @@ use super::{DbError, in_transaction, instances};
 use crate::store::header;
 
 /// The schema this binary writes.
-pub const LATEST_VERSION: i64 = 4;
+pub const LATEST_VERSION: i64 = 5;
 
 /// How a migration runs.
 #[derive(Debug, Clone)]
@@ -99,6 +100,12 @@ pub fn run(c: &Connection, path: &Path, root: &Path, opts: &MigrateOptions) -> R
         in_transaction(c, |c| {
             c.execute_batch(include_str!("migrations/0004_result_objects.sql"))?;
             set_version(c, 4)
+        })?;
+    }
+    if found < 5 {
+        in_transaction(c, |c| {
+            c.execute_batch(include_str!("migrations/0005_commitment_mpps.sql"))?;
+            set_version(c, 5)
         })?;
     }
     Ok(())

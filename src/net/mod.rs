@@ -21,6 +21,15 @@ use dicom_core::dictionary::{UidDictionary, UidType};
 
 /// Verification SOP Class (C-ECHO).
 pub const VERIFICATION: &str = "1.2.840.10008.1.1";
+/// Storage Commitment Push Model SOP Class (PS3.4 Annex J): a scanner asks, by N-ACTION,
+/// whether the node keeps the instances it sent, before it deletes its own copy.
+pub const STORAGE_COMMITMENT_PUSH: &str = "1.2.840.10008.1.20.1";
+/// The well-known SOP Instance of Storage Commitment Push Model: the Requested SOP Instance
+/// of every N-ACTION and the Affected SOP Instance of every N-EVENT-REPORT.
+pub const STORAGE_COMMITMENT_PUSH_INSTANCE: &str = "1.2.840.10008.1.20.1.1";
+/// Modality Performed Procedure Step SOP Class (PS3.4 Annex F): N-CREATE and N-SET tell when
+/// an acquisition is complete and which instances it made.
+pub const MPPS: &str = "1.2.840.10008.3.1.2.3.3";
 /// Implicit VR Little Endian, the default transfer syntax.
 pub const IMPLICIT_VR_LE: &str = "1.2.840.10008.1.2";
 /// Explicit VR Little Endian.

@@ -135,14 +135,19 @@ pub fn find_peer<'a>(peers: &'a [PeerConfig], ae_title: &str) -> Option<&'a Peer
     peers.iter().find(|p| p.ae_title == ae_title)
 }
 
-/// Whether `calling_ae` may use `service`: echo and store are open to any AE unless
-/// `require_known_peers` (checked at association) or its own `may` leaves them out;
+/// Whether `calling_ae` may use `service`: echo, store, storage commitment and MPPS (what a
+/// scanner does) are open to any AE unless `require_known_peers` (checked at association) or
+/// its own `may` leaves them out; an unlisted AE gets its commitment report only on the
+/// association that asked, since the node has no address to call it back on;
 /// find, move and get only to listed peers whose `may` names them (as in Orthanc, whose
 /// query/retrieve is for its known modalities).
 pub fn peer_may(peers: &[PeerConfig], calling_ae: &str, service: Service) -> bool {
     match find_peer(peers, calling_ae) {
         Some(peer) => peer.may.contains(&service),
-        None => matches!(service, Service::Echo | Service::Store),
+        None => matches!(
+            service,
+            Service::Echo | Service::Store | Service::Commit | Service::Mpps
+        ),
     }
 }
 
@@ -160,6 +165,10 @@ pub enum Service {
     Move,
     /// C-GET.
     Get,
+    /// Storage Commitment (N-ACTION, answered by N-EVENT-REPORT).
+    Commit,
+    /// Modality Performed Procedure Step (N-CREATE, N-SET).
+    Mpps,
 }
 
 impl Service {
@@ -171,6 +180,8 @@ impl Service {
             Service::Find,
             Service::Move,
             Service::Get,
+            Service::Commit,
+            Service::Mpps,
         ]
     }
 }
@@ -183,6 +194,8 @@ impl std::fmt::Display for Service {
             Service::Find => "C-FIND",
             Service::Move => "C-MOVE",
             Service::Get => "C-GET",
+            Service::Commit => "Storage Commitment",
+            Service::Mpps => "MPPS",
         })
     }
 }
