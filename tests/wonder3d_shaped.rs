@@ -2,11 +2,12 @@
 //! issue 18) builds and runs a denoising step on the CPU through `m3dnode views`.
 //!
 //! Ignored in the suite: it writes 3.6 GB of weights and, measured on the project's 2-vCPU
-//! machine, needs about 2 minutes (20 s to generate, 8 s to open the sessions, 35-45 s for the
-//! one UNet step at batch 12) and 14 GB of memory (ONNX Runtime materialises the multi-view
-//! attention's scores, [12, 8, 1024, 6144] floats, like the real export would). Run it with
+//! machine with other builds running, takes 92 s (20 s to generate, 8 s to open the sessions,
+//! 35-45 s for the one UNet step at batch 12) and 8.8 GB of memory (m3dnode's peak RSS: ONNX
+//! Runtime materialises the multi-view attention's scores, [12, 8, 1024, 6144] floats, like
+//! the real export would; 13.7 GB once a second step has run). Run it with
 //!
-//!     cargo test --release --test wonder3d_shaped -- --ignored
+//!     cargo test --test wonder3d_shaped -- --ignored
 //!
 //! with ORT_DYLIB_PATH and M3DNODE_PYTHON set as for tests/mvdiffusion.rs (the venv's python
 //! needs onnx and numpy).
@@ -75,7 +76,7 @@ fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
 }
 
 #[test]
-#[ignore = "3.6 GB of weights, ~2 min and 14 GB of memory: cargo test --release --test wonder3d_shaped -- --ignored"]
+#[ignore = "3.6 GB of weights, 1.5 min and 9 GB of memory: cargo test --test wonder3d_shaped -- --ignored"]
 fn wonder3d_shaped_model_builds_and_runs_a_step_on_cpu() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
@@ -118,7 +119,11 @@ fn wonder3d_shaped_model_builds_and_runs_a_step_on_cpu() {
         .unwrap()
         .len();
     assert!(graph < 16 << 20, "unet_b12.onnx is {graph} bytes");
-    assert!(data >= params * 4, "unet_weights.bin is {data} bytes");
+    // (norms and biases, under 1% of the parameters, stay inside the graph)
+    assert!(
+        data >= params * 4 / 100 * 99 && data <= params * 4 + (64 << 20),
+        "unet_weights.bin is {data} bytes for {params} parameters"
+    );
     assert!(!model.join("unet_b24.onnx").exists());
     let manifest = std::fs::read_to_string(model.join("model.toml")).unwrap();
     assert!(manifest.contains("[components.unet_b12]"), "{manifest}");
