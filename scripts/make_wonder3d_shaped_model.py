@@ -230,6 +230,9 @@ class Unet:
             self.consts[key] = name
         return self.consts[key]
 
+    def scalar(self, value):
+        return self.const(np.float32(value), np.float32)
+
     def param(self, name, shape, std, mean=0.0):
         if name not in self.names:
             self.names.add(name)
@@ -256,7 +259,11 @@ class Unet:
         p = (k - 1) // 2
         return self.node(
             "Conv",
-            [x, self.param(f"{name}.weight", [o, i, k, k], 1.0 / np.sqrt(i * k * k)), self.param(f"{name}.bias", [o], 0.02)],
+            [
+                x,
+                self.param(f"{name}.weight", [o, i, k, k], 1.0 / np.sqrt(i * k * k)),
+                self.param(f"{name}.bias", [o], 0.02),
+            ],
             "conv",
             pads=[p, p, p, p],
             strides=[stride, stride],
@@ -294,7 +301,7 @@ class Unet:
         """Scaled dot-product attention, materialised as the export writes it."""
         d = c // CONFIG["attention_heads"]
         scores = self.node("MatMul", [self.heads(q, tokens, c), self.heads(k, kv_tokens, c, keys=True)], "scores")
-        scores = self.node("Mul", [scores, self.const(np.float32(1.0 / np.sqrt(d)), np.float32)], "scaled")
+        scores = self.node("Mul", [scores, self.scalar(1.0 / np.sqrt(d))], "scaled")
         probs = self.node("Softmax", [scores], "softmax", axis=-1)
         y = self.node("MatMul", [probs, self.heads(v, kv_tokens, c)], "attended")
         return self.reshape(self.transpose(y, [0, 2, 1, 3]), [self.n, tokens, c])
@@ -340,9 +347,9 @@ class Unet:
         a, gate = self.tmp("geglu_a"), self.tmp("geglu_gate")
         self.nodes.append(helper.make_node("Split", [h, self.const([4 * c, 4 * c])], [a, gate], axis=-1))
         # exact GELU as exported: 0.5 * g * (1 + erf(g / sqrt(2)))
-        e = self.node("Erf", [self.node("Div", [gate, self.const(np.float32(np.sqrt(2.0)), np.float32)], "div")], "erf")
-        e = self.node("Add", [e, self.const(np.float32(1.0), np.float32)], "add")
-        g = self.node("Mul", [self.node("Mul", [gate, e], "mul"), self.const(np.float32(0.5), np.float32)], "gelu")
+        e = self.node("Div", [gate, self.scalar(np.sqrt(2.0))], "div")
+        e = self.node("Add", [self.node("Erf", [e], "erf"), self.scalar(1.0)], "add")
+        g = self.node("Mul", [self.node("Mul", [gate, e], "mul"), self.scalar(0.5)], "gelu")
         return self.linear(self.node("Mul", [a, g], "geglu"), f"{name}.net.2", 4 * c, c)
 
     def transformer(self, x, name, c, hw, context):
@@ -352,12 +359,15 @@ class Unet:
         h = self.conv(h, f"{name}.proj_in", c, c, 1)
         h = self.reshape(self.transpose(h, [0, 2, 3, 1]), [self.n, tokens, c])
         b = f"{name}.transformer_blocks.0"
-        h = self.node("Add", [self.attention(self.layer_norm(h, f"{b}.norm1", c), f"{b}.attn1", c, tokens, "multiview"), h], "res")
+
+        def attend(h, norm, attn, kind):
+            y = self.attention(self.layer_norm(h, f"{b}.{norm}", c), f"{b}.{attn}", c, tokens, kind, context)
+            return self.node("Add", [y, h], "res")
+
+        h = attend(h, "norm1", "attn1", "multiview")
         if CONFIG["cd_attention_mid"]:
-            y = self.attention(self.layer_norm(h, f"{b}.norm_joint_mid", c), f"{b}.attn_joint_mid", c, tokens, "joint")
-            h = self.node("Add", [y, h], "res")
-        y = self.attention(self.layer_norm(h, f"{b}.norm2", c), f"{b}.attn2", c, tokens, "cross", context)
-        h = self.node("Add", [y, h], "res")
+            h = attend(h, "norm_joint_mid", "attn_joint_mid", "joint")
+        h = attend(h, "norm2", "attn2", "cross")
         h = self.node("Add", [self.feed_forward(self.layer_norm(h, f"{b}.norm3", c), f"{b}.ff", c), h], "res")
         h = self.transpose(self.reshape(h, [self.n, hw, hw, c]), [0, 3, 1, 2])
         h = self.conv(h, f"{name}.proj_out", c, c, 1)
@@ -384,8 +394,13 @@ class Unet:
         freqs = np.exp(-np.log(10000.0) * np.arange(half) / half).astype(np.float32)[None, :]
         arg = self.node("Mul", [t, self.const(freqs, np.float32)], "t_arg")
         t_emb = self.node("Concat", [self.node("Cos", [arg], "cos"), self.node("Sin", [arg], "sin")], "t_proj", axis=-1)
-        emb = self.linear(self.silu(self.linear(t_emb, "time_embedding.linear_1", ch[0], temb_dim)), "time_embedding.linear_2", temb_dim, temb_dim)
-        cls = self.linear(self.silu(self.linear("class_labels", "class_embedding.linear_1", CONFIG["class_embed_input_dim"], temb_dim)), "class_embedding.linear_2", temb_dim, temb_dim)
+
+        def embedding(x, name, i):  # TimestepEmbedding: linear_1, SiLU, linear_2
+            h = self.silu(self.linear(x, f"{name}.linear_1", i, temb_dim))
+            return self.linear(h, f"{name}.linear_2", temb_dim, temb_dim)
+
+        emb = embedding(t_emb, "time_embedding", ch[0])
+        cls = embedding("class_labels", "class_embedding", CONFIG["class_embed_input_dim"])
         emb = self.node("Add", [emb, cls], "emb")
         temb_act = self.silu(emb)  # every ResnetBlock2D applies SiLU to temb first
         context = "encoder_hidden_states"
@@ -420,11 +435,13 @@ class Unet:
             for j in range(CONFIG["layers_per_block"] + 1):
                 skip, skip_c = skips.pop()
                 h = self.node("Concat", [h, skip], "cat", axis=1)
-                h = self.resnet(h, f"up_blocks.{i}.resnets.{j}", (prev_out if j == 0 else out) + skip_c, out, hw, temb_act)
+                c_in = (prev_out if j == 0 else out) + skip_c
+                h = self.resnet(h, f"up_blocks.{i}.resnets.{j}", c_in, out, hw, temb_act)
                 if i > 0:
                     h = self.transformer(h, f"up_blocks.{i}.attentions.{j}", out, hw, context)
             if i < len(ch) - 1:
-                h = self.node("Resize", [h, "", self.const([1.0, 1.0, 2.0, 2.0], np.float32)], "up", mode="nearest")
+                scales = self.const([1.0, 1.0, 2.0, 2.0], np.float32)
+                h = self.node("Resize", [h, "", scales], "up", mode="nearest")
                 h = self.conv(h, f"up_blocks.{i}.upsamplers.0.conv", out, out, 3)
                 hw *= 2
             prev_out = out
@@ -435,16 +452,17 @@ class Unet:
         h = self.conv(h, "conv_out", ch[0], CONFIG["out_channels"], 3)
         self.nodes.append(helper.make_node("Identity", [h], ["out_sample"]))
 
+        f32, i64 = TensorProto.FLOAT, TensorProto.INT64
         graph = helper.make_graph(
             self.nodes,
             f"wonder3d_shaped_unet_b{n}",
             [
-                helper.make_tensor_value_info("sample", TensorProto.FLOAT, [n, CONFIG["in_channels"], LATENT, LATENT]),
-                helper.make_tensor_value_info("timestep", TensorProto.INT64, [1]),
-                helper.make_tensor_value_info("encoder_hidden_states", TensorProto.FLOAT, [n, 1, EMBED]),
-                helper.make_tensor_value_info("class_labels", TensorProto.FLOAT, [n, CONFIG["class_embed_input_dim"]]),
+                helper.make_tensor_value_info("sample", f32, [n, CONFIG["in_channels"], LATENT, LATENT]),
+                helper.make_tensor_value_info("timestep", i64, [1]),
+                helper.make_tensor_value_info("encoder_hidden_states", f32, [n, 1, EMBED]),
+                helper.make_tensor_value_info("class_labels", f32, [n, CONFIG["class_embed_input_dim"]]),
             ],
-            [helper.make_tensor_value_info("out_sample", TensorProto.FLOAT, [n, CONFIG["out_channels"], LATENT, LATENT])],
+            [helper.make_tensor_value_info("out_sample", f32, [n, CONFIG["out_channels"], LATENT, LATENT])],
             self.inits,
         )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
