@@ -41,7 +41,9 @@ once per case, the UNet once per step).
 
 Prints the UNet's parameter count (summed over the initializers written) next to the real
 model's, computed analytically from the configuration (`real_parameter_count`; the same formula
-gives 859,520,964 for the plain SD 1.x UNet, the known figure, which the script asserts).
+gives 859,520,964 for the plain SD 1.x UNet, the known figure, which the script asserts:
+CompVis/stable-diffusion's v1 loader logs "DiffusionWrapper has 859.52 M params."), and
+checks that the graph's count equals that formula at the sizes it built.
 """
 import argparse
 import hashlib
