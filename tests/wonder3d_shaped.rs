@@ -2,16 +2,17 @@
 //! issue 18) builds and runs a denoising step on the CPU through `m3dnode views`.
 //!
 //! In the suite: the same graph at reduced width (`--reduced`: channels 32/64/64/64, one
-//! attention head, 19 MB, about 10 s and 2.5 GB here): the generator's layer sizes against its
-//! formula, the batch structure of the multi-view and cross-domain attention (which items a
-//! change of item 0 reaches, through Python's onnxruntime), and a guided step through the
+//! attention head, 19 MB; about 20 s and 2.5 GB here): the generator's layer sizes against
+//! its formula, the batch structure of the multi-view and cross-domain attention (which items
+//! a change of item 0 reaches, through Python's onnxruntime), and a guided step through the
 //! pipeline with the weights as ONNX external data.
 //!
-//! The full-size model is ignored in the suite: it writes 3.6 GB of weights and, measured on the project's 2-vCPU
-//! machine with other builds running, takes 92 s (20 s to generate, 8 s to open the sessions,
-//! 35-45 s for the one UNet step at batch 12) and 8.8 GB of memory (m3dnode's peak RSS: ONNX
-//! Runtime materialises the multi-view attention's scores, [12, 8, 1024, 6144] floats, like
-//! the real export would; 13.7 GB once a second step has run). Run it with
+//! The full-size model is ignored in the suite: it writes 3.6 GB of weights and, measured on
+//! the project's 2-vCPU machine with other builds running, takes 85-92 s (20-30 s to
+//! generate, 8 s to open the sessions, 35-45 s for the one UNet step at batch 12) and 8.8 GB
+//! of memory (m3dnode's peak RSS: ONNX Runtime materialises the multi-view attention's
+//! scores, [12, 8, 1024, 6144] floats, like the real export would; 13.7 GB once a second step
+//! has run). Run it with
 //!
 //!     cargo test --test wonder3d_shaped -- --ignored
 //!
