@@ -136,6 +136,7 @@ fn help_exits_zero_with_usage() {
             "--tensorrt",
             "--no-tensorrt",
             "--steps N",
+            "--real-steps N",
             "--venv DIR",
             "--target-dir DIR",
         ] {
@@ -154,6 +155,11 @@ fn bad_arguments_exit_two_with_usage_on_stderr() {
         (&["--steps"][..], "--steps needs a value"),
         (&["--steps", "0"][..], "positive integer"),
         (&["--steps", "ten"][..], "positive integer"),
+        (&["--real-steps"][..], "--real-steps needs a value"),
+        (
+            &["--real-steps", "0"][..],
+            "--real-steps takes a positive integer",
+        ),
         (&["--venv"][..], "--venv needs a value"),
     ] {
         let (out, _, _) = run(path.path(), args);
