@@ -388,7 +388,7 @@ pub fn model(path: &Path, settings: &OrtSettings) -> Result<Arc<Model>, OrtError
 fn open(env: &Environment, path: &Path, device: Device) -> Result<(Session, Provider), OrtError> {
     let cuda = || ep::CUDA::default().build().error_on_failure();
     match device {
-        Device::Cpu => Ok((commit(env, path, &[])?, Provider::Cpu)),
+        Device::Cpu => Ok((commit_cpu(env, path)?, Provider::Cpu)),
         Device::Cuda => Ok((
             commit_gpu(env, path, &[cuda()], device, Provider::Cuda)?,
             Provider::Cuda,
@@ -408,7 +408,7 @@ fn open(env: &Environment, path: &Path, device: Device) -> Result<(Session, Prov
                     %reason,
                     "device = \"auto\": CUDAExecutionProvider unavailable, falling back to CPUExecutionProvider"
                 );
-                Ok((commit(env, path, &[])?, Provider::Cpu))
+                Ok((commit_cpu(env, path)?, Provider::Cpu))
             }
             Err(e) => Err(e),
         },
@@ -456,17 +456,24 @@ fn commit_gpu(
         })
 }
 
-fn commit(
-    env: &Environment,
-    path: &Path,
-    eps: &[ExecutionProviderDispatch],
-) -> Result<Session, OrtError> {
+/// The host path runs without ONNX Runtime's CPU arena and memory pattern. Sessions are
+/// cached across jobs, and at Wonder3D's guided batch (24 views, 4.8 GB of multi-view
+/// attention scores alone) the arena keeps the first run's chunks while the memory pattern
+/// plans one more block for the whole graph from the second run on: measured, a 910 M
+/// parameter UNet at batch 24 went past 20 GiB on its second run and was killed on the
+/// 24 GiB machine, where without both it stays near its first run's peak (bench/RESULTS.md,
+/// issue 18). Allocations then go to the system allocator, which costs little beside a
+/// model's kernels.
+fn commit_cpu(env: &Environment, path: &Path) -> Result<Session, OrtError> {
     let session_error = |source: ort::Error| OrtError::Session {
         path: path.to_path_buf(),
         source,
     };
+    let cpu = ep::CPU::default().with_arena_allocator(false).build();
     let mut builder = builder(env, path)?
-        .with_execution_providers(eps)
+        .with_execution_providers([cpu])
+        .map_err(|e| session_error(e.into()))?
+        .with_memory_pattern(false)
         .map_err(|e| session_error(e.into()))?;
     builder.commit_from_file(path).map_err(session_error)
 }
