@@ -23,6 +23,7 @@
 mod instances;
 mod jobs;
 pub mod migrate;
+mod mpps;
 mod outbox;
 pub mod state;
 mod stats;
@@ -37,8 +38,9 @@ use rusqlite::Connection;
 pub use instances::{InstanceRow, NewRow, now};
 pub use jobs::{FailedAtStart, JobRow, JobSource};
 pub use migrate::{LATEST_VERSION, MigrateOptions};
+pub use mpps::{MppsInstance, MppsRow, MppsSummary, MppsWrite, OpenMppsSeries};
 pub use outbox::{DueDelivery, OutboxRow};
-pub use state::{DeliveryState, JobState, SeriesState};
+pub use state::{DeliveryState, JobState, MppsStatus, SeriesState};
 pub use stats::{IndexStats, StatsReader};
 pub use status::{DestinationStatus, ResultMesh, ResultStatus, SeriesStatus};
 pub use work::{NewSeriesWork, SeriesWork};
