@@ -8,6 +8,7 @@
 
 pub mod accept;
 pub mod dimse;
+pub mod mpps;
 pub mod qr;
 pub mod qr_scu;
 pub mod request;

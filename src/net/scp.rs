@@ -109,6 +109,10 @@ pub trait StoreObserver: Send + Sync {
     /// Called exactly once when an association ends, however it ends, with the
     /// (series, SOP instance) UIDs it newly stored.
     fn association_ended(&self, _end: AssociationEnd, _stored: &[(String, String)]) {}
+
+    /// Called when an MPPS step reaches COMPLETED or DISCONTINUED, after it is in the index
+    /// and its N-SET-RSP was sent.
+    fn mpps(&self, _event: &super::mpps::MppsEvent) {}
 }
 
 /// What every association handler shares.
