@@ -83,6 +83,25 @@ pub fn is_storage_sop_class(uid: &str) -> bool {
         && !entry.name.contains("Commitment")
 }
 
+/// The normalized (DIMSE-N) services the SCP serves: Storage Commitment Push Model and MPPS.
+/// Their messages are a command plus a small data set the node reads with dicom-object, so
+/// they are negotiated with [`NATIVE_LE_SYNTAXES`] only.
+pub fn is_normalized_service(uid: &str) -> bool {
+    uid == STORAGE_COMMITMENT_PUSH || uid == MPPS
+}
+
+/// Implicit and Explicit VR Little Endian: the transfer syntaxes of the normalized services.
+pub const NATIVE_LE_SYNTAXES: &[&str] = &[EXPLICIT_VR_LE, IMPLICIT_VR_LE];
+
+/// Every abstract syntax the SCP accepts: Verification, storage, Query/Retrieve, Storage
+/// Commitment and MPPS.
+pub fn served_by_scp(uid: &str) -> bool {
+    uid == VERIFICATION
+        || is_storage_sop_class(uid)
+        || crate::query::sop_class(uid).is_some()
+        || is_normalized_service(uid)
+}
+
 /// A peer-supplied string made safe for a log line: control characters (a newline would
 /// forge a line of its own), quotes and backslashes are escaped, anything else non-ASCII is
 /// escaped too (AE titles and UIDs are ASCII; anything else is worth seeing as it is), and

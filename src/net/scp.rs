@@ -644,12 +644,9 @@ impl Connection {
             |called: &str, calling: &str| ctx.check_access(peer_ip, called, calling, certified);
         let terms = Terms {
             max_pdu: node.max_pdu_length,
-            abstract_syntax: &|uid| {
-                uid == super::VERIFICATION
-                    || super::is_storage_sop_class(uid)
-                    || crate::query::sop_class(uid).is_some()
-            },
+            abstract_syntax: &super::served_by_scp,
             transfer_syntaxes: super::ACCEPTED_TRANSFER_SYNTAXES,
+            native_le_only: &super::is_normalized_service,
             access: &access,
             scp_role: &super::is_storage_sop_class,
             decline_extended: &|uid| crate::query::sop_class(uid).is_some(),
