@@ -1737,6 +1737,38 @@ fn print_jobs(_cfg: &Config, index: &crate::store::Index, limit: usize) -> Resul
             o.last_error.unwrap_or_default()
         );
     }
+    print_mpps(index, limit, &fmt_time)?;
+    Ok(())
+}
+
+/// The MPPS section of `m3dnode jobs`: each step's status and how many of the series and
+/// instances it lists are stored (a COMPLETED step with every series complete has had its
+/// jobs queued without quiet time).
+fn print_mpps(
+    index: &crate::store::Index,
+    limit: usize,
+    fmt_time: &dyn Fn(Option<f64>) -> String,
+) -> Result<()> {
+    let steps = index.list_mpps(limit)?;
+    if steps.is_empty() {
+        return Ok(());
+    }
+    println!("\nMPPS STEPS (newest first)");
+    println!(
+        "{:<13} {:<22} {:<16} {:>15} {:>17}  step",
+        "status", "updated", "from", "series complete", "instances stored"
+    );
+    for m in steps {
+        println!(
+            "{:<13} {:<22} {:<16} {:>15} {:>17}  {}",
+            m.step.status,
+            fmt_time(Some(m.step.updated_at)),
+            m.step.calling_ae,
+            format!("{}/{}", m.series_complete, m.series_listed),
+            format!("{}/{}", m.instances_stored, m.instances_listed),
+            m.step.sop_instance_uid
+        );
+    }
     Ok(())
 }
 

@@ -128,6 +128,8 @@ pub struct ScpContext {
     /// The audit trail: associations accepted and rejected, TLS failures, instances
     /// received, and the Q/R operations.
     pub(super) audit: Auditor,
+    /// The MPPS forwarder (`[mpps] forward_to`), started by the first message to forward.
+    mpps_forward: std::sync::OnceLock<Option<super::mpps::forward::Forwarder>>,
 }
 
 impl ScpContext {
@@ -157,6 +159,7 @@ impl ScpContext {
             observer: None,
             tls: None,
             audit: Auditor::disabled(),
+            mpps_forward: std::sync::OnceLock::new(),
         })
     }
 
@@ -177,6 +180,30 @@ impl ScpContext {
     pub fn with_observer(mut self, observer: Arc<dyn StoreObserver>) -> Self {
         self.observer = Some(observer);
         self
+    }
+
+    /// The MPPS forwarder when `[mpps] forward_to` is set, started on first use (on the
+    /// runtime of the association that needs it).
+    fn mpps_forwarder(&self) -> Option<&super::mpps::forward::Forwarder> {
+        self.mpps_forward
+            .get_or_init(|| {
+                let mpps = &self.config.mpps;
+                let peer = self.config.peer(mpps.forward_to.as_deref()?)?;
+                let target = super::mpps::forward::Target {
+                    ae_title: peer.ae_title.clone(),
+                    address: peer.address.clone(),
+                    calling_ae: self.config.node.ae_title.clone(),
+                    timeout: Duration::from_secs(self.config.sub_operation_timeout_seconds),
+                    max_pdu: self.config.node.max_pdu_length,
+                    tls: if peer.tls {
+                        self.tls.as_ref().map(|t| t.client_config())
+                    } else {
+                        None
+                    },
+                };
+                Some(super::mpps::forward::Forwarder::start(target, mpps))
+            })
+            .as_ref()
     }
 
     /// The node's AE policy (called AE title, `require_known_peers`, `check_host`).
@@ -810,7 +837,28 @@ enum Pending {
         request: qr::Request,
         overflow: bool,
     },
+    /// An MPPS N-CREATE/N-SET whose attribute list is being read (at most
+    /// [`MAX_MPPS_DATA_SET`] bytes; beyond that it is dropped and `overflow` set).
+    Mpps {
+        request: MppsRequest,
+        data: Vec<u8>,
+        overflow: bool,
+    },
 }
+
+/// An MPPS request waiting for its data set.
+struct MppsRequest {
+    field: u16,
+    message_id: u16,
+    pc_id: u8,
+    transfer_syntax: String,
+    /// N-CREATE: the Affected SOP Instance UID (optional); N-SET: the Requested one.
+    sop_instance_uid: Option<String>,
+}
+
+/// Cap on an MPPS attribute list: a step listing thousands of instances is some 100 bytes
+/// per instance.
+const MAX_MPPS_DATA_SET: usize = 16 * 1024 * 1024;
 
 impl Pending {
     fn pc_id(&self) -> u8 {
@@ -818,6 +866,7 @@ impl Pending {
             Pending::Store { reply, .. } => reply.pc_id,
             Pending::Refuse { pc_id, .. } => *pc_id,
             Pending::Query { request, .. } => request.pc_id,
+            Pending::Mpps { request, .. } => request.pc_id,
         }
     }
 }
@@ -987,6 +1036,16 @@ impl Handler {
                                 request.identifier.extend_from_slice(pdv.data);
                             }
                         }
+                        if let Pending::Mpps { data, overflow, .. } = p
+                            && !*overflow
+                        {
+                            if data.len() + pdv.data.len() > MAX_MPPS_DATA_SET {
+                                *overflow = true;
+                                *data = Vec::new();
+                            } else {
+                                data.extend_from_slice(pdv.data);
+                            }
+                        }
                         self.stats.bytes += pdv.data.len() as u64;
                         crate::metrics::received_bytes(pdv.data.len());
                         if pdv.is_last
@@ -1002,6 +1061,11 @@ impl Handler {
                                 Pending::Query { request, overflow } => {
                                     self.start_operation(request, overflow).await
                                 }
+                                Pending::Mpps {
+                                    request,
+                                    data,
+                                    overflow,
+                                } => self.finish_mpps(request, data, overflow).await,
                             };
                             if let Err(end) = done {
                                 return end;
@@ -1192,6 +1256,10 @@ impl Handler {
                     Ok(None)
                 }
             }
+            field::N_CREATE_RQ | field::N_SET_RQ if pc.abstract_syntax == super::MPPS => {
+                self.mpps_request(&cmd, field, message_id, &pc, has_data_set)
+                    .await
+            }
             other if other & 0x8000 != 0 => {
                 warn!(
                     command_field = format_args!("{other:#06x}"),
@@ -1213,6 +1281,165 @@ impl Handler {
                 )
                 .encode();
                 self.refuse(pc_id, response, has_data_set).await
+            }
+        }
+    }
+
+    /// An MPPS N-CREATE/N-SET: refused at once where it must be (not authorized, no data
+    /// set, N-SET without a Requested SOP Instance UID), else its attribute list is read.
+    async fn mpps_request(
+        &mut self,
+        cmd: &Command,
+        field: u16,
+        message_id: u16,
+        pc: &Context,
+        has_data_set: bool,
+    ) -> Result<Option<Pending>, AssociationEnd> {
+        let sop_instance_uid = if field == field::N_CREATE_RQ {
+            cmd.affected_sop_instance_uid()
+        } else {
+            cmd.requested_sop_instance_uid()
+        }
+        .map(|u| u.trim_end_matches(['\0', ' ']).to_string())
+        .filter(|u| !u.is_empty());
+        let refusal = if !self.authorized(Service::Mpps) {
+            Some((
+                status::NOT_AUTHORIZED,
+                "MPPS is not permitted for this AE title",
+            ))
+        } else if !has_data_set {
+            Some((
+                status::MISSING_ATTRIBUTE,
+                "the request has no attribute list",
+            ))
+        } else if field == field::N_SET_RQ && sop_instance_uid.is_none() {
+            Some((
+                status::MISSING_ATTRIBUTE,
+                "N-SET without a Requested SOP Instance UID",
+            ))
+        } else {
+            None
+        };
+        if let Some((code, comment)) = refusal {
+            warn!(
+                message_id,
+                status = format_args!("{code:#06x}"),
+                comment,
+                "MPPS request refused"
+            );
+            let response = dimse::n_rsp(
+                field,
+                message_id,
+                Some(super::MPPS),
+                sop_instance_uid.as_deref(),
+                code,
+                false,
+            )
+            .error_comment(comment)
+            .encode();
+            return self.refuse(pc.id, response, has_data_set).await;
+        }
+        Ok(Some(Pending::Mpps {
+            request: MppsRequest {
+                field,
+                message_id,
+                pc_id: pc.id,
+                transfer_syntax: pc.transfer_syntax.clone(),
+                sop_instance_uid,
+            },
+            data: Vec::new(),
+            overflow: false,
+        }))
+    }
+
+    /// Checks and records an MPPS request whose attribute list has arrived, answers it, then
+    /// tells the series tracker of a final step and forwards the request when configured.
+    async fn finish_mpps(
+        &mut self,
+        r: MppsRequest,
+        data: Vec<u8>,
+        overflow: bool,
+    ) -> Result<(), AssociationEnd> {
+        use super::mpps;
+        let outcome = if overflow {
+            Err(mpps::Refusal {
+                status: status::RESOURCE_LIMITATION,
+                comment: format!("attribute list longer than {MAX_MPPS_DATA_SET} bytes"),
+                error_id: None,
+                attributes: Vec::new(),
+            })
+        } else {
+            let index = self.ctx.store.index();
+            let uid = r.sop_instance_uid.as_deref();
+            if r.field == field::N_CREATE_RQ {
+                mpps::create(index, &self.calling_ae, uid, &data, &r.transfer_syntax)
+            } else {
+                mpps::set(
+                    index,
+                    &self.calling_ae,
+                    uid.unwrap_or_default(),
+                    &data,
+                    &r.transfer_syntax,
+                )
+            }
+        };
+        let what = if r.field == field::N_CREATE_RQ {
+            "N-CREATE"
+        } else {
+            "N-SET"
+        };
+        match outcome {
+            Err(refusal) => {
+                warn!(
+                    message = what,
+                    mpps_uid = r.sop_instance_uid.as_deref().unwrap_or(""),
+                    status = format_args!("{:#06x}", refusal.status),
+                    error_id = refusal.error_id.map(|e| format!("{e:#06x}")),
+                    reason = %refusal.comment,
+                    "mpps request refused"
+                );
+                let rsp = refusal.response(r.field, r.message_id, r.sop_instance_uid.as_deref());
+                self.send_command(r.pc_id, &rsp).await
+            }
+            Ok(accepted) => {
+                let series = accepted.event.as_ref().map_or(0, |e| e.series.len());
+                let instances = accepted.event.as_ref().map_or(0, |e| {
+                    e.series.iter().map(|s| s.sop_instance_uids.len()).sum()
+                });
+                info!(
+                    message = what,
+                    mpps_uid = %accepted.sop_instance_uid,
+                    series,
+                    instances,
+                    "mpps {}",
+                    accepted.status
+                );
+                let rsp = dimse::n_rsp(
+                    r.field,
+                    r.message_id,
+                    Some(super::MPPS),
+                    Some(&accepted.sop_instance_uid),
+                    status::SUCCESS,
+                    false,
+                )
+                .encode();
+                self.send_command(r.pc_id, &rsp).await?;
+                if let (Some(event), Some(observer)) = (&accepted.event, &self.ctx.observer) {
+                    observer.mpps(event);
+                }
+                if let Some(forwarder) = self.ctx.mpps_forwarder() {
+                    match dimse::read_data_set(&data, &r.transfer_syntax)
+                        .and_then(|obj| dimse::write_data_set(&obj, super::EXPLICIT_VR_LE))
+                    {
+                        Ok(data) => forwarder.send(mpps::forward::Forward {
+                            field: r.field,
+                            sop_instance_uid: accepted.sop_instance_uid.clone(),
+                            data,
+                        }),
+                        Err(e) => warn!(error = %e, "mpps message not forwarded"),
+                    }
+                }
+                Ok(())
             }
         }
     }
