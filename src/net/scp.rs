@@ -1395,6 +1395,12 @@ impl Handler {
                     mpps_uid = r.sop_instance_uid.as_deref().unwrap_or(""),
                     status = format_args!("{:#06x}", refusal.status),
                     error_id = refusal.error_id.map(|e| format!("{e:#06x}")),
+                    attributes = %refusal
+                        .attributes
+                        .iter()
+                        .map(|t| format!("({:04X},{:04X})", t >> 16, t & 0xFFFF))
+                        .collect::<Vec<_>>()
+                        .join(" "),
                     reason = %refusal.comment,
                     "mpps request refused"
                 );
