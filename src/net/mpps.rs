@@ -480,3 +480,269 @@ pub fn set(
         }),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dicom_core::value::DataSetSequence;
+
+    fn put(obj: &mut InMemDicomObject, tag: Tag, vr: VR, v: &str) {
+        obj.put(DataElement::new(tag, vr, PrimitiveValue::from(v)));
+    }
+
+    fn seq(obj: &mut InMemDicomObject, tag: Tag, items: Vec<InMemDicomObject>) {
+        obj.put(DataElement::new(tag, VR::SQ, DataSetSequence::from(items)));
+    }
+
+    fn creation() -> InMemDicomObject {
+        let mut o = InMemDicomObject::new_empty();
+        put(
+            &mut o,
+            tags::PERFORMED_PROCEDURE_STEP_STATUS,
+            VR::CS,
+            "IN PROGRESS",
+        );
+        put(&mut o, tags::PERFORMED_STATION_AE_TITLE, VR::AE, "SCANNER");
+        put(
+            &mut o,
+            tags::PERFORMED_PROCEDURE_STEP_START_DATE,
+            VR::DA,
+            "20261204",
+        );
+        put(
+            &mut o,
+            tags::PERFORMED_PROCEDURE_STEP_START_TIME,
+            VR::TM,
+            "120000",
+        );
+        put(&mut o, tags::PERFORMED_PROCEDURE_STEP_ID, VR::SH, "PPS1");
+        put(&mut o, tags::MODALITY, VR::CS, "CT");
+        put(&mut o, tags::PATIENT_ID, VR::LO, "PID");
+        let mut item = InMemDicomObject::new_empty();
+        put(&mut item, tags::STUDY_INSTANCE_UID, VR::UI, "1.2.3");
+        put(&mut item, tags::ACCESSION_NUMBER, VR::SH, "ACC");
+        seq(&mut o, tags::SCHEDULED_STEP_ATTRIBUTES_SEQUENCE, vec![item]);
+        o
+    }
+
+    fn reference(sop: &str) -> InMemDicomObject {
+        let mut r = InMemDicomObject::new_empty();
+        put(
+            &mut r,
+            tags::REFERENCED_SOP_CLASS_UID,
+            VR::UI,
+            "1.2.840.10008.5.1.4.1.1.2",
+        );
+        put(&mut r, tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, sop);
+        r
+    }
+
+    fn bytes(o: &InMemDicomObject) -> Vec<u8> {
+        dimse::write_data_set(o, super::super::IMPLICIT_VR_LE).unwrap()
+    }
+
+    #[test]
+    fn a_step_is_created_merged_and_completed_with_both_reference_sequences() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("index.sqlite")).unwrap();
+        let ts = super::super::IMPLICIT_VR_LE;
+        let a = create(&db, "SCANNER", Some("9.1"), &bytes(&creation()), ts).unwrap();
+        assert_eq!(
+            (a.sop_instance_uid.as_str(), a.status),
+            ("9.1", MppsStatus::InProgress)
+        );
+        let row = db.mpps("9.1").unwrap().unwrap();
+        assert_eq!(row.study_instance_uid.as_deref(), Some("1.2.3"));
+        assert_eq!(row.pps_id.as_deref(), Some("PPS1"));
+        // Without a UID, one is assigned.
+        let b = create(&db, "SCANNER", None, &bytes(&creation()), ts).unwrap();
+        assert!(
+            b.sop_instance_uid.starts_with("2.25."),
+            "{}",
+            b.sop_instance_uid
+        );
+
+        // An N-SET sending the stored Modality again is tolerated; a different one is not.
+        let mut mods = InMemDicomObject::new_empty();
+        put(&mut mods, tags::MODALITY, VR::CS, "CT");
+        put(
+            &mut mods,
+            tags::PERFORMED_PROCEDURE_STEP_DESCRIPTION,
+            VR::LO,
+            "head",
+        );
+        assert!(
+            set(&db, "SCANNER", "9.1", &bytes(&mods), ts)
+                .unwrap()
+                .event
+                .is_none()
+        );
+        put(&mut mods, tags::MODALITY, VR::CS, "MR");
+        let r = set(&db, "SCANNER", "9.1", &bytes(&mods), ts).unwrap_err();
+        assert_eq!(r.status, status::INVALID_ATTRIBUTE_VALUE);
+        assert_eq!(r.attributes, [0x0008_0060]);
+
+        let mut done = InMemDicomObject::new_empty();
+        put(
+            &mut done,
+            tags::PERFORMED_PROCEDURE_STEP_STATUS,
+            VR::CS,
+            "COMPLETED",
+        );
+        put(
+            &mut done,
+            tags::PERFORMED_PROCEDURE_STEP_END_DATE,
+            VR::DA,
+            "20261204",
+        );
+        // No end time: 0x0120 naming it.
+        let mut s1 = InMemDicomObject::new_empty();
+        put(&mut s1, tags::SERIES_INSTANCE_UID, VR::UI, "S1");
+        seq(
+            &mut s1,
+            tags::REFERENCED_IMAGE_SEQUENCE,
+            vec![reference("a"), reference("b")],
+        );
+        seq(
+            &mut s1,
+            tags::REFERENCED_NON_IMAGE_COMPOSITE_SOP_INSTANCE_SEQUENCE,
+            vec![reference("c")],
+        );
+        let mut s2 = InMemDicomObject::new_empty();
+        put(&mut s2, tags::SERIES_INSTANCE_UID, VR::UI, "S2");
+        seq(&mut done, tags::PERFORMED_SERIES_SEQUENCE, vec![s1, s2]);
+        let r = set(&db, "SCANNER", "9.1", &bytes(&done), ts).unwrap_err();
+        assert_eq!(r.status, status::MISSING_ATTRIBUTE);
+        assert_eq!(r.attributes, [0x0040_0251]);
+        put(
+            &mut done,
+            tags::PERFORMED_PROCEDURE_STEP_END_TIME,
+            VR::TM,
+            "121500",
+        );
+        let a = set(&db, "SCANNER", "9.1", &bytes(&done), ts).unwrap();
+        let event = a.event.unwrap();
+        assert_eq!(event.status, MppsStatus::Completed);
+        assert_eq!(
+            event.series,
+            [
+                PerformedSeries {
+                    series_instance_uid: "S1".into(),
+                    sop_instance_uids: vec!["a".into(), "b".into(), "c".into()],
+                },
+                PerformedSeries {
+                    series_instance_uid: "S2".into(),
+                    sop_instance_uids: vec![],
+                },
+            ]
+        );
+        assert_eq!(db.mpps_instances("9.1").unwrap().len(), 3);
+        // The stored data set is the merge: the creation's attributes, the description from
+        // the first N-SET, the final status.
+        let stored = read(
+            &db.mpps_attributes("9.1").unwrap().unwrap(),
+            super::super::EXPLICIT_VR_LE,
+        )
+        .unwrap();
+        assert_eq!(
+            text(&stored, tags::PERFORMED_STATION_AE_TITLE).as_deref(),
+            Some("SCANNER")
+        );
+        assert_eq!(
+            text(&stored, tags::PERFORMED_PROCEDURE_STEP_DESCRIPTION).as_deref(),
+            Some("head")
+        );
+        assert_eq!(
+            text(&stored, tags::PERFORMED_PROCEDURE_STEP_STATUS).as_deref(),
+            Some("COMPLETED")
+        );
+        // Final: no more updates (A710).
+        let r = set(&db, "SCANNER", "9.1", &bytes(&mods), ts).unwrap_err();
+        assert_eq!(
+            (r.status, r.error_id),
+            (status::PROCESSING_FAILURE, Some(0xA710))
+        );
+        // Garbage is a processing failure, not a panic.
+        let r = set(&db, "SCANNER", "9.1", b"\x08\x00\x60\x00\xff\xff", ts).unwrap_err();
+        assert_eq!(r.status, status::PROCESSING_FAILURE);
+    }
+
+    #[test]
+    fn creation_checks_status_and_type_1_attributes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("index.sqlite")).unwrap();
+        let ts = super::super::EXPLICIT_VR_LE;
+        let mut o = creation();
+        put(
+            &mut o,
+            tags::PERFORMED_PROCEDURE_STEP_STATUS,
+            VR::CS,
+            "PAUSED",
+        );
+        assert_eq!(
+            create(
+                &db,
+                "S",
+                Some("1"),
+                &bytes(&o),
+                super::super::IMPLICIT_VR_LE
+            )
+            .unwrap_err()
+            .status,
+            status::INVALID_ATTRIBUTE_VALUE
+        );
+        let mut o = creation();
+        o.remove_element(tags::PERFORMED_STATION_AE_TITLE);
+        o.remove_element(tags::MODALITY);
+        let r = create(
+            &db,
+            "S",
+            Some("1"),
+            &dimse::write_data_set(&o, ts).unwrap(),
+            ts,
+        )
+        .unwrap_err();
+        assert_eq!(r.status, status::MISSING_ATTRIBUTE);
+        assert_eq!(r.attributes, [0x0040_0241, 0x0008_0060]);
+        let mut o = creation();
+        put(&mut o, tags::PERFORMED_PROCEDURE_STEP_ID, VR::SH, "");
+        seq(
+            &mut o,
+            tags::SCHEDULED_STEP_ATTRIBUTES_SEQUENCE,
+            vec![InMemDicomObject::new_empty()],
+        );
+        let r = create(
+            &db,
+            "S",
+            Some("1"),
+            &dimse::write_data_set(&o, ts).unwrap(),
+            ts,
+        )
+        .unwrap_err();
+        assert_eq!(r.status, status::MISSING_ATTRIBUTE_VALUE);
+        assert_eq!(r.attributes, [0x0040_0253, 0x0020_000D]);
+        assert!(db.mpps("1").unwrap().is_none());
+        assert!(
+            create(
+                &db,
+                "S",
+                Some("1"),
+                &dimse::write_data_set(&creation(), ts).unwrap(),
+                ts
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            create(
+                &db,
+                "S",
+                Some("1"),
+                &dimse::write_data_set(&creation(), ts).unwrap(),
+                ts
+            )
+            .unwrap_err()
+            .status,
+            status::DUPLICATE_SOP_INSTANCE
+        );
+    }
+}
