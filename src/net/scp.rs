@@ -1369,18 +1369,39 @@ impl Handler {
                 attributes: Vec::new(),
             })
         } else {
-            let index = self.ctx.store.index();
-            let uid = r.sop_instance_uid.as_deref();
-            if r.field == field::N_CREATE_RQ {
-                mpps::create(index, &self.calling_ae, uid, &data, &r.transfer_syntax)
+            // A few index rows, but SQLite may wait on a busy lock: off the async worker.
+            let store = self.ctx.store.clone();
+            let (calling_ae, uid, ts, field) = (
+                self.calling_ae.clone(),
+                r.sop_instance_uid.clone(),
+                r.transfer_syntax.clone(),
+                r.field,
+            );
+            let data = data.clone();
+            let work = move || {
+                if field == field::N_CREATE_RQ {
+                    mpps::create(store.index(), &calling_ae, uid.as_deref(), &data, &ts)
+                } else {
+                    mpps::set(
+                        store.index(),
+                        &calling_ae,
+                        uid.as_deref().unwrap_or_default(),
+                        &data,
+                        &ts,
+                    )
+                }
+            };
+            if multi_thread_runtime() {
+                tokio::task::block_in_place(work)
             } else {
-                mpps::set(
-                    index,
-                    &self.calling_ae,
-                    uid.unwrap_or_default(),
-                    &data,
-                    &r.transfer_syntax,
-                )
+                tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+                    Err(mpps::Refusal {
+                        status: status::PROCESSING_FAILURE,
+                        comment: format!("MPPS task failed: {e}"),
+                        error_id: None,
+                        attributes: Vec::new(),
+                    })
+                })
             }
         };
         let what = if r.field == field::N_CREATE_RQ {
