@@ -314,6 +314,48 @@ fn completed_before_the_last_instance_waits_for_it() {
 }
 
 #[test]
+fn a_restart_between_completed_and_the_last_instance_keeps_waiting_for_it() {
+    let (node, _dest) = node("process", "");
+    let scanner = Scanner::new();
+    let all = scanner.dir.path().join("s1");
+    let files = series(&all, 4);
+    let uid = "1.2.826.0.1.3680043.10.1.7";
+    assert_eq!(scanner.create(&node, uid, &[]).status, 0x0000);
+    storescu(&node, &files[..3]);
+    assert_eq!(
+        scanner.set(&node, uid, "COMPLETED", &all, &[]).status,
+        0x0000
+    );
+    assert!(wait_for(Duration::from_secs(10), || node
+        .log()
+        .contains("MPPS COMPLETED lists this series")));
+    let mut node = node;
+    assert!(node.terminate().success());
+    let node = node.restart();
+    assert!(
+        wait_for(Duration::from_secs(10), || node
+            .log()
+            .contains("resuming the series of an MPPS step")),
+        "{}",
+        node.log()
+    );
+    assert!(
+        jobs(&node).is_empty(),
+        "one listed instance is still missing"
+    );
+    storescu(&node, &files[3..]);
+    assert!(
+        wait_for(Duration::from_secs(30), || !jobs(&node).is_empty()),
+        "{}",
+        node.log()
+    );
+    let log = node.log();
+    let resumed = line_of(&log, &["resuming the series of an MPPS step"]).unwrap();
+    let queued = line_of(&log, &["series complete (MPPS): job queued"]).unwrap();
+    assert!(resumed < queued, "{log}");
+}
+
+#[test]
 fn discontinued_skips_or_processes_as_the_rule_says() {
     for policy in ["skip", "process"] {
         let (node, _dest) = node(policy, "");
