@@ -311,6 +311,18 @@ fn report_on_the_same_association_lists_the_failures() {
         &node,
         "1.2.826.0.1.3680043.8.498.1"
     ) == "reported"));
+    // `m3dnode jobs` shows it: state, requester, event type, items, failures.
+    let jobs = run(Command::new(env!("CARGO_BIN_EXE_m3dnode"))
+        .args(["jobs", "--config"])
+        .arg(&node.config));
+    assert!(jobs.status.success(), "{}", text(&jobs));
+    let listing = text(&jobs);
+    let line = listing
+        .lines()
+        .find(|l| l.contains("1.2.826.0.1.3680043.8.498.1"))
+        .unwrap_or_else(|| panic!("{listing}"));
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(cols[..5], ["reported", "SCANNER", "2", "12", "2"], "{line}");
 }
 
 /// Case 2: the scanner releases right after the N-ACTION-RSP while one listed instance is
