@@ -370,6 +370,17 @@ fn report_on_a_new_association_after_a_late_instance() {
 /// is resumed from the index and reported on a new association once the instance arrives.
 #[test]
 fn a_restart_between_request_and_report_still_reports() {
+    restart_between_request_and_report(false);
+}
+
+/// Case 3, variant: the node is killed (SIGKILL) right after the N-ACTION-RSP; the
+/// transaction was stored before the response, so it is resumed all the same.
+#[test]
+fn a_kill_right_after_the_response_still_reports() {
+    restart_between_request_and_report(true);
+}
+
+fn restart_between_request_and_report(kill: bool) {
     let server = ScannerServer::start();
     let mut node = Node::start(&format!(
         "[commitment]\nwait_seconds = 60\n{}",
@@ -377,7 +388,11 @@ fn a_restart_between_request_and_report_still_reports() {
     ));
     let data = tempfile::tempdir().unwrap();
     let files = write_mr_series(data.path(), 2, 8, 8);
-    let tx = "1.2.826.0.1.3680043.8.498.3";
+    let tx = if kill {
+        "1.2.826.0.1.3680043.8.498.31"
+    } else {
+        "1.2.826.0.1.3680043.8.498.3"
+    };
     let mut args = vec!["--store".to_string()];
     args.extend(strings(&files[..1]));
     args.push("--list-files".into());
@@ -385,7 +400,10 @@ fn a_restart_between_request_and_report_still_reports() {
     args.extend(["--tx".into(), tx.into()]);
     let lines = client(&node, "SCANNER", &args);
     assert_eq!(events(&lines, "action")[0]["status"], 0);
-    assert!(node.terminate().success());
+    if !kill {
+        assert!(node.terminate().success());
+    }
+    // `restart` kills what still runs with SIGKILL.
     let node = node.restart();
     assert!(
         wait_for(Duration::from_secs(10), || node
@@ -486,4 +504,40 @@ fn bad_n_actions_get_their_status_and_the_node_goes_on() {
     assert!(node.index().commitment(tx).unwrap().is_none());
     let log = node.log();
     assert_eq!(log.matches("N-ACTION refused").count(), 6, "{log}");
+}
+
+/// The requester's association is gone and its `[[peers]]` address refuses: the report is
+/// tried `report_attempts` times, then the transaction is `undeliverable` (the scanner keeps
+/// its copy), and the node goes on.
+#[test]
+fn an_unreachable_requester_makes_the_report_undeliverable() {
+    let closed = free_port();
+    let node = Node::start(&format!(
+        "[commitment]\nwait_seconds = 0.5\nreport_attempts = 2\nretry_initial_seconds = 0.2\n\
+         [[peers]]\nae_title = \"SCANNER\"\naddress = \"127.0.0.1:{closed}\"\n"
+    ));
+    let tx = "1.2.826.0.1.3680043.8.498.8";
+    let args: Vec<String> = vec![
+        "--list".into(),
+        format!("{MR}:1.2.826.0.1.3680043.8.498.88"),
+        "--tx".into(),
+        tx.into(),
+    ];
+    let lines = client(&node, "SCANNER", &args);
+    assert_eq!(events(&lines, "action")[0]["status"], 0);
+    assert!(
+        wait_for(Duration::from_secs(20), || state_of(&node, tx)
+            == "undeliverable"),
+        "{}",
+        node.log()
+    );
+    let c = &node.index().list_commitments(10).unwrap()[0];
+    assert_eq!(c.attempts, 2);
+    assert_eq!(c.event_type, Some(2));
+    assert!(c.last_error.is_some());
+    let log = node.log();
+    let retried = position(&log, &["commitment report failed; retrying"]).unwrap();
+    let given_up = position(&log, &["commitment report undeliverable"]).unwrap();
+    assert!(retried < given_up, "{log}");
+    assert!(node.echo_ok());
 }

@@ -1010,6 +1010,75 @@ mod tests {
         assert_eq!(text(&back, tags::TRANSACTION_UID).as_deref(), Some("1.9"));
     }
 
+    /// Each Failure Reason from a fixture store: wrong class, missing file, truncated file,
+    /// replaced preamble; and an instance never stored is pending.
+    #[test]
+    fn items_are_checked_against_the_index_and_the_file() {
+        use crate::store::{Announced, StoreSettings};
+        const MR: &str = "1.2.840.10008.5.1.4.1.1.4";
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&StoreSettings {
+            min_free_mb: 0,
+            sync: false,
+            ..StoreSettings::at(dir.path())
+        })
+        .unwrap();
+        let put = |sop: &str| {
+            let mut obj = InMemDicomObject::new_empty();
+            obj.put(ui(tags::SOP_CLASS_UID, MR));
+            obj.put(ui(tags::SOP_INSTANCE_UID, sop));
+            obj.put(ui(tags::STUDY_INSTANCE_UID, "1.2.3"));
+            obj.put(ui(tags::SERIES_INSTANCE_UID, "1.2.3.4"));
+            let bytes = dimse::write_data_set(&obj, super::super::EXPLICIT_VR_LE).unwrap();
+            let announced = Announced {
+                sop_class_uid: MR.into(),
+                sop_instance_uid: sop.into(),
+                transfer_syntax: super::super::EXPLICIT_VR_LE.into(),
+                calling_ae: "TEST".into(),
+            };
+            let mut incoming = store
+                .begin(&announced, Some(store.temp_file().unwrap()))
+                .unwrap();
+            incoming.append(&bytes).unwrap();
+            store.commit(incoming).unwrap().path
+        };
+        let ok = put("1.2.3.4.1");
+        let gone = put("1.2.3.4.2");
+        let short = put("1.2.3.4.3");
+        let replaced = put("1.2.3.4.4");
+        assert_eq!(check_item(&store, MR, "1.2.3.4.1"), Check::Committed);
+        assert_eq!(check_item(&store, MR, "1.2.3.4.9"), Check::Pending);
+        assert_eq!(
+            check_item(&store, "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.1"),
+            Check::Failed(status::CLASS_INSTANCE_CONFLICT)
+        );
+        std::fs::remove_file(&gone).unwrap();
+        assert_eq!(
+            check_item(&store, MR, "1.2.3.4.2"),
+            Check::Failed(status::PROCESSING_FAILURE)
+        );
+        let len = std::fs::metadata(&short).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&short)
+            .unwrap()
+            .set_len(len - 1)
+            .unwrap();
+        assert_eq!(
+            check_item(&store, MR, "1.2.3.4.3"),
+            Check::Failed(status::PROCESSING_FAILURE)
+        );
+        // Same size, no DICM at 128.
+        let mut bytes = std::fs::read(&replaced).unwrap();
+        bytes[128..132].copy_from_slice(b"XXXX");
+        std::fs::write(&replaced, bytes).unwrap();
+        assert_eq!(
+            check_item(&store, MR, "1.2.3.4.4"),
+            Check::Failed(status::PROCESSING_FAILURE)
+        );
+        assert!(ok.exists());
+    }
+
     #[test]
     fn uids_are_checked() {
         assert!(valid_uid("1.2.840.10008.1.20.1"));
