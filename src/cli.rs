@@ -1737,7 +1737,37 @@ fn print_jobs(_cfg: &Config, index: &crate::store::Index, limit: usize) -> Resul
             o.last_error.unwrap_or_default()
         );
     }
+    print_commitments(index, limit, &fmt_time)?;
     print_mpps(index, limit, &fmt_time)?;
+    Ok(())
+}
+
+/// Storage Commitment transactions: the open ones first, then the most recent others.
+fn print_commitments(
+    index: &crate::store::Index,
+    limit: usize,
+    fmt_time: &dyn Fn(Option<f64>) -> String,
+) -> Result<()> {
+    println!("\nCOMMITMENTS (open first, then newest)");
+    println!(
+        "{:<13} {:<16} {:>5} {:>6} {:>5} {:>8}  {:<22} {:<22} transaction / last error",
+        "state", "requester", "event", "items", "fail", "attempts", "requested", "reported"
+    );
+    for c in index.list_commitments(limit)? {
+        println!(
+            "{:<13} {:<16} {:>5} {:>6} {:>5} {:>8}  {:<22} {:<22} {}{}",
+            c.state,
+            c.calling_ae,
+            c.event_type.map_or("-".into(), |e| e.to_string()),
+            c.items,
+            c.failed,
+            c.attempts,
+            fmt_time(Some(c.requested_at)),
+            fmt_time(c.reported_at),
+            c.transaction_uid,
+            c.last_error.map(|e| format!(" ({e})")).unwrap_or_default()
+        );
+    }
     Ok(())
 }
 

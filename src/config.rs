@@ -64,6 +64,8 @@ pub struct Config {
     pub jobs: JobsConfig,
     /// Sending results to destinations.
     pub delivery: DeliveryConfig,
+    /// Storage Commitment (N-ACTION in, N-EVENT-REPORT out).
+    pub commitment: crate::net::commit::CommitmentConfig,
     /// Routing rules as written, first match wins. A series no rule matches is stored, not
     /// processed. [`Config::compiled_rules`] holds them compiled.
     pub rules: Vec<RuleConfig>,
@@ -278,6 +280,9 @@ impl Config {
                 "must be 0 or more seconds".into(),
             ));
         }
+        self.commitment
+            .validate()
+            .map_err(|(key, message)| invalid(key, message))?;
         let rules = crate::route::compile_rules(&self.rules, &self.peers)
             .map_err(|(i, field, message)| invalid(&format!("rules[{i}].{field}"), message))?;
         self.neus

@@ -127,6 +127,22 @@ state_enum! {
     }
 }
 
+state_enum! {
+    /// A Storage Commitment transaction (`commitments`): `waiting` for listed instances,
+    /// `reporting` once decided (its N-EVENT-REPORT not yet confirmed), then `reported`, or
+    /// `undeliverable` when every attempt failed (the scanner keeps its copy).
+    CommitmentState {
+        /// Some listed instances are not stored yet; the deadline is `deadline_at`.
+        Waiting = "waiting",
+        /// Decided (`event_type`, failure reasons set); the report is being sent.
+        Reporting = "reporting",
+        /// The requester confirmed the N-EVENT-REPORT.
+        Reported = "reported",
+        /// Every attempt failed, or the requester has no `[[peers]]` address.
+        Undeliverable = "undeliverable",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@
 //! about meshes.
 
 pub mod accept;
+pub mod commit;
 pub mod dimse;
 pub mod mpps;
 pub mod qr;

@@ -38,6 +38,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::Printable;
 use super::accept::{self, Agreed, Context, Decision, Terms};
+use super::commit::{self, Committer, Link, OutgoingReport};
 use super::dimse::{self, Command, field, status};
 use super::qr::{self, Writer};
 use super::settings::{ScpSettings, Service};
@@ -115,6 +116,30 @@ pub trait StoreObserver: Send + Sync {
     fn mpps(&self, _event: &super::mpps::MppsEvent) {}
 }
 
+/// Several observers as one: the series tracker and the commitment task both learn of each
+/// stored instance, in this order.
+pub struct Fanout(pub Vec<Arc<dyn StoreObserver>>);
+
+impl StoreObserver for Fanout {
+    fn stored(&self, stored: &Stored, calling_ae: &str, called_ae: &str) {
+        for o in &self.0 {
+            o.stored(stored, calling_ae, called_ae);
+        }
+    }
+
+    fn association_ended(&self, end: AssociationEnd, stored: &[(String, String)]) {
+        for o in &self.0 {
+            o.association_ended(end, stored);
+        }
+    }
+
+    fn mpps(&self, event: &super::mpps::MppsEvent) {
+        for o in &self.0 {
+            o.mpps(event);
+        }
+    }
+}
+
 /// What every association handler shares.
 pub struct ScpContext {
     pub(super) config: Arc<ScpSettings>,
@@ -130,6 +155,8 @@ pub struct ScpContext {
     pub(super) audit: Auditor,
     /// The MPPS forwarder (`[mpps] forward_to`), started by the first message to forward.
     mpps_forward: std::sync::OnceLock<Option<super::mpps::forward::Forwarder>>,
+    /// The Storage Commitment task; without it N-ACTION is answered 0x0110.
+    commit: Option<Committer>,
 }
 
 impl ScpContext {
@@ -160,7 +187,14 @@ impl ScpContext {
             tls: None,
             audit: Auditor::disabled(),
             mpps_forward: std::sync::OnceLock::new(),
+            commit: None,
         })
+    }
+
+    /// Adds the Storage Commitment task (it must also be an observer, see [`Fanout`]).
+    pub fn with_committer(mut self, committer: Committer) -> Self {
+        self.commit = Some(committer);
+        self
     }
 
     /// Adds the node's TLS identity (needed by [`Listeners::tls`] and by C-MOVE to
@@ -724,6 +758,7 @@ impl Connection {
             tls: self.socket.is_tls(),
         });
         let (read_half, write_half) = tokio::io::split(self.socket);
+        let (reports_tx, reports_rx) = mpsc::channel(4);
         let mut handler = Handler {
             calling_ae: agreed.calling_ae.clone(),
             report: EndReport {
@@ -745,6 +780,10 @@ impl Connection {
             stats: Stats::default(),
             spare: None,
             out: Vec::new(),
+            reports_tx,
+            reports_rx,
+            awaiting_reports: HashMap::new(),
+            last_message_id: 0,
         };
         let started = Instant::now();
         let end = handler.run(self.phase).await;
@@ -844,6 +883,16 @@ enum Pending {
         data: Vec<u8>,
         overflow: bool,
     },
+    /// An N-ACTION (Storage Commitment) whose Action Information is being read (at most
+    /// [`commit::MAX_ACTION_INFORMATION`] bytes; beyond that it is dropped and `overflow` set).
+    Action {
+        pc_id: u8,
+        message_id: u16,
+        data: Vec<u8>,
+        overflow: bool,
+    },
+    /// A data set nobody needs (an Event Reply): read and dropped, nothing answered.
+    Discard { pc_id: u8 },
 }
 
 /// An MPPS request waiting for its data set.
@@ -867,6 +916,7 @@ impl Pending {
             Pending::Refuse { pc_id, .. } => *pc_id,
             Pending::Query { request, .. } => request.pc_id,
             Pending::Mpps { request, .. } => request.pc_id,
+            Pending::Action { pc_id, .. } | Pending::Discard { pc_id } => *pc_id,
         }
     }
 }
@@ -923,6 +973,15 @@ struct Handler {
     spare: Option<TempFile>,
     /// Encoding buffer for outgoing PDUs.
     out: Vec<u8>,
+    /// Storage Commitment reports to send here (the sending side goes to the committer in
+    /// each [`Link`]); dropped with the handler, which tells the committer to use a new
+    /// association.
+    reports_tx: mpsc::Sender<OutgoingReport>,
+    reports_rx: mpsc::Receiver<OutgoingReport>,
+    /// Reports sent here and not yet answered, by their Message ID.
+    awaiting_reports: HashMap<u16, tokio::sync::oneshot::Sender<u16>>,
+    /// The Message ID of the node's last request on this association.
+    last_message_id: u16,
 }
 
 fn multi_thread_runtime() -> bool {
@@ -946,7 +1005,19 @@ impl Handler {
                     self.op = None;
                     continue;
                 }
-                frame = tokio::time::timeout(idle, reader.next(&mut self.socket)) => Some(frame),
+                Some(report) = self.reports_rx.recv() => Some(Err(report)),
+                frame = tokio::time::timeout(idle, reader.next(&mut self.socket)) => Some(Ok(frame)),
+            };
+            let next = match next {
+                Some(Err(report)) => {
+                    // Sent outside the select: its guards are not held across the send.
+                    if let Err(end) = self.send_report(report).await {
+                        return end;
+                    }
+                    continue;
+                }
+                Some(Ok(frame)) => Some(frame),
+                None => None,
             };
             let Some(next) = next else {
                 info!("node shutting down: aborting the association");
@@ -1046,6 +1117,16 @@ impl Handler {
                                 data.extend_from_slice(pdv.data);
                             }
                         }
+                        if let Pending::Action { data, overflow, .. } = p
+                            && !*overflow
+                        {
+                            if data.len() + pdv.data.len() > commit::MAX_ACTION_INFORMATION {
+                                *overflow = true;
+                                *data = Vec::new();
+                            } else {
+                                data.extend_from_slice(pdv.data);
+                            }
+                        }
                         self.stats.bytes += pdv.data.len() as u64;
                         crate::metrics::received_bytes(pdv.data.len());
                         if pdv.is_last
@@ -1066,6 +1147,13 @@ impl Handler {
                                     data,
                                     overflow,
                                 } => self.finish_mpps(request, data, overflow).await,
+                                Pending::Action {
+                                    pc_id,
+                                    message_id,
+                                    data,
+                                    overflow,
+                                } => self.finish_action(pc_id, message_id, data, overflow).await,
+                                Pending::Discard { .. } => Ok(()),
                             };
                             if let Err(end) = done {
                                 return end;
@@ -1145,6 +1233,24 @@ impl Handler {
                 _ => warn!("C-STORE-RSP without a C-GET in progress; ignored"),
             }
             return Ok(None);
+        }
+        if cmd.command_field() == Ok(field::N_EVENT_REPORT_RSP) {
+            // The requester's answer to a Storage Commitment report sent here (it has no
+            // Message ID of its own).
+            let answered = cmd
+                .message_id_responded_to()
+                .ok()
+                .and_then(|id| self.awaiting_reports.remove(&id));
+            match answered {
+                Some(tx) => {
+                    let _ = tx.send(cmd.status().unwrap_or(status::CANNOT_UNDERSTAND));
+                }
+                None => warn!("N-EVENT-REPORT-RSP for no report sent here; ignored"),
+            }
+            return Ok(match (cmd.has_data_set(), pc_id) {
+                (Ok(true), pc_id) => Some(Pending::Discard { pc_id }),
+                _ => None,
+            });
         }
         if cmd.command_field() == Ok(field::C_CANCEL_RQ) {
             // It has no Message ID of its own, only the one of the request it cancels.
@@ -1258,6 +1364,10 @@ impl Handler {
             }
             field::N_CREATE_RQ | field::N_SET_RQ if pc.abstract_syntax == super::MPPS => {
                 self.mpps_request(&cmd, field, message_id, &pc, has_data_set)
+                    .await
+            }
+            field::N_ACTION_RQ if pc.abstract_syntax == super::STORAGE_COMMITMENT_PUSH => {
+                self.action_request(&cmd, message_id, pc_id, has_data_set)
                     .await
             }
             other if other & 0x8000 != 0 => {
@@ -1649,6 +1759,191 @@ impl Handler {
             done,
             task,
         });
+        Ok(())
+    }
+
+    /// Checks an N-ACTION-RQ's command (PS3.4 J.3.2): authorization, the well-known SOP
+    /// Instance, Action Type 1, Action Information to follow. A refused one is answered after
+    /// its data set, which is read and dropped.
+    async fn action_request(
+        &mut self,
+        cmd: &Command,
+        message_id: u16,
+        pc_id: u8,
+        has_data_set: bool,
+    ) -> Result<Option<Pending>, AssociationEnd> {
+        use super::{STORAGE_COMMITMENT_PUSH as SC, STORAGE_COMMITMENT_PUSH_INSTANCE as SCI};
+        let action = cmd.action_type_id().unwrap_or(0);
+        let instance = cmd.requested_sop_instance_uid().unwrap_or_default();
+        let refusal = if !self.authorized(Service::Commit) {
+            Some((
+                status::NOT_AUTHORIZED,
+                "this AE title may not request commitment ([[peers]] may)",
+            ))
+        } else if cmd.requested_sop_class_uid().is_some_and(|c| c != SC) {
+            Some((
+                status::CLASS_INSTANCE_CONFLICT,
+                "Requested SOP Class UID is not Storage Commitment Push Model",
+            ))
+        } else if instance != SCI {
+            Some((
+                status::NO_SUCH_SOP_INSTANCE,
+                "Requested SOP Instance UID must be 1.2.840.10008.1.20.1.1",
+            ))
+        } else if action != commit::REQUEST_STORAGE_COMMITMENT {
+            Some((status::NO_SUCH_ACTION, "Action Type ID must be 1"))
+        } else if !has_data_set {
+            Some((
+                status::MISSING_ATTRIBUTE,
+                "N-ACTION-RQ without Action Information",
+            ))
+        } else {
+            None
+        };
+        if let Some((code, comment)) = refusal {
+            warn!(
+                calling_ae = %Printable(&self.calling_ae),
+                status = format_args!("{code:#06x}"),
+                action_type = action,
+                requested_sop_instance = %Printable(&instance),
+                reason = comment,
+                "N-ACTION refused"
+            );
+            let rsp = dimse::n_action_rsp(message_id, SC, SCI, action, code)
+                .error_comment(comment)
+                .encode();
+            return self.refuse(pc_id, rsp, has_data_set).await;
+        }
+        Ok(Some(Pending::Action {
+            pc_id,
+            message_id,
+            data: Vec::new(),
+            overflow: false,
+        }))
+    }
+
+    /// Answers an N-ACTION whose Action Information has arrived: parsed and stored before
+    /// the N-ACTION-RSP (so a success is never lost to a restart), then handed to the
+    /// committer with this association to report on.
+    async fn finish_action(
+        &mut self,
+        pc_id: u8,
+        message_id: u16,
+        data: Vec<u8>,
+        overflow: bool,
+    ) -> Result<(), AssociationEnd> {
+        use super::{STORAGE_COMMITMENT_PUSH as SC, STORAGE_COMMITMENT_PUSH_INSTANCE as SCI};
+        let ts = self
+            .context(pc_id)
+            .map(|c| c.transfer_syntax.clone())
+            .unwrap_or_default();
+        let parsed = if overflow {
+            Err(commit::Refusal {
+                status: status::RESOURCE_LIMITATION,
+                comment: format!(
+                    "Action Information larger than {} bytes",
+                    commit::MAX_ACTION_INFORMATION
+                ),
+                attributes: Vec::new(),
+            })
+        } else {
+            commit::parse_action_information(&data, &ts)
+        };
+        let admitted = match (parsed, self.ctx.commit.clone()) {
+            (Err(r), _) => Err(r),
+            (Ok(_), None) => Err(commit::Refusal {
+                status: status::PROCESSING_FAILURE,
+                comment: "Storage Commitment is not running".into(),
+                attributes: Vec::new(),
+            }),
+            (Ok(request), Some(committer)) => {
+                let called = self.ctx.config.node.ae_title.clone();
+                match committer.admit(&request, &self.calling_ae, &called).await {
+                    Ok(a) => Ok((committer, request, a)),
+                    Err(e) => {
+                        warn!(error = %e, "commitment: storing the transaction failed");
+                        Err(commit::Refusal {
+                            status: status::PROCESSING_FAILURE,
+                            comment: "the index could not store the transaction".into(),
+                            attributes: Vec::new(),
+                        })
+                    }
+                }
+            }
+        };
+        match admitted {
+            Err(r) => {
+                warn!(
+                    calling_ae = %Printable(&self.calling_ae),
+                    status = format_args!("{:#06x}", r.status),
+                    reason = %Printable(&r.comment),
+                    "N-ACTION refused"
+                );
+                let mut rsp = dimse::n_action_rsp(
+                    message_id,
+                    SC,
+                    SCI,
+                    commit::REQUEST_STORAGE_COMMITMENT,
+                    r.status,
+                )
+                .error_comment(&r.comment);
+                if !r.attributes.is_empty() {
+                    rsp = rsp.attribute_identifier_list(&r.attributes);
+                }
+                self.send_command(pc_id, &rsp.encode()).await
+            }
+            Ok((committer, request, admission)) => {
+                let rsp = dimse::n_action_rsp(
+                    message_id,
+                    SC,
+                    SCI,
+                    commit::REQUEST_STORAGE_COMMITMENT,
+                    status::SUCCESS,
+                )
+                .encode();
+                self.send_command(pc_id, &rsp).await?;
+                let link = Link {
+                    reports: self.reports_tx.clone(),
+                    pc_id,
+                };
+                committer.submit(admission, request, &self.calling_ae, Some(link));
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends a Storage Commitment report on this association and remembers whom to tell of
+    /// its answer. One that cannot be sent is dropped, which sends the committer to a new
+    /// association.
+    async fn send_report(&mut self, r: OutgoingReport) -> Result<(), AssociationEnd> {
+        use super::{STORAGE_COMMITMENT_PUSH as SC, STORAGE_COMMITMENT_PUSH_INSTANCE as SCI};
+        let Some(ts) = self.context(r.pc_id).map(|c| c.transfer_syntax.clone()) else {
+            return Ok(());
+        };
+        let data = match dimse::write_data_set(&r.event_information, &ts) {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(error = %e, "commitment: encoding the report failed");
+                return Ok(());
+            }
+        };
+        self.last_message_id = self.last_message_id.wrapping_add(1).max(1);
+        let id = self.last_message_id;
+        let command = dimse::n_event_report_rq(id, SC, SCI, r.event_type_id, true).encode();
+        if let Err(e) = self
+            .writer
+            .send_message(r.pc_id, &command, Some(&data))
+            .await
+        {
+            warn!(error = %e, "sending a commitment report failed");
+            return Err(AssociationEnd::SendFailed);
+        }
+        debug!(
+            message_id = id,
+            event_type = r.event_type_id,
+            "N-EVENT-REPORT-RQ sent"
+        );
+        self.awaiting_reports.insert(id, r.answered);
         Ok(())
     }
 
