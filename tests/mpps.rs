@@ -583,3 +583,20 @@ fn a_forwarding_target_that_is_down_never_affects_the_scanner() {
         1
     );
 }
+
+#[test]
+fn a_peer_whose_may_leaves_out_mpps_is_refused_0x0124() {
+    let (node, _dest) = node(
+        "process",
+        "[[peers]]\nae_title = \"SCANNER\"\naddress = \"127.0.0.1:1\"\nmay = [\"echo\", \"store\"]\n",
+    );
+    let scanner = Scanner::new();
+    let uid = "1.2.826.0.1.3680043.10.1.8";
+    let a = scanner.create(&node, uid, &[]);
+    assert_eq!((a.status, a.echo), (0x0124, Some(0)), "{a:?}");
+    assert!(node.index().mpps(uid).unwrap().is_none());
+    assert!(
+        node.log()
+            .contains("request refused: not authorized (0x0124)")
+    );
+}
