@@ -1737,6 +1737,68 @@ fn print_jobs(_cfg: &Config, index: &crate::store::Index, limit: usize) -> Resul
             o.last_error.unwrap_or_default()
         );
     }
+    print_commitments(index, limit, &fmt_time)?;
+    print_mpps(index, limit, &fmt_time)?;
+    Ok(())
+}
+
+/// Storage Commitment transactions: the open ones first, then the most recent others.
+fn print_commitments(
+    index: &crate::store::Index,
+    limit: usize,
+    fmt_time: &dyn Fn(Option<f64>) -> String,
+) -> Result<()> {
+    println!("\nCOMMITMENTS (open first, then newest)");
+    println!(
+        "{:<13} {:<16} {:>5} {:>6} {:>5} {:>8}  {:<22} {:<22} transaction / last error",
+        "state", "requester", "event", "items", "fail", "attempts", "requested", "reported"
+    );
+    for c in index.list_commitments(limit)? {
+        println!(
+            "{:<13} {:<16} {:>5} {:>6} {:>5} {:>8}  {:<22} {:<22} {}{}",
+            c.state,
+            c.calling_ae,
+            c.event_type.map_or("-".into(), |e| e.to_string()),
+            c.items,
+            c.failed,
+            c.attempts,
+            fmt_time(Some(c.requested_at)),
+            fmt_time(c.reported_at),
+            c.transaction_uid,
+            c.last_error.map(|e| format!(" ({e})")).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// The MPPS section of `m3dnode jobs`: each step's status and how many of the series and
+/// instances it lists are stored (a COMPLETED step with every series complete has had its
+/// jobs queued without quiet time).
+fn print_mpps(
+    index: &crate::store::Index,
+    limit: usize,
+    fmt_time: &dyn Fn(Option<f64>) -> String,
+) -> Result<()> {
+    let steps = index.list_mpps(limit)?;
+    if steps.is_empty() {
+        return Ok(());
+    }
+    println!("\nMPPS STEPS (newest first)");
+    println!(
+        "{:<13} {:<22} {:<16} {:>15} {:>17}  step",
+        "status", "updated", "from", "series complete", "instances stored"
+    );
+    for m in steps {
+        println!(
+            "{:<13} {:<22} {:<16} {:>15} {:>17}  {}",
+            m.step.status,
+            fmt_time(Some(m.step.updated_at)),
+            m.step.calling_ae,
+            format!("{}/{}", m.series_complete, m.series_listed),
+            format!("{}/{}", m.instances_stored, m.instances_listed),
+            m.step.sop_instance_uid
+        );
+    }
     Ok(())
 }
 

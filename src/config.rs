@@ -20,6 +20,7 @@ use serde::Deserialize;
 
 pub use crate::audit::AuditConfig;
 pub use crate::http::{HttpConfig, HttpSettings, Secret};
+pub use crate::net::mpps::MppsConfig;
 pub use crate::net::settings::{
     NodeConfig, PeerConfig, QueryConfig, ScpSettings, Service, check_ae_title, parse_host_port,
 };
@@ -63,6 +64,8 @@ pub struct Config {
     pub jobs: JobsConfig,
     /// Sending results to destinations.
     pub delivery: DeliveryConfig,
+    /// Storage Commitment (N-ACTION in, N-EVENT-REPORT out).
+    pub commitment: crate::net::commit::CommitmentConfig,
     /// Routing rules as written, first match wins. A series no rule matches is stored, not
     /// processed. [`Config::compiled_rules`] holds them compiled.
     pub rules: Vec<RuleConfig>,
@@ -84,6 +87,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// The audit trail (IHE ATNA): its file and syslog repository.
     pub audit: AuditConfig,
+    /// The MPPS SCP: forwarding to a RIS or PACS.
+    pub mpps: MppsConfig,
 }
 
 /// `[log]`: how the node writes its log (to stderr).
@@ -260,6 +265,24 @@ impl Config {
                 "must be positive".into(),
             ));
         }
+        if let Some(to) = &self.mpps.forward_to
+            && self.peer(to).is_none()
+        {
+            return Err(invalid(
+                "mpps.forward_to",
+                format!("`{to}` is not an AE title in [[peers]]"),
+            ));
+        }
+        if !(self.mpps.forward_retry_seconds >= 0.0 && self.mpps.forward_retry_seconds.is_finite())
+        {
+            return Err(invalid(
+                "mpps.forward_retry_seconds",
+                "must be 0 or more seconds".into(),
+            ));
+        }
+        self.commitment
+            .validate()
+            .map_err(|(key, message)| invalid(key, message))?;
         let rules = crate::route::compile_rules(&self.rules, &self.peers)
             .map_err(|(i, field, message)| invalid(&format!("rules[{i}].{field}"), message))?;
         self.neus
@@ -306,6 +329,7 @@ impl Config {
             peers: self.peers.clone(),
             query: self.query.clone(),
             sub_operation_timeout_seconds: self.delivery.timeout_seconds,
+            mpps: self.mpps.clone(),
         }
     }
 

@@ -169,7 +169,8 @@ pub async fn start(mut config: Config) -> Result<Node, NodeError> {
         &node.storage,
         tls.as_ref().map(|t| t.client_config()),
     )?;
-    let ctx = ScpContext::new(Arc::new(config.scp_settings()), store.clone())
+    let scp_settings = Arc::new(config.scp_settings());
+    let ctx = ScpContext::new(scp_settings.clone(), store.clone())
         .map_err(NodeError::Peers)?
         .with_tls(tls.clone())
         .with_audit(audit.clone());
@@ -235,10 +236,24 @@ pub async fn start(mut config: Config) -> Result<Node, NodeError> {
     let delivery = delivery
         .with_tls(&config.peers, tls.clone())
         .with_audit(audit.clone());
-    let tasks = vec![("delivery task", tokio::spawn(delivery.run(stop.clone())))];
+    let mut tasks = vec![("delivery task", tokio::spawn(delivery.run(stop.clone())))];
 
     let scp_listening = Arc::new(AtomicBool::new(true));
-    let ctx = Arc::new(ctx.with_observer(tracker));
+    // Storage Commitment: reports on new associations use the node's TLS identity for
+    // `tls = true` peers, as delivery does.
+    let (committer, commit_task) = crate::net::commit::Committer::start(
+        config.commitment.clone(),
+        scp_settings,
+        store.clone(),
+        tls.as_ref().map(|t| t.client_config()),
+        stop.clone(),
+    );
+    tasks.push(("commitment task", commit_task));
+    let observers: Vec<Arc<dyn scp::StoreObserver>> = vec![tracker, Arc::new(committer.clone())];
+    let ctx = Arc::new(
+        ctx.with_committer(committer)
+            .with_observer(Arc::new(scp::Fanout(observers))),
+    );
     let scp = tokio::spawn({
         let (receive, stop, listening) = (receive.clone(), stop.clone(), scp_listening.clone());
         async move {
@@ -259,7 +274,6 @@ pub async fn start(mut config: Config) -> Result<Node, NodeError> {
             listening.store(false, Ordering::SeqCst);
         }
     });
-    let mut tasks = tasks;
     if let Some(listener) = http_listener {
         let state = HttpState {
             store: store.clone(),

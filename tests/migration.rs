@@ -235,6 +235,19 @@ fn a_storage_of_the_release_before_versioning_is_migrated_in_place_by_serve() {
     assert_eq!(version(&index), LATEST_VERSION);
     let db = node.index();
     assert_back_filled(&db);
+    // Schema 5: the Storage Commitment and MPPS tables exist, empty.
+    let mut tables = strings(
+        &db,
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN
+         ('commitments', 'commitment_items', 'mpps', 'mpps_instances') ORDER BY name",
+    );
+    tables.sort();
+    assert_eq!(
+        tables,
+        ["commitment_items", "commitments", "mpps", "mpps_instances"]
+    );
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM mpps"), 0);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM mpps_instances"), 0);
     assert_eq!(states(&db), expected_states());
     assert_eq!(db.count().unwrap(), 25);
     assert_eq!(files_under(&var), files_before, "the files are untouched");

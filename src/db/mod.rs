@@ -20,9 +20,11 @@
 //! a process crash, and the rare row lost to a power cut is rebuilt from the files at the next
 //! start (see [`crate::store::Store::open`]), so the index never needs its own fsync per instance.
 
+mod commitments;
 mod instances;
 mod jobs;
 pub mod migrate;
+mod mpps;
 mod outbox;
 pub mod state;
 mod stats;
@@ -34,11 +36,13 @@ use std::sync::Mutex;
 
 use rusqlite::Connection;
 
+pub use commitments::{Admission, Commitment, CommitmentItem, CommitmentSummary};
 pub use instances::{InstanceRow, NewRow, now};
 pub use jobs::{FailedAtStart, JobRow, JobSource};
 pub use migrate::{LATEST_VERSION, MigrateOptions};
+pub use mpps::{MppsInstance, MppsRow, MppsSummary, MppsWrite, OpenMppsSeries};
 pub use outbox::{DueDelivery, OutboxRow};
-pub use state::{DeliveryState, JobState, SeriesState};
+pub use state::{CommitmentState, DeliveryState, JobState, MppsStatus, SeriesState};
 pub use stats::{IndexStats, StatsReader};
 pub use status::{DestinationStatus, ResultMesh, ResultStatus, SeriesStatus};
 pub use work::{NewSeriesWork, SeriesWork};

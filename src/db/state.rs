@@ -81,7 +81,8 @@ state_enum! {
 
 state_enum! {
     /// Where a received series stands (`series_work`): still `receiving`, a job was queued
-    /// for what arrived (`processed`), or no rule matched it (`unrouted`).
+    /// for what arrived (`processed`), no rule matched it (`unrouted`), or its MPPS step was
+    /// DISCONTINUED under a rule with `on_discontinued = "skip"` (`skipped`).
     SeriesState {
         /// Instances are arriving; completion is pending.
         Receiving = "receiving",
@@ -89,6 +90,28 @@ state_enum! {
         Processed = "processed",
         /// No rule matched: stored, not processed.
         Unrouted = "unrouted",
+        /// Its MPPS step was discontinued and its rule says skip: stored, not processed.
+        Skipped = "skipped",
+    }
+}
+
+state_enum! {
+    /// A Modality Performed Procedure Step (`mpps.status`): the Performed Procedure Step
+    /// Status (0040,0252) as the scanner sent it, `IN PROGRESS -> COMPLETED | DISCONTINUED`.
+    MppsStatus {
+        /// Created by N-CREATE; the acquisition runs.
+        InProgress = "IN PROGRESS",
+        /// The acquisition ended; the Performed Series Sequence lists what it made.
+        Completed = "COMPLETED",
+        /// The acquisition was stopped before the end.
+        Discontinued = "DISCONTINUED",
+    }
+}
+
+impl MppsStatus {
+    /// A final status: the step may no longer be updated (PS3.4 F.7.2.2, Error ID A710).
+    pub fn is_final(self) -> bool {
+        self != MppsStatus::InProgress
     }
 }
 
@@ -101,6 +124,22 @@ state_enum! {
         Sent = "sent",
         /// Given up (deadline or permanent refusal) until `m3dnode retry`.
         Failed = "failed",
+    }
+}
+
+state_enum! {
+    /// A Storage Commitment transaction (`commitments`): `waiting` for listed instances,
+    /// `reporting` once decided (its N-EVENT-REPORT not yet confirmed), then `reported`, or
+    /// `undeliverable` when every attempt failed (the scanner keeps its copy).
+    CommitmentState {
+        /// Some listed instances are not stored yet; the deadline is `deadline_at`.
+        Waiting = "waiting",
+        /// Decided (`event_type`, failure reasons set); the report is being sent.
+        Reporting = "reporting",
+        /// The requester confirmed the N-EVENT-REPORT.
+        Reported = "reported",
+        /// Every attempt failed, or the requester has no `[[peers]]` address.
+        Undeliverable = "undeliverable",
     }
 }
 
@@ -138,7 +177,17 @@ mod tests {
         let old: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
         assert_eq!(old, ["queued", "running", "done", "failed"]);
         let old: Vec<&str> = SeriesState::ALL.iter().map(|s| s.as_str()).collect();
-        assert_eq!(old, ["receiving", "processed", "unrouted"]);
+        assert_eq!(old, ["receiving", "processed", "unrouted", "skipped"]);
+        for s in MppsStatus::ALL {
+            c.execute("DELETE FROM t", []).unwrap();
+            c.execute("INSERT INTO t VALUES (?1)", [s]).unwrap();
+            let back: MppsStatus = c.query_row("SELECT s FROM t", [], |r| r.get(0)).unwrap();
+            assert_eq!(back, *s);
+        }
+        assert_eq!(
+            MppsStatus::parse("IN PROGRESS"),
+            Some(MppsStatus::InProgress)
+        );
         let old: Vec<&str> = DeliveryState::ALL.iter().map(|s| s.as_str()).collect();
         assert_eq!(old, ["pending", "sent", "failed"]);
     }

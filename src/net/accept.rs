@@ -187,6 +187,10 @@ pub struct Terms<'a> {
     /// Transfer syntaxes we accept (unpadded). The first one the peer proposes, in its own
     /// order, is chosen.
     pub transfer_syntaxes: &'a [&'a str],
+    /// Abstract syntaxes negotiated with Implicit or Explicit VR Little Endian only (of
+    /// `transfer_syntaxes`): the DIMSE-N services, whose small data sets the node reads with
+    /// dicom-object and which gain nothing from compression or deflating.
+    pub native_le_only: &'a (dyn Fn(&str) -> bool + Sync),
     /// AE title policy: `Err` with the reason to reject, after the called/calling titles
     /// (trimmed).
     pub access: &'a (dyn Fn(&str, &str) -> Result<(), AssociationRJServiceUserReason> + Sync),
@@ -295,10 +299,14 @@ pub fn negotiate(rq: AssociationRQ, terms: &Terms<'_>) -> Decision {
     for pc in rq.presentation_contexts {
         let abstract_syntax = unpad(&pc.abstract_syntax).to_string();
         let chosen = if (terms.abstract_syntax)(&abstract_syntax) {
+            let native_only = (terms.native_le_only)(&abstract_syntax);
             pc.transfer_syntaxes
                 .iter()
                 .map(|ts| unpad(ts))
-                .find(|ts| terms.transfer_syntaxes.contains(ts))
+                .find(|ts| {
+                    terms.transfer_syntaxes.contains(ts)
+                        && (!native_only || super::NATIVE_LE_SYNTAXES.contains(ts))
+                })
                 .map(str::to_string)
                 .ok_or(PresentationContextResultReason::TransferSyntaxesNotSupported)
         } else {
@@ -437,6 +445,7 @@ mod tests {
             max_pdu: 65536,
             abstract_syntax: &|uid| uid == "1.2.840.10008.5.1.4.1.1.4",
             transfer_syntaxes: &["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"],
+            native_le_only: &|_| false,
             access,
             scp_role: &|uid| uid == "1.2.840.10008.5.1.4.1.1.4",
             decline_extended: &|uid| uid == "1.2.840.10008.5.1.4.1.2.2.1",
@@ -549,6 +558,76 @@ mod tests {
         dicom_ul::write_pdu(&mut wire, &Pdu::AssociationAC(ac.clone())).unwrap();
         let back = dicom_ul::read_pdu(wire.as_slice(), 1 << 20, true).unwrap();
         assert_eq!(back, Some(Pdu::AssociationAC(ac)));
+    }
+
+    #[test]
+    fn commitment_and_mpps_are_accepted_with_little_endian_only() {
+        use super::super::{MPPS, STORAGE_COMMITMENT_PUSH};
+        let ok = |_: &str, _: &str| Ok(());
+        let t = Terms {
+            max_pdu: 65536,
+            abstract_syntax: &super::super::served_by_scp,
+            transfer_syntaxes: super::super::ACCEPTED_TRANSFER_SYNTAXES,
+            native_le_only: &super::super::is_normalized_service,
+            access: &ok,
+            scp_role: &super::super::is_storage_sop_class,
+            decline_extended: &|uid| crate::query::sop_class(uid).is_some(),
+        };
+        let mut request = rq(1, APPLICATION_CONTEXT);
+        request.presentation_contexts = vec![
+            PresentationContextProposed {
+                id: 1,
+                abstract_syntax: format!("{STORAGE_COMMITMENT_PUSH}\0"),
+                // Deflated first: accepted for storage, not for a DIMSE-N service.
+                transfer_syntaxes: vec![
+                    "1.2.840.10008.1.2.1.99".into(),
+                    "1.2.840.10008.1.2.1\0".into(),
+                ],
+            },
+            PresentationContextProposed {
+                id: 3,
+                abstract_syntax: MPPS.into(),
+                transfer_syntaxes: vec!["1.2.840.10008.1.2".into()],
+            },
+            PresentationContextProposed {
+                id: 5,
+                abstract_syntax: MPPS.into(),
+                transfer_syntaxes: vec!["1.2.840.10008.1.2.4.50".into()],
+            },
+            PresentationContextProposed {
+                id: 7,
+                // Storage Commitment Pull Model (retired): not served.
+                abstract_syntax: "1.2.840.10008.1.20.2".into(),
+                transfer_syntaxes: vec!["1.2.840.10008.1.2".into()],
+            },
+        ];
+        let Decision::Accept(a) = negotiate(request, &t) else {
+            panic!("refused")
+        };
+        assert_eq!(
+            a.contexts,
+            vec![
+                Context {
+                    id: 1,
+                    abstract_syntax: STORAGE_COMMITMENT_PUSH.into(),
+                    transfer_syntax: "1.2.840.10008.1.2.1".into()
+                },
+                Context {
+                    id: 3,
+                    abstract_syntax: MPPS.into(),
+                    transfer_syntax: "1.2.840.10008.1.2".into()
+                },
+            ]
+        );
+        assert_eq!(a.refused.len(), 2);
+        assert_eq!(
+            a.refused[0].reason,
+            PresentationContextResultReason::TransferSyntaxesNotSupported
+        );
+        assert_eq!(
+            a.refused[1].reason,
+            PresentationContextResultReason::AbstractSyntaxNotSupported
+        );
     }
 
     #[tokio::test]

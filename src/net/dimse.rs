@@ -33,6 +33,30 @@ pub mod field {
     pub const C_MOVE_RQ: u16 = 0x0021;
     /// C-MOVE-RSP
     pub const C_MOVE_RSP: u16 = 0x8021;
+    /// N-EVENT-REPORT-RQ (PS3.7 10.3.1): the node's Storage Commitment report.
+    pub const N_EVENT_REPORT_RQ: u16 = 0x0100;
+    /// N-EVENT-REPORT-RSP
+    pub const N_EVENT_REPORT_RSP: u16 = 0x8100;
+    /// N-GET-RQ (not served; named so that a refusal can say what it refused).
+    pub const N_GET_RQ: u16 = 0x0110;
+    /// N-GET-RSP
+    pub const N_GET_RSP: u16 = 0x8110;
+    /// N-SET-RQ (PS3.7 10.3.3): an MPPS update.
+    pub const N_SET_RQ: u16 = 0x0120;
+    /// N-SET-RSP
+    pub const N_SET_RSP: u16 = 0x8120;
+    /// N-ACTION-RQ (PS3.7 10.3.4): a Storage Commitment request.
+    pub const N_ACTION_RQ: u16 = 0x0130;
+    /// N-ACTION-RSP
+    pub const N_ACTION_RSP: u16 = 0x8130;
+    /// N-CREATE-RQ (PS3.7 10.3.5): a new MPPS.
+    pub const N_CREATE_RQ: u16 = 0x0140;
+    /// N-CREATE-RSP
+    pub const N_CREATE_RSP: u16 = 0x8140;
+    /// N-DELETE-RQ (not served).
+    pub const N_DELETE_RQ: u16 = 0x0150;
+    /// N-DELETE-RSP
+    pub const N_DELETE_RSP: u16 = 0x8150;
 }
 
 /// DIMSE status codes (PS3.4 B.2.3 and PS3.7 C).
@@ -61,6 +85,55 @@ pub mod status {
     pub const MOVE_DESTINATION_UNKNOWN: u16 = 0xA801;
     /// Warning: sub-operations complete, one or more failures or warnings.
     pub const SUB_OPERATIONS_FAILED: u16 = 0xB000;
+
+    // DIMSE-N statuses (PS3.7 Annex C). Several double as Storage Commitment Failure Reasons
+    // (0008,1197) (PS3.4 J.3.2.1.1): 0x0110, 0x0112, 0x0119, 0x0122, 0x0131, 0x0213.
+
+    /// Failure: no such attribute (an N-SET/N-GET names an attribute the object lacks).
+    pub const NO_SUCH_ATTRIBUTE: u16 = 0x0105;
+    /// Failure: invalid attribute value; an Attribute Identifier List may name them.
+    pub const INVALID_ATTRIBUTE_VALUE: u16 = 0x0106;
+    /// Warning: attribute list error (some attributes were not read or set).
+    pub const ATTRIBUTE_LIST_ERROR: u16 = 0x0107;
+    /// Failure: processing failure (also a commitment Failure Reason: the file is unreadable).
+    pub const PROCESSING_FAILURE: u16 = 0x0110;
+    /// Failure: duplicate SOP instance (N-CREATE of an existing instance).
+    pub const DUPLICATE_SOP_INSTANCE: u16 = 0x0111;
+    /// Failure: no such SOP instance (also the commitment Failure Reason for a missing
+    /// instance).
+    pub const NO_SUCH_SOP_INSTANCE: u16 = 0x0112;
+    /// Failure: no such event type.
+    pub const NO_SUCH_EVENT_TYPE: u16 = 0x0113;
+    /// Failure: no such argument.
+    pub const NO_SUCH_ARGUMENT: u16 = 0x0114;
+    /// Failure: invalid argument value.
+    pub const INVALID_ARGUMENT_VALUE: u16 = 0x0115;
+    /// Warning: attribute value out of range.
+    pub const ATTRIBUTE_VALUE_OUT_OF_RANGE: u16 = 0x0116;
+    /// Failure: invalid object instance.
+    pub const INVALID_OBJECT_INSTANCE: u16 = 0x0117;
+    /// Failure: no such SOP class.
+    pub const NO_SUCH_SOP_CLASS: u16 = 0x0118;
+    /// Failure: class-instance conflict (also the commitment Failure Reason for an instance
+    /// stored under another SOP class).
+    pub const CLASS_INSTANCE_CONFLICT: u16 = 0x0119;
+    /// Failure: missing attribute (a type 1 attribute is absent).
+    pub const MISSING_ATTRIBUTE: u16 = 0x0120;
+    /// Failure: missing attribute value (a type 1 attribute is empty).
+    pub const MISSING_ATTRIBUTE_VALUE: u16 = 0x0121;
+    /// Failure: no such action (an Action Type ID the SOP class does not define).
+    pub const NO_SUCH_ACTION: u16 = 0x0123;
+    /// Failure reason (not a DIMSE status): duplicate transaction UID (PS3.4 J.3.2.1.1).
+    pub const DUPLICATE_TRANSACTION_UID: u16 = 0x0131;
+    /// Failure: duplicate invocation (a Message ID already in use).
+    pub const DUPLICATE_INVOCATION: u16 = 0x0210;
+    /// Failure: mistyped argument.
+    pub const MISTYPED_ARGUMENT: u16 = 0x0212;
+    /// Failure: resource limitation.
+    pub const RESOURCE_LIMITATION: u16 = 0x0213;
+    /// MPPS Error ID (0000,0903) with 0x0110: "Performed Procedure Step Object may no longer
+    /// be updated" (PS3.4 Table F.7.2-2).
+    pub const MPPS_NO_LONGER_UPDATABLE: u16 = 0xA710;
 }
 
 /// Command sets hold a dozen short elements (a C-FIND's identifier is a data set, not part
@@ -71,14 +144,21 @@ pub const MAX_COMMAND_SET: usize = 64 * 1024;
 pub const NO_DATA_SET: u16 = 0x0101;
 
 const AFFECTED_SOP_CLASS_UID: u32 = 0x0000_0002;
+const REQUESTED_SOP_CLASS_UID: u32 = 0x0000_0003;
 const COMMAND_FIELD: u32 = 0x0000_0100;
 const MESSAGE_ID: u32 = 0x0000_0110;
 const MESSAGE_ID_BEING_RESPONDED_TO: u32 = 0x0000_0120;
 const PRIORITY: u32 = 0x0000_0700;
 const COMMAND_DATA_SET_TYPE: u32 = 0x0000_0800;
 const STATUS: u32 = 0x0000_0900;
+const OFFENDING_ELEMENT: u32 = 0x0000_0901;
 const ERROR_COMMENT: u32 = 0x0000_0902;
+const ERROR_ID: u32 = 0x0000_0903;
 const AFFECTED_SOP_INSTANCE_UID: u32 = 0x0000_1000;
+const REQUESTED_SOP_INSTANCE_UID: u32 = 0x0000_1001;
+const EVENT_TYPE_ID: u32 = 0x0000_1002;
+const ATTRIBUTE_IDENTIFIER_LIST: u32 = 0x0000_1005;
+const ACTION_TYPE_ID: u32 = 0x0000_1008;
 const MOVE_DESTINATION: u32 = 0x0000_0600;
 const REMAINING_SUB_OPERATIONS: u32 = 0x0000_1020;
 const COMPLETED_SUB_OPERATIONS: u32 = 0x0000_1021;
@@ -200,6 +280,57 @@ impl Command {
         )
     }
 
+    /// Requested SOP Class UID (0000,0003) of an N-SET/N-ACTION/N-GET/N-DELETE-RQ.
+    pub fn requested_sop_class_uid(&self) -> Option<String> {
+        self.text(REQUESTED_SOP_CLASS_UID)
+    }
+
+    /// Requested SOP Instance UID (0000,1001) of an N-SET/N-ACTION/N-GET/N-DELETE-RQ.
+    pub fn requested_sop_instance_uid(&self) -> Option<String> {
+        self.text(REQUESTED_SOP_INSTANCE_UID)
+    }
+
+    /// Action Type ID (0000,1008) of an N-ACTION-RQ/RSP.
+    pub fn action_type_id(&self) -> Result<u16, CommandError> {
+        self.u16(ACTION_TYPE_ID, "Action Type ID (0000,1008)")
+    }
+
+    /// Event Type ID (0000,1002) of an N-EVENT-REPORT-RQ/RSP.
+    pub fn event_type_id(&self) -> Result<u16, CommandError> {
+        self.u16(EVENT_TYPE_ID, "Event Type ID (0000,1002)")
+    }
+
+    /// Error ID (0000,0903) of a failure response (MPPS uses 0xA710).
+    pub fn error_id(&self) -> Result<u16, CommandError> {
+        self.u16(ERROR_ID, "Error ID (0000,0903)")
+    }
+
+    /// Offending Element (0000,0901) of a failure response, as `(group << 16) | element` tags;
+    /// empty when absent or malformed.
+    pub fn offending_elements(&self) -> Vec<u32> {
+        self.tags(OFFENDING_ELEMENT)
+    }
+
+    /// Attribute Identifier List (0000,1005) of an N-* response (the attributes a 0x0106 or
+    /// 0x0120 status is about); empty when absent or malformed.
+    pub fn attribute_identifier_list(&self) -> Vec<u32> {
+        self.tags(ATTRIBUTE_IDENTIFIER_LIST)
+    }
+
+    /// An AT value: 4 bytes per tag, group then element, each little endian.
+    fn tags(&self, tag: u32) -> Vec<u32> {
+        match self.elements.get(&tag) {
+            Some(v) if v.len() % 4 == 0 => v
+                .chunks_exact(4)
+                .map(|c| {
+                    (u32::from(u16::from_le_bytes([c[0], c[1]])) << 16)
+                        | u32::from(u16::from_le_bytes([c[2], c[3]]))
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The sub-operation counts of a C-MOVE-RSP or C-GET-RSP: remaining, completed, failed,
     /// warning (0000,1020-1023). Each is optional in a response (PS3.7 9.3.4.2, 9.3.3.2), so an
     /// absent or malformed one is `None`.
@@ -234,6 +365,17 @@ impl CommandBuilder {
         let mut b = v.as_bytes().to_vec();
         if b.len() % 2 == 1 {
             b.push(0);
+        }
+        self.elements.insert(tag, b);
+        self
+    }
+
+    /// Adds an AT value with one or more tags (`(group << 16) | element`), 4 bytes each.
+    fn at(mut self, tag: u32, tags: &[u32]) -> Self {
+        let mut b = Vec::with_capacity(4 * tags.len());
+        for t in tags {
+            b.extend_from_slice(&((t >> 16) as u16).to_le_bytes());
+            b.extend_from_slice(&((t & 0xFFFF) as u16).to_le_bytes());
         }
         self.elements.insert(tag, b);
         self
@@ -445,6 +587,255 @@ pub fn failure_rsp(
     }
 }
 
+/// Command Data Set Type (0000,0800) for a message that does or does not carry a data set.
+fn data_set_type(has_data_set: bool) -> u16 {
+    if has_data_set { 0x0000 } else { NO_DATA_SET }
+}
+
+/// N-EVENT-REPORT-RQ (PS3.7 10.3.1.1): Event Information follows when `has_data_set` (always,
+/// for a Storage Commitment report).
+pub fn n_event_report_rq(
+    message_id: u16,
+    sop_class_uid: &str,
+    sop_instance_uid: &str,
+    event_type_id: u16,
+    has_data_set: bool,
+) -> CommandBuilder {
+    CommandBuilder::default()
+        .ui(AFFECTED_SOP_CLASS_UID, sop_class_uid)
+        .us(COMMAND_FIELD, field::N_EVENT_REPORT_RQ)
+        .us(MESSAGE_ID, message_id)
+        .us(COMMAND_DATA_SET_TYPE, data_set_type(has_data_set))
+        .ui(AFFECTED_SOP_INSTANCE_UID, sop_instance_uid)
+        .us(EVENT_TYPE_ID, event_type_id)
+}
+
+/// The generic DIMSE-N response (PS3.7 10.3): the request's field with the response bit,
+/// Message ID Being Responded To, Status, and the Affected SOP Class/Instance UIDs when known
+/// (a request too malformed to name them still gets an answer). Add the message-specific
+/// elements with [`CommandBuilder::event_type_id`], [`CommandBuilder::action_type_id`],
+/// [`CommandBuilder::error_comment`], [`CommandBuilder::error_id`],
+/// [`CommandBuilder::offending_elements`] and [`CommandBuilder::attribute_identifier_list`].
+pub fn n_rsp(
+    response_field: u16,
+    responding_to: u16,
+    sop_class_uid: Option<&str>,
+    sop_instance_uid: Option<&str>,
+    status: u16,
+    has_data_set: bool,
+) -> CommandBuilder {
+    let mut b = CommandBuilder::default()
+        .us(COMMAND_FIELD, response_field | 0x8000)
+        .us(MESSAGE_ID_BEING_RESPONDED_TO, responding_to)
+        .us(COMMAND_DATA_SET_TYPE, data_set_type(has_data_set))
+        .us(STATUS, status);
+    if let Some(uid) = sop_class_uid {
+        b = b.ui(AFFECTED_SOP_CLASS_UID, uid);
+    }
+    if let Some(uid) = sop_instance_uid {
+        b = b.ui(AFFECTED_SOP_INSTANCE_UID, uid);
+    }
+    b
+}
+
+/// N-EVENT-REPORT-RSP (PS3.7 10.3.1.2), without Event Reply (no data set).
+pub fn n_event_report_rsp(
+    responding_to: u16,
+    sop_class_uid: &str,
+    sop_instance_uid: &str,
+    event_type_id: u16,
+    status: u16,
+) -> CommandBuilder {
+    n_rsp(
+        field::N_EVENT_REPORT_RSP,
+        responding_to,
+        Some(sop_class_uid),
+        Some(sop_instance_uid),
+        status,
+        false,
+    )
+    .event_type_id(event_type_id)
+}
+
+/// N-SET-RQ (PS3.7 10.3.3.1); the Modification List data set always follows.
+pub fn n_set_rq(message_id: u16, sop_class_uid: &str, sop_instance_uid: &str) -> CommandBuilder {
+    CommandBuilder::default()
+        .ui(REQUESTED_SOP_CLASS_UID, sop_class_uid)
+        .us(COMMAND_FIELD, field::N_SET_RQ)
+        .us(MESSAGE_ID, message_id)
+        .us(COMMAND_DATA_SET_TYPE, 0x0000)
+        .ui(REQUESTED_SOP_INSTANCE_UID, sop_instance_uid)
+}
+
+/// N-SET-RSP (PS3.7 10.3.3.2); `has_data_set` when an Attribute List follows.
+pub fn n_set_rsp(
+    responding_to: u16,
+    sop_class_uid: &str,
+    sop_instance_uid: &str,
+    status: u16,
+    has_data_set: bool,
+) -> CommandBuilder {
+    n_rsp(
+        field::N_SET_RSP,
+        responding_to,
+        Some(sop_class_uid),
+        Some(sop_instance_uid),
+        status,
+        has_data_set,
+    )
+}
+
+/// N-ACTION-RQ (PS3.7 10.3.4.1); Action Information follows when `has_data_set`.
+pub fn n_action_rq(
+    message_id: u16,
+    sop_class_uid: &str,
+    sop_instance_uid: &str,
+    action_type_id: u16,
+    has_data_set: bool,
+) -> CommandBuilder {
+    CommandBuilder::default()
+        .ui(REQUESTED_SOP_CLASS_UID, sop_class_uid)
+        .us(COMMAND_FIELD, field::N_ACTION_RQ)
+        .us(MESSAGE_ID, message_id)
+        .us(COMMAND_DATA_SET_TYPE, data_set_type(has_data_set))
+        .ui(REQUESTED_SOP_INSTANCE_UID, sop_instance_uid)
+        .us(ACTION_TYPE_ID, action_type_id)
+}
+
+/// N-ACTION-RSP (PS3.7 10.3.4.2), the Action Type ID echoed, without Action Reply.
+pub fn n_action_rsp(
+    responding_to: u16,
+    sop_class_uid: &str,
+    sop_instance_uid: &str,
+    action_type_id: u16,
+    status: u16,
+) -> CommandBuilder {
+    n_rsp(
+        field::N_ACTION_RSP,
+        responding_to,
+        Some(sop_class_uid),
+        Some(sop_instance_uid),
+        status,
+        false,
+    )
+    .action_type_id(action_type_id)
+}
+
+/// N-CREATE-RQ (PS3.7 10.3.5.1); the Attribute List follows when `has_data_set`. The
+/// Affected SOP Instance UID is optional: without it the SCP assigns one.
+pub fn n_create_rq(
+    message_id: u16,
+    sop_class_uid: &str,
+    sop_instance_uid: Option<&str>,
+    has_data_set: bool,
+) -> CommandBuilder {
+    let b = CommandBuilder::default()
+        .ui(AFFECTED_SOP_CLASS_UID, sop_class_uid)
+        .us(COMMAND_FIELD, field::N_CREATE_RQ)
+        .us(MESSAGE_ID, message_id)
+        .us(COMMAND_DATA_SET_TYPE, data_set_type(has_data_set));
+    match sop_instance_uid {
+        Some(uid) => b.ui(AFFECTED_SOP_INSTANCE_UID, uid),
+        None => b,
+    }
+}
+
+/// N-CREATE-RSP (PS3.7 10.3.5.2); the Affected SOP Instance UID is the one the SCU gave or the
+/// SCP assigned (absent only on failures before it is known).
+pub fn n_create_rsp(
+    responding_to: u16,
+    sop_class_uid: &str,
+    sop_instance_uid: Option<&str>,
+    status: u16,
+    has_data_set: bool,
+) -> CommandBuilder {
+    n_rsp(
+        field::N_CREATE_RSP,
+        responding_to,
+        Some(sop_class_uid),
+        sop_instance_uid,
+        status,
+        has_data_set,
+    )
+}
+
+impl CommandBuilder {
+    /// Adds Event Type ID (0000,1002).
+    pub fn event_type_id(self, id: u16) -> Self {
+        self.us(EVENT_TYPE_ID, id)
+    }
+
+    /// Adds Action Type ID (0000,1008).
+    pub fn action_type_id(self, id: u16) -> Self {
+        self.us(ACTION_TYPE_ID, id)
+    }
+
+    /// Adds Error Comment (0000,0902), LO: at most 64 characters are kept.
+    pub fn error_comment(self, comment: &str) -> Self {
+        self.lo(ERROR_COMMENT, comment)
+    }
+
+    /// Adds Error ID (0000,0903), US (MPPS's 0xA710).
+    pub fn error_id(self, id: u16) -> Self {
+        self.us(ERROR_ID, id)
+    }
+
+    /// Adds Offending Element (0000,0901), AT, one or more tags as `(group << 16) | element`.
+    pub fn offending_elements(self, tags: &[u32]) -> Self {
+        self.at(OFFENDING_ELEMENT, tags)
+    }
+
+    /// Adds Attribute Identifier List (0000,1005), AT: the attributes a 0x0106/0x0120 status
+    /// is about.
+    pub fn attribute_identifier_list(self, tags: &[u32]) -> Self {
+        self.at(ATTRIBUTE_IDENTIFIER_LIST, tags)
+    }
+}
+
+/// A DIMSE-N data set (Action/Event Information, an MPPS Attribute List) that cannot be read
+/// or written.
+#[derive(Debug, thiserror::Error)]
+pub enum DataSetError {
+    /// The presentation context's transfer syntax is not in the registry.
+    #[error("unknown transfer syntax {0}")]
+    UnknownTransferSyntax(String),
+    /// The bytes are not a data set in that transfer syntax.
+    #[error("malformed data set: {0}")]
+    Malformed(String),
+    /// The object cannot be encoded in that transfer syntax.
+    #[error("cannot encode the data set: {0}")]
+    Encode(String),
+}
+
+/// Reads a DIMSE-N data set in the presentation context's transfer syntax. The N-* contexts
+/// are negotiated with Implicit or Explicit VR Little Endian only, so no inflating is needed.
+pub fn read_data_set(
+    bytes: &[u8],
+    ts_uid: &str,
+) -> Result<dicom_object::InMemDicomObject, DataSetError> {
+    use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
+    let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry
+        .get(ts_uid)
+        .ok_or_else(|| DataSetError::UnknownTransferSyntax(ts_uid.to_string()))?;
+    dicom_object::InMemDicomObject::read_dataset_with_ts(bytes, ts)
+        .map_err(|e| DataSetError::Malformed(e.to_string()))
+}
+
+/// Writes a DIMSE-N data set in the presentation context's transfer syntax.
+pub fn write_data_set(
+    obj: &dicom_object::InMemDicomObject,
+    ts_uid: &str,
+) -> Result<Vec<u8>, DataSetError> {
+    use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
+    let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry
+        .get(ts_uid)
+        .ok_or_else(|| DataSetError::UnknownTransferSyntax(ts_uid.to_string()))?;
+    let mut out = Vec::new();
+    obj.write_dataset_with_ts(&mut out, ts)
+        .map_err(|e| DataSetError::Encode(e.to_string()))?;
+    Ok(out)
+}
+
 /// Splits a message part into P-DATA PDUs that fit the peer's maximum PDU length.
 ///
 /// `max_pdu` is the peer's maximum PDU *variable field* length; each PDU carries one PDV whose
@@ -614,6 +1005,248 @@ mod tests {
         let get = Command::parse(&c_get_rq(4, "1.2.840.10008.5.1.4.1.2.2.3").encode()).unwrap();
         assert_eq!(get.command_field(), Ok(field::C_GET_RQ));
         assert_eq!(get.sub_operations(), [None; 4]);
+    }
+
+    fn implicit_object(bytes: &[u8]) -> dicom_object::InMemDicomObject {
+        let ts = dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN.erased();
+        dicom_object::InMemDicomObject::read_dataset_with_ts(bytes, &ts).unwrap()
+    }
+
+    fn int(obj: &dicom_object::InMemDicomObject, tag: dicom_core::Tag) -> u16 {
+        obj.element(tag).unwrap().to_int::<u16>().unwrap()
+    }
+
+    fn uid(obj: &dicom_object::InMemDicomObject, tag: dicom_core::Tag) -> String {
+        obj.element(tag)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .trim_end_matches('\0')
+            .to_string()
+    }
+
+    const SC: &str = "1.2.840.10008.1.20.1";
+    const SCI: &str = "1.2.840.10008.1.20.1.1";
+    const MPPS: &str = "1.2.840.10008.3.1.2.3.3";
+
+    #[test]
+    fn n_event_report_round_trips() {
+        use dicom_dictionary_std::tags;
+        let rq = n_event_report_rq(11, SC, SCI, 2, true).encode();
+        let cmd = Command::parse(&rq).unwrap();
+        assert_eq!(cmd.command_field(), Ok(field::N_EVENT_REPORT_RQ));
+        assert_eq!(cmd.message_id(), Ok(11));
+        assert_eq!(cmd.has_data_set(), Ok(true));
+        assert_eq!(cmd.affected_sop_class_uid().as_deref(), Some(SC));
+        assert_eq!(cmd.affected_sop_instance_uid().as_deref(), Some(SCI));
+        assert_eq!(cmd.event_type_id(), Ok(2));
+        let obj = implicit_object(&rq);
+        assert_eq!(int(&obj, tags::EVENT_TYPE_ID), 2);
+        assert_eq!(int(&obj, tags::COMMAND_DATA_SET_TYPE), 0);
+        assert_eq!(uid(&obj, tags::AFFECTED_SOP_INSTANCE_UID), SCI);
+
+        let rsp = n_event_report_rsp(11, SC, SCI, 2, status::SUCCESS).encode();
+        let cmd = Command::parse(&rsp).unwrap();
+        assert_eq!(cmd.command_field(), Ok(field::N_EVENT_REPORT_RSP));
+        assert_eq!(cmd.message_id_responded_to(), Ok(11));
+        assert_eq!(cmd.status(), Ok(0));
+        assert_eq!(cmd.has_data_set(), Ok(false));
+        assert_eq!(cmd.event_type_id(), Ok(2));
+        let obj = implicit_object(&rsp);
+        assert_eq!(int(&obj, tags::MESSAGE_ID_BEING_RESPONDED_TO), 11);
+        assert_eq!(uid(&obj, tags::AFFECTED_SOP_CLASS_UID), SC);
+    }
+
+    #[test]
+    fn n_action_round_trips() {
+        use dicom_dictionary_std::tags;
+        let rq = n_action_rq(5, SC, SCI, 1, true).encode();
+        let cmd = Command::parse(&rq).unwrap();
+        assert_eq!(cmd.command_field(), Ok(field::N_ACTION_RQ));
+        assert_eq!(cmd.message_id(), Ok(5));
+        assert_eq!(cmd.requested_sop_class_uid().as_deref(), Some(SC));
+        assert_eq!(cmd.requested_sop_instance_uid().as_deref(), Some(SCI));
+        assert_eq!(cmd.action_type_id(), Ok(1));
+        assert_eq!(cmd.affected_sop_class_uid(), None);
+        assert_eq!(cmd.has_data_set(), Ok(true));
+        let obj = implicit_object(&rq);
+        assert_eq!(uid(&obj, tags::REQUESTED_SOP_CLASS_UID), SC);
+        assert_eq!(uid(&obj, tags::REQUESTED_SOP_INSTANCE_UID), SCI);
+        assert_eq!(int(&obj, tags::ACTION_TYPE_ID), 1);
+
+        let rsp = n_action_rsp(5, SC, SCI, 1, status::SUCCESS).encode();
+        let cmd = Command::parse(&rsp).unwrap();
+        assert_eq!(cmd.command_field(), Ok(field::N_ACTION_RSP));
+        assert_eq!(cmd.message_id_responded_to(), Ok(5));
+        assert_eq!(cmd.action_type_id(), Ok(1));
+        assert_eq!(cmd.affected_sop_instance_uid().as_deref(), Some(SCI));
+        assert_eq!(cmd.has_data_set(), Ok(false));
+        let obj = implicit_object(&rsp);
+        assert_eq!(int(&obj, tags::STATUS), 0);
+        assert_eq!(int(&obj, tags::ACTION_TYPE_ID), 1);
+    }
+
+    #[test]
+    fn n_create_and_n_set_round_trip() {
+        use dicom_dictionary_std::tags;
+        let rq = n_create_rq(2, MPPS, Some("1.2.3.4"), true).encode();
+        let cmd = Command::parse(&rq).unwrap();
+        assert_eq!(cmd.command_field(), Ok(field::N_CREATE_RQ));
+        assert_eq!(cmd.affected_sop_class_uid().as_deref(), Some(MPPS));
+        assert_eq!(cmd.affected_sop_instance_uid().as_deref(), Some("1.2.3.4"));
+        let anonymous = Command::parse(&n_create_rq(3, MPPS, None, true).encode()).unwrap();
+        assert_eq!(anonymous.affected_sop_instance_uid(), None);
+        // "1.2.3.45" is odd-length: padded with NUL, read back without it.
+        let rsp = n_create_rsp(2, MPPS, Some("1.2.3.45"), status::SUCCESS, false).encode();
+        let cmd = Command::parse(&rsp).unwrap();
+        assert_eq!(cmd.command_field(), Ok(field::N_CREATE_RSP));
+        assert_eq!(cmd.affected_sop_instance_uid().as_deref(), Some("1.2.3.45"));
+        assert_eq!(
+            uid(&implicit_object(&rsp), tags::AFFECTED_SOP_INSTANCE_UID),
+            "1.2.3.45"
+        );
+
+        let rq = n_set_rq(4, MPPS, "1.2.3.4").encode();
+        let cmd = Command::parse(&rq).unwrap();
+        assert_eq!(cmd.command_field(), Ok(field::N_SET_RQ));
+        assert_eq!(cmd.requested_sop_class_uid().as_deref(), Some(MPPS));
+        assert_eq!(cmd.requested_sop_instance_uid().as_deref(), Some("1.2.3.4"));
+        assert_eq!(cmd.has_data_set(), Ok(true));
+        let obj = implicit_object(&rq);
+        assert_eq!(int(&obj, tags::COMMAND_FIELD), field::N_SET_RQ);
+        assert_eq!(uid(&obj, tags::REQUESTED_SOP_INSTANCE_UID), "1.2.3.4");
+
+        let rsp = n_set_rsp(4, MPPS, "1.2.3.4", status::SUCCESS, true).encode();
+        let cmd = Command::parse(&rsp).unwrap();
+        assert_eq!(cmd.command_field(), Ok(field::N_SET_RSP));
+        assert_eq!(cmd.message_id_responded_to(), Ok(4));
+        assert_eq!(cmd.has_data_set(), Ok(true));
+    }
+
+    #[test]
+    fn n_failure_responses_carry_error_elements() {
+        use dicom_dictionary_std::tags;
+        let rsp = n_set_rsp(8, MPPS, "1.2.3.4", status::PROCESSING_FAILURE, false)
+            .error_comment("Performed Procedure Step Object may no longer be updated")
+            .error_id(status::MPPS_NO_LONGER_UPDATABLE)
+            .encode();
+        let cmd = Command::parse(&rsp).unwrap();
+        assert_eq!(cmd.status(), Ok(0x0110));
+        assert_eq!(cmd.error_id(), Ok(0xA710));
+        assert_eq!(
+            cmd.error_comment().as_deref(),
+            Some("Performed Procedure Step Object may no longer be updated")
+        );
+        let obj = implicit_object(&rsp);
+        assert_eq!(int(&obj, tags::ERROR_ID), 0xA710);
+
+        // Modality (0008,0060) and PPS Status (0040,0252) as AT values.
+        let listed = [0x0008_0060, 0x0040_0252];
+        let rsp = n_create_rsp(9, MPPS, Some("1.2.3.4"), status::MISSING_ATTRIBUTE, false)
+            .attribute_identifier_list(&listed)
+            .offending_elements(&listed[..1])
+            .encode();
+        let cmd = Command::parse(&rsp).unwrap();
+        assert_eq!(cmd.status(), Ok(status::MISSING_ATTRIBUTE));
+        assert_eq!(cmd.attribute_identifier_list(), listed.to_vec());
+        assert_eq!(cmd.offending_elements(), vec![0x0008_0060]);
+        assert_eq!(
+            cmd.error_id(),
+            Err(CommandError::Missing("Error ID (0000,0903)"))
+        );
+        let obj = implicit_object(&rsp);
+        // The dictionary types (0000,1005) as AT, so dicom-object reads both tags back.
+        let at = obj.element(tags::ATTRIBUTE_IDENTIFIER_LIST).unwrap();
+        let Some(dicom_core::PrimitiveValue::Tags(read)) = at.value().primitive() else {
+            panic!("not read as AT: {:?}", at.value())
+        };
+        assert_eq!(
+            read.as_slice(),
+            &[
+                dicom_core::Tag(0x0008, 0x0060),
+                dicom_core::Tag(0x0040, 0x0252)
+            ]
+        );
+
+        // A response to a request too broken to name its class: only the generic elements.
+        let bare = n_rsp(
+            field::N_ACTION_RQ,
+            1,
+            None,
+            None,
+            status::PROCESSING_FAILURE,
+            false,
+        )
+        .encode();
+        let cmd = Command::parse(&bare).unwrap();
+        assert_eq!(cmd.command_field(), Ok(field::N_ACTION_RSP));
+        assert_eq!(cmd.affected_sop_class_uid(), None);
+        assert!(cmd.action_type_id().is_err());
+    }
+
+    #[test]
+    fn malformed_at_values_read_as_empty() {
+        let mut bytes = n_create_rsp(1, MPPS, None, status::MISSING_ATTRIBUTE, false).encode();
+        // Attribute Identifier List with 3 bytes: not a tag list.
+        bytes.extend_from_slice(&[0, 0, 5, 0x10, 3, 0, 0, 0, 8, 0, 0x60]);
+        let cmd = Command::parse(&bytes).unwrap();
+        assert!(cmd.attribute_identifier_list().is_empty());
+    }
+
+    #[test]
+    fn n_data_sets_round_trip_in_both_little_endian_syntaxes() {
+        use dicom_core::{DataElement, PrimitiveValue, VR};
+        use dicom_dictionary_std::tags;
+        use dicom_object::InMemDicomObject;
+        let mut item = InMemDicomObject::new_empty();
+        item.put(DataElement::new(
+            tags::REFERENCED_SOP_CLASS_UID,
+            VR::UI,
+            PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.2"),
+        ));
+        item.put(DataElement::new(
+            tags::REFERENCED_SOP_INSTANCE_UID,
+            VR::UI,
+            PrimitiveValue::from("1.2.3.4.5"),
+        ));
+        let mut obj = InMemDicomObject::new_empty();
+        obj.put(DataElement::new(
+            tags::TRANSACTION_UID,
+            VR::UI,
+            PrimitiveValue::from("1.2.3.99"),
+        ));
+        obj.put(DataElement::new(
+            tags::REFERENCED_SOP_SEQUENCE,
+            VR::SQ,
+            dicom_core::value::DataSetSequence::from(vec![item]),
+        ));
+        for ts in [crate::net::IMPLICIT_VR_LE, crate::net::EXPLICIT_VR_LE] {
+            let bytes = write_data_set(&obj, ts).unwrap();
+            let back = read_data_set(&bytes, ts).unwrap();
+            assert_eq!(uid(&back, tags::TRANSACTION_UID), "1.2.3.99");
+            let items = back
+                .element(tags::REFERENCED_SOP_SEQUENCE)
+                .unwrap()
+                .items()
+                .unwrap();
+            assert_eq!(items.len(), 1);
+            assert_eq!(
+                uid(&items[0], tags::REFERENCED_SOP_INSTANCE_UID),
+                "1.2.3.4.5"
+            );
+        }
+        assert!(matches!(
+            // Transaction UID claiming 100 bytes, holding 4.
+            read_data_set(
+                b"\x08\x00\x95\x11UI\x64\x001.2.",
+                crate::net::EXPLICIT_VR_LE
+            ),
+            Err(DataSetError::Malformed(_))
+        ));
+        assert!(matches!(
+            write_data_set(&obj, "1.2.3"),
+            Err(DataSetError::UnknownTransferSyntax(_))
+        ));
     }
 
     #[test]

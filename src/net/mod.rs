@@ -7,7 +7,9 @@
 //! about meshes.
 
 pub mod accept;
+pub mod commit;
 pub mod dimse;
+pub mod mpps;
 pub mod qr;
 pub mod qr_scu;
 pub mod request;
@@ -80,6 +82,25 @@ pub fn is_storage_sop_class(uid: &str) -> bool {
         && uid.starts_with("1.2.840.10008.5.1.4.")
         && entry.name.contains("Storage")
         && !entry.name.contains("Commitment")
+}
+
+/// The normalized (DIMSE-N) services the SCP serves: Storage Commitment Push Model and MPPS.
+/// Their messages are a command plus a small data set the node reads with dicom-object, so
+/// they are negotiated with [`NATIVE_LE_SYNTAXES`] only.
+pub fn is_normalized_service(uid: &str) -> bool {
+    uid == STORAGE_COMMITMENT_PUSH || uid == MPPS
+}
+
+/// Implicit and Explicit VR Little Endian: the transfer syntaxes of the normalized services.
+pub const NATIVE_LE_SYNTAXES: &[&str] = &[EXPLICIT_VR_LE, IMPLICIT_VR_LE];
+
+/// Every abstract syntax the SCP accepts: Verification, storage, Query/Retrieve, Storage
+/// Commitment and MPPS.
+pub fn served_by_scp(uid: &str) -> bool {
+    uid == VERIFICATION
+        || is_storage_sop_class(uid)
+        || crate::query::sop_class(uid).is_some()
+        || is_normalized_service(uid)
 }
 
 /// A peer-supplied string made safe for a log line: control characters (a newline would

@@ -62,6 +62,8 @@ pub struct Association {
     /// Largest P-DATA PDU we accept (announced in our request).
     max_pdu: u32,
     contexts: Vec<PresentationContextNegotiated>,
+    /// The SCP/SCU Role Selection items of the A-ASSOCIATE-AC (SOP class, roles).
+    roles: Vec<(String, RequestorRoles)>,
     timeout: Duration,
     out: Vec<u8>,
 }
@@ -163,6 +165,7 @@ impl Association {
             acceptor_max_pdu: 16_384,
             max_pdu: p.max_pdu,
             contexts: Vec::new(),
+            roles: Vec::new(),
             timeout: p.timeout,
             out: Vec::new(),
         };
@@ -179,9 +182,15 @@ impl Association {
             }
         };
         for item in &ac.user_variables {
-            if let UserVariableItem::MaxLength(len) = item {
+            match item {
                 // 0 means "no limit" (PS3.8 D.1).
-                assoc.acceptor_max_pdu = if *len == 0 { u32::MAX } else { *len };
+                UserVariableItem::MaxLength(len) => {
+                    assoc.acceptor_max_pdu = if *len == 0 { u32::MAX } else { *len };
+                }
+                UserVariableItem::ScuScpRoleSelectionSubItem(uid, roles) => assoc
+                    .roles
+                    .push((uid.trim_end_matches(['\0', ' ']).to_string(), *roles)),
+                _ => {}
             }
         }
         assoc.contexts = ac
@@ -206,6 +215,15 @@ impl Association {
             return Err(RequestError::NoAcceptedPresentationContexts);
         }
         Ok(assoc)
+    }
+
+    /// The roles the acceptor answered for `sop_class`, if it answered a Role Selection item
+    /// for it (without one, the default roles stand: PS3.7 D.3.3.4).
+    pub fn acceptor_roles(&self, sop_class: &str) -> Option<RequestorRoles> {
+        self.roles
+            .iter()
+            .find(|(uid, _)| uid == sop_class)
+            .map(|(_, r)| *r)
     }
 
     /// The presentation contexts as the acceptor answered them.

@@ -38,6 +38,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::Printable;
 use super::accept::{self, Agreed, Context, Decision, Terms};
+use super::commit::{self, Committer, Link, OutgoingReport};
 use super::dimse::{self, Command, field, status};
 use super::qr::{self, Writer};
 use super::settings::{ScpSettings, Service};
@@ -109,6 +110,34 @@ pub trait StoreObserver: Send + Sync {
     /// Called exactly once when an association ends, however it ends, with the
     /// (series, SOP instance) UIDs it newly stored.
     fn association_ended(&self, _end: AssociationEnd, _stored: &[(String, String)]) {}
+
+    /// Called when an MPPS step reaches COMPLETED or DISCONTINUED, after it is in the index
+    /// and its N-SET-RSP was sent.
+    fn mpps(&self, _event: &super::mpps::MppsEvent) {}
+}
+
+/// Several observers as one: the series tracker and the commitment task both learn of each
+/// stored instance, in this order.
+pub struct Fanout(pub Vec<Arc<dyn StoreObserver>>);
+
+impl StoreObserver for Fanout {
+    fn stored(&self, stored: &Stored, calling_ae: &str, called_ae: &str) {
+        for o in &self.0 {
+            o.stored(stored, calling_ae, called_ae);
+        }
+    }
+
+    fn association_ended(&self, end: AssociationEnd, stored: &[(String, String)]) {
+        for o in &self.0 {
+            o.association_ended(end, stored);
+        }
+    }
+
+    fn mpps(&self, event: &super::mpps::MppsEvent) {
+        for o in &self.0 {
+            o.mpps(event);
+        }
+    }
 }
 
 /// What every association handler shares.
@@ -124,6 +153,10 @@ pub struct ScpContext {
     /// The audit trail: associations accepted and rejected, TLS failures, instances
     /// received, and the Q/R operations.
     pub(super) audit: Auditor,
+    /// The MPPS forwarder (`[mpps] forward_to`), started by the first message to forward.
+    mpps_forward: std::sync::OnceLock<Option<super::mpps::forward::Forwarder>>,
+    /// The Storage Commitment task; without it N-ACTION is answered 0x0110.
+    commit: Option<Committer>,
 }
 
 impl ScpContext {
@@ -153,7 +186,15 @@ impl ScpContext {
             observer: None,
             tls: None,
             audit: Auditor::disabled(),
+            mpps_forward: std::sync::OnceLock::new(),
+            commit: None,
         })
+    }
+
+    /// Adds the Storage Commitment task (it must also be an observer, see [`Fanout`]).
+    pub fn with_committer(mut self, committer: Committer) -> Self {
+        self.commit = Some(committer);
+        self
     }
 
     /// Adds the node's TLS identity (needed by [`Listeners::tls`] and by C-MOVE to
@@ -173,6 +214,30 @@ impl ScpContext {
     pub fn with_observer(mut self, observer: Arc<dyn StoreObserver>) -> Self {
         self.observer = Some(observer);
         self
+    }
+
+    /// The MPPS forwarder when `[mpps] forward_to` is set, started on first use (on the
+    /// runtime of the association that needs it).
+    fn mpps_forwarder(&self) -> Option<&super::mpps::forward::Forwarder> {
+        self.mpps_forward
+            .get_or_init(|| {
+                let mpps = &self.config.mpps;
+                let peer = self.config.peer(mpps.forward_to.as_deref()?)?;
+                let target = super::mpps::forward::Target {
+                    ae_title: peer.ae_title.clone(),
+                    address: peer.address.clone(),
+                    calling_ae: self.config.node.ae_title.clone(),
+                    timeout: Duration::from_secs(self.config.sub_operation_timeout_seconds),
+                    max_pdu: self.config.node.max_pdu_length,
+                    tls: if peer.tls {
+                        self.tls.as_ref().map(|t| t.client_config())
+                    } else {
+                        None
+                    },
+                };
+                Some(super::mpps::forward::Forwarder::start(target, mpps))
+            })
+            .as_ref()
     }
 
     /// The node's AE policy (called AE title, `require_known_peers`, `check_host`).
@@ -640,12 +705,9 @@ impl Connection {
             |called: &str, calling: &str| ctx.check_access(peer_ip, called, calling, certified);
         let terms = Terms {
             max_pdu: node.max_pdu_length,
-            abstract_syntax: &|uid| {
-                uid == super::VERIFICATION
-                    || super::is_storage_sop_class(uid)
-                    || crate::query::sop_class(uid).is_some()
-            },
+            abstract_syntax: &super::served_by_scp,
             transfer_syntaxes: super::ACCEPTED_TRANSFER_SYNTAXES,
+            native_le_only: &super::is_normalized_service,
             access: &access,
             scp_role: &super::is_storage_sop_class,
             decline_extended: &|uid| crate::query::sop_class(uid).is_some(),
@@ -696,6 +758,7 @@ impl Connection {
             tls: self.socket.is_tls(),
         });
         let (read_half, write_half) = tokio::io::split(self.socket);
+        let (reports_tx, reports_rx) = mpsc::channel(4);
         let mut handler = Handler {
             calling_ae: agreed.calling_ae.clone(),
             report: EndReport {
@@ -717,6 +780,10 @@ impl Connection {
             stats: Stats::default(),
             spare: None,
             out: Vec::new(),
+            reports_tx,
+            reports_rx,
+            awaiting_reports: HashMap::new(),
+            last_message_id: 0,
         };
         let started = Instant::now();
         let end = handler.run(self.phase).await;
@@ -809,7 +876,38 @@ enum Pending {
         request: qr::Request,
         overflow: bool,
     },
+    /// An MPPS N-CREATE/N-SET whose attribute list is being read (at most
+    /// [`MAX_MPPS_DATA_SET`] bytes; beyond that it is dropped and `overflow` set).
+    Mpps {
+        request: MppsRequest,
+        data: Vec<u8>,
+        overflow: bool,
+    },
+    /// An N-ACTION (Storage Commitment) whose Action Information is being read (at most
+    /// [`commit::MAX_ACTION_INFORMATION`] bytes; beyond that it is dropped and `overflow` set).
+    Action {
+        pc_id: u8,
+        message_id: u16,
+        data: Vec<u8>,
+        overflow: bool,
+    },
+    /// A data set nobody needs (an Event Reply): read and dropped, nothing answered.
+    Discard { pc_id: u8 },
 }
+
+/// An MPPS request waiting for its data set.
+struct MppsRequest {
+    field: u16,
+    message_id: u16,
+    pc_id: u8,
+    transfer_syntax: String,
+    /// N-CREATE: the Affected SOP Instance UID (optional); N-SET: the Requested one.
+    sop_instance_uid: Option<String>,
+}
+
+/// Cap on an MPPS attribute list: a step listing thousands of instances is some 100 bytes
+/// per instance.
+const MAX_MPPS_DATA_SET: usize = 16 * 1024 * 1024;
 
 impl Pending {
     fn pc_id(&self) -> u8 {
@@ -817,6 +915,8 @@ impl Pending {
             Pending::Store { reply, .. } => reply.pc_id,
             Pending::Refuse { pc_id, .. } => *pc_id,
             Pending::Query { request, .. } => request.pc_id,
+            Pending::Mpps { request, .. } => request.pc_id,
+            Pending::Action { pc_id, .. } | Pending::Discard { pc_id } => *pc_id,
         }
     }
 }
@@ -873,6 +973,15 @@ struct Handler {
     spare: Option<TempFile>,
     /// Encoding buffer for outgoing PDUs.
     out: Vec<u8>,
+    /// Storage Commitment reports to send here (the sending side goes to the committer in
+    /// each [`Link`]); dropped with the handler, which tells the committer to use a new
+    /// association.
+    reports_tx: mpsc::Sender<OutgoingReport>,
+    reports_rx: mpsc::Receiver<OutgoingReport>,
+    /// Reports sent here and not yet answered, by their Message ID.
+    awaiting_reports: HashMap<u16, tokio::sync::oneshot::Sender<u16>>,
+    /// The Message ID of the node's last request on this association.
+    last_message_id: u16,
 }
 
 fn multi_thread_runtime() -> bool {
@@ -896,7 +1005,19 @@ impl Handler {
                     self.op = None;
                     continue;
                 }
-                frame = tokio::time::timeout(idle, reader.next(&mut self.socket)) => Some(frame),
+                Some(report) = self.reports_rx.recv() => Some(Err(report)),
+                frame = tokio::time::timeout(idle, reader.next(&mut self.socket)) => Some(Ok(frame)),
+            };
+            let next = match next {
+                Some(Err(report)) => {
+                    // Sent outside the select: its guards are not held across the send.
+                    if let Err(end) = self.send_report(report).await {
+                        return end;
+                    }
+                    continue;
+                }
+                Some(Ok(frame)) => Some(frame),
+                None => None,
             };
             let Some(next) = next else {
                 info!("node shutting down: aborting the association");
@@ -986,6 +1107,26 @@ impl Handler {
                                 request.identifier.extend_from_slice(pdv.data);
                             }
                         }
+                        if let Pending::Mpps { data, overflow, .. } = p
+                            && !*overflow
+                        {
+                            if data.len() + pdv.data.len() > MAX_MPPS_DATA_SET {
+                                *overflow = true;
+                                *data = Vec::new();
+                            } else {
+                                data.extend_from_slice(pdv.data);
+                            }
+                        }
+                        if let Pending::Action { data, overflow, .. } = p
+                            && !*overflow
+                        {
+                            if data.len() + pdv.data.len() > commit::MAX_ACTION_INFORMATION {
+                                *overflow = true;
+                                *data = Vec::new();
+                            } else {
+                                data.extend_from_slice(pdv.data);
+                            }
+                        }
                         self.stats.bytes += pdv.data.len() as u64;
                         crate::metrics::received_bytes(pdv.data.len());
                         if pdv.is_last
@@ -1001,6 +1142,18 @@ impl Handler {
                                 Pending::Query { request, overflow } => {
                                     self.start_operation(request, overflow).await
                                 }
+                                Pending::Mpps {
+                                    request,
+                                    data,
+                                    overflow,
+                                } => self.finish_mpps(request, data, overflow).await,
+                                Pending::Action {
+                                    pc_id,
+                                    message_id,
+                                    data,
+                                    overflow,
+                                } => self.finish_action(pc_id, message_id, data, overflow).await,
+                                Pending::Discard { .. } => Ok(()),
                             };
                             if let Err(end) = done {
                                 return end;
@@ -1080,6 +1233,24 @@ impl Handler {
                 _ => warn!("C-STORE-RSP without a C-GET in progress; ignored"),
             }
             return Ok(None);
+        }
+        if cmd.command_field() == Ok(field::N_EVENT_REPORT_RSP) {
+            // The requester's answer to a Storage Commitment report sent here (it has no
+            // Message ID of its own).
+            let answered = cmd
+                .message_id_responded_to()
+                .ok()
+                .and_then(|id| self.awaiting_reports.remove(&id));
+            match answered {
+                Some(tx) => {
+                    let _ = tx.send(cmd.status().unwrap_or(status::CANNOT_UNDERSTAND));
+                }
+                None => warn!("N-EVENT-REPORT-RSP for no report sent here; ignored"),
+            }
+            return Ok(match (cmd.has_data_set(), pc_id) {
+                (Ok(true), pc_id) => Some(Pending::Discard { pc_id }),
+                _ => None,
+            });
         }
         if cmd.command_field() == Ok(field::C_CANCEL_RQ) {
             // It has no Message ID of its own, only the one of the request it cancels.
@@ -1191,6 +1362,14 @@ impl Handler {
                     Ok(None)
                 }
             }
+            field::N_CREATE_RQ | field::N_SET_RQ if pc.abstract_syntax == super::MPPS => {
+                self.mpps_request(&cmd, field, message_id, &pc, has_data_set)
+                    .await
+            }
+            field::N_ACTION_RQ if pc.abstract_syntax == super::STORAGE_COMMITMENT_PUSH => {
+                self.action_request(&cmd, message_id, pc_id, has_data_set)
+                    .await
+            }
             other if other & 0x8000 != 0 => {
                 warn!(
                     command_field = format_args!("{other:#06x}"),
@@ -1212,6 +1391,192 @@ impl Handler {
                 )
                 .encode();
                 self.refuse(pc_id, response, has_data_set).await
+            }
+        }
+    }
+
+    /// An MPPS N-CREATE/N-SET: refused at once where it must be (not authorized, no data
+    /// set, N-SET without a Requested SOP Instance UID), else its attribute list is read.
+    async fn mpps_request(
+        &mut self,
+        cmd: &Command,
+        field: u16,
+        message_id: u16,
+        pc: &Context,
+        has_data_set: bool,
+    ) -> Result<Option<Pending>, AssociationEnd> {
+        let sop_instance_uid = if field == field::N_CREATE_RQ {
+            cmd.affected_sop_instance_uid()
+        } else {
+            cmd.requested_sop_instance_uid()
+        }
+        .map(|u| u.trim_end_matches(['\0', ' ']).to_string())
+        .filter(|u| !u.is_empty());
+        let refusal = if !self.authorized(Service::Mpps) {
+            Some((
+                status::NOT_AUTHORIZED,
+                "MPPS is not permitted for this AE title",
+            ))
+        } else if !has_data_set {
+            Some((
+                status::MISSING_ATTRIBUTE,
+                "the request has no attribute list",
+            ))
+        } else if field == field::N_SET_RQ && sop_instance_uid.is_none() {
+            Some((
+                status::MISSING_ATTRIBUTE,
+                "N-SET without a Requested SOP Instance UID",
+            ))
+        } else {
+            None
+        };
+        if let Some((code, comment)) = refusal {
+            warn!(
+                message_id,
+                status = format_args!("{code:#06x}"),
+                comment,
+                "MPPS request refused"
+            );
+            let response = dimse::n_rsp(
+                field,
+                message_id,
+                Some(super::MPPS),
+                sop_instance_uid.as_deref(),
+                code,
+                false,
+            )
+            .error_comment(comment)
+            .encode();
+            return self.refuse(pc.id, response, has_data_set).await;
+        }
+        Ok(Some(Pending::Mpps {
+            request: MppsRequest {
+                field,
+                message_id,
+                pc_id: pc.id,
+                transfer_syntax: pc.transfer_syntax.clone(),
+                sop_instance_uid,
+            },
+            data: Vec::new(),
+            overflow: false,
+        }))
+    }
+
+    /// Checks and records an MPPS request whose attribute list has arrived, answers it, then
+    /// tells the series tracker of a final step and forwards the request when configured.
+    async fn finish_mpps(
+        &mut self,
+        r: MppsRequest,
+        data: Vec<u8>,
+        overflow: bool,
+    ) -> Result<(), AssociationEnd> {
+        use super::mpps;
+        let outcome = if overflow {
+            Err(mpps::Refusal {
+                status: status::RESOURCE_LIMITATION,
+                comment: format!("attribute list longer than {MAX_MPPS_DATA_SET} bytes"),
+                error_id: None,
+                attributes: Vec::new(),
+            })
+        } else {
+            // A few index rows, but SQLite may wait on a busy lock: off the async worker.
+            let store = self.ctx.store.clone();
+            let (calling_ae, uid, ts, field) = (
+                self.calling_ae.clone(),
+                r.sop_instance_uid.clone(),
+                r.transfer_syntax.clone(),
+                r.field,
+            );
+            let data = data.clone();
+            let work = move || {
+                if field == field::N_CREATE_RQ {
+                    mpps::create(store.index(), &calling_ae, uid.as_deref(), &data, &ts)
+                } else {
+                    mpps::set(
+                        store.index(),
+                        &calling_ae,
+                        uid.as_deref().unwrap_or_default(),
+                        &data,
+                        &ts,
+                    )
+                }
+            };
+            if multi_thread_runtime() {
+                tokio::task::block_in_place(work)
+            } else {
+                tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+                    Err(mpps::Refusal {
+                        status: status::PROCESSING_FAILURE,
+                        comment: format!("MPPS task failed: {e}"),
+                        error_id: None,
+                        attributes: Vec::new(),
+                    })
+                })
+            }
+        };
+        let what = if r.field == field::N_CREATE_RQ {
+            "N-CREATE"
+        } else {
+            "N-SET"
+        };
+        match outcome {
+            Err(refusal) => {
+                warn!(
+                    message = what,
+                    mpps_uid = r.sop_instance_uid.as_deref().unwrap_or(""),
+                    status = format_args!("{:#06x}", refusal.status),
+                    error_id = refusal.error_id.map(|e| format!("{e:#06x}")),
+                    attributes = %refusal
+                        .attributes
+                        .iter()
+                        .map(|t| format!("({:04X},{:04X})", t >> 16, t & 0xFFFF))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    reason = %refusal.comment,
+                    "mpps request refused"
+                );
+                let rsp = refusal.response(r.field, r.message_id, r.sop_instance_uid.as_deref());
+                self.send_command(r.pc_id, &rsp).await
+            }
+            Ok(accepted) => {
+                let series = accepted.event.as_ref().map_or(0, |e| e.series.len());
+                let instances = accepted.event.as_ref().map_or(0, |e| {
+                    e.series.iter().map(|s| s.sop_instance_uids.len()).sum()
+                });
+                info!(
+                    message = what,
+                    mpps_uid = %accepted.sop_instance_uid,
+                    series,
+                    instances,
+                    "mpps {}",
+                    accepted.status
+                );
+                let rsp = dimse::n_rsp(
+                    r.field,
+                    r.message_id,
+                    Some(super::MPPS),
+                    Some(&accepted.sop_instance_uid),
+                    status::SUCCESS,
+                    false,
+                )
+                .encode();
+                self.send_command(r.pc_id, &rsp).await?;
+                if let (Some(event), Some(observer)) = (&accepted.event, &self.ctx.observer) {
+                    observer.mpps(event);
+                }
+                if let Some(forwarder) = self.ctx.mpps_forwarder() {
+                    match dimse::read_data_set(&data, &r.transfer_syntax)
+                        .and_then(|obj| dimse::write_data_set(&obj, super::EXPLICIT_VR_LE))
+                    {
+                        Ok(data) => forwarder.send(mpps::forward::Forward {
+                            field: r.field,
+                            sop_instance_uid: accepted.sop_instance_uid.clone(),
+                            data,
+                        }),
+                        Err(e) => warn!(error = %e, "mpps message not forwarded"),
+                    }
+                }
+                Ok(())
             }
         }
     }
@@ -1394,6 +1759,191 @@ impl Handler {
             done,
             task,
         });
+        Ok(())
+    }
+
+    /// Checks an N-ACTION-RQ's command (PS3.4 J.3.2): authorization, the well-known SOP
+    /// Instance, Action Type 1, Action Information to follow. A refused one is answered after
+    /// its data set, which is read and dropped.
+    async fn action_request(
+        &mut self,
+        cmd: &Command,
+        message_id: u16,
+        pc_id: u8,
+        has_data_set: bool,
+    ) -> Result<Option<Pending>, AssociationEnd> {
+        use super::{STORAGE_COMMITMENT_PUSH as SC, STORAGE_COMMITMENT_PUSH_INSTANCE as SCI};
+        let action = cmd.action_type_id().unwrap_or(0);
+        let instance = cmd.requested_sop_instance_uid().unwrap_or_default();
+        let refusal = if !self.authorized(Service::Commit) {
+            Some((
+                status::NOT_AUTHORIZED,
+                "this AE title may not request commitment ([[peers]] may)",
+            ))
+        } else if cmd.requested_sop_class_uid().is_some_and(|c| c != SC) {
+            Some((
+                status::CLASS_INSTANCE_CONFLICT,
+                "Requested SOP Class UID is not Storage Commitment Push Model",
+            ))
+        } else if instance != SCI {
+            Some((
+                status::NO_SUCH_SOP_INSTANCE,
+                "Requested SOP Instance UID must be 1.2.840.10008.1.20.1.1",
+            ))
+        } else if action != commit::REQUEST_STORAGE_COMMITMENT {
+            Some((status::NO_SUCH_ACTION, "Action Type ID must be 1"))
+        } else if !has_data_set {
+            Some((
+                status::MISSING_ATTRIBUTE,
+                "N-ACTION-RQ without Action Information",
+            ))
+        } else {
+            None
+        };
+        if let Some((code, comment)) = refusal {
+            warn!(
+                calling_ae = %Printable(&self.calling_ae),
+                status = format_args!("{code:#06x}"),
+                action_type = action,
+                requested_sop_instance = %Printable(&instance),
+                reason = comment,
+                "N-ACTION refused"
+            );
+            let rsp = dimse::n_action_rsp(message_id, SC, SCI, action, code)
+                .error_comment(comment)
+                .encode();
+            return self.refuse(pc_id, rsp, has_data_set).await;
+        }
+        Ok(Some(Pending::Action {
+            pc_id,
+            message_id,
+            data: Vec::new(),
+            overflow: false,
+        }))
+    }
+
+    /// Answers an N-ACTION whose Action Information has arrived: parsed and stored before
+    /// the N-ACTION-RSP (so a success is never lost to a restart), then handed to the
+    /// committer with this association to report on.
+    async fn finish_action(
+        &mut self,
+        pc_id: u8,
+        message_id: u16,
+        data: Vec<u8>,
+        overflow: bool,
+    ) -> Result<(), AssociationEnd> {
+        use super::{STORAGE_COMMITMENT_PUSH as SC, STORAGE_COMMITMENT_PUSH_INSTANCE as SCI};
+        let ts = self
+            .context(pc_id)
+            .map(|c| c.transfer_syntax.clone())
+            .unwrap_or_default();
+        let parsed = if overflow {
+            Err(commit::Refusal {
+                status: status::RESOURCE_LIMITATION,
+                comment: format!(
+                    "Action Information larger than {} bytes",
+                    commit::MAX_ACTION_INFORMATION
+                ),
+                attributes: Vec::new(),
+            })
+        } else {
+            commit::parse_action_information(&data, &ts)
+        };
+        let admitted = match (parsed, self.ctx.commit.clone()) {
+            (Err(r), _) => Err(r),
+            (Ok(_), None) => Err(commit::Refusal {
+                status: status::PROCESSING_FAILURE,
+                comment: "Storage Commitment is not running".into(),
+                attributes: Vec::new(),
+            }),
+            (Ok(request), Some(committer)) => {
+                let called = self.ctx.config.node.ae_title.clone();
+                match committer.admit(&request, &self.calling_ae, &called).await {
+                    Ok(a) => Ok((committer, request, a)),
+                    Err(e) => {
+                        warn!(error = %e, "commitment: storing the transaction failed");
+                        Err(commit::Refusal {
+                            status: status::PROCESSING_FAILURE,
+                            comment: "the index could not store the transaction".into(),
+                            attributes: Vec::new(),
+                        })
+                    }
+                }
+            }
+        };
+        match admitted {
+            Err(r) => {
+                warn!(
+                    calling_ae = %Printable(&self.calling_ae),
+                    status = format_args!("{:#06x}", r.status),
+                    reason = %Printable(&r.comment),
+                    "N-ACTION refused"
+                );
+                let mut rsp = dimse::n_action_rsp(
+                    message_id,
+                    SC,
+                    SCI,
+                    commit::REQUEST_STORAGE_COMMITMENT,
+                    r.status,
+                )
+                .error_comment(&r.comment);
+                if !r.attributes.is_empty() {
+                    rsp = rsp.attribute_identifier_list(&r.attributes);
+                }
+                self.send_command(pc_id, &rsp.encode()).await
+            }
+            Ok((committer, request, admission)) => {
+                let rsp = dimse::n_action_rsp(
+                    message_id,
+                    SC,
+                    SCI,
+                    commit::REQUEST_STORAGE_COMMITMENT,
+                    status::SUCCESS,
+                )
+                .encode();
+                self.send_command(pc_id, &rsp).await?;
+                let link = Link {
+                    reports: self.reports_tx.clone(),
+                    pc_id,
+                };
+                committer.submit(admission, request, &self.calling_ae, Some(link));
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends a Storage Commitment report on this association and remembers whom to tell of
+    /// its answer. One that cannot be sent is dropped, which sends the committer to a new
+    /// association.
+    async fn send_report(&mut self, r: OutgoingReport) -> Result<(), AssociationEnd> {
+        use super::{STORAGE_COMMITMENT_PUSH as SC, STORAGE_COMMITMENT_PUSH_INSTANCE as SCI};
+        let Some(ts) = self.context(r.pc_id).map(|c| c.transfer_syntax.clone()) else {
+            return Ok(());
+        };
+        let data = match dimse::write_data_set(&r.event_information, &ts) {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(error = %e, "commitment: encoding the report failed");
+                return Ok(());
+            }
+        };
+        self.last_message_id = self.last_message_id.wrapping_add(1).max(1);
+        let id = self.last_message_id;
+        let command = dimse::n_event_report_rq(id, SC, SCI, r.event_type_id, true).encode();
+        if let Err(e) = self
+            .writer
+            .send_message(r.pc_id, &command, Some(&data))
+            .await
+        {
+            warn!(error = %e, "sending a commitment report failed");
+            return Err(AssociationEnd::SendFailed);
+        }
+        debug!(
+            message_id = id,
+            event_type = r.event_type_id,
+            "N-EVENT-REPORT-RQ sent"
+        );
+        self.awaiting_reports.insert(id, r.answered);
         Ok(())
     }
 

@@ -21,7 +21,7 @@ use dicom_ul::Pdu;
 
 use super::request::{Association, Proposal, RequestError};
 use dicom_ul::pdu::{
-    PDataValueType, PresentationContextNegotiated, PresentationContextResultReason,
+    PDataValueType, PresentationContextNegotiated, PresentationContextResultReason, RequestorRoles,
 };
 use tracing::{debug, warn};
 
@@ -398,6 +398,88 @@ pub async fn echo(to: &AeAddress, opts: &ScuOptions) -> Result<(), ScuError> {
         Ok(s) => Err(ScuError::EchoStatus(s)),
         Err(e) => Err(proto(e.to_string())),
     }
+}
+
+/// Sends a Storage Commitment report (N-EVENT-REPORT-RQ with its Event Information) on a new
+/// association to `to`, proposing the SCP role of Storage Commitment Push Model for the node
+/// (PS3.4 J.3.3): here the node, the SCP, opens the association. An acceptor that answers no
+/// Role Selection item leaves the default roles (many SCUs ignore roles for N-EVENT-REPORT);
+/// the report is sent anyway with a warning. Returns the N-EVENT-REPORT-RSP status.
+pub async fn event_report(
+    to: &AeAddress,
+    opts: &ScuOptions,
+    event_type_id: u16,
+    event_information: &dicom_object::InMemDicomObject,
+) -> Result<u16, ScuError> {
+    use super::{STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_PUSH_INSTANCE};
+    let contexts = [(
+        STORAGE_COMMITMENT_PUSH.to_string(),
+        vec![EXPLICIT_VR_LE.to_string(), IMPLICIT_VR_LE.to_string()],
+    )];
+    let proposal = Proposal {
+        calling_ae: &opts.calling_ae,
+        called_ae: &to.ae_title,
+        max_pdu: opts.max_pdu_length,
+        contexts: &contexts,
+        timeout: opts.timeout,
+        tls: tls_for(to, opts)?,
+    };
+    let roles = [(
+        STORAGE_COMMITMENT_PUSH.to_string(),
+        RequestorRoles {
+            scu: false,
+            scp: true,
+        },
+    )];
+    let mut assoc = Association::request_with_roles(&to.address, &proposal, &roles)
+        .await
+        .map_err(|source| associate_error(to, &contexts, source))?;
+    let pc = accepted(&assoc)
+        .next()
+        .cloned()
+        .ok_or_else(|| ScuError::NoContext {
+            peer: to.to_string(),
+            what: "Storage Commitment Push Model".into(),
+        })?;
+    match assoc.acceptor_roles(STORAGE_COMMITMENT_PUSH) {
+        Some(r) if r.scp => {}
+        Some(_) => {
+            warn!(peer = %to, "the requester refused the SCP role for Storage Commitment; sending the report anyway")
+        }
+        None => {
+            warn!(peer = %to, "the requester answered no role selection for Storage Commitment; sending the report under the default roles")
+        }
+    }
+    let proto = |message: String| ScuError::Protocol {
+        peer: to.to_string(),
+        message,
+    };
+    let data = dimse::write_data_set(event_information, &pc.transfer_syntax)
+        .map_err(|e| proto(e.to_string()))?;
+    let command = dimse::n_event_report_rq(
+        1,
+        STORAGE_COMMITMENT_PUSH,
+        STORAGE_COMMITMENT_PUSH_INSTANCE,
+        event_type_id,
+        true,
+    )
+    .encode();
+    send_command(&mut assoc, pc.id, &command)
+        .await
+        .map_err(proto)?;
+    let max = assoc.acceptor_max_pdu_length();
+    for pdu in dimse::pdata_pdus(pc.id, PDataValueType::Data, &data, max, true) {
+        assoc.send(&pdu).await.map_err(|e| proto(e.to_string()))?;
+    }
+    let rsp = receive_command(&mut assoc).await.map_err(proto)?;
+    let _ = assoc.release().await;
+    if rsp.command_field() != Ok(dimse::field::N_EVENT_REPORT_RSP) {
+        return Err(proto(format!(
+            "answered with command field {:?} instead of an N-EVENT-REPORT-RSP",
+            rsp.command_field()
+        )));
+    }
+    rsp.status().map_err(|e| proto(e.to_string()))
 }
 
 fn accepted(assoc: &Association) -> impl Iterator<Item = &PresentationContextNegotiated> {

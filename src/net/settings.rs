@@ -213,6 +213,8 @@ pub struct ScpSettings {
     /// Connect and response timeout of the C-MOVE sub-associations we open, in seconds
     /// (`delivery.timeout_seconds`: they are deliveries too).
     pub sub_operation_timeout_seconds: u64,
+    /// `[mpps]`.
+    pub mpps: super::mpps::MppsConfig,
 }
 
 impl ScpSettings {

@@ -78,6 +78,9 @@ pub struct RuleConfig {
     pub quiet_seconds: Option<f64>,
     /// Complete the series as soon as this many instances have arrived.
     pub expected_instances: Option<u32>,
+    /// A series whose MPPS step was DISCONTINUED: `process` (default) what arrived at once,
+    /// or `skip` it (state `skipped`, never processed).
+    pub on_discontinued: OnDiscontinued,
     /// Destinations: AE titles from `[[peers]]`.
     pub send_to: Vec<String>,
     /// Also send the result to the AE that sent the series (it must be in `[[peers]]`).
@@ -150,6 +153,20 @@ pub enum Pipeline {
 }
 
 crate::choice!(Pipeline);
+
+/// What a DISCONTINUED MPPS step does to the series it lists (`[[rules]] on_discontinued`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(try_from = "String")]
+pub enum OnDiscontinued {
+    /// Process what arrived, at once: a partial acquisition may still be worth a result.
+    #[default]
+    Process,
+    /// Do not process it: the series is marked `skipped` and its later instances are only
+    /// stored.
+    Skip,
+}
+
+crate::choice!(OnDiscontinued);
 
 /// A compiled `[[rules]]` entry.
 #[derive(Debug, Clone)]
@@ -372,6 +389,11 @@ impl Rule {
     /// Instance count that completes a series at once, if the rule says.
     pub fn expected_instances(&self) -> Option<u32> {
         self.config.expected_instances
+    }
+
+    /// What a DISCONTINUED MPPS step does to this rule's series.
+    pub fn on_discontinued(&self) -> OnDiscontinued {
+        self.config.on_discontinued
     }
 
     /// The destinations for a series sent by `calling_ae`.

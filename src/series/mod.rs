@@ -8,6 +8,14 @@
 //! `expected_instances`, else the series' own Images in Acquisition). Everything needed to
 //! resume is in the index: after a restart, series still receiving get a fresh quiet period
 //! and interrupted jobs are queued again.
+//!
+//! A scanner's MPPS step is a better signal than either ([`crate::net::mpps`]): when a step
+//! goes COMPLETED, each series its Performed Series Sequence lists is complete as soon as every
+//! listed instance is stored, with no quiet time, and its list replaces the expected count. A
+//! DISCONTINUED step processes what arrived at once, or skips the series, as its rule's
+//! `on_discontinued` says. The quiet time stays the fallback: a series whose listed instances
+//! never all arrive is still processed after it, with a warning. The lists are in the index
+//! (`mpps_instances`), so a restart resumes waiting for them.
 
 pub mod jobs;
 
@@ -18,11 +26,12 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, info_span, warn};
+use tracing::{debug, info, info_span, warn};
 
-use crate::db::{NewSeriesWork, SeriesState, SeriesWork};
+use crate::db::{MppsStatus, NewSeriesWork, SeriesState, SeriesWork};
+use crate::net::mpps::{MppsEvent, PerformedSeries};
 use crate::net::scp::{AssociationEnd, StoreObserver};
-use crate::route::{self, Rule, SeriesFacts};
+use crate::route::{self, OnDiscontinued, Rule, SeriesFacts};
 use crate::store::header::Header;
 use crate::store::{IndexError, Store, Stored};
 use jobs::JobQueue;
@@ -82,6 +91,8 @@ enum Event {
         aborted: bool,
         stored: Vec<(String, String)>,
     },
+    /// An MPPS step reached a final status.
+    Mpps(MppsEvent),
     Stop,
 }
 
@@ -108,6 +119,10 @@ impl StoreObserver for Tracker {
             stored: stored.to_vec(),
         });
     }
+
+    fn mpps(&self, event: &MppsEvent) {
+        self.send(Event::Mpps(event.clone()));
+    }
 }
 
 impl Tracker {
@@ -128,6 +143,31 @@ struct Live {
     processed: bool,
     /// The "ignored late instance" line was logged.
     late_logged: bool,
+}
+
+/// A series an MPPS step lists, waited for by its instances rather than by quiet time.
+#[derive(Debug)]
+struct Awaited {
+    /// The step (for the log).
+    mpps_uid: String,
+    /// Listed SOP Instance UIDs not stored yet.
+    missing: HashSet<String>,
+    /// How many instances the step lists for the series.
+    listed: usize,
+    /// The step was DISCONTINUED before any instance of the series arrived: the series' rule
+    /// decides when its first instance does.
+    discontinued: bool,
+}
+
+/// Why a job is queued (the log line says it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Completion {
+    /// Quiet time over, or the expected count reached.
+    Quiet,
+    /// Every instance a COMPLETED MPPS step lists is stored.
+    Mpps,
+    /// The MPPS step was DISCONTINUED and the rule says process.
+    Discontinued,
 }
 
 /// Why the tracker could not start.
@@ -168,6 +208,7 @@ pub fn start(
         queue,
         live: HashMap::new(),
         unrouted: HashSet::new(),
+        awaiting: HashMap::new(),
     };
     state.resume()?;
     let handle = std::thread::Builder::new()
@@ -182,8 +223,11 @@ struct State {
     rules: Arc<Vec<Rule>>,
     queue: Arc<JobQueue>,
     live: HashMap<String, Live>,
-    /// Series known to match no rule, so that their further instances cost no query.
+    /// Series known to match no rule (or skipped), so that their further instances cost no
+    /// query.
     unrouted: HashSet<String>,
+    /// Series listed by a final MPPS step and not queued yet.
+    awaiting: HashMap<String, Awaited>,
 }
 
 /// How long the tracker lets events gather after handling a batch.
@@ -199,7 +243,8 @@ fn is_reconstructable(h: &Header) -> bool {
 }
 
 impl State {
-    /// After a restart: series still receiving get a fresh quiet period.
+    /// After a restart: series still receiving get a fresh quiet period, and the series final
+    /// MPPS steps list are waited for again.
     fn resume(&mut self) -> Result<(), IndexError> {
         let rows = self.store.index().receiving_series()?;
         for (uid, rule, expected) in rows {
@@ -221,6 +266,26 @@ impl State {
                     late_logged: false,
                 },
             );
+        }
+        // One event per step, as the SCP would have sent it.
+        let mut steps: Vec<MppsEvent> = Vec::new();
+        for open in self.store.index().open_mpps_series()? {
+            let series = PerformedSeries {
+                series_instance_uid: open.series_instance_uid,
+                sop_instance_uids: open.sop_instance_uids,
+            };
+            match steps.last_mut() {
+                Some(e) if e.sop_instance_uid == open.mpps_uid => e.series.push(series),
+                _ => steps.push(MppsEvent {
+                    sop_instance_uid: open.mpps_uid,
+                    status: open.status,
+                    series: vec![series],
+                }),
+            }
+        }
+        for step in steps {
+            info!(mpps_uid = %step.sop_instance_uid, status = %step.status, series = step.series.len(), "resuming the series of an MPPS step");
+            self.on_mpps(&step)?;
         }
         Ok(())
     }
@@ -267,6 +332,11 @@ impl State {
             Event::AssociationEnded { aborted, stored } => {
                 self.on_association_end(aborted, &stored)
             }
+            Event::Mpps(step) => {
+                if let Err(e) = self.on_mpps(&step) {
+                    warn!(mpps_uid = %step.sop_instance_uid, error = %e, "series tracking failed for an MPPS step");
+                }
+            }
         }
         true
     }
@@ -292,6 +362,154 @@ impl State {
         calling_ae: &str,
         called_ae: &str,
     ) -> Result<(), IndexError> {
+        self.track_stored(h, calling_ae, called_ae)?;
+        let uid = &h.series_instance_uid;
+        let Some(a) = self.awaiting.get_mut(uid) else {
+            return Ok(());
+        };
+        a.missing.remove(&h.sop_instance_uid);
+        if a.discontinued {
+            // The step was discontinued before this series' first instance: now its rule
+            // is known.
+            let policy = self
+                .live
+                .get(uid)
+                .filter(|l| !l.processed)
+                .and_then(|l| self.rules.iter().find(|r| r.name == l.rule))
+                .map(|r| r.on_discontinued());
+            let mpps_uid = a.mpps_uid.clone();
+            self.awaiting.remove(uid);
+            if policy == Some(OnDiscontinued::Skip) {
+                self.skip(uid, &mpps_uid)?;
+            }
+            return Ok(());
+        }
+        self.check_awaited(uid)
+    }
+
+    /// A final MPPS step: COMPLETED makes its series wait for their listed instances (and
+    /// queues those already complete); DISCONTINUED applies each series' rule policy.
+    fn on_mpps(&mut self, step: &MppsEvent) -> Result<(), IndexError> {
+        for s in &step.series {
+            let uid = &s.series_instance_uid;
+            match step.status {
+                MppsStatus::InProgress => {}
+                MppsStatus::Completed => {
+                    if s.sop_instance_uids.is_empty() {
+                        debug!(series_instance_uid = %uid, mpps_uid = %step.sop_instance_uid, "MPPS lists no instance of this series: its quiet time decides");
+                        continue;
+                    }
+                    let stored: HashSet<String> = self
+                        .store
+                        .index()
+                        .series(uid)?
+                        .into_iter()
+                        .map(|r| r.sop_instance_uid)
+                        .collect();
+                    let listed: HashSet<&String> = s.sop_instance_uids.iter().collect();
+                    let missing: HashSet<String> = listed
+                        .iter()
+                        .filter(|u| !stored.contains(u.as_str()))
+                        .map(|u| u.to_string())
+                        .collect();
+                    info!(series_instance_uid = %uid, mpps_uid = %step.sop_instance_uid, listed = listed.len(), missing = missing.len(), "MPPS COMPLETED lists this series");
+                    self.awaiting.insert(
+                        uid.clone(),
+                        Awaited {
+                            mpps_uid: step.sop_instance_uid.clone(),
+                            missing,
+                            listed: listed.len(),
+                            discontinued: false,
+                        },
+                    );
+                    self.check_awaited(uid)?;
+                }
+                MppsStatus::Discontinued => {
+                    let live_rule = self.live.get(uid).map(|l| (l.processed, l.rule.clone()));
+                    match live_rule {
+                        Some((false, rule)) => {
+                            let policy = self
+                                .rules
+                                .iter()
+                                .find(|r| r.name == rule)
+                                .map(|r| r.on_discontinued())
+                                .unwrap_or_default();
+                            match policy {
+                                OnDiscontinued::Process => {
+                                    self.queue(uid, Completion::Discontinued);
+                                }
+                                OnDiscontinued::Skip => self.skip(uid, &step.sop_instance_uid)?,
+                            }
+                        }
+                        Some((true, _)) => {
+                            info!(series_instance_uid = %uid, mpps_uid = %step.sop_instance_uid, "MPPS DISCONTINUED lists a series already processed")
+                        }
+                        None => {
+                            if self.unrouted.contains(uid)
+                                || self.store.index().series_work(uid)?.is_some()
+                            {
+                                continue;
+                            }
+                            self.awaiting.insert(
+                                uid.clone(),
+                                Awaited {
+                                    mpps_uid: step.sop_instance_uid.clone(),
+                                    missing: HashSet::new(),
+                                    listed: s.sop_instance_uids.len(),
+                                    discontinued: true,
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a COMPLETED step's series once nothing it lists is missing.
+    fn check_awaited(&mut self, uid: &str) -> Result<(), IndexError> {
+        let Some(a) = self.awaiting.get(uid) else {
+            return Ok(());
+        };
+        if !a.missing.is_empty() {
+            return Ok(());
+        }
+        match self.live.get(uid) {
+            Some(l) if !l.processed => {
+                self.queue(uid, Completion::Mpps);
+            }
+            Some(_) => {
+                info!(series_instance_uid = %uid, mpps_uid = %a.mpps_uid, "every instance the MPPS step lists is stored; the series was processed already");
+                self.awaiting.remove(uid);
+            }
+            None => {
+                // Stored in an earlier run and processed, skipped or unrouted since: nothing
+                // to wait for.
+                if self.store.index().series_work(uid)?.is_some() || self.unrouted.contains(uid) {
+                    self.awaiting.remove(uid);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A DISCONTINUED step's series whose rule says skip: never processed.
+    fn skip(&mut self, uid: &str, mpps_uid: &str) -> Result<(), IndexError> {
+        self.store.index().skip_series(uid)?;
+        let instances = self.live.remove(uid).map(|l| l.count).unwrap_or(0);
+        self.awaiting.remove(uid);
+        self.remember_unrouted(uid);
+        info!(series_instance_uid = %uid, mpps_uid, instances, "series skipped: its MPPS step was DISCONTINUED (on_discontinued = skip)");
+        Ok(())
+    }
+
+    fn track_stored(
+        &mut self,
+        h: &Header,
+        calling_ae: &str,
+        called_ae: &str,
+    ) -> Result<(), IndexError> {
         let uid = &h.series_instance_uid;
         if let Some(live) = self.live.get_mut(uid) {
             live.count += 1;
@@ -307,8 +525,12 @@ impl State {
         // Known from an earlier run or an earlier association?
         let known = self.store.index().series_work(uid)?;
         let (rule, processed, expected) = match known {
-            Some(SeriesWork { rule: None, .. }) => {
-                // Unrouted, and already logged as such.
+            Some(SeriesWork { rule: None, .. })
+            | Some(SeriesWork {
+                state: SeriesState::Skipped,
+                ..
+            }) => {
+                // Unrouted or skipped, and already logged as such.
                 self.remember_unrouted(uid);
                 return Ok(());
             }
@@ -400,32 +622,69 @@ impl State {
         }
     }
 
-    /// Queues a job for every series whose quiet period is over or whose count is reached.
+    /// Queues a job for every series whose quiet period is over or whose count is reached
+    /// (an MPPS list replaces the count of the series it names).
     fn complete_due(&mut self) {
         let now_i = Instant::now();
         let due: Vec<String> = self
             .live
             .iter()
-            .filter(|(_, l)| {
+            .filter(|(k, l)| {
                 !l.processed
-                    && (l.expected.is_some_and(|e| l.count >= e) || now_i >= l.last + l.quiet)
+                    && ((l.expected.is_some_and(|e| l.count >= e)
+                        && !self.awaiting.contains_key(*k))
+                        || now_i >= l.last + l.quiet)
             })
             .map(|(k, _)| k.clone())
             .collect();
         for uid in due {
-            let Some(live) = self.live.get_mut(&uid) else {
-                continue;
-            };
-            let span = info_span!("series", series_instance_uid = %uid);
-            let _g = span.enter();
-            match self.store.index().queue_job(&uid, &live.rule) {
-                Ok(id) => {
-                    info!(job_id = id, instances = live.count, rule = %live.rule, "series complete: job queued");
-                    crate::metrics::series_completed();
-                    live.processed = true;
-                    self.queue.notify();
+            if let Some(a) = self.awaiting.get(&uid)
+                && !a.missing.is_empty()
+            {
+                warn!(series_instance_uid = %uid, mpps_uid = %a.mpps_uid, missing = a.missing.len(), listed = a.listed,
+                    "series incomplete per MPPS: {} of {} listed instances missing; processing after the quiet time anyway",
+                    a.missing.len(), a.listed);
+            }
+            self.queue(&uid, Completion::Quiet);
+        }
+    }
+
+    /// Queues the job of a live series and marks it processed. False when it could not (the
+    /// next pass retries a quiet-time series).
+    fn queue(&mut self, uid: &str, why: Completion) -> bool {
+        let Some(live) = self.live.get_mut(uid) else {
+            return false;
+        };
+        let span = info_span!("series", series_instance_uid = %uid);
+        let _g = span.enter();
+        match self.store.index().queue_job(uid, &live.rule) {
+            Ok(id) => {
+                match why {
+                    Completion::Quiet => {
+                        info!(job_id = id, instances = live.count, rule = %live.rule, "series complete: job queued")
+                    }
+                    Completion::Mpps => {
+                        info!(job_id = id, instances = live.count, rule = %live.rule, "series complete (MPPS): job queued")
+                    }
+                    Completion::Discontinued => {
+                        info!(job_id = id, instances = live.count, rule = %live.rule, "series processed as it stands, its MPPS step was DISCONTINUED (on_discontinued = process): job queued")
+                    }
                 }
-                Err(e) => warn!(error = %e, "could not queue a job; will retry"),
+                crate::metrics::series_completed();
+                live.processed = true;
+                self.queue.notify();
+                // A quiet-time job of a series still missing MPPS-listed instances keeps
+                // waiting for them: their arrival rebuilds it at once.
+                if why != Completion::Quiet
+                    || self.awaiting.get(uid).is_some_and(|a| a.missing.is_empty())
+                {
+                    self.awaiting.remove(uid);
+                }
+                true
+            }
+            Err(e) => {
+                warn!(error = %e, "could not queue a job; will retry");
+                false
             }
         }
     }
@@ -451,4 +710,254 @@ fn late_instance(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::{MppsInstance, MppsWrite};
+    use crate::route::RuleConfig;
+    use crate::store::StoreSettings;
+
+    const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        state: State,
+    }
+
+    /// A tracker state with one CT rule (quiet time `quiet`, `on_discontinued` as given),
+    /// without its thread: the tests drive `handle` and `complete_due` themselves.
+    fn fixture(quiet: f64, on_discontinued: OnDiscontinued) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&StoreSettings::at(dir.path().join("var"))).unwrap());
+        fixture_on(dir, store, quiet, on_discontinued)
+    }
+
+    fn fixture_on(
+        dir: tempfile::TempDir,
+        store: Arc<Store>,
+        quiet: f64,
+        on_discontinued: OnDiscontinued,
+    ) -> Fixture {
+        let rule = Rule::compile(
+            0,
+            &RuleConfig {
+                name: Some("ct".into()),
+                modality: Some("CT".into()),
+                quiet_seconds: Some(quiet),
+                on_discontinued,
+                reply_to_sender: true,
+                ..Default::default()
+            },
+            &[],
+        )
+        .unwrap();
+        let queue = JobQueue::new(CancellationToken::new()).unwrap();
+        let mut state = State {
+            config: SeriesConfig::default(),
+            store,
+            rules: Arc::new(vec![rule]),
+            queue,
+            live: HashMap::new(),
+            unrouted: HashSet::new(),
+            awaiting: HashMap::new(),
+        };
+        state.resume().unwrap();
+        Fixture { _dir: dir, state }
+    }
+
+    fn header(series: &str, sop: &str, images_in_acquisition: Option<i64>) -> Header {
+        Header {
+            sop_class_uid: CT.into(),
+            sop_instance_uid: sop.into(),
+            study_instance_uid: "1.2.3".into(),
+            series_instance_uid: series.into(),
+            modality: Some("CT".into()),
+            images_in_acquisition,
+            ..Default::default()
+        }
+    }
+
+    impl Fixture {
+        /// Indexes an instance as the store would, then tells the tracker.
+        fn store(&mut self, series: &str, sop: &str) {
+            self.store_counted(series, sop, None)
+        }
+
+        fn store_counted(&mut self, series: &str, sop: &str, iia: Option<i64>) {
+            let h = header(series, sop, iia);
+            self.state
+                .store
+                .index()
+                .upsert(&h, crate::net::EXPLICIT_VR_LE, sop, 10, "SCANNER")
+                .unwrap();
+            assert!(self.state.handle(Event::Stored {
+                header: Box::new(h),
+                calling_ae: "SCANNER".into(),
+                called_ae: "M3DNODE".into(),
+            }));
+            self.state.complete_due();
+        }
+
+        fn mpps(&mut self, status: MppsStatus, series: &str, sops: &[&str]) {
+            assert!(self.state.handle(Event::Mpps(MppsEvent {
+                sop_instance_uid: "9.9".into(),
+                status,
+                series: vec![PerformedSeries {
+                    series_instance_uid: series.into(),
+                    sop_instance_uids: sops.iter().map(|s| s.to_string()).collect(),
+                }],
+            })));
+            self.state.complete_due();
+        }
+
+        fn jobs(&self) -> usize {
+            self.state.store.index().list_jobs(100).unwrap().len()
+        }
+
+        fn series_state(&self, series: &str) -> SeriesState {
+            self.state
+                .store
+                .index()
+                .series_work(series)
+                .unwrap()
+                .unwrap()
+                .state
+        }
+    }
+
+    #[tokio::test]
+    async fn completed_with_every_instance_stored_queues_at_once() {
+        let mut f = fixture(600.0, OnDiscontinued::Process);
+        for sop in ["a", "b", "c"] {
+            f.store("S", sop);
+        }
+        assert_eq!(f.jobs(), 0, "the quiet time is 600 s");
+        // IN PROGRESS does nothing.
+        f.mpps(MppsStatus::InProgress, "S", &["a", "b", "c"]);
+        assert_eq!(f.jobs(), 0);
+        f.mpps(MppsStatus::Completed, "S", &["a", "b", "c"]);
+        assert_eq!(f.jobs(), 1);
+        assert_eq!(f.series_state("S"), SeriesState::Processed);
+        assert!(f.state.awaiting.is_empty());
+    }
+
+    #[tokio::test]
+    async fn completed_before_the_last_instance_waits_for_it() {
+        let mut f = fixture(600.0, OnDiscontinued::Process);
+        f.store("S", "a");
+        f.mpps(MppsStatus::Completed, "S", &["a", "b", "c"]);
+        assert_eq!(f.jobs(), 0);
+        f.store("S", "b");
+        assert_eq!(f.jobs(), 0);
+        // An instance the step does not list changes nothing.
+        f.store("S", "x");
+        assert_eq!(f.jobs(), 0);
+        f.store("S", "c");
+        assert_eq!(f.jobs(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_mpps_list_replaces_the_expected_count_and_covers_series_not_seen_yet() {
+        let mut f = fixture(600.0, OnDiscontinued::Process);
+        // COMPLETED before any instance of the series arrived.
+        f.mpps(MppsStatus::Completed, "S", &["a", "b", "c"]);
+        assert_eq!(f.jobs(), 0);
+        // Images in Acquisition says 2, the step lists 3: the step wins.
+        f.store_counted("S", "a", Some(2));
+        f.store_counted("S", "b", Some(2));
+        assert_eq!(f.jobs(), 0);
+        f.store_counted("S", "c", Some(2));
+        assert_eq!(f.jobs(), 1);
+        // Without a step, the count still completes a series.
+        f.store_counted("T", "t1", Some(2));
+        f.store_counted("T", "t2", Some(2));
+        assert_eq!(f.jobs(), 2);
+    }
+
+    #[tokio::test]
+    async fn discontinued_skips_or_processes_as_the_rule_says() {
+        let mut f = fixture(600.0, OnDiscontinued::Skip);
+        f.store("S", "a");
+        f.mpps(MppsStatus::Discontinued, "S", &["a"]);
+        assert_eq!(f.jobs(), 0);
+        assert_eq!(f.series_state("S"), SeriesState::Skipped);
+        // Later instances are stored, not tracked.
+        f.store("S", "b");
+        assert_eq!(f.jobs(), 0);
+        assert_eq!(f.series_state("S"), SeriesState::Skipped);
+        // A step discontinued before the series' first instance: skipped when it arrives.
+        f.mpps(MppsStatus::Discontinued, "U", &["u1"]);
+        f.store("U", "u1");
+        assert_eq!(f.series_state("U"), SeriesState::Skipped);
+        assert_eq!(f.jobs(), 0);
+
+        let mut f = fixture(600.0, OnDiscontinued::Process);
+        f.store("S", "a");
+        f.mpps(MppsStatus::Discontinued, "S", &["a", "b"]);
+        assert_eq!(f.jobs(), 1, "processed at once with what arrived");
+        assert_eq!(f.series_state("S"), SeriesState::Processed);
+    }
+
+    #[tokio::test]
+    async fn the_quiet_time_still_completes_a_series_missing_listed_instances() {
+        let mut f = fixture(0.0, OnDiscontinued::Process);
+        f.mpps(MppsStatus::Completed, "S", &["a", "b"]);
+        f.store("S", "a");
+        assert_eq!(f.jobs(), 1, "quiet time 0: processed with a warning");
+        // Still waited for: the missing instance's arrival rebuilds at once.
+        assert_eq!(f.state.awaiting["S"].missing.len(), 1);
+        f.store("S", "b");
+        assert_eq!(f.jobs(), 2);
+        assert!(f.state.awaiting.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_restart_resumes_waiting_for_the_listed_instances() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&StoreSettings::at(dir.path().join("var"))).unwrap());
+        let mut f = fixture_on(dir, store.clone(), 600.0, OnDiscontinued::Process);
+        f.store("S", "a");
+        let list: Vec<MppsInstance> = ["a", "b"]
+            .iter()
+            .map(|s| MppsInstance {
+                series_instance_uid: "S".into(),
+                sop_class_uid: CT.into(),
+                sop_instance_uid: s.to_string(),
+            })
+            .collect();
+        let step = |status, instances| MppsWrite {
+            sop_instance_uid: "9.9",
+            calling_ae: "SCANNER",
+            status,
+            study_instance_uid: None,
+            patient_id: None,
+            accession_number: None,
+            modality: Some("CT"),
+            pps_id: None,
+            attributes: b"",
+            instances,
+        };
+        assert!(
+            store
+                .index()
+                .create_mpps(&step(MppsStatus::InProgress, &[]))
+                .unwrap()
+        );
+        assert!(
+            store
+                .index()
+                .update_mpps(&step(MppsStatus::Completed, &list))
+                .unwrap()
+        );
+        // The node stops before the event was handled (or before "b" arrived).
+        let Fixture { _dir: dir, state } = f;
+        drop(state);
+        let mut f = fixture_on(dir, store, 600.0, OnDiscontinued::Process);
+        assert_eq!(f.state.awaiting["S"].missing.len(), 1);
+        assert_eq!(f.jobs(), 0);
+        f.store("S", "b");
+        assert_eq!(f.jobs(), 1);
+    }
 }
