@@ -541,3 +541,25 @@ fn an_unreachable_requester_makes_the_report_undeliverable() {
     assert!(retried < given_up, "{log}");
     assert!(node.echo_ok());
 }
+
+/// A requester waiting on its association for a report longer than the idle timeout is not
+/// aborted as idle: the report comes on it when the wait is over.
+#[test]
+fn a_requester_waiting_for_its_report_is_not_idle() {
+    let node = Node::start("idle_timeout_seconds = 1\n[commitment]\nwait_seconds = 2.5\n");
+    let missing = "1.2.826.0.1.3680043.8.498.99";
+    let args: Vec<String> = vec![
+        "--list".into(),
+        format!("{MR}:{missing}"),
+        "--tx".into(),
+        "1.2.826.0.1.3680043.8.498.9".into(),
+        "--wait".into(),
+        "20".into(),
+    ];
+    let lines = client(&node, "SCANNER", &args);
+    let r = events(&lines, "report");
+    assert_eq!(r.len(), 1, "{lines:?}\n{}", node.log());
+    assert_eq!(r[0]["on"], "same");
+    assert_eq!(r[0]["failed"][missing], 0x0112);
+    assert!(!node.log().contains("association idle too long"));
+}

@@ -367,6 +367,9 @@ pub struct Link {
     pub reports: mpsc::Sender<OutgoingReport>,
     /// The presentation context of the request.
     pub pc_id: u8,
+    /// Held while the committer may still report here: the handler does not time the
+    /// association out as idle while a requester waits for its report.
+    pub pending: Arc<()>,
 }
 
 enum Msg {
