@@ -373,8 +373,9 @@ pub struct Link {
 }
 
 enum Msg {
+    /// Boxed: a [`Commitment`] is large beside `Stored`.
     Submit {
-        admission: Admission,
+        admission: Box<Admission>,
         request: Request,
         calling_ae: String,
         link: Option<Link>,
@@ -493,7 +494,7 @@ impl Committer {
             self.waiting.fetch_add(1, Ordering::SeqCst);
         }
         let _ = self.tx.send(Msg::Submit {
-            admission,
+            admission: Box::new(admission),
             request,
             calling_ae: calling_ae.to_string(),
             link,
@@ -530,7 +531,7 @@ impl Worker {
                 msg = rx.recv() => match msg {
                     None => return,
                     Some(Msg::Submit { admission, request, calling_ae, link }) => {
-                        self.submitted(admission, request, calling_ae, link).await
+                        self.submitted(*admission, request, calling_ae, link).await
                     }
                     Some(Msg::Stored(uid)) => self.stored(uid).await,
                 },
