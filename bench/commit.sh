@@ -36,10 +36,10 @@ listen = ""
 ae_title = "SCANNER"
 address = "127.0.0.1:$scanner"
 TOML
-    RUST_LOG=warn "$node" serve --config "$dir/m3dnode.toml" >"$dir/stdout" 2>"$dir/node.log" &
+    RUST_LOG=warn,m3dnode::net=debug "$node" serve --config "$dir/m3dnode.toml" >"$dir/stdout" 2>"$dir/node.log" &
     pid=$!
     for _ in $(seq 100); do grep -q "listening on" "$dir/stdout" 2>/dev/null && break; sleep 0.1; done
-    result=$("$py" bench/commit.py --port "$port" --server-port "$scanner" --n "$n" --runs "$runs")
+    result=$("$py" bench/commit.py --port "$port" --server-port "$scanner" --n "$n" --runs "$runs" --node-log "$dir/node.log")
     echo "sync=$sync n=$n $result"
     kill "$pid"
     wait "$pid" 2>/dev/null || true

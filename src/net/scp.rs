@@ -1574,6 +1574,8 @@ impl Handler {
         overflow: bool,
     ) -> Result<(), AssociationEnd> {
         use super::{STORAGE_COMMITMENT_PUSH as SC, STORAGE_COMMITMENT_PUSH_INSTANCE as SCI};
+        // The start of the node's part of the commitment latency (bench/commit.sh).
+        debug!(message_id, bytes = data.len(), "N-ACTION received");
         let ts = self
             .context(pc_id)
             .map(|c| c.transfer_syntax.clone())
