@@ -33,6 +33,7 @@ p.add_argument("mode", choices=["server", "client"])
 p.add_argument("--port", type=int, required=True)
 p.add_argument("--aet", default="SCANNER")
 p.add_argument("--log")
+p.add_argument("--tls", nargs=3, metavar=("CERT", "KEY", "CA"), help="TLS with a client certificate")
 # client
 p.add_argument("--store", nargs="*", default=[])
 p.add_argument("--list", nargs="*", default=[], help="CLASS:INSTANCE items of an N-ACTION")
@@ -71,7 +72,13 @@ if a.mode == "server":
     ae = AE(ae_title=a.aet)
     ae.add_supported_context(StorageCommitmentPushModel, scu_role=False, scp_role=True)
     ae.add_supported_context(Verification)
-    ae.start_server(("127.0.0.1", a.port), block=False,
+    ssl_context = None
+    if a.tls:
+        import ssl
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=a.tls[2])
+        ssl_context.load_cert_chain(a.tls[0], a.tls[1])
+        ssl_context.verify_mode = ssl.CERT_REQUIRED
+    ae.start_server(("127.0.0.1", a.port), block=False, ssl_context=ssl_context,
                     evt_handlers=[(evt.EVT_REQUESTED, on_requested), (evt.EVT_N_EVENT_REPORT, on_report)])
     print("READY", flush=True)
     sys.stdin.read()
@@ -92,7 +99,13 @@ ae.network_timeout = 30
 ae.add_requested_context(StorageCommitmentPushModel)
 ae.add_requested_context(Verification)
 ae.add_requested_context(MRImageStorage)
-assoc = ae.associate("127.0.0.1", a.port, ae_title="M3DNODE",
+tls_args = None
+if a.tls:
+    import ssl
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=a.tls[2])
+    ctx.load_cert_chain(a.tls[0], a.tls[1])
+    tls_args = (ctx, "127.0.0.1")
+assoc = ae.associate("127.0.0.1", a.port, ae_title="M3DNODE", tls_args=tls_args,
                      evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
 if not assoc.is_established:
     out({"event": "refused"})
@@ -150,10 +163,15 @@ fn script(dir: &Path) -> PathBuf {
 
 /// Runs the scanner as a client; returns its JSON lines.
 fn client(node: &Node, aet: &str, args: &[String]) -> Vec<serde_json::Value> {
+    client_on(node, &node.port(), aet, args)
+}
+
+/// [`client`] to another port of the node (its TLS listener).
+fn client_on(node: &Node, port: &str, aet: &str, args: &[String]) -> Vec<serde_json::Value> {
     let dir = tempfile::tempdir().unwrap();
     let out = run(Command::new(python())
         .arg(script(dir.path()))
-        .args(["client", "--port", &node.port(), "--aet", aet])
+        .args(["client", "--port", port, "--aet", aet])
         .args(args));
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -181,12 +199,17 @@ struct ScannerServer {
 
 impl ScannerServer {
     fn start() -> ScannerServer {
+        ScannerServer::start_with(&[])
+    }
+
+    fn start_with(extra: &[String]) -> ScannerServer {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let mut child = Command::new(python())
             .arg(script(dir.path()))
             .args(["server", "--port", &port.to_string(), "--log"])
             .arg(dir.path().join("reports.log"))
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(dir.path().join("server.err")).unwrap())
@@ -540,4 +563,121 @@ fn an_unreachable_requester_makes_the_report_undeliverable() {
     let given_up = position(&log, &["commitment report undeliverable"]).unwrap();
     assert!(retried < given_up, "{log}");
     assert!(node.echo_ok());
+}
+
+/// A requester waiting on its association for a report longer than the idle timeout is not
+/// aborted as idle: the report comes on it when the wait is over.
+#[test]
+fn a_requester_waiting_for_its_report_is_not_idle() {
+    let node = Node::start("idle_timeout_seconds = 1\n[commitment]\nwait_seconds = 2.5\n");
+    let missing = "1.2.826.0.1.3680043.8.498.99";
+    let args: Vec<String> = vec![
+        "--list".into(),
+        format!("{MR}:{missing}"),
+        "--tx".into(),
+        "1.2.826.0.1.3680043.8.498.9".into(),
+        "--wait".into(),
+        "20".into(),
+    ];
+    let lines = client(&node, "SCANNER", &args);
+    let r = events(&lines, "report");
+    assert_eq!(r.len(), 1, "{lines:?}\n{}", node.log());
+    assert_eq!(r[0]["on"], "same");
+    assert_eq!(r[0]["failed"][missing], 0x0112);
+    assert!(!node.log().contains("association idle too long"));
+}
+
+/// A test CA and leaf certificates (as tests/tls.rs makes them), written as PEM files.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyUsagePurpose};
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "commitment test CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.crt"), ca.pem()).unwrap();
+        Pki { dir, ca }
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    /// (certificate, key) for `name` (127.0.0.1 becomes an IP address SAN).
+    fn leaf(&self, stem: &str, name: &str) -> (PathBuf, PathBuf) {
+        let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let (c, k) = (
+            self.dir.path().join(format!("{stem}.crt")),
+            self.dir.path().join(format!("{stem}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    fn args(&self, (cert, key): &(PathBuf, PathBuf)) -> Vec<String> {
+        vec![
+            "--tls".into(),
+            cert.display().to_string(),
+            key.display().to_string(),
+            self.ca_file().display().to_string(),
+        ]
+    }
+}
+
+/// A `tls = true` scanner: it requests commitment over TLS, and the report on a new
+/// association goes to its SCP over TLS too, with the node's certificate, as delivery does.
+#[test]
+fn a_tls_peer_gets_its_report_over_tls() {
+    let pki = Pki::new();
+    let node_id = pki.leaf("node", "127.0.0.1");
+    let server = ScannerServer::start_with(&pki.args(&pki.leaf("server", "127.0.0.1")));
+    let node = Node::start(&format!(
+        "[commitment]\nwait_seconds = 60\n\
+         [tls]\nenabled = true\nlisten = \"127.0.0.1:0\"\ncertificate = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n\
+         [[peers]]\nae_title = \"SCANNER\"\naddress = \"127.0.0.1:{}\"\ntls = true\n",
+        node_id.0.display(),
+        node_id.1.display(),
+        pki.ca_file().display(),
+        server.port
+    ));
+    let tls_port = node.tls.expect("no TLS listener").port().to_string();
+    let data = tempfile::tempdir().unwrap();
+    let files = write_mr_series(data.path(), 2, 8, 8);
+    let tx = "1.2.826.0.1.3680043.8.498.10";
+    let mut args = pki.args(&pki.leaf("client", "SCANNER"));
+    args.push("--store".into());
+    args.extend(strings(&files[..1]));
+    args.push("--list-files".into());
+    args.extend(strings(&files));
+    args.extend(["--tx".into(), tx.into()]);
+    let lines = client_on(&node, &tls_port, "SCANNER", &args);
+    assert_eq!(events(&lines, "action")[0]["status"], 0, "{lines:?}");
+    // The late instance from another AE, plain.
+    storescu(&node, &files[1..]);
+    assert!(
+        wait_for(Duration::from_secs(20), || !server.reports().is_empty()),
+        "no report over TLS; node log:\n{}\nserver: {}",
+        node.log(),
+        std::fs::read_to_string(server.dir.path().join("server.err")).unwrap_or_default()
+    );
+    let r = &server.reports()[0];
+    assert_eq!(r["event_type"], 1);
+    assert_eq!(r["roles"], serde_json::json!([false, true]));
+    assert!(wait_for(Duration::from_secs(5), || state_of(&node, tx) == "reported"));
 }

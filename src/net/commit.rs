@@ -367,11 +367,15 @@ pub struct Link {
     pub reports: mpsc::Sender<OutgoingReport>,
     /// The presentation context of the request.
     pub pc_id: u8,
+    /// Held while the committer may still report here: the handler does not time the
+    /// association out as idle while a requester waits for its report.
+    pub pending: Arc<()>,
 }
 
 enum Msg {
+    /// Boxed: a [`Commitment`] is large beside `Stored`.
     Submit {
-        admission: Admission,
+        admission: Box<Admission>,
         request: Request,
         calling_ae: String,
         link: Option<Link>,
@@ -490,7 +494,7 @@ impl Committer {
             self.waiting.fetch_add(1, Ordering::SeqCst);
         }
         let _ = self.tx.send(Msg::Submit {
-            admission,
+            admission: Box::new(admission),
             request,
             calling_ae: calling_ae.to_string(),
             link,
@@ -527,7 +531,7 @@ impl Worker {
                 msg = rx.recv() => match msg {
                     None => return,
                     Some(Msg::Submit { admission, request, calling_ae, link }) => {
-                        self.submitted(admission, request, calling_ae, link).await
+                        self.submitted(*admission, request, calling_ae, link).await
                     }
                     Some(Msg::Stored(uid)) => self.stored(uid).await,
                 },

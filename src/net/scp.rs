@@ -784,6 +784,7 @@ impl Connection {
             reports_rx,
             awaiting_reports: HashMap::new(),
             last_message_id: 0,
+            reports_pending: Arc::new(()),
         };
         let started = Instant::now();
         let end = handler.run(self.phase).await;
@@ -982,6 +983,8 @@ struct Handler {
     awaiting_reports: HashMap<u16, tokio::sync::oneshot::Sender<u16>>,
     /// The Message ID of the node's last request on this association.
     last_message_id: u16,
+    /// Cloned into each [`Link`]: more than one holder means a report may still come here.
+    reports_pending: Arc<()>,
 }
 
 fn multi_thread_runtime() -> bool {
@@ -1025,8 +1028,10 @@ impl Handler {
                 return AssociationEnd::Shutdown;
             };
             let frame = match next {
-                // A peer waiting for its C-MOVE/C-GET to finish is not idle.
+                // A peer waiting for its C-MOVE/C-GET to finish, or for a commitment report,
+                // is not idle.
                 Err(_) if self.op.as_ref().is_some_and(Running::active) => continue,
+                Err(_) if Arc::strong_count(&self.reports_pending) > 1 => continue,
                 Err(_) => {
                     warn!(
                         idle_seconds = idle.as_secs(),
@@ -1833,6 +1838,8 @@ impl Handler {
         overflow: bool,
     ) -> Result<(), AssociationEnd> {
         use super::{STORAGE_COMMITMENT_PUSH as SC, STORAGE_COMMITMENT_PUSH_INSTANCE as SCI};
+        // The start of the node's part of the commitment latency (bench/commit.sh).
+        debug!(message_id, bytes = data.len(), "N-ACTION received");
         let ts = self
             .context(pc_id)
             .map(|c| c.transfer_syntax.clone())
@@ -1905,6 +1912,7 @@ impl Handler {
                 let link = Link {
                     reports: self.reports_tx.clone(),
                     pc_id,
+                    pending: self.reports_pending.clone(),
                 };
                 committer.submit(admission, request, &self.calling_ae, Some(link));
                 Ok(())

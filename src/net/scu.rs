@@ -471,6 +471,7 @@ pub async fn event_report(
     for pdu in dimse::pdata_pdus(pc.id, PDataValueType::Data, &data, max, true) {
         assoc.send(&pdu).await.map_err(|e| proto(e.to_string()))?;
     }
+    debug!(peer = %to, event_type_id, "N-EVENT-REPORT-RQ sent on a new association");
     let rsp = receive_command(&mut assoc).await.map_err(proto)?;
     let _ = assoc.release().await;
     if rsp.command_field() != Ok(dimse::field::N_EVENT_REPORT_RSP) {
