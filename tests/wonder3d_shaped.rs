@@ -11,8 +11,7 @@
 //! the project's 2-vCPU machine with other builds running, takes 85-92 s (20-30 s to
 //! generate, 8 s to open the sessions, 35-45 s for the one UNet step at batch 12) and 8.8 GB
 //! of memory (m3dnode's peak RSS: ONNX Runtime materialises the multi-view attention's
-//! scores, [12, 8, 1024, 6144] floats, like the real export would; 13.7 GB once a second step
-//! has run). Run it with
+//! scores, [12, 8, 1024, 6144] floats, like the real export would). Run it with
 //!
 //!     cargo test --test wonder3d_shaped -- --ignored
 //!
