@@ -105,12 +105,26 @@ if a.tls:
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=a.tls[2])
     ctx.load_cert_chain(a.tls[0], a.tls[1])
     tls_args = (ctx, "127.0.0.1")
+def settle(assoc):
+    # pynetdicom 3.0 races between two send_*() calls on one association: the first
+    # unpauses its reactor thread, the second pauses it again and proceeds as soon as it
+    # reads `_is_paused`, which may still be True from before the reactor woke; the woken
+    # reactor then takes the second call's response off the queue as if it were a request
+    # and the call waits out its DIMSE timeout (seen under load: a C-ECHO with no answer
+    # after 30 s, the node's log showing it answered at once). Parking the reactor first,
+    # and giving a thread in that window time to pass it, closes the race.
+    assoc._reactor_checkpoint.clear()
+    time.sleep(0.05)
+    while not assoc._is_paused:
+        time.sleep(0.001)
+
 assoc = ae.associate("127.0.0.1", a.port, ae_title="M3DNODE", tls_args=tls_args,
                      evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
 if not assoc.is_established:
     out({"event": "refused"})
     sys.exit(1)
 for f in a.store:
+    settle(assoc)
     st = assoc.send_c_store(dcmread(f))
     out({"event": "store", "status": int(st.Status)})
 
@@ -139,6 +153,7 @@ for n, tx in enumerate(a.tx):
         garbage = (b"\x08\x00\x99\x11\xff\xff\xff\xff"
                    b"\xfe\xff\x00\xe0\x10\x00\x00\x00" + b"\x13" * 8)
         pa.encode = lambda *args, **kw: garbage
+    settle(assoc)
     st, _ = assoc.send_n_action(ds, a.action_type, StorageCommitmentPushModel, a.instance, msg_id=n + 1)
     out({"event": "action", "status": int(st.Status) if "Status" in st else None,
          "error_comment": str(st.get("ErrorComment", ""))})
@@ -150,6 +165,7 @@ for n, tx in enumerate(a.tx):
             if len(reports) > n:
                 out(reports[n])
 
+settle(assoc)
 st = assoc.send_c_echo()
 out({"event": "echo", "status": int(st.Status) if "Status" in st else None})
 assoc.release()

@@ -17,7 +17,7 @@ use common::*;
 /// same association), its answer printed as one JSON line. `serve` runs an MPPS SCP instead
 /// (the RIS of the forwarding test) that logs each request it receives.
 const SCANNER: &str = r#"
-import json, os, sys, argparse
+import json, os, sys, argparse, time
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
@@ -119,6 +119,19 @@ else:
 for keyword in a.omit:
     delattr(ds, keyword)
 
+def settle(assoc):
+    # pynetdicom 3.0 races between two send_*() calls on one association: the first
+    # unpauses its reactor thread, the second pauses it again and proceeds as soon as it
+    # reads `_is_paused`, which may still be True from before the reactor woke; the woken
+    # reactor then takes the second call's response off the queue as if it were a request
+    # and the call waits out its DIMSE timeout (seen under load: a C-ECHO with no answer
+    # after 30 s, the node's log showing it answered at once). Parking the reactor first,
+    # and giving a thread in that window time to pass it, closes the race.
+    assoc._reactor_checkpoint.clear()
+    time.sleep(0.05)
+    while not assoc._is_paused:
+        time.sleep(0.001)
+
 ae = AE(ae_title="SCANNER")
 ae.add_requested_context(ModalityPerformedProcedureStep)
 ae.add_requested_context(Verification)
@@ -139,6 +152,7 @@ if st:
     if attrs is not None:
         attrs = attrs if isinstance(attrs, list) or hasattr(attrs, "__iter__") and not isinstance(attrs, int) else [attrs]
         out["attributes"] = ["%08X" % int(t) for t in attrs]
+settle(assoc)
 echo = assoc.send_c_echo()
 out["echo"] = int(echo.Status) if echo else None
 assoc.release()
