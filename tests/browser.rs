@@ -284,6 +284,7 @@ fn the_status_page_shows_the_work_draws_the_mesh_and_retries_a_delivery() {
     let node = StatusNode::start(|_| {});
     let scratch = tempfile::tempdir().unwrap();
     let work = make_work(&node.store, scratch.path(), "CT_SCANNER");
+    let (commitment, step) = commitment_and_step(&node, &work.series_uid);
     let browser = Browser::start();
     browser.goto(&format!("{}/", node.base));
 
@@ -334,6 +335,32 @@ fn the_status_page_shows_the_work_draws_the_mesh_and_retries_a_delivery() {
         assert_eq!(ok, Value::Bool(true), "delivery {id} {state}");
     }
 
+    // The Storage Commitment and MPPS tables: one row each, with their state and progress;
+    // no PPS ID before logging in.
+    browser.wait(
+        "the commitment row",
+        "const r = document.querySelector(`#commitments tr[data-uid=\"${arguments[0]}\"]`); \
+         return r !== null && r.dataset.commitment === 'reporting'",
+        json!([commitment]),
+    );
+    let row = browser.js(
+        "return document.querySelector(`#commitments tr[data-uid=\"${arguments[0]}\"]`).textContent",
+        json!([commitment]),
+    );
+    assert!(row.as_str().unwrap().contains("CT_SCANNER"), "{row}");
+    let row = browser.js(
+        "const r = document.querySelector(`#mpps tr[data-uid=\"${arguments[0]}\"]`); \
+         return r === null ? null : [r.dataset.status, r.textContent]",
+        json!([step]),
+    );
+    assert_eq!(row[0], "IN PROGRESS", "{row}");
+    let text = row[1].as_str().unwrap();
+    assert!(
+        text.contains("1/1") && text.contains("(log in to see)"),
+        "{text}"
+    );
+    assert!(!text.contains(STEP_PPS_ID), "{text}");
+
     // The preview: WebGL draws the mesh into the result's canvas.
     let canvas = format!("canvas[data-result=\"{}\"]", work.result_uid);
     browser.drawn_preview(&canvas, "status-page-preview.png");
@@ -379,6 +406,12 @@ fn the_status_page_shows_the_work_draws_the_mesh_and_retries_a_delivery() {
          return r !== null && r.textContent.includes('PHANTOM^ANALYTIC')",
         json!([work.series_uid]),
     );
+    browser.wait(
+        "the PPS ID after logging in",
+        "const r = document.querySelector(`#mpps tr[data-uid=\"${arguments[0]}\"]`); \
+         return r !== null && r.textContent.includes(arguments[1])",
+        json!([step, STEP_PPS_ID]),
+    );
     browser.press_retry(work.failed_delivery);
     browser.wait(
         "the retried delivery to be pending",
@@ -397,6 +430,52 @@ fn the_status_page_shows_the_work_draws_the_mesh_and_retries_a_delivery() {
         .state;
     assert_eq!(state.as_str(), "pending");
     assert!(node.woken(Duration::from_secs(1)), "delivery was woken");
+}
+
+/// The PPS ID of [`commitment_and_step`]'s step, shown only to a logged-in viewer.
+const STEP_PPS_ID: &str = "PPS-7731";
+
+/// A Storage Commitment transaction for the series' first instance (decided, its report not
+/// yet confirmed) and an MPPS step IN PROGRESS listing it, written through the `Db` API:
+/// the DICOM side that writes them has its own tests (tests/commitment.rs, tests/mpps.rs).
+/// Returns the Transaction UID and the step's UID.
+fn commitment_and_step(node: &StatusNode, series_uid: &str) -> (String, String) {
+    use m3dnode::db::{MppsInstance, MppsStatus, MppsWrite};
+    let index = node.store.index();
+    let first = index.series(series_uid).unwrap().remove(0);
+    let transaction = "1.2.826.0.1.3680043.10.543.81.1".to_string();
+    index
+        .admit_commitment(
+            &transaction,
+            "CT_SCANNER",
+            "M3DNODE",
+            &[(first.sop_class_uid.clone(), first.sop_instance_uid.clone())],
+            60.0,
+        )
+        .unwrap();
+    index.decide_commitment(&transaction, &[]).unwrap().unwrap();
+    let step = "1.2.826.0.1.3680043.10.543.82.1".to_string();
+    let listed = [MppsInstance {
+        series_instance_uid: series_uid.to_string(),
+        sop_class_uid: first.sop_class_uid.clone(),
+        sop_instance_uid: first.sop_instance_uid.clone(),
+    }];
+    let created = index
+        .create_mpps(&MppsWrite {
+            sop_instance_uid: &step,
+            calling_ae: "CT_SCANNER",
+            status: MppsStatus::InProgress,
+            study_instance_uid: Some(&first.study_instance_uid),
+            patient_id: Some("PAT-7731"),
+            accession_number: None,
+            modality: Some("MR"),
+            pps_id: Some(STEP_PPS_ID),
+            attributes: &[],
+            instances: &listed,
+        })
+        .unwrap();
+    assert!(created);
+    (transaction, step)
 }
 
 /// The whole way through the binary: a real CT series sent by DCMTK `storescu` to

@@ -264,6 +264,8 @@ fn beyond_loopback_the_token_is_required_to_bind_and_to_read() {
         "/api/jobs",
         "/api/deliveries",
         "/api/results",
+        "/api/commitments",
+        "/api/mpps",
         "/metrics",
     ] {
         let a = get(&format!("{}{path}", node.base), None, None);
@@ -491,4 +493,162 @@ fn silent_endless_oversized_and_garbage_requests_are_cut_off_and_the_node_keeps_
     assert!(started.elapsed() < Duration::from_secs(40));
     assert!(common::wait_for(Duration::from_secs(15), || live() == 200));
     drop(silent);
+}
+
+/// Storage Commitment and MPPS rows on the page: written through the `Db` API (this test is
+/// about the HTTP view of them; tests/commitment.rs and tests/mpps.rs drive the DICOM side
+/// that writes them). The PPS ID, which scanners often fill with the accession number, is
+/// only for an authenticated viewer; the patient's ID never leaves in this list.
+#[test]
+fn commitments_and_mpps_steps_are_listed_with_their_progress() {
+    use m3dnode::db::{Admission, MppsInstance, MppsStatus, MppsWrite};
+
+    let node = StatusNode::start(|_| {});
+    let scratch = tempfile::tempdir().unwrap();
+    let work = make_work(&node.store, scratch.path(), "CT_SCANNER");
+    let index = node.store.index();
+    let stored = index.series(&work.series_uid).unwrap();
+    assert!(stored.len() >= 3, "{} instances", stored.len());
+    let item = |i: usize| {
+        (
+            stored[i].sop_class_uid.clone(),
+            stored[i].sop_instance_uid.clone(),
+        )
+    };
+
+    // A: every instance stored, reported. B: one never sent, decided, its report refused.
+    let a = "1.2.826.0.1.3680043.10.543.71.1";
+    let b = "1.2.826.0.1.3680043.10.543.71.2";
+    let missing = "1.2.826.0.1.3680043.10.543.71.99";
+    let admitted = index
+        .admit_commitment(a, "CT_SCANNER", "M3DNODE", &[item(0), item(1)], 60.0)
+        .unwrap();
+    assert!(matches!(admitted, Admission::New(_)));
+    index.decide_commitment(a, &[]).unwrap().unwrap();
+    index.commitment_reported(a).unwrap();
+    let items = [
+        item(2),
+        (stored[2].sop_class_uid.clone(), missing.to_string()),
+    ];
+    let admitted = index
+        .admit_commitment(b, "MR_SCANNER", "M3DNODE", &items, 60.0)
+        .unwrap();
+    assert!(matches!(admitted, Admission::New(_)));
+    index
+        .decide_commitment(b, &[(missing.to_string(), 0x0112)])
+        .unwrap()
+        .unwrap();
+    index
+        .commitment_attempt_failed(b, "connection refused by MR_SCANNER", true, false)
+        .unwrap();
+
+    // One COMPLETED step listing the stored series and a second series never received.
+    let step = "1.2.826.0.1.3680043.10.543.72.1";
+    let mut listed: Vec<MppsInstance> = stored
+        .iter()
+        .map(|r| MppsInstance {
+            series_instance_uid: r.series_instance_uid.clone(),
+            sop_class_uid: r.sop_class_uid.clone(),
+            sop_instance_uid: r.sop_instance_uid.clone(),
+        })
+        .collect();
+    listed.push(MppsInstance {
+        series_instance_uid: "1.2.826.0.1.3680043.10.543.72.2".into(),
+        sop_class_uid: stored[0].sop_class_uid.clone(),
+        sop_instance_uid: "1.2.826.0.1.3680043.10.543.72.3".into(),
+    });
+    assert!(
+        index
+            .create_mpps(&MppsWrite {
+                sop_instance_uid: step,
+                calling_ae: "CT_SCANNER",
+                status: MppsStatus::Completed,
+                study_instance_uid: Some(&stored[0].study_instance_uid),
+                patient_id: Some("PAT-MPPS-77"),
+                accession_number: Some("ACC-MPPS-4711"),
+                modality: Some("MR"),
+                pps_id: Some("PPS-ACC-4711"),
+                attributes: &[],
+                instances: &listed,
+            })
+            .unwrap()
+    );
+
+    // Commitments: open first, then the newest; the counts and the error as stored.
+    let answer = get(&format!("{}/api/commitments", node.base), None, None);
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let body = answer.json();
+    let rows = body["commitments"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{body}");
+    assert_eq!(rows[0]["transaction_uid"], b);
+    assert_eq!(rows[0]["calling_ae"], "MR_SCANNER");
+    assert_eq!(rows[0]["state"], "reporting");
+    assert_eq!(rows[0]["event_type"], 2);
+    assert_eq!(rows[0]["items"], 2);
+    assert_eq!(rows[0]["failed"], 1);
+    assert_eq!(rows[0]["attempts"], 1);
+    assert_eq!(rows[0]["last_error"], "connection refused by MR_SCANNER");
+    assert!(rows[0]["reported_at"].is_null(), "{body}");
+    assert!(rows[0]["requested_at"].as_f64().unwrap() > 0.0);
+    assert_eq!(rows[1]["transaction_uid"], a);
+    assert_eq!(rows[1]["state"], "reported");
+    assert_eq!(rows[1]["event_type"], 1);
+    assert_eq!(rows[1]["items"], 2);
+    assert_eq!(rows[1]["failed"], 0);
+    assert!(rows[1]["reported_at"].as_f64().unwrap() > 0.0, "{body}");
+    assert!(rows[1]["last_error"].is_null(), "{body}");
+    let one = get(
+        &format!("{}/api/commitments?limit=1", node.base),
+        None,
+        None,
+    )
+    .json();
+    assert_eq!(one["commitments"].as_array().unwrap().len(), 1, "{one}");
+
+    // MPPS: without the token (loopback reads are open) no PPS ID, no patient data at all.
+    let anonymous = get(&format!("{}/api/mpps", node.base), None, None);
+    assert_eq!(anonymous.status, 200, "{}", anonymous.text());
+    let text = anonymous.text();
+    for secret in ["PPS-ACC-4711", "PAT-MPPS-77", "ACC-MPPS-4711"] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+    let body = anonymous.json();
+    let rows = body["mpps"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{body}");
+    let m = &rows[0];
+    assert_eq!(m["sop_instance_uid"], step);
+    assert_eq!(m["calling_ae"], "CT_SCANNER");
+    assert_eq!(m["status"], "COMPLETED");
+    assert_eq!(m["modality"], "MR");
+    assert_eq!(m["study_uid"], stored[0].study_instance_uid.as_str());
+    assert_eq!(m["series_listed"], 2);
+    assert_eq!(m["series_complete"], 1);
+    assert_eq!(m["instances_listed"], stored.len() as i64 + 1);
+    assert_eq!(m["instances_stored"], stored.len() as i64);
+    assert!(m.get("pps_id").is_none(), "{body}");
+    // With the token, the PPS ID; the patient's ID and the accession still not.
+    let authed = get(&format!("{}/api/mpps", node.base), Some(TOKEN), None);
+    assert_eq!(authed.status, 200);
+    assert_eq!(authed.json()["mpps"][0]["pps_id"], "PPS-ACC-4711");
+    assert!(!authed.text().contains("PAT-MPPS-77"), "{}", authed.text());
+
+    // The page has the two tables, and its script fetches and draws them.
+    let html = get(&format!("{}/", node.base), None, None).text();
+    for hook in [
+        "id=\"commitments\"",
+        "id=\"mpps\"",
+        "Storage Commitment",
+        "MPPS",
+    ] {
+        assert!(html.contains(hook), "{hook}");
+    }
+    let js = get(&format!("{}/assets/app.js", node.base), None, None).text();
+    for hook in [
+        "/api/commitments?limit=",
+        "/api/mpps?limit=",
+        "renderRows('commitments'",
+        "renderRows('mpps'",
+    ] {
+        assert!(js.contains(hook), "{hook}");
+    }
 }

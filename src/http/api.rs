@@ -199,6 +199,66 @@ pub(super) async fn deliveries(
     Json(json!({ "destinations": destinations, "deliveries": deliveries })).into_response()
 }
 
+/// `GET /api/commitments`: Storage Commitment transactions, the open ones first, then the
+/// newest (what `m3dnode jobs` lists). No patient data: a transaction is a list of UIDs.
+pub(super) async fn commitments(
+    State(app): State<Arc<App>>,
+    Query(limit): Query<Limit>,
+) -> Response {
+    list(
+        &app,
+        limit,
+        crate::db::Db::list_commitments,
+        "commitments",
+        |c| {
+            json!({
+                "transaction_uid": c.transaction_uid,
+                "calling_ae": c.calling_ae,
+                "state": c.state.as_str(),
+                "event_type": c.event_type,
+                "items": c.items,
+                "failed": c.failed,
+                "attempts": c.attempts,
+                "requested_at": c.requested_at,
+                "reported_at": c.reported_at,
+                "last_error": c.last_error,
+            })
+        },
+    )
+    .await
+}
+
+/// `GET /api/mpps`: Modality Performed Procedure Steps, newest first, each with how many of
+/// the series and instances it lists are stored (what `m3dnode jobs` lists). The PPS ID is
+/// only for an authenticated viewer: scanners often fill it with the accession number or the
+/// patient's ID, which a corridor screen must not show.
+pub(super) async fn mpps(
+    State(app): State<Arc<App>>,
+    Extension(viewer): Extension<Viewer>,
+    Query(limit): Query<Limit>,
+) -> Response {
+    list(&app, limit, crate::db::Db::list_mpps, "mpps", |m| {
+        let mut row = json!({
+            "sop_instance_uid": m.step.sop_instance_uid,
+            "calling_ae": m.step.calling_ae,
+            "status": m.step.status.as_str(),
+            "study_uid": m.step.study_instance_uid,
+            "modality": m.step.modality,
+            "created_at": m.step.created_at,
+            "updated_at": m.step.updated_at,
+            "series_listed": m.series_listed,
+            "series_complete": m.series_complete,
+            "instances_listed": m.instances_listed,
+            "instances_stored": m.instances_stored,
+        });
+        if viewer.authenticated {
+            row["pps_id"] = json!(m.step.pps_id);
+        }
+        row
+    })
+    .await
+}
+
 /// `GET /api/results`: the results of recent done jobs.
 pub(super) async fn results(
     State(app): State<Arc<App>>,

@@ -7,7 +7,7 @@
 //! | `GET /health/ready` | the readiness checks as JSON, 200 or 503 | anyone |
 //! | `GET /metrics` | Prometheus text format | loopback, else the token |
 //! | `GET /` and `/assets/...` | the status page (HTML, JS, CSS, three.js), all from the binary | anyone |
-//! | `GET /api/session`, `/api/series`, `/api/jobs`, `/api/deliveries`, `/api/results` | the page's data (`?limit=`, default 200, at most 1000) | loopback, else the token |
+//! | `GET /api/session`, `/api/series`, `/api/jobs`, `/api/deliveries`, `/api/results`, `/api/commitments`, `/api/mpps` | the page's data (`?limit=`, default 200, at most 1000) | loopback, else the token |
 //! | `GET /api/results/{sop_instance_uid}/mesh.stl` | a result's mesh as binary STL | loopback, else the token |
 //! | `POST /api/deliveries/{id}/retry` | re-queues a failed delivery | the token, always |
 //! | `POST /login`, `POST /logout` | a session cookie for the browser | the token |
@@ -206,6 +206,8 @@ fn router(app: Arc<App>) -> Router {
         .route("/api/jobs", get(api::jobs))
         .route("/api/deliveries", get(api::deliveries))
         .route("/api/results", get(api::results))
+        .route("/api/commitments", get(api::commitments))
+        .route("/api/mpps", get(api::mpps))
         .route("/api/results/{uid}/mesh.stl", get(api::mesh))
         .route("/api/deliveries/{id}/retry", post(api::retry))
         .route("/login", post(auth::login))

@@ -125,6 +125,37 @@ function drawDeliveries(d) {
   }), 'no deliveries yet');
 }
 
+// Storage Commitment transactions: open ones first (the node's order). A failure event
+// (event_type 2) or an undeliverable report is what someone must look at.
+function drawCommitments(commitments) {
+  renderRows('commitments', commitments, (c) => c.transaction_uid, (c) => ({
+    attrs: {
+      'data-uid': c.transaction_uid,
+      'data-state': c.state === 'undeliverable' ? 'failed' : c.state,
+      'data-commitment': c.state,
+    },
+    cells: [when(c.requested_at), c.calling_ae, c.state, c.items,
+      c.failed ? { text: c.failed, cls: 'error' } : c.failed, c.attempts, when(c.reported_at),
+      c.last_error ? { text: `${c.transaction_uid} (${c.last_error})`, cls: 'error' }
+        : { text: c.transaction_uid, cls: 'uid' }],
+  }), 'no commitment requests yet');
+}
+
+// MPPS steps: how much of what each step lists has arrived.
+function drawMpps(steps) {
+  renderRows('mpps', steps, (m) => m.sop_instance_uid, (m) => ({
+    attrs: {
+      'data-uid': m.sop_instance_uid,
+      'data-status': m.status,
+      'data-state': m.status === 'DISCONTINUED' ? 'failed' : (m.status === 'COMPLETED' ? 'done' : 'running'),
+    },
+    cells: [when(m.updated_at), m.calling_ae, m.status, m.modality,
+      `${m.series_complete}/${m.series_listed}`, `${m.instances_stored}/${m.instances_listed}`,
+      'pps_id' in m ? m.pps_id : { text: '(log in to see)', cls: 'empty' },
+      { text: m.sop_instance_uid, cls: 'uid' }],
+  }), 'no procedure steps yet');
+}
+
 // A text label that always faces the camera.
 function label(text, color, size) {
   const c = document.createElement('canvas');
@@ -319,15 +350,19 @@ async function refresh() {
     $('ready').title = failing.map(([n, c]) => `${n}: ${c.detail}`).join('\n');
     session = await getJson('/api/session');
     drawSession();
-    const [series, jobs, deliveries, results] = await Promise.all([
+    const [series, jobs, deliveries, results, commitments, mpps] = await Promise.all([
       getJson(`/api/series?limit=${ROWS}`),
       getJson(`/api/jobs?limit=${ROWS}`),
       getJson(`/api/deliveries?limit=${ROWS}`),
       getJson(`/api/results?limit=${PREVIEWS}`),
+      getJson(`/api/commitments?limit=${ROWS}`),
+      getJson(`/api/mpps?limit=${ROWS}`),
     ]);
     drawSeries(series.series);
     drawJobs(jobs.jobs);
     drawDeliveries(deliveries);
+    drawCommitments(commitments.commitments);
+    drawMpps(mpps.mpps);
     drawResults(results.results);
     $('updated').textContent = `updated ${new Date().toLocaleTimeString()}`;
     if ($('message').dataset.sticky !== 'true') say('');
