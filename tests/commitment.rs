@@ -564,9 +564,11 @@ fn an_unreachable_requester_makes_the_report_undeliverable() {
     ];
     let lines = client(&node, "SCANNER", &args);
     assert_eq!(events(&lines, "action")[0]["status"], 0);
+    // The state is stored before the give-up line is written: wait for both.
     assert!(
         wait_for(Duration::from_secs(20), || state_of(&node, tx)
-            == "undeliverable"),
+            == "undeliverable"
+            && node.log().contains("commitment report undeliverable")),
         "{}",
         node.log()
     );
@@ -575,8 +577,10 @@ fn an_unreachable_requester_makes_the_report_undeliverable() {
     assert_eq!(c.event_type, Some(2));
     assert!(c.last_error.is_some());
     let log = node.log();
-    let retried = position(&log, &["commitment report failed; retrying"]).unwrap();
-    let given_up = position(&log, &["commitment report undeliverable"]).unwrap();
+    let retried = position(&log, &["commitment report failed; retrying"])
+        .unwrap_or_else(|| panic!("no retry logged:\n{log}"));
+    let given_up = position(&log, &["commitment report undeliverable"])
+        .unwrap_or_else(|| panic!("no give-up logged:\n{log}"));
     assert!(retried < given_up, "{log}");
     assert!(node.echo_ok());
 }
