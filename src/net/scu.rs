@@ -464,13 +464,9 @@ pub async fn event_report(
         true,
     )
     .encode();
-    send_command(&mut assoc, pc.id, &command)
+    send_message(&mut assoc, pc.id, &command, Some(&data))
         .await
         .map_err(proto)?;
-    let max = assoc.acceptor_max_pdu_length();
-    for pdu in dimse::pdata_pdus(pc.id, PDataValueType::Data, &data, max, true) {
-        assoc.send(&pdu).await.map_err(|e| proto(e.to_string()))?;
-    }
     debug!(peer = %to, event_type_id, "N-EVENT-REPORT-RQ sent on a new association");
     let rsp = receive_command(&mut assoc).await.map_err(proto)?;
     let _ = assoc.release().await;
@@ -1089,8 +1085,25 @@ async fn send_command(assoc: &mut Association, pc_id: u8, bytes: &[u8]) -> Resul
     Ok(())
 }
 
+/// Sends a message: its command set, then its data set when it has one.
+pub(crate) async fn send_message(
+    assoc: &mut Association,
+    pc_id: u8,
+    command: &[u8],
+    data: Option<&[u8]>,
+) -> Result<(), String> {
+    send_command(assoc, pc_id, command).await?;
+    if let Some(data) = data {
+        let max = assoc.acceptor_max_pdu_length();
+        for pdu in dimse::pdata_pdus(pc_id, PDataValueType::Data, data, max, true) {
+            assoc.send(&pdu).await.map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
 /// Receives PDUs until a complete command set has arrived.
-async fn receive_command(assoc: &mut Association) -> Result<Command, String> {
+pub(crate) async fn receive_command(assoc: &mut Association) -> Result<Command, String> {
     let mut bytes = Vec::new();
     loop {
         match assoc.receive().await.map_err(|e| e.to_string())? {

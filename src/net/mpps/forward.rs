@@ -11,13 +11,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dicom_ul::Pdu;
-use dicom_ul::pdu::{PDataValueType, PresentationContextResultReason};
+use dicom_ul::pdu::PresentationContextResultReason;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use super::super::dimse::{self, Command, field, status};
+use super::super::dimse::{self, field, status};
 use super::super::request::{Association, Proposal};
+use super::super::scu;
 use super::super::{EXPLICIT_VR_LE, IMPLICIT_VR_LE, MPPS};
 use super::MppsConfig;
 
@@ -161,16 +161,8 @@ async fn exchange(assoc: &mut Association, f: &Forward) -> Result<u16, String> {
         dimse::n_set_rq(1, MPPS, &f.sop_instance_uid)
     }
     .encode();
-    let max = assoc.acceptor_max_pdu_length();
-    for (kind, bytes) in [
-        (PDataValueType::Command, &command),
-        (PDataValueType::Data, &data),
-    ] {
-        for pdu in dimse::pdata_pdus(pc.id, kind, bytes, max, true) {
-            assoc.send(&pdu).await.map_err(|e| e.to_string())?;
-        }
-    }
-    let rsp = receive_command(assoc).await?;
+    scu::send_message(assoc, pc.id, &command, Some(&data)).await?;
+    let rsp = scu::receive_command(assoc).await?;
     let expected = f.field | 0x8000;
     if rsp.command_field() != Ok(expected) {
         return Err(format!(
@@ -181,24 +173,4 @@ async fn exchange(assoc: &mut Association, f: &Forward) -> Result<u16, String> {
     // A data set may follow (an N-CREATE-RSP's attribute list): the association is released
     // right after, so it is not read.
     rsp.status().map_err(|e| e.to_string())
-}
-
-async fn receive_command(assoc: &mut Association) -> Result<Command, String> {
-    let mut bytes = Vec::new();
-    loop {
-        match assoc.receive().await.map_err(|e| e.to_string())? {
-            Pdu::PData { data } => {
-                for pdv in data {
-                    if pdv.value_type == PDataValueType::Command {
-                        bytes.extend_from_slice(&pdv.data);
-                        if pdv.is_last {
-                            return Command::parse(&bytes).map_err(|e| e.to_string());
-                        }
-                    }
-                }
-            }
-            Pdu::AbortRQ { .. } => return Err("aborted by the peer".into()),
-            other => return Err(format!("unexpected PDU: {}", other.short_description())),
-        }
-    }
 }
