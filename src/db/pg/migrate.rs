@@ -15,7 +15,7 @@ use crate::db::migrate::LATEST_VERSION;
 
 /// The advisory lock key of every m3dnode migration: `m3dnode` in ASCII. It is global to the
 /// server (not to one database): harmless, migrations are rare and short.
-pub const LOCK_KEY: i64 = 0x6d33_646e_6f64_65;
+pub const LOCK_KEY: i64 = 0x006d_3364_6e6f_6465;
 
 /// The PostgreSQL migrations, ascending: (version reached, SQL).
 pub const MIGRATIONS: &[(i64, &str)] = &[(5, include_str!("../migrations/pg/0005_baseline.sql"))];
