@@ -198,3 +198,86 @@ fn baseline_matches_the_sqlite_schema() {
         }
     }
 }
+
+/// The pool opens connections up to its size, waits for one given back, times out when none
+/// is, reuses a connection's prepared statements, and replaces a connection the server closed.
+#[test]
+fn pool_checkout_reuse_and_timeout() {
+    use m3dnode::db::pg::{PgError, Pool, config};
+    use std::time::{Duration, Instant};
+    let url = common::pg::fresh_db();
+    let pool = Pool::new(
+        config(&url, "m3dnode/pool-test").unwrap(),
+        2,
+        Duration::from_millis(300),
+    )
+    .unwrap();
+    assert_eq!(pool.size(), 2);
+    let mut a = pool.get().unwrap();
+    let b = pool.get().unwrap();
+    let t = Instant::now();
+    match pool.get() {
+        Err(PgError::PoolTimeout { size: 2, .. }) => {}
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a third connection from a pool of 2"),
+    }
+    assert!(t.elapsed() >= Duration::from_millis(300));
+
+    // The application name reaches the server.
+    let name: String = a
+        .client()
+        .query_one("SELECT current_setting('application_name')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(name, "m3dnode/pool-test");
+    let pid_a: i32 = a
+        .client()
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let s1 = a.prepare_cached("SELECT $1::bigint + 1").unwrap();
+    let s2 = a.prepare_cached("SELECT $1::bigint + 1").unwrap();
+    let prepared: i64 = a
+        .client()
+        .query_one(
+            "SELECT count(*) FROM pg_prepared_statements WHERE statement = 'SELECT $1::bigint + 1'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(prepared, 1, "prepared once per connection");
+    let n: i64 = a.client().query_one(&s2, &[&1i64]).unwrap().get(0);
+    assert_eq!(n, 2);
+    let n: i64 = a.client().query_one(&s1, &[&41i64]).unwrap().get(0);
+    assert_eq!(n, 42);
+
+    // A waiter gets the connection given back by another thread.
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(b);
+        });
+        let c = pool.get().unwrap();
+        drop(c);
+    });
+
+    // The server ends `a`'s session: the pool drops it when it comes back and opens another.
+    drop(a);
+    let mut killer = client(&url);
+    killer
+        .execute("SELECT pg_terminate_backend($1)", &[&pid_a])
+        .unwrap();
+    // The client notices only when it next uses the connection: that use fails and marks it
+    // closed. Two checkouts (the pool hands out the last one given back) reach it.
+    for _ in 0..2 {
+        let mut c = pool.get().unwrap();
+        let _ = c.client().query_one("SELECT 1", &[]);
+    }
+    let mut c = pool.get().unwrap();
+    let pid: i32 = c
+        .client()
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    assert_ne!(pid, pid_a, "a terminated connection was handed out again");
+}
