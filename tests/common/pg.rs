@@ -5,10 +5,12 @@
 //! whole run), else one this binary starts with `scripts/pg-cluster` on first use. A cluster
 //! started here is stopped and removed when the binary exits, whichever way:
 //! - at a normal exit, an `atexit` handler stops it and waits for the stop;
-//! - a binary that is killed cannot run handlers, so a watchdog process (`bash`) holds the
-//!   read end of a pipe whose write end only this binary has; when the binary dies the kernel
-//!   closes it, the watchdog's `read` returns, and it runs `scripts/pg-cluster stop`.
+//! - a binary that is killed cannot run handlers, so a watchdog process (`bash`, which also
+//!   starts the cluster) holds the read end of a pipe whose write end only this binary has;
+//!   when the binary dies the kernel closes it, the watchdog's `read` returns, and it runs
+//!   `scripts/pg-cluster stop`.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,37 +58,38 @@ fn start() -> Cluster {
         .tempdir()
         .expect("temporary directory for the PostgreSQL cluster")
         .keep();
-    // The watchdog first, so that a cluster whose start half-failed is still removed.
+    // The watchdog starts the cluster and, once its stdin closes, stops it: one process runs
+    // both, so a binary killed while the cluster starts cannot have the stop overtake the start.
+    // SIGPIPE is ignored: when this binary is gone, printing the URL must fail, not kill the
+    // watchdog before its stop.
     let mut child = Command::new("bash")
         .arg("-c")
-        .arg(r#"read -r _; exec "$0" stop "$1""#)
+        .arg(r#"trap '' PIPE; "$0" start "$1" || echo "start failed"; read -r _; exec "$0" stop "$1""#)
         .arg(script())
         .arg(&dir)
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .spawn()
         .expect("bash for the PostgreSQL watchdog");
     let stdin = child.stdin.take().expect("piped stdin");
+    let stdout = child.stdout.take().expect("piped stdout");
     *WATCHDOG.lock().unwrap() = Some((child, stdin));
     // SAFETY: registers a plain `extern "C" fn()` with libc, as atexit expects.
     let registered = unsafe { libc::atexit(stop_at_exit) };
     assert_eq!(registered, 0, "atexit failed");
 
-    let out = Command::new(script())
-        .arg("start")
-        .arg(&dir)
-        .output()
-        .expect("run scripts/pg-cluster");
-    assert!(
-        out.status.success(),
-        "scripts/pg-cluster start failed (is postgresql-15 installed?): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let url = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("M3DNODE_TEST_PG_URL="))
-        .unwrap_or_else(|| panic!("no URL in scripts/pg-cluster's output: {stdout}"))
+    // The script prints the URL line last, or the watchdog "start failed" (the script's
+    // errors went to this binary's stderr).
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read scripts/pg-cluster's output");
+    let url = line
+        .trim()
+        .strip_prefix("M3DNODE_TEST_PG_URL=")
+        .unwrap_or_else(|| {
+            panic!("scripts/pg-cluster start failed (is postgresql-15 installed?): {line}")
+        })
         .to_string();
     Cluster { url }
 }
