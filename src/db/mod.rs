@@ -26,6 +26,7 @@ mod jobs;
 pub mod migrate;
 mod mpps;
 mod outbox;
+pub mod pg;
 pub mod state;
 mod stats;
 mod status;

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod orthanc;
+pub mod pg;
 pub mod status;
 
 use std::io::{BufRead, BufReader};
