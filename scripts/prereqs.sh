@@ -23,7 +23,9 @@ PREREQS_BUILD=(
 # (Debian's prometheus) that checks the metrics text, and headless Chromium with its
 # WebDriver for the status page's browser test (tests/browser.rs), xmllint that validates the
 # audit messages against the DICOM audit schema and openssl's s_server as the TLS syslog
-# receiver (tests/audit.rs), shellcheck for scripts/gpu-check (tests/gpu_check.rs).
+# receiver (tests/audit.rs), shellcheck for scripts/gpu-check (tests/gpu_check.rs), and
+# PostgreSQL 15 for the shared index (scripts/pg-cluster runs a throw-away cluster of it;
+# install_prereqs keeps Debian from creating and starting its own `main` cluster).
 PREREQS_TEST=(
     "dcmtk command -v storescu"
     "dicom3tools command -v dciodvfy"
@@ -37,7 +39,12 @@ PREREQS_TEST=(
     "libxml2-utils command -v xmllint"
     "openssl command -v openssl"
     "shellcheck command -v shellcheck"
+    "postgresql-15 test -x /usr/lib/postgresql/15/bin/initdb"
 )
+
+# Debian's postgresql-common creates and starts a `main` cluster when a server package is
+# installed, a server left running on port 5432 that nothing here uses.
+PG_NO_MAIN_CLUSTER=/etc/postgresql-common/createcluster.d/m3dnode.conf
 
 # install_prereqs WHO LIST...: installs with apt-get (through sudo when not root) the packages
 # of the named lists whose probe fails; WHO names the calling script in the message.
@@ -58,6 +65,11 @@ install_prereqs() {
     local sudo=""
     [ "$(id -u)" -ne 0 ] && sudo="sudo"
     echo "$who: installing ${need[*]}" >&2
+    # Before the install: postgresql-common reads createcluster.d when its postinst runs.
+    if [[ " ${need[*]} " == *" postgresql-"* ]]; then
+        $sudo mkdir -p "${PG_NO_MAIN_CLUSTER%/*}"
+        echo "create_main_cluster = false" | $sudo tee "$PG_NO_MAIN_CLUSTER" >/dev/null
+    fi
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 }

@@ -291,3 +291,50 @@ fn test_prerequisites_cover_every_tool_the_tests_run() {
         );
     }
 }
+
+#[test]
+fn postgresql_is_installed_without_debians_main_cluster() {
+    // The tests run their own throw-away PostgreSQL cluster (scripts/pg-cluster); the package
+    // must not leave one of its own running. Installing it through install_prereqs, with
+    // apt-get and sudo replaced by recorders, shows the createcluster.d file in place with
+    // `create_main_cluster = false` when apt-get install runs (postgresql-common's postinst
+    // reads it then).
+    assert!(
+        packages("PREREQS_TEST").contains("postgresql-15"),
+        "PREREQS_TEST lacks postgresql-15"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = tmp.path().join("createcluster.d/m3dnode.conf");
+    let log = tmp.path().join("apt.log");
+    let script = r#"
+        set -eu
+        . scripts/prereqs.sh
+        PG_NO_MAIN_CLUSTER=$1
+        LOG=$2
+        sudo() { "$@"; }
+        apt-get() {
+            if [ "$1" = install ]; then
+                printf '%s | conf: %s\n' "$*" "$(cat "$PG_NO_MAIN_CLUSTER" 2>/dev/null)" >>"$LOG"
+            fi
+        }
+        PG_ONLY=("postgresql-15 false")
+        install_prereqs setup-test PG_ONLY
+    "#;
+    let out = run(Command::new("bash")
+        .current_dir(root())
+        .arg("-c")
+        .arg(script)
+        .arg("bash")
+        .arg(&conf)
+        .arg(&log));
+    assert!(out.status.success(), "{}", text(&out));
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        logged.contains("install") && logged.contains("postgresql-15"),
+        "apt-get install was not run for postgresql-15: {logged:?}"
+    );
+    assert!(
+        logged.contains("| conf: create_main_cluster = false"),
+        "createcluster.d was not written before apt-get install: {logged:?}"
+    );
+}
