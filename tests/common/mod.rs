@@ -89,9 +89,33 @@ pub fn text(out: &Output) -> String {
     )
 }
 
+/// What a node process does (issue 17's roles).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// `m3dnode serve`: receives, and runs jobs and deliveries.
+    Serve,
+    /// `m3dnode serve --no-workers`: receives only; workers elsewhere run its jobs.
+    Receiver,
+    /// `m3dnode worker`: claims and runs jobs and deliveries; no DICOM listener.
+    Worker,
+}
+
+impl Role {
+    /// The subcommand and its flags, before `--config FILE`.
+    pub fn args(self) -> &'static [&'static str] {
+        match self {
+            Role::Serve => &["serve"],
+            Role::Receiver => &["serve", "--no-workers"],
+            Role::Worker => &["worker"],
+        }
+    }
+}
+
 /// A running `m3dnode serve` with its own storage directory.
 pub struct Node {
     pub child: Child,
+    /// `Serve`, or `Receiver` for `serve --no-workers` ([`Node::spawn_role`]).
+    pub role: Role,
     pub addr: SocketAddr,
     /// The status page, health and metrics (`None` when `[http] listen` is empty).
     pub http: Option<SocketAddr>,
@@ -142,6 +166,17 @@ impl Node {
     }
 
     fn spawn(dir: tempfile::TempDir, config: PathBuf) -> Node {
+        Node::spawn_role(dir, config, Role::Serve)
+    }
+
+    /// Starts `m3dnode serve` (`Role::Serve`) or `serve --no-workers` (`Role::Receiver`) on a
+    /// config file the caller wrote (its storage may be shared with other processes; then
+    /// [`Node::storage`] and the helpers built on it do not apply). Logs go to `dir/node.log`.
+    pub fn spawn_role(dir: tempfile::TempDir, config: PathBuf, role: Role) -> Node {
+        assert!(
+            role != Role::Worker,
+            "a worker has no listener: use Worker::start"
+        );
         let stderr_log = dir.path().join("node.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -149,7 +184,8 @@ impl Node {
             .open(&stderr_log)
             .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_m3dnode"))
-            .args(["serve", "--config"])
+            .args(role.args())
+            .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "info,m3dnode=debug")
             .stdout(Stdio::piped())
@@ -191,6 +227,7 @@ impl Node {
             .unwrap();
         Node {
             child,
+            role,
             addr,
             http,
             tls,
@@ -205,7 +242,7 @@ impl Node {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        Node::spawn(dir, self.config.clone())
+        Node::spawn_role(dir, self.config.clone(), self.role)
     }
 
     pub fn port(&self) -> String {
@@ -270,6 +307,61 @@ impl Node {
 }
 
 impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `m3dnode worker` (no DICOM listener, so nothing to wait for on stdout: callers
+/// see it arrive in the index). Its stdout and stderr go to `dir/node.log`; killed on drop.
+pub struct Worker {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub stderr_log: PathBuf,
+}
+
+impl Worker {
+    pub fn start(dir: tempfile::TempDir, config: PathBuf) -> Worker {
+        let stderr_log = dir.path().join("node.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stderr_log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_m3dnode"))
+            .args(Role::Worker.args())
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info,m3dnode=debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start m3dnode worker");
+        Worker {
+            child,
+            dir,
+            config,
+            stderr_log,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    /// Whether the process is still running (a refused start exits at once).
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Worker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
