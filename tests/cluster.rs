@@ -501,9 +501,12 @@ impl Cluster {
         let Some(at) = out.find("PROCESSES") else {
             return BTreeSet::new();
         };
+        // The section ends at the next blank line (the next section's header follows it).
+        let section = &out[at..];
+        let section = &section[..section.find("\n\n").unwrap_or(section.len())];
         ["rx1", "rx2", "w1", "w2"]
             .into_iter()
-            .filter(|i| out[at..].contains(&format!("{i}:")))
+            .filter(|i| section.contains(&format!("{i}:")))
             .map(String::from)
             .collect()
     }
