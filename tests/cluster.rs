@@ -575,6 +575,15 @@ fn two_receivers_two_workers_process_and_deliver_each_series_once() {
             "a done job names the worker that finished it: {j:?}"
         );
     }
+    // `m3dnode jobs` (20 jobs by default) shows the owner of each done job.
+    let listing = cluster.jobs_output();
+    for j in &jobs {
+        let owner = j.owner.as_deref().unwrap_or_default();
+        assert!(
+            listing.contains(owner),
+            "m3dnode jobs does not show {owner}:\n{listing}"
+        );
+    }
     let listed = cluster.processes_listed();
     assert_eq!(
         listed.len(),
