@@ -400,14 +400,15 @@ fn sqlite_one_serve_processes_and_delivers_each_series_once() {
 
 /// The processes of one PostgreSQL scenario: a fresh database, one shared storage directory,
 /// the destination, two receivers and two workers.
+/// Fields drop in order: the processes are killed before their storage goes.
 struct Cluster {
-    url: String,
-    storage: tempfile::TempDir,
-    dest: Destination,
     /// rx1, rx2 (`None` once killed).
     receivers: Vec<Option<Node>>,
     /// w1, w2 (`None` once killed).
     workers: Vec<Option<Worker>>,
+    dest: Destination,
+    storage: tempfile::TempDir,
+    url: String,
     /// The logs of the killed processes, for failure messages.
     dead_logs: Vec<String>,
 }
