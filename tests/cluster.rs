@@ -46,8 +46,9 @@ const RECEIVER_KILL_QUIET: f64 = 3.0;
 /// How long a scenario may take to settle on the 2-core CI machine.
 const SETTLE: Duration = Duration::from_secs(150);
 
-/// A small MR sphere (16 x 16 pixels, `slices` slices 2 mm apart): its `iso` job takes a
-/// fraction of a second.
+/// A small MR sphere (16 x 16 pixels, `slices` slices 2 mm apart, radius `slices` - 2.5 mm,
+/// inside the slab of slices centred on the origin): its `iso` job takes a fraction of a
+/// second.
 fn small_sphere(dir: &Path, slices: usize) -> Vec<PathBuf> {
     let grid = Grid::axial(16, slices, 2.0);
     let radius = slices as f64 - 2.5;
