@@ -262,9 +262,23 @@ pub enum QueryError {
     /// The index could not be read.
     #[error("index database: {0}")]
     Database(#[from] rusqlite::Error),
+    /// The PostgreSQL index could not be read.
+    #[error("index database (PostgreSQL): {0}")]
+    Postgres(#[from] postgres::Error),
     /// A response identifier could not be written.
     #[error("cannot encode response: {0}")]
     Encode(String),
+}
+
+/// The SQL dialect a statement is written for: the query index lives in SQLite or in
+/// PostgreSQL (issue 17), and the statements differ in placeholders, wildcard matching and
+/// list parameters (docs/issue-17-design.md §1.3), never in their answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// SQLite (the bundled library): `?`, GLOB, `json_each`.
+    Sqlite,
+    /// PostgreSQL 15 with the baseline schema (`COLLATE "C"` text): `$n`, LIKE, `ANY(text[])`.
+    Postgres,
 }
 
 /// A tag shown as `(gggg,eeee)` in messages.
@@ -376,6 +390,18 @@ impl Query {
         find::find(self, conn, limit, ts_uid)
     }
 
+    /// [`Query::find`] on a PostgreSQL index (schema `src/db/migrations/pg/0005_baseline.sql`):
+    /// the same matches and the same response identifiers. Runs on the blocking client: a
+    /// caller inside an async runtime calls it from a blocking thread.
+    pub fn find_pg(
+        &self,
+        client: &mut postgres::Client,
+        limit: usize,
+        ts_uid: &str,
+    ) -> Result<Found, QueryError> {
+        find::find_pg(self, client, limit, ts_uid)
+    }
+
     /// The SQLite plan of the statement [`Query::find`] runs (EXPLAIN QUERY PLAN, one line per
     /// step): benches and tests check with it that the index answers, not a table scan.
     pub fn explain(&self, conn: &rusqlite::Connection) -> Result<Vec<String>, QueryError> {
@@ -386,5 +412,13 @@ impl Query {
     /// order (Study and Series Instance UID, then Instance Number, then SOP Instance UID).
     pub fn instances(&self, conn: &rusqlite::Connection) -> Result<Vec<InstanceRef>, QueryError> {
         find::instances(self, conn)
+    }
+
+    /// [`Query::instances`] on a PostgreSQL index: the same instances in the same order.
+    pub fn instances_pg(
+        &self,
+        client: &mut postgres::Client,
+    ) -> Result<Vec<InstanceRef>, QueryError> {
+        find::instances_pg(self, client)
     }
 }
