@@ -493,6 +493,9 @@ fn derived_values_are_the_same_and_right() {
     );
 }
 
+/// A retrieve case: the model, the service and the identifier's keys.
+type Retrieve = (Model, Service, Vec<(&'static str, String)>);
+
 /// C-MOVE/C-GET resolution gives the same instances in the same order, NULL instance numbers
 /// first on both; a C-FIND identifier's instances too.
 #[test]
@@ -508,7 +511,7 @@ fn retrieve_answers_are_the_same_on_both_engines() {
         v.join("\\")
     };
     let series0 = scheme.series(&studies[2]);
-    let cases: Vec<(Model, Service, Vec<(&str, String)>)> = vec![
+    let cases: Vec<Retrieve> = vec![
         (
             Model::StudyRoot,
             Service::Move,

@@ -1,5 +1,6 @@
 //! Query/Retrieve matching (PS3.4 Annex C): reads a C-FIND/C-MOVE/C-GET identifier, matches it
-//! against the SQLite query index and encodes the C-FIND response identifiers.
+//! against the query index (SQLite, or PostgreSQL through [`Query::find_pg`] and
+//! [`Query::instances_pg`], same answers) and encodes the C-FIND response identifiers.
 //!
 //! It owns the meaning of the keys (which attribute lives at which level, in which column, how
 //! it is matched) and nothing of the network: [`crate::net`] hands it the identifier bytes and
@@ -11,7 +12,7 @@
 //! its DIMSE status and an Error Comment).
 //!
 //! What is matched (PS3.4 C.2.2.2): single value, universal (zero length, or `*`), wildcard
-//! (`*`, `?`, as SQLite GLOB), lists (backslash-separated values: UID list matching, and for
+//! (`*`, `?`: SQLite GLOB, PostgreSQL LIKE with `%`, `_`, `\` of the value literal), lists (backslash-separated values: UID list matching, and for
 //! other attributes any-of), DA/TM ranges (`A-B`, `-B`, `A-`), Study Date + Study Time (and
 //! Series Date + Time) combined into one date-time range when both are ranges (C.2.2.2.5).
 //! Matching is case-sensitive for every VR, Person Name included (as DCMTK's dcmqrscp does);
