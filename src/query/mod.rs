@@ -14,7 +14,8 @@
 //! What is matched (PS3.4 C.2.2.2): single value, universal (zero length, or `*`), wildcard
 //! (`*`, `?`: SQLite GLOB, PostgreSQL LIKE with `%`, `_`, `\` of the value literal), lists
 //! (backslash-separated values: UID list matching, and for other attributes any-of), DA/TM
-//! ranges (`A-B`, `-B`, `A-`), Study Date + Study Time (and Series Date + Time) combined into one date-time range when both are ranges (C.2.2.2.5).
+//! ranges (`A-B`, `-B`, `A-`), Study Date + Study Time (and Series Date + Time) combined
+//! into one date-time range when both are ranges (C.2.2.2.5).
 //! Matching is case-sensitive for every VR, Person Name included (as DCMTK's dcmqrscp does);
 //! a PN key is compared with the whole stored name, component groups (`=`) as received.
 //! A stored value that is absent (NULL) matches only universal keys.
