@@ -441,6 +441,15 @@ fn find_answers_are_the_same_on_both_engines() {
         }
     }
 
+    // A 10,000-UID list (Implicit VR: an explicit UI length has 16 bits): one array parameter.
+    let mut uids: Vec<String> = studies.iter().map(|s| s.uid.clone()).collect();
+    uids.extend((uids.len()..10_000).map(|i| format!("1.2.3.{i}")));
+    let list = uids.join("\\");
+    let ident = synthetic::identifier_in(&[("00080052", "STUDY"), ("0020000D", &list)], ILE);
+    let query = Query::parse(Model::StudyRoot, Service::Find, &ident, ILE).unwrap();
+    let found = same_find(&mut b, &query, "10,000 UIDs");
+    assert_eq!(found.len(), STUDIES as usize);
+
     // The response transfer syntax is the caller's on both.
     let query = parse(
         Model::StudyRoot,
