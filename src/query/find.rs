@@ -4,6 +4,11 @@
 //! `IN` on keys, `GLOB` with a fixed prefix on BINARY-collated columns (which SQLite turns
 //! into a range on the index), `BETWEEN` on dates. UID lists go in as one JSON array read by
 //! `json_each`, so a 10,000-UID list costs one bound parameter, not 10,000.
+//!
+//! The same statements run on PostgreSQL ([`Dialect::Postgres`], design §1.3): numbered
+//! `$n` placeholders, `LIKE` (with `\`, `%`, `_` escaped) for `GLOB` on the `COLLATE "C"`
+//! columns, and `= ANY($n::text[])` for the JSON array. Both engines compare text bytewise,
+//! so both give the same matches; the tests in `tests/query_pg.rs` hold them to it.
 
 use dicom_core::value::DataSetSequence;
 use dicom_core::{DataElement, PrimitiveValue, VR};
@@ -11,11 +16,11 @@ use dicom_dictionary_std::tags;
 use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-use rusqlite::types::{Value, ValueRef};
+use rusqlite::types::{ToSqlOutput, ValueRef};
 
 use super::keys::{Key, KeyValue, Matching};
 use super::parse::{CHARSET_VRS, range_ends};
-use super::{Found, InstanceRef, Level, Query, QueryError, Service};
+use super::{Dialect, Found, InstanceRef, Level, Query, QueryError, Service};
 
 /// Lists longer than this go through `json_each` instead of one parameter per value.
 const INLINE_LIST: usize = 16;
@@ -37,17 +42,81 @@ fn from_clause(level: Level) -> &'static str {
     }
 }
 
-/// WHERE conditions and their parameters.
-#[derive(Default)]
+/// A bound parameter of a query statement, for either engine.
+#[derive(Debug, Clone, PartialEq)]
+enum QParam {
+    Int(i64),
+    Text(String),
+    /// A long list of values: one JSON array text on SQLite (read by `json_each`), one
+    /// `text[]` on PostgreSQL.
+    TextList(Vec<String>),
+}
+
+impl From<i64> for QParam {
+    fn from(n: i64) -> Self {
+        QParam::Int(n)
+    }
+}
+
+impl From<String> for QParam {
+    fn from(s: String) -> Self {
+        QParam::Text(s)
+    }
+}
+
+impl rusqlite::ToSql for QParam {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self {
+            QParam::Int(n) => ToSqlOutput::from(*n),
+            QParam::Text(s) => ToSqlOutput::from(s.as_str()),
+            QParam::TextList(v) => {
+                ToSqlOutput::from(serde_json::Value::from(v.as_slice()).to_string())
+            }
+        })
+    }
+}
+
+impl QParam {
+    /// The value as the postgres client binds it (i64 to BIGINT, String to TEXT, a list to
+    /// `text[]`).
+    fn pg(&self) -> &(dyn postgres::types::ToSql + Sync) {
+        match self {
+            QParam::Int(n) => n,
+            QParam::Text(s) => s,
+            QParam::TextList(v) => v,
+        }
+    }
+}
+
+/// WHERE conditions and their parameters, written for one dialect: the placeholders of
+/// PostgreSQL are numbered, so the filter counts them.
 struct Filter {
+    dialect: Dialect,
     conds: Vec<String>,
-    params: Vec<Value>,
+    params: Vec<QParam>,
 }
 
 impl Filter {
-    fn param(&mut self, v: impl Into<Value>) -> &'static str {
+    fn new(dialect: Dialect) -> Filter {
+        Filter {
+            dialect,
+            conds: Vec::new(),
+            params: Vec::new(),
+        }
+    }
+
+    /// Binds `v` and returns its placeholder.
+    fn param(&mut self, v: impl Into<QParam>) -> String {
         self.params.push(v.into());
-        "?"
+        match self.dialect {
+            Dialect::Sqlite => "?".to_string(),
+            Dialect::Postgres => format!("${}", self.params.len()),
+        }
+    }
+
+    /// The parameters as the postgres client takes them.
+    fn pg_params(&self) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
+        self.params.iter().map(QParam::pg).collect()
     }
 
     fn clause(&self) -> String {
@@ -67,6 +136,27 @@ pub(super) fn glob(value: &str) -> String {
         match c {
             '[' => out.push_str("[[]"),
             ']' => out.push_str("[]]"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A DICOM wildcard value as a PostgreSQL LIKE pattern (default escape `\`): `\`, `%` and
+/// A DICOM wildcard value as a PostgreSQL LIKE pattern (default escape `\`): `\`, `%` and
+/// `_` of the value are escaped so that they match only themselves, `*` becomes `%` and `?`
+/// `_`. On a `COLLATE "C"` column LIKE is case-sensitive and compares bytes, as GLOB does; `_`
+/// is one character, as GLOB's `?` (the databases are UTF8).
+pub(super) fn like(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 4);
+    for c in value.chars() {
+        match c {
+            '\\' | '%' | '_' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '*' => out.push('%'),
+            '?' => out.push('_'),
             c => out.push(c),
         }
     }
@@ -118,7 +208,10 @@ fn range_cond(f: &mut Filter, col: &str, value: &str, time: bool) -> Option<Stri
 /// The condition of a text value: single value or wildcard.
 fn text_cond(f: &mut Filter, col: &str, value: &str) -> String {
     if value.contains(['*', '?']) {
-        format!("{col} GLOB {}", f.param(glob(value)))
+        match f.dialect {
+            Dialect::Sqlite => format!("{col} GLOB {}", f.param(glob(value))),
+            Dialect::Postgres => format!("{col} LIKE {}", f.param(like(value))),
+        }
     } else {
         format!("{col} = {}", f.param(value.to_string()))
     }
@@ -130,11 +223,14 @@ fn list_cond(f: &mut Filter, col: &str, values: &[&str]) -> String {
         return format!("{col} = {}", f.param(values[0].to_string()));
     }
     if values.len() <= INLINE_LIST {
-        let marks: Vec<&str> = values.iter().map(|v| f.param(v.to_string())).collect();
+        let marks: Vec<String> = values.iter().map(|v| f.param(v.to_string())).collect();
         return format!("{col} IN ({})", marks.join(","));
     }
-    let json = serde_json::Value::from(values.to_vec()).to_string();
-    format!("{col} IN (SELECT value FROM json_each({}))", f.param(json))
+    let list = QParam::TextList(values.iter().map(|v| v.to_string()).collect());
+    match f.dialect {
+        Dialect::Sqlite => format!("{col} IN (SELECT value FROM json_each({}))", f.param(list)),
+        Dialect::Postgres => format!("{col} = ANY({}::text[])", f.param(list)),
+    }
 }
 
 /// Date and time keys of one module that are both ranges match as one date-time range
@@ -175,8 +271,8 @@ fn combined_date_time(f: &mut Filter, date: &Key, time: &Key, dcol: &str, tcol: 
 }
 
 /// Adds the conditions of the keys that select rows.
-fn filter(query: &Query, retrieve: bool) -> Filter {
-    let mut f = Filter::default();
+fn filter(query: &Query, retrieve: bool, dialect: Dialect) -> Filter {
+    let mut f = Filter::new(dialect);
     let key = |tag| query.keys.iter().find(|k| k.tag == tag);
     let mut combined = Vec::new();
     for (dt, tt, dcol, tcol) in [
@@ -280,8 +376,8 @@ fn is_unique_key(key: &Key) -> bool {
 
 /// The SELECT of a C-FIND (without its LIMIT), its filter, and the keys whose values it selects
 /// in column order.
-fn find_statement(query: &Query) -> (String, Filter, Vec<&Key>) {
-    let f = filter(query, false);
+fn find_statement(query: &Query, dialect: Dialect) -> (String, Filter, Vec<&Key>) {
+    let f = filter(query, false, dialect);
     let selected: Vec<&Key> = query
         .keys
         .iter()
@@ -304,23 +400,39 @@ fn find_statement(query: &Query) -> (String, Filter, Vec<&Key>) {
     (sql, f, selected)
 }
 
+/// The transfer syntax of the responses, refused when unknown.
+fn response_ts(ts_uid: &str) -> Result<&'static dicom_encoding::TransferSyntax, QueryError> {
+    let ts_uid = ts_uid.trim_end_matches(['\0', ' ']);
+    TransferSyntaxRegistry
+        .get(ts_uid)
+        .ok_or_else(|| QueryError::TransferSyntax(crate::net::Printable(ts_uid).to_string()))
+}
+
+/// The C-FIND statement with its LIMIT (one more than `limit`, to tell truncation).
+fn limited_find_statement(
+    query: &Query,
+    limit: usize,
+    dialect: Dialect,
+) -> (String, Filter, Vec<&Key>) {
+    let (mut sql, mut f, selected) = find_statement(query, dialect);
+    if limit > 0 {
+        let mark = f.param(limit as i64 + 1);
+        sql.push_str(&format!(" LIMIT {mark}"));
+    }
+    (sql, f, selected)
+}
+
 pub(super) fn find(
     query: &Query,
     conn: &rusqlite::Connection,
     limit: usize,
     ts_uid: &str,
 ) -> Result<Found, QueryError> {
-    let ts_uid = ts_uid.trim_end_matches(['\0', ' ']);
-    let ts = TransferSyntaxRegistry
-        .get(ts_uid)
-        .ok_or_else(|| QueryError::TransferSyntax(crate::net::Printable(ts_uid).to_string()))?;
+    let ts = response_ts(ts_uid)?;
     let span = tracing::debug_span!("c_find", level = %query.level, limit);
     let _enter = span.enter();
 
-    let (mut sql, mut f, selected) = find_statement(query);
-    if limit > 0 {
-        sql.push_str(&format!(" LIMIT {}", f.param(limit as i64 + 1)));
-    }
+    let (sql, f, selected) = limited_find_statement(query, limit, Dialect::Sqlite);
     let mut stmt = conn.prepare(&sql)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(f.params.iter()))?;
     let mut matches = Vec::new();
@@ -345,6 +457,55 @@ pub(super) fn find(
     }
     tracing::debug!(matches = matches.len(), truncated, "C-FIND matched");
     Ok(Found { matches, truncated })
+}
+
+/// [`find`] on PostgreSQL: the same statement in its dialect, the same responses.
+pub(super) fn find_pg(
+    query: &Query,
+    client: &mut postgres::Client,
+    limit: usize,
+    ts_uid: &str,
+) -> Result<Found, QueryError> {
+    let ts = response_ts(ts_uid)?;
+    let span = tracing::debug_span!("c_find", level = %query.level, limit);
+    let _enter = span.enter();
+
+    let (sql, f, selected) = limited_find_statement(query, limit, Dialect::Postgres);
+    let rows = client.query(sql.as_str(), &f.pg_params())?;
+    let truncated = limit > 0 && rows.len() > limit;
+    let mut matches = Vec::with_capacity(rows.len().min(limit.max(1)));
+    for row in rows.iter().take(if limit > 0 { limit } else { usize::MAX }) {
+        let mut values = Vec::with_capacity(selected.len());
+        for i in 0..selected.len() {
+            values.push(pg_text(row, i)?);
+        }
+        matches.push(encode_response(query, &selected, values, ts)?);
+    }
+    tracing::debug!(matches = matches.len(), truncated, "C-FIND matched");
+    Ok(Found { matches, truncated })
+}
+
+/// Column `i` of a PostgreSQL row as the text SQLite's dynamic values give (integers and
+/// reals in Rust's formatting), read by the column's declared type: PostgreSQL has no
+/// dynamic value to ask.
+fn pg_text(row: &postgres::Row, i: usize) -> Result<Option<String>, postgres::Error> {
+    use postgres::types::Type;
+    let ty = row.columns()[i].type_();
+    Ok(if *ty == Type::INT8 {
+        row.try_get::<_, Option<i64>>(i)?.map(|n| n.to_string())
+    } else if *ty == Type::INT4 {
+        row.try_get::<_, Option<i32>>(i)?.map(|n| n.to_string())
+    } else if *ty == Type::INT2 {
+        row.try_get::<_, Option<i16>>(i)?.map(|n| n.to_string())
+    } else if *ty == Type::FLOAT8 {
+        row.try_get::<_, Option<f64>>(i)?.map(|x| x.to_string())
+    } else if *ty == Type::FLOAT4 {
+        row.try_get::<_, Option<f32>>(i)?
+            .map(|x| f64::from(x).to_string())
+    } else {
+        // TEXT and its kin; any other type fails here as a typed WrongType error.
+        row.try_get::<_, Option<String>>(i)?
+    })
 }
 
 /// One response identifier: every key of the query, with the row's values where the index
@@ -444,20 +605,31 @@ fn padded(mut b: Vec<u8>, vr: VR) -> Vec<u8> {
     b
 }
 
+/// The statement of a retrieve: the instances in study/series/instance-number order, NULL
+/// instance numbers first on both engines (SQLite's default; PostgreSQL's needs saying).
+fn instances_statement(query: &Query, dialect: Dialect) -> (String, Filter) {
+    let f = filter(query, query.service != Service::Find, dialect);
+    let nulls = match dialect {
+        Dialect::Sqlite => "",
+        Dialect::Postgres => " NULLS FIRST",
+    };
+    let sql = format!(
+        "SELECT i.sop_class_uid, i.sop_instance_uid, i.transfer_syntax, i.path FROM {}{} \
+         ORDER BY i.study_instance_uid, i.series_instance_uid, i.instance_number{nulls}, \
+         i.sop_instance_uid",
+        from_clause(Level::Image),
+        f.clause()
+    );
+    (sql, f)
+}
+
 pub(super) fn instances(
     query: &Query,
     conn: &rusqlite::Connection,
 ) -> Result<Vec<InstanceRef>, QueryError> {
     let span = tracing::debug_span!("retrieve", level = %query.level);
     let _enter = span.enter();
-    let f = filter(query, query.service != Service::Find);
-    let sql = format!(
-        "SELECT i.sop_class_uid, i.sop_instance_uid, i.transfer_syntax, i.path FROM {}{} \
-         ORDER BY i.study_instance_uid, i.series_instance_uid, i.instance_number, \
-         i.sop_instance_uid",
-        from_clause(Level::Image),
-        f.clause()
-    );
+    let (sql, f) = instances_statement(query, Dialect::Sqlite);
     let mut stmt = conn.prepare(&sql)?;
     let rows = stmt.query_map(rusqlite::params_from_iter(f.params.iter()), |r| {
         Ok(InstanceRef {
@@ -472,12 +644,36 @@ pub(super) fn instances(
     Ok(found)
 }
 
+/// [`instances`] on PostgreSQL: the same instances in the same order.
+pub(super) fn instances_pg(
+    query: &Query,
+    client: &mut postgres::Client,
+) -> Result<Vec<InstanceRef>, QueryError> {
+    let span = tracing::debug_span!("retrieve", level = %query.level);
+    let _enter = span.enter();
+    let (sql, f) = instances_statement(query, Dialect::Postgres);
+    let found = client
+        .query(sql.as_str(), &f.pg_params())?
+        .iter()
+        .map(|r| {
+            Ok(InstanceRef {
+                sop_class_uid: r.try_get(0)?,
+                sop_instance_uid: r.try_get(1)?,
+                transfer_syntax: r.try_get(2)?,
+                path: r.try_get(3)?,
+            })
+        })
+        .collect::<Result<Vec<_>, postgres::Error>>()?;
+    tracing::debug!(instances = found.len(), "retrieve resolved");
+    Ok(found)
+}
+
 /// The SQLite plan of the statement `find` runs (EXPLAIN QUERY PLAN), one line per step.
 pub(super) fn explain(
     query: &Query,
     conn: &rusqlite::Connection,
 ) -> Result<Vec<String>, QueryError> {
-    let (sql, f, _) = find_statement(query);
+    let (sql, f, _) = find_statement(query, Dialect::Sqlite);
     let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
     let rows = stmt.query_map(rusqlite::params_from_iter(f.params.iter()), |r| {
         r.get::<_, String>(3)

@@ -96,8 +96,10 @@ pub(super) static ATTRS: &[Attr] = &[
         tags::MODALITIES_IN_STUDY,
         CS,
         Study,
-        "(SELECT group_concat(m, '\\') FROM (SELECT DISTINCT y.modality AS m FROM series y \
-         WHERE y.study_uid = st.study_uid AND y.modality IS NOT NULL ORDER BY m))",
+        // `string_agg` with ORDER BY: both SQLite (3.44+, bundled) and PostgreSQL read it,
+        // and the order is defined by the aggregate, not by the subquery's row order.
+        "(SELECT string_agg(d.m, '\\' ORDER BY d.m) FROM (SELECT DISTINCT y.modality AS m \
+         FROM series y WHERE y.study_uid = st.study_uid AND y.modality IS NOT NULL) d)",
         ModalitiesInStudy
     ),
     attr!(

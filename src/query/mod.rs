@@ -1,5 +1,6 @@
 //! Query/Retrieve matching (PS3.4 Annex C): reads a C-FIND/C-MOVE/C-GET identifier, matches it
-//! against the SQLite query index and encodes the C-FIND response identifiers.
+//! against the query index (SQLite, or PostgreSQL through [`Query::find_pg`] and
+//! [`Query::instances_pg`], same answers) and encodes the C-FIND response identifiers.
 //!
 //! It owns the meaning of the keys (which attribute lives at which level, in which column, how
 //! it is matched) and nothing of the network: [`crate::net`] hands it the identifier bytes and
@@ -11,9 +12,10 @@
 //! its DIMSE status and an Error Comment).
 //!
 //! What is matched (PS3.4 C.2.2.2): single value, universal (zero length, or `*`), wildcard
-//! (`*`, `?`, as SQLite GLOB), lists (backslash-separated values: UID list matching, and for
-//! other attributes any-of), DA/TM ranges (`A-B`, `-B`, `A-`), Study Date + Study Time (and
-//! Series Date + Time) combined into one date-time range when both are ranges (C.2.2.2.5).
+//! (`*`, `?`: SQLite GLOB, PostgreSQL LIKE with `%`, `_`, `\` of the value literal), lists
+//! (backslash-separated values: UID list matching, and for other attributes any-of), DA/TM
+//! ranges (`A-B`, `-B`, `A-`), Study Date + Study Time (and Series Date + Time) combined
+//! into one date-time range when both are ranges (C.2.2.2.5).
 //! Matching is case-sensitive for every VR, Person Name included (as DCMTK's dcmqrscp does);
 //! a PN key is compared with the whole stored name, component groups (`=`) as received.
 //! A stored value that is absent (NULL) matches only universal keys.
@@ -262,9 +264,23 @@ pub enum QueryError {
     /// The index could not be read.
     #[error("index database: {0}")]
     Database(#[from] rusqlite::Error),
+    /// The PostgreSQL index could not be read.
+    #[error("index database (PostgreSQL): {0}")]
+    Postgres(#[from] postgres::Error),
     /// A response identifier could not be written.
     #[error("cannot encode response: {0}")]
     Encode(String),
+}
+
+/// The SQL dialect a statement is written for: the query index lives in SQLite or in
+/// PostgreSQL (issue 17), and the statements differ in placeholders, wildcard matching and
+/// list parameters (docs/issue-17-design.md §1.3), never in their answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// SQLite (the bundled library): `?`, GLOB, `json_each`.
+    Sqlite,
+    /// PostgreSQL 15 with the baseline schema (`COLLATE "C"` text): `$n`, LIKE, `ANY(text[])`.
+    Postgres,
 }
 
 /// A tag shown as `(gggg,eeee)` in messages.
@@ -376,6 +392,18 @@ impl Query {
         find::find(self, conn, limit, ts_uid)
     }
 
+    /// [`Query::find`] on a PostgreSQL index (schema `src/db/migrations/pg/0005_baseline.sql`):
+    /// the same matches and the same response identifiers. Runs on the blocking client: a
+    /// caller inside an async runtime calls it from a blocking thread.
+    pub fn find_pg(
+        &self,
+        client: &mut postgres::Client,
+        limit: usize,
+        ts_uid: &str,
+    ) -> Result<Found, QueryError> {
+        find::find_pg(self, client, limit, ts_uid)
+    }
+
     /// The SQLite plan of the statement [`Query::find`] runs (EXPLAIN QUERY PLAN, one line per
     /// step): benches and tests check with it that the index answers, not a table scan.
     pub fn explain(&self, conn: &rusqlite::Connection) -> Result<Vec<String>, QueryError> {
@@ -386,5 +414,13 @@ impl Query {
     /// order (Study and Series Instance UID, then Instance Number, then SOP Instance UID).
     pub fn instances(&self, conn: &rusqlite::Connection) -> Result<Vec<InstanceRef>, QueryError> {
         find::instances(self, conn)
+    }
+
+    /// [`Query::instances`] on a PostgreSQL index: the same instances in the same order.
+    pub fn instances_pg(
+        &self,
+        client: &mut postgres::Client,
+    ) -> Result<Vec<InstanceRef>, QueryError> {
+        find::instances_pg(self, client)
     }
 }

@@ -472,6 +472,92 @@ pub struct Filled {
     pub instances: u64,
 }
 
+/// One row of the data set, as [`fill`] and [`fill_pg`] write it: the rows come from one
+/// walk, so that both engines hold the same data.
+enum Row<'a> {
+    Patient {
+        /// The store's primary keys count from 1.
+        pk: i64,
+        patient: &'a Patient,
+    },
+    Study {
+        patient_pk: i64,
+        study: &'a Study,
+    },
+    Series {
+        study: &'a Study,
+        series: &'a Series,
+        frame_of_reference: &'a str,
+    },
+    Instance {
+        study: &'a Study,
+        series: &'a Series,
+        uid: String,
+        number: i64,
+        path: String,
+    },
+}
+
+/// Hands every row of studies 0..`studies` to `write`, parents before children, and counts
+/// them.
+fn walk<E>(
+    scheme: &Scheme,
+    studies: u64,
+    mut write: impl FnMut(Row<'_>) -> Result<(), E>,
+) -> Result<Filled, E> {
+    let n = scheme.series_per_study();
+    let mut filled = Filled {
+        patients: 0,
+        studies: 0,
+        series: 0,
+        instances: 0,
+    };
+    let mut last_patient = None;
+    for st in scheme
+        .studies()
+        .take(usize::try_from(studies).unwrap_or(usize::MAX))
+    {
+        let pk = st.patient.index as i64 + 1;
+        if last_patient != Some(st.patient.index) {
+            last_patient = Some(st.patient.index);
+            write(Row::Patient {
+                pk,
+                patient: &st.patient,
+            })?;
+            filled.patients += 1;
+        }
+        write(Row::Study {
+            patient_pk: pk,
+            study: &st,
+        })?;
+        filled.studies += 1;
+        let frame_of_reference = scheme.frame_of_reference_uid(st.index);
+        let all = scheme.series(&st);
+        for se in &all {
+            write(Row::Series {
+                study: &st,
+                series: se,
+                frame_of_reference: &frame_of_reference,
+            })?;
+        }
+        filled.series += all.len() as u64;
+        for j in 0..scheme.per_study {
+            let se = &all[(j % n) as usize];
+            let uid = scheme.instance_uid(st.index, j);
+            let path = format!("{}/{}/{uid}.dcm", st.uid, se.uid);
+            write(Row::Instance {
+                study: &st,
+                series: se,
+                uid,
+                number: (j / n + 1) as i64,
+                path,
+            })?;
+        }
+        filled.instances += scheme.per_study;
+    }
+    Ok(filled)
+}
+
 /// Writes studies 0..`studies` of the data set of `seed` with `per_study` instances each
 /// (patients, studies, series and instances rows) into an empty index made by
 /// [`crate::db::Db`], in one transaction, as the store would have indexed the files
@@ -489,16 +575,9 @@ pub fn fill(
 ) -> rusqlite::Result<Filled> {
     let scheme = Scheme::new(seed, per_study)
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-    let n = scheme.series_per_study();
     let now = crate::db::now();
-    let mut filled = Filled {
-        patients: 0,
-        studies: 0,
-        series: 0,
-        instances: 0,
-    };
     let tx = conn.unchecked_transaction()?;
-    {
+    let filled = {
         let mut patient = tx.prepare(
             "INSERT INTO patients (pk, patient_id, issuer, name, birth_date, sex, charset) \
              VALUES (?1, ?2, '', ?3, ?4, ?5, NULL)",
@@ -520,69 +599,259 @@ pub fn fill(
              calling_ae, received_at, document_title, mime_type) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, NULL)",
         )?;
-        let mut last_patient = None;
-        for st in scheme
-            .studies()
-            .take(usize::try_from(studies).unwrap_or(usize::MAX))
-        {
-            // The store's primary keys count from 1.
-            let pk = st.patient.index as i64 + 1;
-            if last_patient != Some(st.patient.index) {
-                last_patient = Some(st.patient.index);
-                let p = &st.patient;
-                patient.execute(params![pk, p.id, p.name, p.birth_date, p.sex])?;
-                filled.patients += 1;
-            }
-            study.execute(params![
-                st.uid,
-                pk,
-                st.date,
-                st.time,
-                st.accession,
-                st.study_id,
-                st.modality.study_description(),
-                st.referring
-            ])?;
-            filled.studies += 1;
-            let modality = st.modality.code();
-            let frame_of_reference = scheme.frame_of_reference_uid(st.index);
-            let all = scheme.series(&st);
-            for se in &all {
-                series.execute(params![
-                    se.uid,
-                    st.uid,
-                    modality,
-                    se.number as i64,
-                    se.description,
+        walk(&scheme, studies, |row| {
+            match row {
+                Row::Patient { pk, patient: p } => {
+                    patient.execute(params![pk, p.id, p.name, p.birth_date, p.sex])?;
+                }
+                Row::Study {
+                    patient_pk,
+                    study: st,
+                } => {
+                    study.execute(params![
+                        st.uid,
+                        patient_pk,
+                        st.date,
+                        st.time,
+                        st.accession,
+                        st.study_id,
+                        st.modality.study_description(),
+                        st.referring
+                    ])?;
+                }
+                Row::Series {
+                    study: st,
+                    series: se,
                     frame_of_reference,
-                    st.date,
-                    st.time,
-                    LOADER_AE,
-                    now
-                ])?;
-            }
-            filled.series += all.len() as u64;
-            for j in 0..per_study {
-                let se = &all[(j % n) as usize];
-                let uid = scheme.instance_uid(st.index, j);
-                let path = format!("{}/{}/{uid}.dcm", st.uid, se.uid);
-                instance.execute(params![
+                } => {
+                    series.execute(params![
+                        se.uid,
+                        st.uid,
+                        st.modality.code(),
+                        se.number as i64,
+                        se.description,
+                        frame_of_reference,
+                        st.date,
+                        st.time,
+                        LOADER_AE,
+                        now
+                    ])?;
+                }
+                Row::Instance {
+                    study: st,
+                    series: se,
                     uid,
-                    st.modality.sop_class(),
-                    st.uid,
-                    se.uid,
-                    modality,
-                    (j / n + 1) as i64,
-                    EXPLICIT_LE,
+                    number,
                     path,
-                    FILE_SIZE,
-                    LOADER_AE,
-                    now
-                ])?;
+                } => {
+                    instance.execute(params![
+                        uid,
+                        st.modality.sop_class(),
+                        st.uid,
+                        se.uid,
+                        st.modality.code(),
+                        number,
+                        EXPLICIT_LE,
+                        path,
+                        FILE_SIZE,
+                        LOADER_AE,
+                        now
+                    ])?;
+                }
             }
-            filled.instances += per_study;
+            Ok::<(), rusqlite::Error>(())
+        })?
+    };
+    tx.commit()?;
+    Ok(filled)
+}
+
+/// Why [`fill_pg`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FillError {
+    /// The seed or the instance count cannot make a data set.
+    #[error(transparent)]
+    Scheme(#[from] SchemeError),
+    /// PostgreSQL refused a statement or the copy.
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] postgres::Error),
+}
+
+/// [`fill`] into a PostgreSQL index (schema `src/db/migrations/pg/0005_baseline.sql`, tables
+/// empty): the same rows, in one transaction, each table by one binary COPY (row-by-row
+/// INSERTs cost a round trip each). The patients' explicit keys leave the identity sequence
+/// behind, so it is set past them afterwards and the store's own inserts do not collide.
+pub fn fill_pg(
+    client: &mut postgres::Client,
+    studies: u64,
+    per_study: u64,
+    seed: u64,
+) -> Result<Filled, FillError> {
+    use postgres::binary_copy::BinaryCopyInWriter;
+    use postgres::types::Type;
+    const NULL: Option<&str> = None;
+    let scheme = Scheme::new(seed, per_study)?;
+    let now = crate::db::now();
+    let mut tx = client.transaction()?;
+
+    // One COPY at a time per connection: one walk per table.
+    let mut w = BinaryCopyInWriter::new(
+        tx.copy_in(
+            "COPY patients (pk, patient_id, issuer, name, birth_date, sex, charset) \
+             FROM STDIN (FORMAT binary)",
+        )?,
+        &[
+            Type::INT8,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+        ],
+    );
+    walk(&scheme, studies, |row| match row {
+        Row::Patient { pk, patient: p } => {
+            w.write(&[&pk, &p.id, &"", &p.name, &p.birth_date, &p.sex, &NULL])
         }
-    }
+        _ => Ok(()),
+    })?;
+    w.finish()?;
+
+    let mut w = BinaryCopyInWriter::new(
+        tx.copy_in(
+            "COPY studies (study_uid, patient_pk, study_date, study_time, accession, study_id, \
+             description, referring, charset) FROM STDIN (FORMAT binary)",
+        )?,
+        &[
+            Type::TEXT,
+            Type::INT8,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+        ],
+    );
+    walk(&scheme, studies, |row| match row {
+        Row::Study {
+            patient_pk,
+            study: st,
+        } => w.write(&[
+            &st.uid,
+            &patient_pk,
+            &st.date,
+            &st.time,
+            &st.accession,
+            &st.study_id,
+            &st.modality.study_description(),
+            &st.referring,
+            &NULL,
+        ]),
+        _ => Ok(()),
+    })?;
+    w.finish()?;
+
+    let mut w = BinaryCopyInWriter::new(
+        tx.copy_in(
+            "COPY series (series_uid, study_uid, modality, series_number, description, \
+             body_part, frame_of_reference_uid, series_date, series_time, charset, calling_ae, \
+             received_at) FROM STDIN (FORMAT binary)",
+        )?,
+        &[
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::INT8,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::FLOAT8,
+        ],
+    );
+    walk(&scheme, studies, |row| match row {
+        Row::Series {
+            study: st,
+            series: se,
+            frame_of_reference,
+        } => w.write(&[
+            &se.uid,
+            &st.uid,
+            &st.modality.code(),
+            &(se.number as i64),
+            &se.description,
+            &"HEAD",
+            &frame_of_reference,
+            &st.date,
+            &st.time,
+            &NULL,
+            &LOADER_AE,
+            &now,
+        ]),
+        _ => Ok(()),
+    })?;
+    w.finish()?;
+
+    let mut w = BinaryCopyInWriter::new(
+        tx.copy_in(
+            "COPY instances (sop_instance_uid, sop_class_uid, study_instance_uid, \
+             series_instance_uid, modality, instance_number, transfer_syntax, path, size, \
+             calling_ae, received_at, document_title, mime_type) FROM STDIN (FORMAT binary)",
+        )?,
+        &[
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::INT8,
+            Type::TEXT,
+            Type::TEXT,
+            Type::INT8,
+            Type::TEXT,
+            Type::FLOAT8,
+            Type::TEXT,
+            Type::TEXT,
+        ],
+    );
+    let filled = walk(&scheme, studies, |row| match row {
+        Row::Instance {
+            study: st,
+            series: se,
+            uid,
+            number,
+            path,
+        } => w.write(&[
+            &uid,
+            &st.modality.sop_class(),
+            &st.uid,
+            &se.uid,
+            &st.modality.code(),
+            &number,
+            &EXPLICIT_LE,
+            &path,
+            &FILE_SIZE,
+            &LOADER_AE,
+            &now,
+            &NULL,
+            &NULL,
+        ]),
+        _ => Ok(()),
+    })?;
+    w.finish()?;
+
+    // Past the largest key (or back to 1, unused, for an empty table).
+    tx.execute(
+        "SELECT setval(pg_get_serial_sequence('patients', 'pk'), \
+         GREATEST(COALESCE(MAX(pk), 0), 1), MAX(pk) IS NOT NULL) FROM patients",
+        &[],
+    )?;
     tx.commit()?;
     Ok(filled)
 }
