@@ -62,13 +62,18 @@ fn fill(store: &Store, series: u64, jobs: u64) {
         let job = index.claim_job().unwrap().expect("the job just queued");
         if i % 10 == 9 {
             index
-                .fail_job(job.id, "no usable image stack: 2 slices are missing")
+                .fail_job(
+                    job.id,
+                    job.attempts,
+                    "no usable image stack: 2 slices are missing",
+                )
                 .unwrap();
             continue;
         }
         index
             .finish_job(
                 job.id,
+                job.attempts,
                 "Bone surface, iso 300 HU: 251234 triangles, 412345 mm3, watertight yes",
                 // Two structures, as a CT head rule with bone and skin makes.
                 &[
@@ -98,6 +103,8 @@ fn fill(store: &Store, series: u64, jobs: u64) {
             )
             .unwrap();
     }
+    // Marks are fenced on the delivery lease: take it as the delivery loop would.
+    index.claim_deliveries(100_000).unwrap();
     let rows = index.list_deliveries(100_000).unwrap();
     for r in rows {
         if r.destination == "PACS" {

@@ -312,6 +312,10 @@ impl Metrics {
     }
 
     fn read_index(&self, store: &Store) -> Result<IndexStats, crate::db::DbError> {
+        if store.index().is_postgres() {
+            // The server's readers hold up no writer: the pool serves the counts.
+            return store.index().stats();
+        }
         let path = store.index_path();
         let mut reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
         if reader.as_ref().is_none_or(|(p, _)| *p != path) {

@@ -4,8 +4,7 @@
 //! before a restart is still answered after it; the decision (Event Type, failure reasons) is
 //! written before the report is sent, so that a restart re-sends the same report.
 
-use rusqlite::{Connection, OptionalExtension, params};
-
+use super::sql::{Conn, Stmt, stmt};
 use super::{Db, DbError, now, state::CommitmentState};
 
 /// One listed instance and, once decided, why it failed.
@@ -80,43 +79,91 @@ pub enum Admission {
     Conflict,
 }
 
-fn load(c: &Connection, transaction_uid: &str) -> rusqlite::Result<Option<Commitment>> {
-    let head = c
-        .query_row(
-            "SELECT calling_ae, called_ae, state, event_type, requested_at, deadline_at, attempts
-             FROM commitments WHERE transaction_uid = ?1",
-            [transaction_uid],
-            |r| {
-                Ok(Commitment {
-                    transaction_uid: transaction_uid.to_string(),
-                    calling_ae: r.get(0)?,
-                    called_ae: r.get(1)?,
-                    state: r.get(2)?,
-                    event_type: r.get(3)?,
-                    requested_at: r.get(4)?,
-                    deadline_at: r.get(5)?,
-                    attempts: r.get(6)?,
-                    items: Vec::new(),
-                })
-            },
-        )
-        .optional()?;
+static HEAD: Stmt = stmt!(
+    "SELECT calling_ae, called_ae, state, event_type, requested_at, deadline_at, attempts
+     FROM commitments WHERE transaction_uid = ?1"
+);
+/// Request order: SQLite's rowid, PostgreSQL's `seq` (migration 6).
+static ITEMS: Stmt = stmt!(
+    lite: "SELECT sop_class_uid, sop_instance_uid, failure_reason FROM commitment_items
+     WHERE transaction_uid = ?1 ORDER BY rowid",
+    pg: "SELECT sop_class_uid, sop_instance_uid, failure_reason FROM commitment_items
+     WHERE transaction_uid = ?1 ORDER BY seq",
+);
+static INSERT: Stmt = stmt!(
+    "INSERT INTO commitments (transaction_uid, calling_ae, called_ae, state,
+     requested_at, deadline_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+);
+static INSERT_ITEM: Stmt = stmt!(
+    "INSERT INTO commitment_items (transaction_uid, sop_class_uid, sop_instance_uid)
+     VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING"
+);
+static CLEAR_REASONS: Stmt =
+    stmt!("UPDATE commitment_items SET failure_reason = NULL WHERE transaction_uid = ?1");
+static SET_REASON: Stmt = stmt!(
+    "UPDATE commitment_items SET failure_reason = ?3
+     WHERE transaction_uid = ?1 AND sop_instance_uid = ?2"
+);
+static DECIDE: Stmt =
+    stmt!("UPDATE commitments SET state = ?2, event_type = ?3 WHERE transaction_uid = ?1");
+static REOPEN: Stmt = stmt!(
+    "UPDATE commitments SET state = ?2, attempts = 0, last_error = NULL
+     WHERE transaction_uid = ?1 AND event_type IS NOT NULL"
+);
+static REPORTED: Stmt = stmt!(
+    "UPDATE commitments SET state = ?2, reported_at = ?3, last_error = NULL
+     WHERE transaction_uid = ?1"
+);
+static ATTEMPT_FAILED: Stmt = stmt!(
+    "UPDATE commitments SET attempts = attempts + ?2, last_error = ?3,
+     state = CASE WHEN ?4 THEN ?5 ELSE state END
+     WHERE transaction_uid = ?1"
+);
+static OPEN: Stmt = stmt!(
+    "SELECT transaction_uid FROM commitments
+     WHERE state IN ('waiting', 'reporting') ORDER BY requested_at"
+);
+static LIST: Stmt = stmt!(
+    "SELECT m.transaction_uid, calling_ae, state, event_type, requested_at,
+            reported_at, attempts, last_error,
+            (SELECT COUNT(*) FROM commitment_items i
+             WHERE i.transaction_uid = m.transaction_uid),
+            (SELECT COUNT(*) FROM commitment_items i
+             WHERE i.transaction_uid = m.transaction_uid
+               AND failure_reason IS NOT NULL)
+     FROM commitments m
+     ORDER BY state IN ('waiting', 'reporting') DESC, requested_at DESC LIMIT ?1"
+);
+
+/// A stored code (Event Type, Failure Reason) as the u16 it was written from.
+fn code(v: Option<i64>) -> Option<u16> {
+    v.and_then(|v| u16::try_from(v).ok())
+}
+
+fn load(c: &mut Conn<'_>, transaction_uid: &str) -> Result<Option<Commitment>, DbError> {
+    let head = c.opt(&HEAD, &[&transaction_uid], |r| {
+        Ok(Commitment {
+            transaction_uid: transaction_uid.to_string(),
+            calling_ae: r.get(0)?,
+            called_ae: r.get(1)?,
+            state: r.get(2)?,
+            event_type: code(r.get(3)?),
+            requested_at: r.get(4)?,
+            deadline_at: r.get(5)?,
+            attempts: r.get(6)?,
+            items: Vec::new(),
+        })
+    })?;
     let Some(mut t) = head else {
         return Ok(None);
     };
-    t.items = c
-        .prepare_cached(
-            "SELECT sop_class_uid, sop_instance_uid, failure_reason FROM commitment_items
-             WHERE transaction_uid = ?1 ORDER BY rowid",
-        )?
-        .query_map([transaction_uid], |r| {
-            Ok(CommitmentItem {
-                sop_class_uid: r.get(0)?,
-                sop_instance_uid: r.get(1)?,
-                failure_reason: r.get(2)?,
-            })
-        })?
-        .collect::<rusqlite::Result<_>>()?;
+    t.items = c.all(&ITEMS, &[&transaction_uid], |r| {
+        Ok(CommitmentItem {
+            sop_class_uid: r.get(0)?,
+            sop_instance_uid: r.get(1)?,
+            failure_reason: code(r.get(2)?),
+        })
+    })?;
     Ok(Some(t))
 }
 
@@ -149,9 +196,8 @@ impl Db {
         items: &[(String, String)],
         wait_seconds: f64,
     ) -> Result<Admission, DbError> {
-        self.with(|c| {
-            let tx = c.unchecked_transaction()?;
-            if let Some(existing) = load(&tx, transaction_uid)? {
+        self.tx(|c| {
+            if let Some(existing) = load(c, transaction_uid)? {
                 return Ok(
                     if existing.calling_ae == calling_ae && same_list(&existing.items, items) {
                         Admission::Retry(existing)
@@ -161,32 +207,23 @@ impl Db {
                 );
             }
             let t = now();
-            tx.execute(
-                "INSERT INTO commitments (transaction_uid, calling_ae, called_ae, state,
-                 requested_at, deadline_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    transaction_uid,
-                    calling_ae,
-                    called_ae,
-                    CommitmentState::Waiting,
-                    t,
-                    t + wait_seconds
+            c.exec(
+                &INSERT,
+                &[
+                    &transaction_uid,
+                    &calling_ae,
+                    &called_ae,
+                    &CommitmentState::Waiting,
+                    &t,
+                    &(t + wait_seconds),
                 ],
             )?;
-            {
-                let mut insert = tx.prepare_cached(
-                    "INSERT INTO commitment_items (transaction_uid, sop_class_uid, sop_instance_uid)
-                     VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-                )?;
-                for (class, instance) in items {
-                    insert.execute(params![transaction_uid, class, instance])?;
-                }
+            for (class, instance) in items {
+                c.exec(&INSERT_ITEM, &[&transaction_uid, class, instance])?;
             }
-            let stored = load(&tx, transaction_uid)?;
-            tx.commit()?;
-            stored
+            load(c, transaction_uid)?
                 .map(Admission::New)
-                .ok_or(rusqlite::Error::QueryReturnedNoRows)
+                .ok_or(DbError::NoRow)
         })
     }
 
@@ -197,55 +234,38 @@ impl Db {
         transaction_uid: &str,
         failures: &[(String, u16)],
     ) -> Result<Option<Commitment>, DbError> {
-        self.with(|c| {
-            let tx = c.unchecked_transaction()?;
-            tx.execute(
-                "UPDATE commitment_items SET failure_reason = NULL WHERE transaction_uid = ?1",
-                [transaction_uid],
-            )?;
-            {
-                let mut set = tx.prepare_cached(
-                    "UPDATE commitment_items SET failure_reason = ?3
-                     WHERE transaction_uid = ?1 AND sop_instance_uid = ?2",
+        self.tx(|c| {
+            c.exec(&CLEAR_REASONS, &[&transaction_uid])?;
+            for (instance, reason) in failures {
+                c.exec(
+                    &SET_REASON,
+                    &[&transaction_uid, instance, &i64::from(*reason)],
                 )?;
-                for (instance, reason) in failures {
-                    set.execute(params![transaction_uid, instance, reason])?;
-                }
             }
-            tx.execute(
-                "UPDATE commitments SET state = ?2, event_type = ?3 WHERE transaction_uid = ?1",
-                params![
-                    transaction_uid,
-                    CommitmentState::Reporting,
-                    if failures.is_empty() { 1 } else { 2 }
-                ],
+            let event_type: i64 = if failures.is_empty() { 1 } else { 2 };
+            c.exec(
+                &DECIDE,
+                &[&transaction_uid, &CommitmentState::Reporting, &event_type],
             )?;
-            let decided = load(&tx, transaction_uid)?;
-            tx.commit()?;
-            Ok(decided)
+            load(c, transaction_uid)
         })
     }
 
     /// Sets a decided transaction back to `reporting` with no attempts (a D1 retry of a
     /// reported or undeliverable one).
     pub fn reopen_commitment(&self, transaction_uid: &str) -> Result<(), DbError> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE commitments SET state = ?2, attempts = 0, last_error = NULL
-                 WHERE transaction_uid = ?1 AND event_type IS NOT NULL",
-                params![transaction_uid, CommitmentState::Reporting],
-            )
-            .map(drop)
+        self.run(|c| {
+            c.exec(&REOPEN, &[&transaction_uid, &CommitmentState::Reporting])
+                .map(drop)
         })
     }
 
     /// The requester confirmed the report.
     pub fn commitment_reported(&self, transaction_uid: &str) -> Result<(), DbError> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE commitments SET state = ?2, reported_at = ?3, last_error = NULL
-                 WHERE transaction_uid = ?1",
-                params![transaction_uid, CommitmentState::Reported, now()],
+        self.run(|c| {
+            c.exec(
+                &REPORTED,
+                &[&transaction_uid, &CommitmentState::Reported, &now()],
             )
             .map(drop)
         })
@@ -260,17 +280,15 @@ impl Db {
         counted: bool,
         give_up: bool,
     ) -> Result<(), DbError> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE commitments SET attempts = attempts + ?2, last_error = ?3,
-                 state = CASE WHEN ?4 THEN ?5 ELSE state END
-                 WHERE transaction_uid = ?1",
-                params![
-                    transaction_uid,
-                    i64::from(counted),
-                    error,
-                    give_up,
-                    CommitmentState::Undeliverable
+        self.run(|c| {
+            c.exec(
+                &ATTEMPT_FAILED,
+                &[
+                    &transaction_uid,
+                    &i64::from(counted),
+                    &error,
+                    &give_up,
+                    &CommitmentState::Undeliverable,
                 ],
             )
             .map(drop)
@@ -279,14 +297,8 @@ impl Db {
 
     /// Every `waiting` or `reporting` transaction, oldest first: what a start resumes.
     pub fn open_commitments(&self) -> Result<Vec<Commitment>, DbError> {
-        self.with(|c| {
-            let uids: Vec<String> = c
-                .prepare(
-                    "SELECT transaction_uid FROM commitments
-                     WHERE state IN ('waiting', 'reporting') ORDER BY requested_at",
-                )?
-                .query_map([], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
+        self.run(|c| {
+            let uids: Vec<String> = c.all(&OPEN, &[], |r| r.get(0))?;
             let mut out = Vec::with_capacity(uids.len());
             for uid in uids {
                 if let Some(t) = load(c, &uid)? {
@@ -299,29 +311,18 @@ impl Db {
 
     /// One transaction with its items.
     pub fn commitment(&self, transaction_uid: &str) -> Result<Option<Commitment>, DbError> {
-        self.with(|c| load(c, transaction_uid))
+        self.run(|c| load(c, transaction_uid))
     }
 
     /// The open transactions and the most recent others, newest first, at most `limit`.
     pub fn list_commitments(&self, limit: usize) -> Result<Vec<CommitmentSummary>, DbError> {
-        self.with(|c| {
-            c.prepare(
-                "SELECT m.transaction_uid, calling_ae, state, event_type, requested_at,
-                        reported_at, attempts, last_error,
-                        (SELECT COUNT(*) FROM commitment_items i
-                         WHERE i.transaction_uid = m.transaction_uid),
-                        (SELECT COUNT(*) FROM commitment_items i
-                         WHERE i.transaction_uid = m.transaction_uid
-                           AND failure_reason IS NOT NULL)
-                 FROM commitments m
-                 ORDER BY state IN ('waiting', 'reporting') DESC, requested_at DESC LIMIT ?1",
-            )?
-            .query_map([limit as i64], |r| {
+        self.run(|c| {
+            c.all(&LIST, &[&(limit as i64)], |r| {
                 Ok(CommitmentSummary {
                     transaction_uid: r.get(0)?,
                     calling_ae: r.get(1)?,
                     state: r.get(2)?,
-                    event_type: r.get(3)?,
+                    event_type: code(r.get(3)?),
                     requested_at: r.get(4)?,
                     reported_at: r.get(5)?,
                     attempts: r.get(6)?,
@@ -329,8 +330,7 @@ impl Db {
                     items: r.get(8)?,
                     failed: r.get(9)?,
                 })
-            })?
-            .collect()
+            })
         })
     }
 }
@@ -354,7 +354,14 @@ mod tests {
     fn a_transaction_goes_from_waiting_to_reported_and_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index.sqlite");
-        let db = Db::open(&path).unwrap();
+        walk_and_reopen(&|| Db::open(&path).unwrap());
+        if let Some(url) = crate::db::test_pg_url() {
+            walk_and_reopen(&|| Db::open_postgres(&url, "m3dnode/test", 2).unwrap());
+        }
+    }
+
+    fn walk_and_reopen(open: &dyn Fn() -> Db) {
+        let db = open();
         let Admission::New(t) = db
             .admit_commitment("9.9", "SCANNER", "M3DNODE", &items(3), 60.0)
             .unwrap()
@@ -366,7 +373,7 @@ mod tests {
         assert!((t.deadline_at - t.requested_at - 60.0).abs() < 1e-6);
         drop(db);
         // A restart finds it open.
-        let db = Db::open(&path).unwrap();
+        let db = open();
         let open = db.open_commitments().unwrap();
         assert_eq!(open, vec![t.clone()]);
         let decided = db
@@ -396,8 +403,12 @@ mod tests {
 
     #[test]
     fn a_reused_transaction_uid_is_a_retry_only_from_the_same_ae_with_the_same_list() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("index.sqlite")).unwrap();
+        for (_, db, _dir) in crate::db::test_backends() {
+            reused_uid(&db);
+        }
+    }
+
+    fn reused_uid(db: &Db) {
         let list = items(2);
         assert!(matches!(
             db.admit_commitment("9.9", "SCANNER", "M3DNODE", &list, 60.0)
@@ -427,8 +438,12 @@ mod tests {
 
     #[test]
     fn an_undeliverable_transaction_is_closed() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("index.sqlite")).unwrap();
+        for (_, db, _dir) in crate::db::test_backends() {
+            undeliverable(&db);
+        }
+    }
+
+    fn undeliverable(db: &Db) {
         db.admit_commitment("9.9", "SCANNER", "M3DNODE", &items(1), 0.0)
             .unwrap();
         db.decide_commitment("9.9", &[]).unwrap();

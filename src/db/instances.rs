@@ -11,10 +11,10 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
-use rusqlite::{Connection, OptionalExtension, params};
 use tracing::debug;
 
-use super::{Db, DbError, in_transaction};
+use super::sql::{Conn, Row, Stmt, stmt};
+use super::{Db, DbError};
 use crate::store::header::{Header, QueryAttrs};
 
 /// One indexed instance.
@@ -126,65 +126,67 @@ fn series_values(h: &Header) -> impl Hash + '_ {
     )
 }
 
-const INSERT_INSTANCE: &str = "INSERT OR REPLACE INTO instances (sop_instance_uid, sop_class_uid,
+static INSERT_INSTANCE: Stmt = stmt!(
+    lite: "INSERT OR REPLACE INTO instances (sop_instance_uid, sop_class_uid,
     study_instance_uid, series_instance_uid, modality, instance_number, transfer_syntax, path,
     size, calling_ae, received_at, document_title, mime_type)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    pg: "INSERT INTO instances (sop_instance_uid, sop_class_uid,
+    study_instance_uid, series_instance_uid, modality, instance_number, transfer_syntax, path,
+    size, calling_ae, received_at, document_title, mime_type)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+    ON CONFLICT (sop_instance_uid) DO UPDATE SET sop_class_uid = EXCLUDED.sop_class_uid,
+        study_instance_uid = EXCLUDED.study_instance_uid,
+        series_instance_uid = EXCLUDED.series_instance_uid, modality = EXCLUDED.modality,
+        instance_number = EXCLUDED.instance_number, transfer_syntax = EXCLUDED.transfer_syntax,
+        path = EXCLUDED.path, size = EXCLUDED.size, calling_ae = EXCLUDED.calling_ae,
+        received_at = EXCLUDED.received_at, document_title = EXCLUDED.document_title,
+        mime_type = EXCLUDED.mime_type",
+);
 
-fn insert_instance(c: &Connection, r: &NewRow, now: f64) -> rusqlite::Result<()> {
+fn insert_instance(c: &mut Conn<'_>, r: &NewRow, now: f64) -> Result<(), DbError> {
     let h = &r.header;
-    c.prepare_cached(INSERT_INSTANCE)?.execute(params![
-        h.sop_instance_uid,
-        h.sop_class_uid,
-        h.study_instance_uid,
-        h.series_instance_uid,
-        h.modality,
-        h.instance_number,
-        r.transfer_syntax,
-        r.path,
-        r.size as i64,
-        r.calling_ae,
-        now,
-        h.query.document_title,
-        h.query.mime_type,
-    ])?;
+    c.exec(
+        &INSERT_INSTANCE,
+        &[
+            &h.sop_instance_uid,
+            &h.sop_class_uid,
+            &h.study_instance_uid,
+            &h.series_instance_uid,
+            &h.modality,
+            &h.instance_number,
+            &r.transfer_syntax,
+            &r.path,
+            &(r.size as i64),
+            &r.calling_ae,
+            &now,
+            &h.query.document_title,
+            &h.query.mime_type,
+        ],
+    )?;
     Ok(())
 }
 
-/// Writes (insert, or update when a value differs) the patient and study rows of `h`.
-pub(super) fn upsert_study(c: &Connection, h: &Header) -> rusqlite::Result<()> {
-    let q: &QueryAttrs = &h.query;
-    let patient_id = q.patient_id.as_deref().unwrap_or("");
-    let issuer = q.issuer.as_deref().unwrap_or("");
-    c.prepare_cached(
-        "INSERT INTO patients (patient_id, issuer, name, birth_date, sex, charset)
+static UPSERT_PATIENT: Stmt = stmt!(
+    lite: "INSERT INTO patients (patient_id, issuer, name, birth_date, sex, charset)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (patient_id, issuer) DO UPDATE SET name = excluded.name,
              birth_date = excluded.birth_date, sex = excluded.sex, charset = excluded.charset
          WHERE name IS NOT excluded.name OR birth_date IS NOT excluded.birth_date
              OR sex IS NOT excluded.sex OR charset IS NOT excluded.charset",
-    )?
-    .execute(params![
-        patient_id,
-        issuer,
-        q.patient_name,
-        q.birth_date,
-        q.sex,
-        q.charset
-    ])?;
-    let patient_pk: i64 = c
-        .prepare_cached("SELECT pk FROM patients WHERE patient_id = ?1 AND issuer = ?2")?
-        .query_row(params![patient_id, issuer], |r| r.get(0))?;
-    let before: Option<i64> = c
-        .prepare_cached("SELECT patient_pk FROM studies WHERE study_uid = ?1")?
-        .query_row([&h.study_instance_uid], |r| r.get(0))
-        .optional()?;
-    if before.is_some_and(|b| b != patient_pk) {
-        // Two patients' values for one study: the last writer wins (contract).
-        debug!(study_instance_uid = %h.study_instance_uid, "an instance gives its study other patient values; the study now refers to them");
-    }
-    c.prepare_cached(
-        "INSERT INTO studies (study_uid, patient_pk, study_date, study_time, accession, study_id,
+    pg: "INSERT INTO patients (patient_id, issuer, name, birth_date, sex, charset)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (patient_id, issuer) DO UPDATE SET name = EXCLUDED.name,
+             birth_date = EXCLUDED.birth_date, sex = EXCLUDED.sex, charset = EXCLUDED.charset
+         WHERE patients.name IS DISTINCT FROM EXCLUDED.name
+             OR patients.birth_date IS DISTINCT FROM EXCLUDED.birth_date
+             OR patients.sex IS DISTINCT FROM EXCLUDED.sex
+             OR patients.charset IS DISTINCT FROM EXCLUDED.charset",
+);
+static PATIENT_PK: Stmt = stmt!("SELECT pk FROM patients WHERE patient_id = ?1 AND issuer = ?2");
+static STUDY_PATIENT: Stmt = stmt!("SELECT patient_pk FROM studies WHERE study_uid = ?1");
+static UPSERT_STUDY: Stmt = stmt!(
+    lite: "INSERT INTO studies (study_uid, patient_pk, study_date, study_time, accession, study_id,
              description, referring, charset)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
          ON CONFLICT (study_uid) DO UPDATE SET patient_pk = excluded.patient_pk,
@@ -196,26 +198,25 @@ pub(super) fn upsert_study(c: &Connection, h: &Header) -> rusqlite::Result<()> {
              OR study_time IS NOT excluded.study_time OR accession IS NOT excluded.accession
              OR study_id IS NOT excluded.study_id OR description IS NOT excluded.description
              OR referring IS NOT excluded.referring OR charset IS NOT excluded.charset",
-    )?
-    .execute(params![
-        h.study_instance_uid,
-        patient_pk,
-        q.study_date,
-        q.study_time,
-        q.accession,
-        q.study_id,
-        q.study_description,
-        q.referring,
-        q.charset
-    ])?;
-    Ok(())
-}
-
-/// Writes (insert, or update when a value differs) the series row of `h`.
-pub(super) fn upsert_series(c: &Connection, h: &Header) -> rusqlite::Result<()> {
-    let q = &h.query;
-    c.prepare_cached(
-        "INSERT INTO series (series_uid, study_uid, modality, series_number, description,
+    pg: "INSERT INTO studies (study_uid, patient_pk, study_date, study_time, accession, study_id,
+             description, referring, charset)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (study_uid) DO UPDATE SET patient_pk = EXCLUDED.patient_pk,
+             study_date = EXCLUDED.study_date, study_time = EXCLUDED.study_time,
+             accession = EXCLUDED.accession, study_id = EXCLUDED.study_id,
+             description = EXCLUDED.description, referring = EXCLUDED.referring,
+             charset = EXCLUDED.charset
+         WHERE studies.patient_pk IS DISTINCT FROM EXCLUDED.patient_pk
+             OR studies.study_date IS DISTINCT FROM EXCLUDED.study_date
+             OR studies.study_time IS DISTINCT FROM EXCLUDED.study_time
+             OR studies.accession IS DISTINCT FROM EXCLUDED.accession
+             OR studies.study_id IS DISTINCT FROM EXCLUDED.study_id
+             OR studies.description IS DISTINCT FROM EXCLUDED.description
+             OR studies.referring IS DISTINCT FROM EXCLUDED.referring
+             OR studies.charset IS DISTINCT FROM EXCLUDED.charset",
+);
+static UPSERT_SERIES: Stmt = stmt!(
+    lite: "INSERT INTO series (series_uid, study_uid, modality, series_number, description,
              body_part, frame_of_reference_uid, series_date, series_time, charset)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
          ON CONFLICT (series_uid) DO UPDATE SET study_uid = excluded.study_uid,
@@ -230,19 +231,87 @@ pub(super) fn upsert_series(c: &Connection, h: &Header) -> rusqlite::Result<()> 
              OR frame_of_reference_uid IS NOT excluded.frame_of_reference_uid
              OR series_date IS NOT excluded.series_date OR series_time IS NOT excluded.series_time
              OR charset IS NOT excluded.charset",
-    )?
-    .execute(params![
-        h.series_instance_uid,
-        h.study_instance_uid,
-        h.modality,
-        q.series_number,
-        h.series_description,
-        h.body_part_examined,
-        h.frame_of_reference_uid,
-        q.series_date,
-        q.series_time,
-        q.charset
-    ])?;
+    pg: "INSERT INTO series (series_uid, study_uid, modality, series_number, description,
+             body_part, frame_of_reference_uid, series_date, series_time, charset)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT (series_uid) DO UPDATE SET study_uid = EXCLUDED.study_uid,
+             modality = EXCLUDED.modality, series_number = EXCLUDED.series_number,
+             description = EXCLUDED.description, body_part = EXCLUDED.body_part,
+             frame_of_reference_uid = EXCLUDED.frame_of_reference_uid,
+             series_date = EXCLUDED.series_date, series_time = EXCLUDED.series_time,
+             charset = EXCLUDED.charset
+         WHERE series.study_uid IS DISTINCT FROM EXCLUDED.study_uid
+             OR series.modality IS DISTINCT FROM EXCLUDED.modality
+             OR series.series_number IS DISTINCT FROM EXCLUDED.series_number
+             OR series.description IS DISTINCT FROM EXCLUDED.description
+             OR series.body_part IS DISTINCT FROM EXCLUDED.body_part
+             OR series.frame_of_reference_uid IS DISTINCT FROM EXCLUDED.frame_of_reference_uid
+             OR series.series_date IS DISTINCT FROM EXCLUDED.series_date
+             OR series.series_time IS DISTINCT FROM EXCLUDED.series_time
+             OR series.charset IS DISTINCT FROM EXCLUDED.charset",
+);
+static STAMP_ORIGIN: Stmt = stmt!(
+    "UPDATE series SET calling_ae = ?2, received_at = ?3
+     WHERE series_uid = ?1 AND received_at IS NULL"
+);
+
+/// Writes (insert, or update when a value differs) the patient and study rows of `h`.
+pub(super) fn upsert_study(c: &mut Conn<'_>, h: &Header) -> Result<(), DbError> {
+    let q: &QueryAttrs = &h.query;
+    let patient_id = q.patient_id.as_deref().unwrap_or("");
+    let issuer = q.issuer.as_deref().unwrap_or("");
+    c.exec(
+        &UPSERT_PATIENT,
+        &[
+            &patient_id,
+            &issuer,
+            &q.patient_name,
+            &q.birth_date,
+            &q.sex,
+            &q.charset,
+        ],
+    )?;
+    let patient_pk: i64 = c.one(&PATIENT_PK, &[&patient_id, &issuer], |r| r.get(0))?;
+    let before: Option<i64> = c.opt(&STUDY_PATIENT, &[&h.study_instance_uid], |r| r.get(0))?;
+    if before.is_some_and(|b| b != patient_pk) {
+        // Two patients' values for one study: the last writer wins (contract).
+        debug!(study_instance_uid = %h.study_instance_uid, "an instance gives its study other patient values; the study now refers to them");
+    }
+    c.exec(
+        &UPSERT_STUDY,
+        &[
+            &h.study_instance_uid,
+            &patient_pk,
+            &q.study_date,
+            &q.study_time,
+            &q.accession,
+            &q.study_id,
+            &q.study_description,
+            &q.referring,
+            &q.charset,
+        ],
+    )?;
+    Ok(())
+}
+
+/// Writes (insert, or update when a value differs) the series row of `h`.
+pub(super) fn upsert_series(c: &mut Conn<'_>, h: &Header) -> Result<(), DbError> {
+    let q = &h.query;
+    c.exec(
+        &UPSERT_SERIES,
+        &[
+            &h.series_instance_uid,
+            &h.study_instance_uid,
+            &h.modality,
+            &q.series_number,
+            &h.series_description,
+            &h.body_part_examined,
+            &h.frame_of_reference_uid,
+            &q.series_date,
+            &q.series_time,
+            &q.charset,
+        ],
+    )?;
     Ok(())
 }
 
@@ -250,16 +319,12 @@ pub(super) fn upsert_series(c: &Connection, h: &Header) -> rusqlite::Result<()> 
 /// [`upsert_series`], which migration 2's back-fill runs before these columns exist). Runs
 /// only when the series row was written, so it costs ingest nothing per instance.
 fn stamp_series_origin(
-    c: &Connection,
+    c: &mut Conn<'_>,
     series_uid: &str,
     calling_ae: &str,
     now: f64,
-) -> rusqlite::Result<()> {
-    c.prepare_cached(
-        "UPDATE series SET calling_ae = ?2, received_at = ?3
-         WHERE series_uid = ?1 AND received_at IS NULL",
-    )?
-    .execute(params![series_uid, calling_ae, now])?;
+) -> Result<(), DbError> {
+    c.exec(&STAMP_ORIGIN, &[&series_uid, &calling_ae, &now])?;
     Ok(())
 }
 
@@ -295,51 +360,102 @@ impl Written {
     }
 }
 
+static GET: Stmt = stmt!(
+    "SELECT sop_instance_uid, sop_class_uid, study_instance_uid, series_instance_uid,
+     modality, instance_number, transfer_syntax, path, size, calling_ae
+     FROM instances WHERE sop_instance_uid = ?1"
+);
+static HAS: Stmt = stmt!("SELECT 1 FROM instances WHERE sop_instance_uid = ?1");
+/// Instance Number order; instances without one first, on both backends.
+static SERIES: Stmt = stmt!(
+    lite: "SELECT sop_instance_uid, sop_class_uid, study_instance_uid, series_instance_uid,
+     modality, instance_number, transfer_syntax, path, size, calling_ae
+     FROM instances WHERE series_instance_uid = ?1 ORDER BY instance_number, path",
+    pg: "SELECT sop_instance_uid, sop_class_uid, study_instance_uid, series_instance_uid,
+     modality, instance_number, transfer_syntax, path, size, calling_ae
+     FROM instances WHERE series_instance_uid = ?1 ORDER BY instance_number NULLS FIRST, path",
+);
+static COUNT: Stmt = stmt!("SELECT COUNT(*) FROM instances");
+static FIND_SERIES: Stmt = stmt!(
+    "SELECT study_instance_uid, series_instance_uid FROM instances WHERE sop_instance_uid = ?1"
+);
+static DELETE_INSTANCE: Stmt = stmt!("DELETE FROM instances WHERE sop_instance_uid = ?1");
+static DELETE_SERIES: Stmt = stmt!(
+    "DELETE FROM series WHERE series_uid = ?1
+     AND NOT EXISTS (SELECT 1 FROM instances WHERE series_instance_uid = ?1)"
+);
+static DELETE_STUDY: Stmt = stmt!(
+    "DELETE FROM studies WHERE study_uid = ?1
+     AND NOT EXISTS (SELECT 1 FROM series WHERE study_uid = ?1)"
+);
+static DELETE_PATIENT: Stmt = stmt!(
+    "DELETE FROM patients WHERE pk = ?1
+     AND NOT EXISTS (SELECT 1 FROM studies WHERE patient_pk = ?1)"
+);
+
 impl Db {
     /// Writes the rows of several instances (instance row, and the patient/study/series rows
     /// that are not known to be current) in one transaction: one WAL append for a whole group
     /// commit. A lone instance whose query rows are current is one autocommitted insert.
+    ///
+    /// On PostgreSQL two processes may upsert the same study and series rows at once: the
+    /// batch is written in (study, series) order, so that two batches lock shared rows in the
+    /// same order, and a transaction that a deadlock still aborted runs once more.
     pub fn upsert_all<'a>(
         &self,
         rows: impl IntoIterator<Item = &'a NewRow>,
     ) -> Result<(), DbError> {
-        let rows: Vec<&NewRow> = rows.into_iter().collect();
+        let mut rows: Vec<&NewRow> = rows.into_iter().collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        if self.is_postgres() {
+            // Stable: within a study, the batch's own order (the first instance writes).
+            rows.sort_by(|a, b| {
+                (&a.header.study_instance_uid, &a.header.series_instance_uid)
+                    .cmp(&(&b.header.study_instance_uid, &b.header.series_instance_uid))
+            });
+        }
         let now = now();
-        self.with_inner(|inner| {
-            let c = &inner.conn;
+        let stale: Vec<Stale> = {
+            let written = self.written.lock().map_err(|_| DbError::Poisoned)?;
             // Within one batch, the first instance of a study or series writes its rows.
-            let mut stale: Vec<Stale> = Vec::with_capacity(rows.len());
             let mut seen = Written::default();
-            for r in &rows {
-                let (study, series) = inner.written.stale(&r.header);
-                let study = study.filter(|(k, v)| seen.studies.insert(k.clone(), *v) != Some(*v));
-                let series = series.filter(|(k, v)| seen.series.insert(k.clone(), *v) != Some(*v));
-                stale.push((study, series));
-            }
-            let write = |c: &Connection| -> rusqlite::Result<()> {
-                for (r, (study, series)) in rows.iter().zip(&stale) {
-                    if study.is_some() {
-                        upsert_study(c, &r.header)?;
-                    }
-                    if series.is_some() {
-                        upsert_series(c, &r.header)?;
-                        stamp_series_origin(c, &r.header.series_instance_uid, &r.calling_ae, now)?;
-                    }
-                    insert_instance(c, r, now)?;
+            rows.iter()
+                .map(|r| {
+                    let (study, series) = written.stale(&r.header);
+                    let study =
+                        study.filter(|(k, v)| seen.studies.insert(k.clone(), *v) != Some(*v));
+                    let series =
+                        series.filter(|(k, v)| seen.series.insert(k.clone(), *v) != Some(*v));
+                    (study, series)
+                })
+                .collect()
+        };
+        let write = |c: &mut Conn<'_>| -> Result<(), DbError> {
+            for (r, (study, series)) in rows.iter().zip(&stale) {
+                if study.is_some() {
+                    upsert_study(c, &r.header)?;
                 }
-                Ok(())
-            };
-            let lone_insert = rows.len() == 1 && stale[0].0.is_none() && stale[0].1.is_none();
-            if rows.is_empty() {
-                return Ok(());
-            } else if lone_insert {
-                write(c)?;
-            } else {
-                in_transaction(c, write)?;
+                if series.is_some() {
+                    upsert_series(c, &r.header)?;
+                    stamp_series_origin(c, &r.header.series_instance_uid, &r.calling_ae, now)?;
+                }
+                insert_instance(c, r, now)?;
             }
-            inner.written.remember(stale);
             Ok(())
-        })
+        };
+        let lone_insert = rows.len() == 1 && stale[0].0.is_none() && stale[0].1.is_none();
+        if lone_insert {
+            self.run(write)?;
+        } else {
+            self.tx(write)?;
+        }
+        self.written
+            .lock()
+            .map_err(|_| DbError::Poisoned)?
+            .remember(stale);
+        Ok(())
     }
 
     /// Inserts or replaces the row of one instance (and its query rows).
@@ -362,89 +478,54 @@ impl Db {
 
     /// The row of one instance.
     pub fn get(&self, sop_instance_uid: &str) -> Result<Option<InstanceRow>, DbError> {
-        self.with(|c| {
-            c.prepare_cached(
-                "SELECT sop_instance_uid, sop_class_uid, study_instance_uid, series_instance_uid,
-                 modality, instance_number, transfer_syntax, path, size, calling_ae
-                 FROM instances WHERE sop_instance_uid = ?1",
-            )?
-            .query_row([sop_instance_uid], row_to_instance)
-            .optional()
-        })
+        self.run(|c| c.opt(&GET, &[&sop_instance_uid], row_to_instance))
     }
 
     /// Whether an instance has a row (cheaper than [`Db::get`] for the start-up repair).
     pub fn has_instance(&self, sop_instance_uid: &str) -> Result<bool, DbError> {
-        self.with(|c| {
-            c.prepare_cached("SELECT 1 FROM instances WHERE sop_instance_uid = ?1")?
-                .exists([sop_instance_uid])
-        })
+        self.run(|c| Ok(c.opt(&HAS, &[&sop_instance_uid], |_| Ok(()))?.is_some()))
     }
 
-    /// Every instance of a series, in Instance Number order.
+    /// Every instance of a series, in Instance Number order (those without one first).
     pub fn series(&self, series_instance_uid: &str) -> Result<Vec<InstanceRow>, DbError> {
-        self.with(|c| {
-            c.prepare_cached(
-                "SELECT sop_instance_uid, sop_class_uid, study_instance_uid, series_instance_uid,
-                 modality, instance_number, transfer_syntax, path, size, calling_ae
-                 FROM instances WHERE series_instance_uid = ?1 ORDER BY instance_number, path",
-            )?
-            .query_map([series_instance_uid], row_to_instance)?
-            .collect()
-        })
+        self.run(|c| c.all(&SERIES, &[&series_instance_uid], row_to_instance))
     }
 
     /// Number of indexed instances.
     pub fn count(&self) -> Result<u64, DbError> {
-        self.with(|c| c.query_row("SELECT COUNT(*) FROM instances", [], |r| r.get::<_, i64>(0)))
+        self.run(|c| c.one(&COUNT, &[], |r| r.get::<i64>(0)))
             .map(|n| n as u64)
     }
 
     /// Removes an instance's row, and the series, study and patient rows it leaves empty (a
     /// query must not find a series whose instances were dropped). Unknown UIDs are ignored.
     pub fn delete_instance(&self, sop_instance_uid: &str) -> Result<(), DbError> {
-        self.with_inner(|inner| {
-            let found: Option<(String, String)> = inner
-                .conn
-                .query_row(
-                    "SELECT study_instance_uid, series_instance_uid FROM instances WHERE sop_instance_uid = ?1",
-                    [sop_instance_uid],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            let Some((study, series)) = found else {
-                return Ok(());
-            };
-            inner.written.forget(&study, &series);
-            in_transaction(&inner.conn, |c| {
-                c.execute("DELETE FROM instances WHERE sop_instance_uid = ?1", [sop_instance_uid])?;
-                c.execute(
-                    "DELETE FROM series WHERE series_uid = ?1
-                     AND NOT EXISTS (SELECT 1 FROM instances WHERE series_instance_uid = ?1)",
-                    [&series],
-                )?;
-                let patient: Option<i64> = c
-                    .query_row("SELECT patient_pk FROM studies WHERE study_uid = ?1", [&study], |r| r.get(0))
-                    .optional()?;
-                c.execute(
-                    "DELETE FROM studies WHERE study_uid = ?1
-                     AND NOT EXISTS (SELECT 1 FROM series WHERE study_uid = ?1)",
-                    [&study],
-                )?;
-                if let Some(pk) = patient {
-                    c.execute(
-                        "DELETE FROM patients WHERE pk = ?1
-                         AND NOT EXISTS (SELECT 1 FROM studies WHERE patient_pk = ?1)",
-                        [pk],
-                    )?;
-                }
-                Ok(())
+        let found: Option<(String, String)> = self.run(|c| {
+            c.opt(&FIND_SERIES, &[&sop_instance_uid], |r| {
+                Ok((r.get(0)?, r.get(1)?))
             })
+        })?;
+        let Some((study, series)) = found else {
+            return Ok(());
+        };
+        self.written
+            .lock()
+            .map_err(|_| DbError::Poisoned)?
+            .forget(&study, &series);
+        self.tx(|c| {
+            c.exec(&DELETE_INSTANCE, &[&sop_instance_uid])?;
+            c.exec(&DELETE_SERIES, &[&series])?;
+            let patient: Option<i64> = c.opt(&STUDY_PATIENT, &[&study], |r| r.get(0))?;
+            c.exec(&DELETE_STUDY, &[&study])?;
+            if let Some(pk) = patient {
+                c.exec(&DELETE_PATIENT, &[&pk])?;
+            }
+            Ok(())
         })
     }
 }
 
-fn row_to_instance(r: &rusqlite::Row<'_>) -> rusqlite::Result<InstanceRow> {
+fn row_to_instance(r: &Row<'_>) -> Result<InstanceRow, DbError> {
     Ok(InstanceRow {
         sop_instance_uid: r.get(0)?,
         sop_class_uid: r.get(1)?,
@@ -454,7 +535,111 @@ fn row_to_instance(r: &rusqlite::Row<'_>) -> rusqlite::Result<InstanceRow> {
         instance_number: r.get(5)?,
         transfer_syntax: r.get(6)?,
         path: r.get(7)?,
-        size: r.get::<_, i64>(8)? as u64,
+        size: r.get::<i64>(8)? as u64,
         calling_ae: r.get(9)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::{test_backend_pairs, test_backends};
+
+    fn row(study: usize, name: &str) -> NewRow {
+        let mut header = Header {
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+            sop_instance_uid: format!("1.5.{study}.1.1"),
+            study_instance_uid: format!("1.5.{study}"),
+            series_instance_uid: format!("1.5.{study}.1"),
+            modality: Some("CT".into()),
+            instance_number: Some(1),
+            ..Default::default()
+        };
+        header.query.patient_id = Some(format!("P{}", study % 3));
+        header.query.patient_name = Some(name.to_string());
+        header.query.study_description = Some(name.to_string());
+        NewRow {
+            header,
+            transfer_syntax: "1.2.840.10008.1.2.1".into(),
+            path: format!("{study}.dcm"),
+            size: 10,
+            calling_ae: "CT".into(),
+        }
+    }
+
+    /// Two receivers upsert the same studies in opposite orders, with values that change
+    /// every batch: PostgreSQL must not fail either with a deadlock (sorted batches, one
+    /// retry); every row is written once.
+    #[test]
+    fn concurrent_upserts_of_the_same_studies_in_opposite_orders_succeed() {
+        for (name, a, b, _dir) in test_backend_pairs() {
+            let barrier = std::sync::Barrier::new(2);
+            std::thread::scope(|s| {
+                for (db, reverse) in [(&a, false), (&b, true)] {
+                    let barrier = &barrier;
+                    s.spawn(move || {
+                        barrier.wait();
+                        for round in 0..25 {
+                            let mut rows: Vec<NewRow> = (0..8)
+                                .map(|i| row(i, &format!("N{round}{reverse}")))
+                                .collect();
+                            if reverse {
+                                rows.reverse();
+                            }
+                            db.upsert_all(&rows).unwrap();
+                        }
+                    });
+                }
+            });
+            assert_eq!(a.count().unwrap(), 8, "{name}");
+            assert_eq!(a.stats().unwrap().studies, 8, "{name}");
+            assert_eq!(a.stats().unwrap().patients, 3, "{name}");
+        }
+    }
+
+    #[test]
+    fn instances_are_replaced_found_and_deleted_with_their_empty_query_rows() {
+        for (name, db, _dir) in test_backends() {
+            db.upsert_all(&[row(1, "A"), row(2, "B")]).unwrap();
+            let mut again = row(1, "A");
+            again.path = "moved.dcm".into();
+            again.size = 99;
+            db.upsert_all(&[again]).unwrap();
+            let got = db.get("1.5.1.1.1").unwrap().unwrap();
+            assert_eq!((got.path.as_str(), got.size), ("moved.dcm", 99), "{name}");
+            assert!(db.has_instance("1.5.2.1.1").unwrap());
+            assert!(!db.has_instance("1.5.9").unwrap());
+            assert_eq!(db.count().unwrap(), 2);
+            db.delete_instance("1.5.1.1.1").unwrap();
+            db.delete_instance("1.5.404").unwrap();
+            let stats = db.stats().unwrap();
+            assert_eq!(
+                (stats.instances, stats.series, stats.studies, stats.patients),
+                (1, 1, 1, 1),
+                "{name}"
+            );
+        }
+    }
+
+    /// The synchronous PostgreSQL client inside async code: on a multi-thread runtime's
+    /// worker and on a current-thread runtime (pg::off_runtime).
+    #[test]
+    fn index_calls_work_inside_tokio_runtimes() {
+        for (name, db, _dir) in test_backends() {
+            let multi = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .build()
+                .unwrap();
+            multi.block_on(async { db.upsert_all(&[row(1, "A")]).unwrap() });
+            let current = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            assert_eq!(current.block_on(async { db.count().unwrap() }), 1, "{name}");
+            match db.with(|_| Ok(())) {
+                Ok(()) => assert!(!db.is_postgres()),
+                Err(DbError::NotSqlite) => assert!(db.is_postgres(), "{name}"),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
 }

@@ -8,6 +8,7 @@
 //! | 3 | each series' calling AE title and first arrival (`migrations/0003_series_origin.sql`) |
 //! | 4 | the objects each job made, with their structure's label and colour (`migrations/0004_result_objects.sql`) |
 //! | 5 | Storage Commitment transactions and MPPS steps (`migrations/0005_commitment_mpps.sql`) |
+//! | 6 | leases of jobs and deliveries, the `processes` table (`migrations/0006_leases.sql`; issue 17) |
 //!
 //! Each migration runs in its own transaction and sets `user_version` in it, so a crash leaves
 //! the storage at one version or the next. The one exception is migration 2's back-fill, which
@@ -24,11 +25,12 @@ use rayon::prelude::*;
 use rusqlite::Connection;
 use tracing::{info, warn};
 
+use super::sql::Conn;
 use super::{DbError, in_transaction, instances};
 use crate::store::header;
 
 /// The schema this binary writes.
-pub const LATEST_VERSION: i64 = 5;
+pub const LATEST_VERSION: i64 = 6;
 
 /// How a migration runs.
 #[derive(Debug, Clone)]
@@ -108,6 +110,12 @@ pub fn run(c: &Connection, path: &Path, root: &Path, opts: &MigrateOptions) -> R
             set_version(c, 5)
         })?;
     }
+    if found < 6 {
+        in_transaction(c, |c| {
+            c.execute_batch(include_str!("migrations/0006_leases.sql"))?;
+            set_version(c, 6)
+        })?;
+    }
     Ok(())
 }
 
@@ -185,12 +193,12 @@ fn migrate_2(
                 )
             })
             .collect();
-        in_transaction(c, |c| {
+        in_transaction(c, |c| -> Result<(), DbError> {
             for (rowid, h) in &headers {
                 match h {
                     Ok(h) => {
-                        instances::upsert_study(c, h)?;
-                        instances::upsert_series(c, h)?;
+                        instances::upsert_study(&mut Conn::Lite(c), h)?;
+                        instances::upsert_series(&mut Conn::Lite(c), h)?;
                         c.prepare_cached("UPDATE instances SET document_title = ?2, mime_type = ?3 WHERE rowid = ?1")?
                             .execute(rusqlite::params![rowid, h.query.document_title, h.query.mime_type])?;
                     }

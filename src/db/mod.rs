@@ -1,5 +1,12 @@
-//! The index database (`<storage>/index.sqlite`): the one owner of every table, statement and
-//! stored state.
+//! The index database (`<storage>/index.sqlite`, or a PostgreSQL database shared by several
+//! processes: issue 17): the one owner of every table, statement and stored state.
+//!
+//! Both backends run the same typed methods: each statement is written once against the
+//! neutral layer of [`sql`] (one text, or one per dialect where they differ), and [`Db`] runs
+//! it on the SQLite connection or on a pooled PostgreSQL connection ([`pg`]). Jobs and
+//! deliveries are leased to one process at a time ([`Db::set_owner`], [`Db::claim_job`],
+//! [`Db::claim_deliveries`], [`Db::renew_leases`]); a holder that stops renewing loses them,
+//! and its late writes are refused ([`DbError::LeaseLost`]).
 //!
 //! Tables: `instances` (every stored file), the query index `patients`, `studies` and `series`
 //! (`migrations/0002_query_index.sql`), `series_work` (completion tracking and routing), `jobs`, `outbox` and
@@ -27,19 +34,24 @@ pub mod migrate;
 mod mpps;
 mod outbox;
 pub mod pg;
+pub(crate) mod sql;
 pub mod state;
 mod stats;
 mod status;
 mod work;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use rusqlite::Connection;
+use tracing::{info, warn};
+
+use crate::query::{Found, InstanceRef, Query, QueryError};
+use sql::{Conn, PgClient};
 
 pub use commitments::{Admission, Commitment, CommitmentItem, CommitmentSummary};
 pub use instances::{InstanceRow, NewRow, now};
-pub use jobs::{FailedAtStart, JobRow, JobSource};
+pub use jobs::{FailedAtStart, JobRow, JobSource, ProcessRow};
 pub use migrate::{LATEST_VERSION, MigrateOptions};
 pub use mpps::{MppsInstance, MppsRow, MppsSummary, MppsWrite, OpenMppsSeries};
 pub use outbox::{DueDelivery, OutboxRow};
@@ -116,6 +128,40 @@ pub enum DbError {
         /// [`LATEST_VERSION`].
         known: i64,
     },
+    /// PostgreSQL refused an operation.
+    #[error("PostgreSQL index: {0}")]
+    Postgres(#[from] postgres::Error),
+    /// The PostgreSQL plumbing failed (URL, pool, migration).
+    #[error("{0}")]
+    Pg(#[from] pg::PgError),
+    /// A SQLite-only operation ([`Db::with`]) on a PostgreSQL index.
+    #[error("this operation needs the SQLite index; the index is PostgreSQL")]
+    NotSqlite,
+    /// An operation not available on PostgreSQL yet.
+    #[error("{0} is not available on the PostgreSQL index yet")]
+    NotPorted(&'static str),
+    /// The row's lease is no longer this process's: another process took the job or delivery
+    /// over (this one was stopped or cut off longer than the lease). Nothing was written.
+    #[error("the lease was lost: another process took the work over")]
+    LeaseLost,
+    /// A statement expected a row and found none.
+    #[error("index database: an expected row is missing")]
+    NoRow,
+    /// A PostgreSQL index at another schema version than this binary's (`m3dnode jobs` does
+    /// not migrate).
+    #[error(
+        "PostgreSQL index {index} has schema version {}, not the {known} this m3dnode uses; \
+         start `m3dnode serve` (of the matching release) once to migrate it",
+        found.map_or_else(|| "none".to_string(), |v| v.to_string())
+    )]
+    WrongVersion {
+        /// Where the database is, without credentials.
+        index: String,
+        /// Its version (`None`: no m3dnode schema).
+        found: Option<i64>,
+        /// [`LATEST_VERSION`].
+        known: i64,
+    },
     /// A migration stopped on purpose (a test's [`MigrateOptions::stop_after_batches`]).
     #[error("migration stopped after {batches} batch(es) as asked")]
     MigrationStopped {
@@ -124,16 +170,53 @@ pub enum DbError {
     },
 }
 
-/// A shared handle to the index database.
-pub struct Db {
-    inner: Mutex<Inner>,
+impl DbError {
+    /// A PostgreSQL deadlock or serialisation failure: the transaction may succeed if run
+    /// again.
+    pub fn is_transient(&self) -> bool {
+        use postgres::error::SqlState;
+        match self {
+            DbError::Postgres(e) => e.code().is_some_and(|c| {
+                *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+            }),
+            _ => false,
+        }
+    }
 }
 
-struct Inner {
-    conn: Connection,
-    /// Query rows known to be current, so that ingest skips their upserts.
-    written: instances::Written,
+/// A shared handle to the index database: SQLite (one node, the default) or PostgreSQL (the
+/// shared index of several processes, issue 17).
+pub struct Db {
+    backend: Backend,
+    /// Query rows known to be current, so that ingest skips their upserts. Updated only after
+    /// a commit (the group commit has one leader at a time).
+    written: Mutex<instances::Written>,
+    /// This process's lease owner and lease length ([`Db::set_owner`]).
+    lease: OnceLock<Lease>,
 }
+
+/// Who holds the leases this handle takes, and for how long.
+#[derive(Debug, Clone)]
+struct Lease {
+    owner: String,
+    seconds: f64,
+}
+
+/// The lease owner of a handle nobody named ([`Db::set_owner`]).
+pub const DEFAULT_OWNER: &str = "local";
+/// The lease length of a handle nobody set, in seconds.
+pub const DEFAULT_LEASE_SECONDS: f64 = 60.0;
+
+/// The two backends.
+enum Backend {
+    /// The one SQLite connection; its mutex serialises every statement.
+    Sqlite(Mutex<Connection>),
+    /// A pool of PostgreSQL connections.
+    Postgres(pg::Pool),
+}
+
+/// How long a PostgreSQL statement waits for a pooled connection (SQLite's busy timeout).
+const CHECKOUT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Db {
     /// Opens (creating if needed) the index at `path` and migrates it to the latest schema.
@@ -148,7 +231,7 @@ impl Db {
         let conn = connect(path)?;
         let root = path.parent().unwrap_or(Path::new("."));
         migrate::run(&conn, path, root, opts)?;
-        Ok(Db::from_conn(conn))
+        Ok(Db::from_backend(Backend::Sqlite(Mutex::new(conn))))
     }
 
     /// Opens the index of a node that may be running (`m3dnode jobs`, `m3dnode retry`): no
@@ -170,40 +253,230 @@ impl Db {
                 known: LATEST_VERSION,
             });
         }
-        Ok(Db::from_conn(conn))
+        Ok(Db::from_backend(Backend::Sqlite(Mutex::new(conn))))
     }
 
-    fn from_conn(conn: Connection) -> Db {
+    /// Connects to the PostgreSQL index at `url` with up to `pool_size` connections named
+    /// `application_name`, and migrates it to the latest schema under the migration lock
+    /// (several processes may start at once). The URL is logged without its password.
+    pub fn open_postgres(
+        url: &str,
+        application_name: &str,
+        pool_size: usize,
+    ) -> Result<Db, DbError> {
+        let pool = pg::Pool::new(
+            pg::config(url, application_name)?,
+            pool_size,
+            CHECKOUT_TIMEOUT,
+        )?;
+        let index = pool.describe();
+        let migrated = {
+            let mut conn = pool.get()?;
+            pg::migrate::run(conn.client(), &index)?
+        };
+        if migrated.applied.is_empty() {
+            info!(index = %index, version = LATEST_VERSION, "PostgreSQL index opened");
+        } else {
+            info!(index = %index, from = ?migrated.from, applied = ?migrated.applied, "PostgreSQL index migrated");
+        }
+        Ok(Db::from_backend(Backend::Postgres(pool)))
+    }
+
+    /// Connects to a PostgreSQL index that running processes use (`m3dnode jobs`): no
+    /// migration, and a schema other than [`LATEST_VERSION`] is refused.
+    pub fn open_postgres_existing(
+        url: &str,
+        application_name: &str,
+        pool_size: usize,
+    ) -> Result<Db, DbError> {
+        let pool = pg::Pool::new(
+            pg::config(url, application_name)?,
+            pool_size,
+            CHECKOUT_TIMEOUT,
+        )?;
+        let index = pool.describe();
+        let found = {
+            let mut conn = pool.get()?;
+            pg::migrate::version(conn.client())?
+        };
+        if found != Some(LATEST_VERSION) {
+            return Err(DbError::WrongVersion {
+                index,
+                found,
+                known: LATEST_VERSION,
+            });
+        }
+        Ok(Db::from_backend(Backend::Postgres(pool)))
+    }
+
+    fn from_backend(backend: Backend) -> Db {
         Db {
-            inner: Mutex::new(Inner {
-                conn,
-                written: instances::Written::default(),
-            }),
+            backend,
+            written: Mutex::new(instances::Written::default()),
+            lease: OnceLock::new(),
         }
     }
 
-    /// Runs `f` on the connection (short, await-free sections only: it holds a std mutex).
-    /// For the query module's SELECTs and for tests; writes belong in this module.
+    /// Whether this index is PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// Names the owner of the leases this handle takes (jobs, deliveries; unique per process
+    /// on one database, e.g. `<instance>:<pid>:<start ms>`) and their length. Once per
+    /// handle: a later call is ignored (returns false), so leases never change hands silently.
+    pub fn set_owner(&self, owner: &str, lease_seconds: f64) -> bool {
+        self.lease
+            .set(Lease {
+                owner: owner.to_string(),
+                seconds: lease_seconds,
+            })
+            .is_ok()
+    }
+
+    /// This handle's lease owner ([`DEFAULT_OWNER`] unless [`Db::set_owner`] named one).
+    pub fn owner(&self) -> &str {
+        self.lease.get().map_or(DEFAULT_OWNER, |l| l.owner.as_str())
+    }
+
+    /// This handle's lease length in seconds.
+    pub fn lease_seconds(&self) -> f64 {
+        self.lease
+            .get()
+            .map_or(DEFAULT_LEASE_SECONDS, |l| l.seconds)
+    }
+
+    /// Runs `f` on the SQLite connection (short, await-free sections only: it holds a std
+    /// mutex). For tests and benches; [`DbError::NotSqlite`] on PostgreSQL.
     pub fn with<T>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T, DbError> {
-        let inner = self.inner.lock().map_err(|_| DbError::Poisoned)?;
-        Ok(f(&inner.conn)?)
+        match &self.backend {
+            Backend::Sqlite(m) => {
+                let c = m.lock().map_err(|_| DbError::Poisoned)?;
+                Ok(f(&c)?)
+            }
+            Backend::Postgres(_) => Err(DbError::NotSqlite),
+        }
     }
 
-    /// [`Db::with`] with the query-row cache, for the instance writers.
-    fn with_inner<T>(
+    /// Runs `f` on a connection, each statement committing by itself.
+    fn run<T: Send>(
         &self,
-        f: impl FnOnce(&mut Inner) -> rusqlite::Result<T>,
+        f: impl FnOnce(&mut Conn<'_>) -> Result<T, DbError> + Send,
     ) -> Result<T, DbError> {
-        let mut inner = self.inner.lock().map_err(|_| DbError::Poisoned)?;
-        Ok(f(&mut inner)?)
+        match &self.backend {
+            Backend::Sqlite(m) => {
+                let c = m.lock().map_err(|_| DbError::Poisoned)?;
+                f(&mut Conn::Lite(&c))
+            }
+            Backend::Postgres(pool) => pg::off_runtime(|| {
+                let mut pooled = pool.get()?;
+                let (client, stmts) = pooled.parts();
+                f(&mut Conn::Pg {
+                    client: PgClient::Client(client),
+                    stmts,
+                })
+            }),
+        }
     }
 
-    /// The schema version (`PRAGMA user_version`).
+    /// Runs `f` in one transaction: committed when it returns `Ok`, rolled back otherwise. On
+    /// PostgreSQL a transaction that a deadlock or a serialisation failure aborted is run
+    /// once more (so `f` must only write to the database).
+    fn tx<T: Send>(
+        &self,
+        mut f: impl FnMut(&mut Conn<'_>) -> Result<T, DbError> + Send,
+    ) -> Result<T, DbError> {
+        match &self.backend {
+            Backend::Sqlite(m) => {
+                let c = m.lock().map_err(|_| DbError::Poisoned)?;
+                in_transaction(&c, |c| f(&mut Conn::Lite(c)))
+            }
+            Backend::Postgres(pool) => pg::off_runtime(|| {
+                let mut pooled = pool.get()?;
+                let mut retried = false;
+                loop {
+                    let (client, stmts) = pooled.parts();
+                    let mut conn = Conn::Pg {
+                        client: PgClient::Tx(client.transaction()?),
+                        stmts,
+                    };
+                    let result = f(&mut conn);
+                    let Conn::Pg {
+                        client: PgClient::Tx(tx),
+                        ..
+                    } = conn
+                    else {
+                        unreachable!("a PostgreSQL transaction stays one")
+                    };
+                    let result = match result {
+                        Ok(v) => tx.commit().map(|()| v).map_err(DbError::from),
+                        Err(e) => {
+                            // The error says what went wrong; a failed rollback adds nothing
+                            // (the server rolls back when the connection goes).
+                            let _ = tx.rollback();
+                            Err(e)
+                        }
+                    };
+                    match result {
+                        Err(e) if !retried && e.is_transient() => {
+                            warn!(error = %e, "PostgreSQL index: transaction aborted by a concurrent one; running it again");
+                            retried = true;
+                        }
+                        other => return other,
+                    }
+                }
+            }),
+        }
+    }
+
+    /// The schema version (`PRAGMA user_version`, or PostgreSQL's `schema_version` row; 0 for
+    /// an empty PostgreSQL database).
     pub fn schema_version(&self) -> Result<i64, DbError> {
-        self.with(migrate::version)
+        match &self.backend {
+            Backend::Sqlite(_) => self.with(migrate::version),
+            Backend::Postgres(pool) => {
+                let mut conn = pool.get()?;
+                Ok(pg::migrate::version(conn.client())?.unwrap_or(0))
+            }
+        }
+    }
+
+    /// C-FIND through the query module: the matches of `q`, at most `limit` (0: no limit),
+    /// each encoded in `ts_uid` (see [`Query::find`]).
+    pub fn find(&self, q: &Query, limit: usize, ts_uid: &str) -> Result<Found, QueryError> {
+        match &self.backend {
+            Backend::Sqlite(_) => self
+                .with(|c| Ok(q.find(c, limit, ts_uid)))
+                .map_err(query_error)?,
+            // merge: `Query::find_pg(&mut client, limit, ts_uid)` on a pooled connection,
+            // through pg::off_runtime, once the query module's PostgreSQL port is merged.
+            Backend::Postgres(_) => Err(query_error(DbError::NotPorted("C-FIND"))),
+        }
+    }
+
+    /// C-MOVE / C-GET through the query module: the instances `q` names (see
+    /// [`Query::instances`]).
+    pub fn retrieve_refs(&self, q: &Query) -> Result<Vec<InstanceRef>, QueryError> {
+        match &self.backend {
+            Backend::Sqlite(_) => self.with(|c| Ok(q.instances(c))).map_err(query_error)?,
+            // merge: `Query::instances_pg(&mut client)` on a pooled connection, through
+            // pg::off_runtime, once the query module's PostgreSQL port is merged.
+            Backend::Postgres(_) => Err(query_error(DbError::NotPorted("C-MOVE/C-GET"))),
+        }
+    }
+}
+
+/// A [`DbError`] as the query module's error (it wraps only rusqlite's today).
+fn query_error(e: DbError) -> QueryError {
+    match e {
+        DbError::Sqlite(e) => QueryError::Database(e),
+        other => QueryError::Database(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISUSE),
+            Some(other.to_string()),
+        )),
     }
 }
 
@@ -215,19 +488,19 @@ fn connect(path: &Path) -> Result<Connection, DbError> {
     Ok(conn)
 }
 
-/// Runs `f` in a transaction (BEGIN and COMMIT as cached statements: parsing them anew cost
-/// more than a single insert).
-fn in_transaction<T>(
+/// Runs `f` in a SQLite transaction (BEGIN and COMMIT as cached statements: parsing them anew
+/// cost more than a single insert).
+fn in_transaction<T, E: From<rusqlite::Error>>(
     c: &Connection,
-    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
-) -> rusqlite::Result<T> {
+    f: impl FnOnce(&Connection) -> Result<T, E>,
+) -> Result<T, E> {
     c.prepare_cached("BEGIN")?.execute([])?;
     match f(c) {
         Ok(v) => match c.prepare_cached("COMMIT").and_then(|mut s| s.execute([])) {
             Ok(_) => Ok(v),
             Err(e) => {
                 let _ = c.prepare_cached("ROLLBACK").and_then(|mut s| s.execute([]));
-                Err(e)
+                Err(e.into())
             }
         },
         Err(e) => {
@@ -236,6 +509,61 @@ fn in_transaction<T>(
         }
     }
 }
+
+/// The tests' backends: SQLite in a temporary directory, and PostgreSQL (a fresh database on
+/// the test cluster: `M3DNODE_TEST_PG_URL`, or one started with scripts/pg-cluster) when
+/// PostgreSQL is installed. Set `M3DNODE_TEST_NO_PG=1` to run SQLite only.
+#[cfg(test)]
+pub(crate) fn test_backends() -> Vec<(&'static str, Db, Option<tempfile::TempDir>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let lite = Db::open(&dir.path().join("index.sqlite")).unwrap();
+    let mut out = vec![("sqlite", lite, Some(dir))];
+    if let Some(url) = test_pg_url() {
+        out.push((
+            "postgres",
+            Db::open_postgres(&url, "m3dnode/test", 4).unwrap(),
+            None,
+        ));
+    }
+    out
+}
+
+/// Two handles on one index per backend, as two processes would hold (leases, concurrent
+/// claims): (backend, first, second, the SQLite directory).
+#[cfg(test)]
+pub(crate) fn test_backend_pairs() -> Vec<(&'static str, Db, Db, Option<tempfile::TempDir>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index.sqlite");
+    let a = Db::open(&path).unwrap();
+    let b = Db::open(&path).unwrap();
+    let mut out = vec![("sqlite", a, b, Some(dir))];
+    if let Some(url) = test_pg_url() {
+        let a = Db::open_postgres(&url, "m3dnode/test-a", 4).unwrap();
+        let b = Db::open_postgres(&url, "m3dnode/test-b", 4).unwrap();
+        out.push(("postgres", a, b, None));
+    }
+    out
+}
+
+/// A fresh PostgreSQL database for a test, when a cluster is available.
+#[cfg(test)]
+pub(crate) fn test_pg_url() -> Option<String> {
+    if std::env::var_os("M3DNODE_TEST_NO_PG").is_some_and(|v| !v.is_empty()) {
+        return None;
+    }
+    let installed = std::env::var_os("M3DNODE_TEST_PG_URL").is_some_and(|v| !v.is_empty())
+        || Path::new("/usr/lib/postgresql/15/bin/initdb").exists()
+        || std::process::Command::new("pg_config")
+            .arg("--bindir")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    installed.then(test_cluster::fresh_db)
+}
+
+/// The throw-away cluster of the integration tests, shared with the unit tests.
+#[cfg(test)]
+#[path = "../../tests/common/pg.rs"]
+mod test_cluster;
 
 #[cfg(test)]
 mod tests {

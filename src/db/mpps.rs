@@ -7,9 +7,8 @@
 //! status without its list. The series tracker reads the lists back at start-up
 //! ([`Db::open_mpps_series`]) to resume waiting for instances a COMPLETED step listed.
 
-use rusqlite::{OptionalExtension, params};
-
-use super::{Db, DbError, MppsStatus, SeriesState, in_transaction, now};
+use super::sql::{Conn, Row, Stmt, stmt};
+use super::{Db, DbError, MppsStatus, SeriesState, now};
 
 /// A step as N-CREATE makes it, or as an N-SET leaves it.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,9 +95,13 @@ pub struct OpenMppsSeries {
     pub sop_instance_uids: Vec<String>,
 }
 
-const MPPS_COLUMNS: &str = "sop_instance_uid, calling_ae, status, study_instance_uid, modality, pps_id, created_at, updated_at";
+macro_rules! mpps_columns {
+    () => {
+        "sop_instance_uid, calling_ae, status, study_instance_uid, modality, pps_id, created_at, updated_at"
+    };
+}
 
-fn mpps_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MppsRow> {
+fn mpps_row(r: &Row<'_>) -> Result<MppsRow, DbError> {
     Ok(MppsRow {
         sop_instance_uid: r.get(0)?,
         calling_ae: r.get(1)?,
@@ -111,23 +114,92 @@ fn mpps_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MppsRow> {
     })
 }
 
+static DELETE_INSTANCES: Stmt = stmt!("DELETE FROM mpps_instances WHERE mpps_uid = ?1");
+static INSERT_INSTANCE: Stmt = stmt!(
+    lite: "INSERT OR REPLACE INTO mpps_instances (mpps_uid, series_instance_uid, sop_class_uid, sop_instance_uid)
+     VALUES (?1, ?2, ?3, ?4)",
+    pg: "INSERT INTO mpps_instances (mpps_uid, series_instance_uid, sop_class_uid, sop_instance_uid)
+     VALUES (?1, ?2, ?3, ?4)
+     ON CONFLICT (mpps_uid, sop_instance_uid) DO UPDATE SET
+         series_instance_uid = EXCLUDED.series_instance_uid, sop_class_uid = EXCLUDED.sop_class_uid",
+);
+static CREATE: Stmt = stmt!(
+    lite: "INSERT OR IGNORE INTO mpps (sop_instance_uid, calling_ae, status, study_instance_uid, patient_id,
+     accession_number, modality, pps_id, created_at, updated_at, attributes)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)",
+    pg: "INSERT INTO mpps (sop_instance_uid, calling_ae, status, study_instance_uid, patient_id,
+     accession_number, modality, pps_id, created_at, updated_at, attributes)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)
+     ON CONFLICT (sop_instance_uid) DO NOTHING",
+);
+static UPDATE: Stmt = stmt!(
+    "UPDATE mpps SET status = ?2, study_instance_uid = ?3, patient_id = ?4, accession_number = ?5,
+     modality = ?6, pps_id = ?7, updated_at = ?8, attributes = ?9
+     WHERE sop_instance_uid = ?1"
+);
+static GET: Stmt = stmt!(concat!(
+    "SELECT ",
+    mpps_columns!(),
+    " FROM mpps WHERE sop_instance_uid = ?1"
+));
+static ATTRIBUTES: Stmt = stmt!("SELECT attributes FROM mpps WHERE sop_instance_uid = ?1");
+static INSTANCES: Stmt = stmt!(
+    "SELECT series_instance_uid, sop_class_uid, sop_instance_uid FROM mpps_instances
+     WHERE mpps_uid = ?1 ORDER BY series_instance_uid, sop_instance_uid"
+);
+static LIST: Stmt = stmt!(
+    lite: concat!("WITH per_series AS (
+         SELECT mi.mpps_uid, mi.series_instance_uid, COUNT(*) AS listed,
+                COUNT(i.sop_instance_uid) AS stored
+         FROM mpps_instances mi
+         LEFT JOIN instances i ON i.sop_instance_uid = mi.sop_instance_uid
+         GROUP BY mi.mpps_uid, mi.series_instance_uid)
+     SELECT ", mpps_columns!(), ",
+         (SELECT COUNT(*) FROM per_series p WHERE p.mpps_uid = m.sop_instance_uid),
+         (SELECT COUNT(*) FROM per_series p WHERE p.mpps_uid = m.sop_instance_uid AND p.stored = p.listed),
+         (SELECT COALESCE(SUM(listed), 0) FROM per_series p WHERE p.mpps_uid = m.sop_instance_uid),
+         (SELECT COALESCE(SUM(stored), 0) FROM per_series p WHERE p.mpps_uid = m.sop_instance_uid)
+     FROM mpps m ORDER BY m.updated_at DESC, m.sop_instance_uid LIMIT ?1"),
+    // SUM of a bigint is a numeric on PostgreSQL.
+    pg: concat!("WITH per_series AS (
+         SELECT mi.mpps_uid, mi.series_instance_uid, COUNT(*) AS listed,
+                COUNT(i.sop_instance_uid) AS stored
+         FROM mpps_instances mi
+         LEFT JOIN instances i ON i.sop_instance_uid = mi.sop_instance_uid
+         GROUP BY mi.mpps_uid, mi.series_instance_uid)
+     SELECT ", mpps_columns!(), ",
+         (SELECT COUNT(*) FROM per_series p WHERE p.mpps_uid = m.sop_instance_uid),
+         (SELECT COUNT(*) FROM per_series p WHERE p.mpps_uid = m.sop_instance_uid AND p.stored = p.listed),
+         (SELECT COALESCE(SUM(listed), 0)::bigint FROM per_series p WHERE p.mpps_uid = m.sop_instance_uid),
+         (SELECT COALESCE(SUM(stored), 0)::bigint FROM per_series p WHERE p.mpps_uid = m.sop_instance_uid)
+     FROM mpps m ORDER BY m.updated_at DESC, m.sop_instance_uid LIMIT ?1"),
+);
+static OPEN_SERIES: Stmt = stmt!(
+    "SELECT m.sop_instance_uid, m.status, mi.series_instance_uid, mi.sop_instance_uid
+     FROM mpps m JOIN mpps_instances mi ON mi.mpps_uid = m.sop_instance_uid
+     LEFT JOIN series_work w ON w.series_instance_uid = mi.series_instance_uid
+     WHERE m.status IN (?1, ?2) AND (w.state IS NULL OR w.state = ?3)
+     ORDER BY m.updated_at, m.sop_instance_uid, mi.series_instance_uid, mi.sop_instance_uid"
+);
+static SKIP: Stmt =
+    stmt!("UPDATE series_work SET state = ?2, last_at = ?3 WHERE series_instance_uid = ?1");
+
 fn replace_instances(
-    c: &rusqlite::Connection,
+    c: &mut Conn<'_>,
     mpps_uid: &str,
     instances: &[MppsInstance],
-) -> rusqlite::Result<()> {
-    c.execute("DELETE FROM mpps_instances WHERE mpps_uid = ?1", [mpps_uid])?;
-    let mut insert = c.prepare_cached(
-        "INSERT OR REPLACE INTO mpps_instances (mpps_uid, series_instance_uid, sop_class_uid, sop_instance_uid)
-         VALUES (?1, ?2, ?3, ?4)",
-    )?;
+) -> Result<(), DbError> {
+    c.exec(&DELETE_INSTANCES, &[&mpps_uid])?;
     for i in instances {
-        insert.execute(params![
-            mpps_uid,
-            i.series_instance_uid,
-            i.sop_class_uid,
-            i.sop_instance_uid
-        ])?;
+        c.exec(
+            &INSERT_INSTANCE,
+            &[
+                &mpps_uid,
+                &i.series_instance_uid,
+                &i.sop_class_uid,
+                &i.sop_instance_uid,
+            ],
+        )?;
     }
     Ok(())
 }
@@ -137,30 +209,26 @@ impl Db {
     /// UID exists already (the SCP answers 0x0111).
     pub fn create_mpps(&self, m: &MppsWrite<'_>) -> Result<bool, DbError> {
         let t = now();
-        self.with(|c| {
-            in_transaction(c, |c| {
-                let n = c.execute(
-                    "INSERT OR IGNORE INTO mpps (sop_instance_uid, calling_ae, status, study_instance_uid, patient_id,
-                     accession_number, modality, pps_id, created_at, updated_at, attributes)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)",
-                    params![
-                        m.sop_instance_uid,
-                        m.calling_ae,
-                        m.status,
-                        m.study_instance_uid,
-                        m.patient_id,
-                        m.accession_number,
-                        m.modality,
-                        m.pps_id,
-                        t,
-                        m.attributes
-                    ],
-                )?;
-                if n == 1 {
-                    replace_instances(c, m.sop_instance_uid, m.instances)?;
-                }
-                Ok(n == 1)
-            })
+        self.tx(|c| {
+            let n = c.exec(
+                &CREATE,
+                &[
+                    &m.sop_instance_uid,
+                    &m.calling_ae,
+                    &m.status,
+                    &m.study_instance_uid,
+                    &m.patient_id,
+                    &m.accession_number,
+                    &m.modality,
+                    &m.pps_id,
+                    &t,
+                    &m.attributes,
+                ],
+            )?;
+            if n == 1 {
+                replace_instances(c, m.sop_instance_uid, m.instances)?;
+            }
+            Ok(n == 1)
         })
     }
 
@@ -168,92 +236,56 @@ impl Db {
     /// the SCP merged it). Returns false when no such step exists.
     pub fn update_mpps(&self, m: &MppsWrite<'_>) -> Result<bool, DbError> {
         let t = now();
-        self.with(|c| {
-            in_transaction(c, |c| {
-                let n = c.execute(
-                    "UPDATE mpps SET status = ?2, study_instance_uid = ?3, patient_id = ?4, accession_number = ?5,
-                     modality = ?6, pps_id = ?7, updated_at = ?8, attributes = ?9
-                     WHERE sop_instance_uid = ?1",
-                    params![
-                        m.sop_instance_uid,
-                        m.status,
-                        m.study_instance_uid,
-                        m.patient_id,
-                        m.accession_number,
-                        m.modality,
-                        m.pps_id,
-                        t,
-                        m.attributes
-                    ],
-                )?;
-                if n == 1 {
-                    replace_instances(c, m.sop_instance_uid, m.instances)?;
-                }
-                Ok(n == 1)
-            })
+        self.tx(|c| {
+            let n = c.exec(
+                &UPDATE,
+                &[
+                    &m.sop_instance_uid,
+                    &m.status,
+                    &m.study_instance_uid,
+                    &m.patient_id,
+                    &m.accession_number,
+                    &m.modality,
+                    &m.pps_id,
+                    &t,
+                    &m.attributes,
+                ],
+            )?;
+            if n == 1 {
+                replace_instances(c, m.sop_instance_uid, m.instances)?;
+            }
+            Ok(n == 1)
         })
     }
 
     /// One step's row.
     pub fn mpps(&self, sop_instance_uid: &str) -> Result<Option<MppsRow>, DbError> {
-        self.with(|c| {
-            c.prepare_cached(&format!(
-                "SELECT {MPPS_COLUMNS} FROM mpps WHERE sop_instance_uid = ?1"
-            ))?
-            .query_row([sop_instance_uid], mpps_row)
-            .optional()
-        })
+        self.run(|c| c.opt(&GET, &[&sop_instance_uid], mpps_row))
     }
 
     /// One step's stored data set (Explicit VR Little Endian), for an N-SET to merge into.
     pub fn mpps_attributes(&self, sop_instance_uid: &str) -> Result<Option<Vec<u8>>, DbError> {
-        self.with(|c| {
-            c.query_row(
-                "SELECT attributes FROM mpps WHERE sop_instance_uid = ?1",
-                [sop_instance_uid],
-                |r| r.get(0),
-            )
-            .optional()
-        })
+        self.run(|c| c.opt(&ATTRIBUTES, &[&sop_instance_uid], |r| r.get(0)))
     }
 
     /// The instances a step lists, by series then SOP Instance UID.
     pub fn mpps_instances(&self, mpps_uid: &str) -> Result<Vec<MppsInstance>, DbError> {
-        self.with(|c| {
-            c.prepare_cached(
-                "SELECT series_instance_uid, sop_class_uid, sop_instance_uid FROM mpps_instances
-                 WHERE mpps_uid = ?1 ORDER BY series_instance_uid, sop_instance_uid",
-            )?
-            .query_map([mpps_uid], |r| {
+        self.run(|c| {
+            c.all(&INSTANCES, &[&mpps_uid], |r| {
                 Ok(MppsInstance {
                     series_instance_uid: r.get(0)?,
                     sop_class_uid: r.get(1)?,
                     sop_instance_uid: r.get(2)?,
                 })
-            })?
-            .collect()
+            })
         })
     }
 
     /// The latest `limit` steps, newest first, each with how many of its series and
     /// instances are stored (`m3dnode jobs`).
     pub fn list_mpps(&self, limit: usize) -> Result<Vec<MppsSummary>, DbError> {
-        self.with(|c| {
-            c.prepare(&format!(
-                "WITH per_series AS (
-                     SELECT mi.mpps_uid, mi.series_instance_uid, COUNT(*) AS listed,
-                            COUNT(i.sop_instance_uid) AS stored
-                     FROM mpps_instances mi
-                     LEFT JOIN instances i ON i.sop_instance_uid = mi.sop_instance_uid
-                     GROUP BY mi.mpps_uid, mi.series_instance_uid)
-                 SELECT {MPPS_COLUMNS},
-                     (SELECT COUNT(*) FROM per_series p WHERE p.mpps_uid = m.sop_instance_uid),
-                     (SELECT COUNT(*) FROM per_series p WHERE p.mpps_uid = m.sop_instance_uid AND p.stored = p.listed),
-                     (SELECT COALESCE(SUM(listed), 0) FROM per_series p WHERE p.mpps_uid = m.sop_instance_uid),
-                     (SELECT COALESCE(SUM(stored), 0) FROM per_series p WHERE p.mpps_uid = m.sop_instance_uid)
-                 FROM mpps m ORDER BY m.updated_at DESC, m.sop_instance_uid LIMIT ?1"
-            ))?
-            .query_map([limit as i64], |r| {
+        self.run(|c| {
+            c.all(&LIST, &[&(limit as i64)], |r| {
                 Ok(MppsSummary {
                     step: mpps_row(r)?,
                     series_listed: r.get(8)?,
@@ -261,8 +293,7 @@ impl Db {
                     instances_listed: r.get(10)?,
                     instances_stored: r.get(11)?,
                 })
-            })?
-            .collect()
+            })
         })
     }
 
@@ -270,23 +301,16 @@ impl Db {
     /// unrouted yet (no `series_work` row, or `receiving`): what the tracker still waits for
     /// after a restart. Ordered by step update time, so a later step's list wins.
     pub fn open_mpps_series(&self) -> Result<Vec<OpenMppsSeries>, DbError> {
-        let rows: Vec<(String, MppsStatus, String, String)> = self.with(|c| {
-            c.prepare(
-                "SELECT m.sop_instance_uid, m.status, mi.series_instance_uid, mi.sop_instance_uid
-                 FROM mpps m JOIN mpps_instances mi ON mi.mpps_uid = m.sop_instance_uid
-                 LEFT JOIN series_work w ON w.series_instance_uid = mi.series_instance_uid
-                 WHERE m.status IN (?1, ?2) AND (w.state IS NULL OR w.state = ?3)
-                 ORDER BY m.updated_at, m.sop_instance_uid, mi.series_instance_uid, mi.sop_instance_uid",
-            )?
-            .query_map(
-                params![
-                    MppsStatus::Completed,
-                    MppsStatus::Discontinued,
-                    SeriesState::Receiving
+        let rows: Vec<(String, MppsStatus, String, String)> = self.run(|c| {
+            c.all(
+                &OPEN_SERIES,
+                &[
+                    &MppsStatus::Completed,
+                    &MppsStatus::Discontinued,
+                    &SeriesState::Receiving,
                 ],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )?
-            .collect()
+            )
         })?;
         let mut out: Vec<OpenMppsSeries> = Vec::new();
         for (mpps_uid, status, series, sop) in rows {
@@ -308,10 +332,10 @@ impl Db {
     /// Marks a series skipped (its step was DISCONTINUED and its rule says skip): it is not
     /// processed, and its later instances are stored but not tracked.
     pub fn skip_series(&self, series_instance_uid: &str) -> Result<(), DbError> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE series_work SET state = ?2, last_at = ?3 WHERE series_instance_uid = ?1",
-                params![series_instance_uid, SeriesState::Skipped, now()],
+        self.run(|c| {
+            c.exec(
+                &SKIP,
+                &[&series_instance_uid, &SeriesState::Skipped, &now()],
             )
             .map(drop)
         })
@@ -348,8 +372,12 @@ mod tests {
 
     #[test]
     fn a_step_is_created_once_updated_with_its_list_and_resumed_until_processed() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("index.sqlite")).unwrap();
+        for (_, db, _dir) in crate::db::test_backends() {
+            step_lifecycle(&db);
+        }
+    }
+
+    fn step_lifecycle(db: &Db) {
         assert!(
             db.create_mpps(&write("9.1", MppsStatus::InProgress, &[]))
                 .unwrap()

@@ -9,9 +9,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, params};
+use rusqlite::{Connection, OpenFlags};
 
-use super::{DbError, DeliveryState, JobState};
+use super::sql::{Conn, Stmt, stmt};
+use super::{Db, DbError, DeliveryState, JobState};
 
 /// What the index holds right now, for the metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -32,7 +33,8 @@ pub struct IndexStats {
     pub patients: u64,
 }
 
-/// A read-only connection to an index for [`IndexStats`].
+/// A read-only connection to a SQLite index for [`IndexStats`] (on PostgreSQL, [`Db::stats`]
+/// reads through the pool: the server's readers never hold up its writers).
 pub struct StatsReader {
     conn: Connection,
 }
@@ -52,82 +54,105 @@ impl StatsReader {
     pub fn read(&self) -> Result<IndexStats, DbError> {
         let c = &self.conn;
         c.prepare_cached("BEGIN")?.execute([])?;
-        let stats = read_counts(c);
+        let stats = read_counts(&mut Conn::Lite(c));
         // A read transaction has nothing to keep; ending it lets the WAL be checkpointed.
         c.prepare_cached("COMMIT")?.execute([])?;
-        Ok(stats?)
+        stats
     }
 }
 
-fn read_counts(c: &Connection) -> rusqlite::Result<IndexStats> {
-    let count = |table: &str| -> rusqlite::Result<u64> {
-        c.prepare_cached(&format!("SELECT COUNT(*) FROM {table}"))?
-            .query_row([], |r| r.get::<_, i64>(0))
-            .map(|n| n.max(0) as u64)
+impl Db {
+    /// Every count of [`IndexStats`], of one moment (one transaction). On SQLite this holds
+    /// the node's connection while it counts: the metrics use a [`StatsReader`] there.
+    pub fn stats(&self) -> Result<IndexStats, DbError> {
+        self.tx(read_counts)
+    }
+}
+
+static COUNT_INSTANCES: Stmt = stmt!("SELECT COUNT(*) FROM instances");
+static COUNT_SERIES: Stmt = stmt!("SELECT COUNT(*) FROM series");
+static COUNT_STUDIES: Stmt = stmt!("SELECT COUNT(*) FROM studies");
+static COUNT_PATIENTS: Stmt = stmt!("SELECT COUNT(*) FROM patients");
+static JOBS_BY_STATE: Stmt = stmt!("SELECT state, COUNT(*) FROM jobs GROUP BY state");
+static OUTBOX_BY_STATE: Stmt = stmt!(
+    "SELECT destination, state, COUNT(*) FROM outbox GROUP BY destination, state ORDER BY destination"
+);
+
+fn read_counts(c: &mut Conn<'_>) -> Result<IndexStats, DbError> {
+    let mut count = |s: &'static Stmt| -> Result<u64, DbError> {
+        c.one(s, &[], |r| r.get::<i64>(0)).map(|n| n.max(0) as u64)
     };
+    let instances = count(&COUNT_INSTANCES)?;
+    let series = count(&COUNT_SERIES)?;
+    let studies = count(&COUNT_STUDIES)?;
+    let patients = count(&COUNT_PATIENTS)?;
     let mut jobs: Vec<(JobState, u64)> = JobState::ALL.iter().map(|&s| (s, 0)).collect();
-    {
-        let mut stmt = c.prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, JobState>(0)?, r.get::<_, i64>(1)?)))?;
-        for row in rows {
-            let (state, n) = row?;
-            if let Some(slot) = jobs.iter_mut().find(|(s, _)| *s == state) {
-                slot.1 = n.max(0) as u64;
-            }
+    let rows = c.all(&JOBS_BY_STATE, &[], |r| {
+        Ok((r.get::<JobState>(0)?, r.get::<i64>(1)?))
+    })?;
+    for (state, n) in rows {
+        if let Some(slot) = jobs.iter_mut().find(|(s, _)| *s == state) {
+            slot.1 = n.max(0) as u64;
         }
     }
     let mut outbox: Vec<(String, DeliveryState, u64)> = Vec::new();
-    {
-        let mut stmt = c.prepare_cached(
-            "SELECT destination, state, COUNT(*) FROM outbox GROUP BY destination, state ORDER BY destination",
-        )?;
-        let rows = stmt.query_map(params![], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, DeliveryState>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        })?;
-        for row in rows {
-            let (destination, state, n) = row?;
-            if !outbox.iter().any(|(d, _, _)| *d == destination) {
-                outbox.extend(
-                    DeliveryState::ALL
-                        .iter()
-                        .map(|&s| (destination.clone(), s, 0)),
-                );
-            }
-            if let Some(slot) = outbox
-                .iter_mut()
-                .find(|(d, s, _)| *d == destination && *s == state)
-            {
-                slot.2 = n.max(0) as u64;
-            }
+    let rows = c.all(&OUTBOX_BY_STATE, &[], |r| {
+        Ok((
+            r.get::<String>(0)?,
+            r.get::<DeliveryState>(1)?,
+            r.get::<i64>(2)?,
+        ))
+    })?;
+    for (destination, state, n) in rows {
+        if !outbox.iter().any(|(d, _, _)| *d == destination) {
+            outbox.extend(
+                DeliveryState::ALL
+                    .iter()
+                    .map(|&s| (destination.clone(), s, 0)),
+            );
+        }
+        if let Some(slot) = outbox
+            .iter_mut()
+            .find(|(d, s, _)| *d == destination && *s == state)
+        {
+            slot.2 = n.max(0) as u64;
         }
     }
     Ok(IndexStats {
         jobs,
         outbox,
-        instances: count("instances")?,
-        series: count("series")?,
-        studies: count("studies")?,
-        patients: count("patients")?,
+        instances,
+        series,
+        studies,
+        patients,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::{Db, NewDeliveries, NewSeriesWork};
+    use crate::db::{NewDeliveries, NewSeriesWork, test_backends};
 
     /// Counts that the index's own writers produce, read on the separate connection while
     /// the node's connection stays open.
     #[test]
     fn counts_jobs_by_state_and_deliveries_by_destination() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("index.sqlite");
-        let db = Db::open(&path).unwrap();
-        let reader = StatsReader::open(&path).unwrap();
+        for (name, db, dir) in test_backends() {
+            counts_on(
+                name,
+                &db,
+                dir.as_ref().map(|d| d.path().join("index.sqlite")),
+            );
+        }
+    }
+
+    fn counts_on(name: &str, db: &Db, path: Option<std::path::PathBuf>) {
+        // SQLite: the metrics' separate read-only connection; PostgreSQL: the pool.
+        let reader = path.map(|p| StatsReader::open(&p).unwrap());
+        let read = || match &reader {
+            Some(r) => r.read().unwrap(),
+            None => db.stats().unwrap(),
+        };
         let jobs = |queued, running, done, failed| {
             vec![
                 (JobState::Queued, queued),
@@ -136,7 +161,7 @@ mod tests {
                 (JobState::Failed, failed),
             ]
         };
-        let empty = reader.read().unwrap();
+        let empty = read();
         assert_eq!(empty.jobs, jobs(0, 0, 0, 0));
         assert!(empty.outbox.is_empty());
         assert_eq!(empty.instances, 0);
@@ -154,13 +179,15 @@ mod tests {
         }
         let running = db.claim_job().unwrap().unwrap();
         let failed = db.claim_job().unwrap().unwrap();
-        db.fail_job(failed.id, "no usable image stack").unwrap();
+        db.fail_job(failed.id, failed.attempts, "no usable image stack")
+            .unwrap();
         let destinations = [
             ("PACS".to_string(), "127.0.0.1:1".to_string()),
             ("NAV".to_string(), "127.0.0.1:2".to_string()),
         ];
         db.finish_job(
             running.id,
+            running.attempts,
             "ok",
             &[],
             &[NewDeliveries {
@@ -178,6 +205,7 @@ mod tests {
             deadline_seconds: 60.0,
         })
         .unwrap();
+        assert_eq!(db.claim_deliveries(10).unwrap().len(), 3, "{name}");
         let ids: Vec<(i64, String)> = db
             .list_deliveries(10)
             .unwrap()
@@ -188,8 +216,9 @@ mod tests {
         db.mark_sent(id("PACS/1.2.9.1")).unwrap();
         db.mark_failed(id("NAV/1.2.9.1"), 3, "refused").unwrap();
 
-        let s = reader.read().unwrap();
-        assert_eq!(s.jobs, jobs(1, 0, 1, 1));
+        let s = read();
+        assert_eq!(s.jobs, jobs(1, 0, 1, 1), "{name}");
+        assert_eq!(s.instances, 0, "{name}");
         let d = |ae: &str, st: DeliveryState, n: u64| (ae.to_string(), st, n);
         assert_eq!(
             s.outbox,

@@ -1,8 +1,7 @@
 //! `series_work`: the series the node has seen, for completion tracking and routing (the
 //! series tracker's table; called `series` before schema 2).
 
-use rusqlite::{OptionalExtension, params};
-
+use super::sql::{Stmt, stmt};
 use super::{Db, DbError, SeriesState, now};
 
 /// What the tracker knows of a series from an earlier run or association.
@@ -31,35 +30,40 @@ pub struct NewSeriesWork<'a> {
     pub expected: Option<i64>,
 }
 
+static RECEIVING: Stmt = stmt!(
+    "SELECT series_instance_uid, rule, expected FROM series_work
+     WHERE state = ?1 AND rule IS NOT NULL"
+);
+static GET: Stmt =
+    stmt!("SELECT rule, state, expected FROM series_work WHERE series_instance_uid = ?1");
+static ADD: Stmt = stmt!(
+    "INSERT INTO series_work (series_instance_uid, study_instance_uid, calling_ae, rule, state, expected, first_at, last_at)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)"
+);
+static REOPEN: Stmt =
+    stmt!("UPDATE series_work SET state = ?2, last_at = ?3 WHERE series_instance_uid = ?1");
+static FORGET: Stmt = stmt!("DELETE FROM series_work WHERE series_instance_uid = ?1");
+
 impl Db {
     /// Series still receiving that a rule routed: (series UID, rule, expected).
     pub fn receiving_series(&self) -> Result<Vec<(String, String, Option<i64>)>, DbError> {
-        self.with(|c| {
-            c.prepare(
-                "SELECT series_instance_uid, rule, expected FROM series_work
-                 WHERE state = ?1 AND rule IS NOT NULL",
-            )?
-            .query_map([SeriesState::Receiving], |r| {
+        self.run(|c| {
+            c.all(&RECEIVING, &[&SeriesState::Receiving], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?
-            .collect()
+            })
         })
     }
 
     /// The tracking row of a series, if it has one.
     pub fn series_work(&self, series_instance_uid: &str) -> Result<Option<SeriesWork>, DbError> {
-        self.with(|c| {
-            c.prepare_cached(
-                "SELECT rule, state, expected FROM series_work WHERE series_instance_uid = ?1",
-            )?
-            .query_row([series_instance_uid], |r| {
+        self.run(|c| {
+            c.opt(&GET, &[&series_instance_uid], |r| {
                 Ok(SeriesWork {
                     rule: r.get(0)?,
                     state: r.get(1)?,
                     expected: r.get(2)?,
                 })
             })
-            .optional()
         })
     }
 
@@ -70,11 +74,18 @@ impl Db {
         } else {
             SeriesState::Unrouted
         };
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO series_work (series_instance_uid, study_instance_uid, calling_ae, rule, state, expected, first_at, last_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
-                params![s.series_instance_uid, s.study_instance_uid, s.calling_ae, s.rule, state, s.expected, now()],
+        self.run(|c| {
+            c.exec(
+                &ADD,
+                &[
+                    &s.series_instance_uid,
+                    &s.study_instance_uid,
+                    &s.calling_ae,
+                    &s.rule,
+                    &state,
+                    &s.expected,
+                    &now(),
+                ],
             )
             .map(drop)
         })
@@ -82,10 +93,10 @@ impl Db {
 
     /// A processed series receives again (a late instance, `late_instances = rebuild`).
     pub fn reopen_series(&self, series_instance_uid: &str) -> Result<(), DbError> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE series_work SET state = ?2, last_at = ?3 WHERE series_instance_uid = ?1",
-                params![series_instance_uid, SeriesState::Receiving, now()],
+        self.run(|c| {
+            c.exec(
+                &REOPEN,
+                &[&series_instance_uid, &SeriesState::Receiving, &now()],
             )
             .map(drop)
         })
@@ -93,12 +104,6 @@ impl Db {
 
     /// Forgets a series' tracking row (all its instances were dropped before processing).
     pub fn forget_series_work(&self, series_instance_uid: &str) -> Result<(), DbError> {
-        self.with(|c| {
-            c.execute(
-                "DELETE FROM series_work WHERE series_instance_uid = ?1",
-                [series_instance_uid],
-            )
-            .map(drop)
-        })
+        self.run(|c| c.exec(&FORGET, &[&series_instance_uid]).map(drop))
     }
 }

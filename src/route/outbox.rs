@@ -57,6 +57,10 @@ use crate::store::{Index, IndexError, Store};
 /// works at all, while a dead one is still detected within minutes.
 pub const MAX_TIMEOUT_FACTOR: u32 = 16;
 
+/// Rows one pass leases at most: several processes sharing a PostgreSQL index each take a
+/// share of a long backlog.
+pub const CLAIM_LIMIT: usize = 200;
+
 /// The timeout of an attempt after `unconfirmed` unconfirmed ones.
 fn timeout_after(base_seconds: u64, unconfirmed: i64) -> f64 {
     let factor = 2f64
@@ -162,10 +166,10 @@ impl Delivery {
         }
     }
 
-    /// Sends every due row, one association per destination; returns how long to sleep.
+    /// Sends the due rows (up to [`CLAIM_LIMIT`] at a time, leased to this process), one
+    /// association per destination; returns how long to sleep.
     async fn deliver_due(&self) -> Result<Duration, IndexError> {
-        let t = now();
-        let due = self.store.index().due_deliveries(t)?;
+        let due = self.store.index().claim_deliveries(CLAIM_LIMIT)?;
         let mut by_destination: BTreeMap<(String, String), Vec<Due>> = BTreeMap::new();
         for d in due {
             by_destination

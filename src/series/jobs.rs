@@ -240,6 +240,15 @@ impl Workers {
     /// Takes the oldest queued job, marks it running and counts the start (committed before
     /// the job runs, so that a crash during it is counted too).
     fn claim(&self) -> Result<Option<JobRow>, IndexError> {
+        // A job whose holder died (lease expired) too often is failed, not taken over.
+        for f in self.store.index().expire_dead_jobs(MAX_ATTEMPTS)? {
+            error!(
+                job_id = f.id,
+                series_instance_uid = %f.series_instance_uid,
+                attempts = f.attempts,
+                "job failed: the node stopped every time it ran (crash or kill); not retried"
+            );
+        }
         self.store.index().claim_job()
     }
 
@@ -258,7 +267,7 @@ impl Workers {
             }
             Err(message) => {
                 error!(error = %message, "job failed");
-                if let Err(e) = self.store.index().fail_job(job.id, &message) {
+                if let Err(e) = self.store.index().fail_job(job.id, job.attempts, &message) {
                     warn!(error = %e, "could not record the job failure");
                 }
             }
@@ -379,7 +388,7 @@ impl Workers {
             })
             .collect();
         index
-            .finish_job(job.id, &summary, &objects, &deliveries)
+            .finish_job(job.id, job.attempts, &summary, &objects, &deliveries)
             .map_err(|e| format!("recording the result failed: {e}"))?;
         self.delivery.notify_one();
         Ok(summary)

@@ -365,6 +365,7 @@ pub fn make_work(store: &Store, scratch: &Path, calling_ae: &str) -> Work {
     index
         .finish_job(
             job.id,
+            job.attempts,
             &summary,
             &[
                 ResultObject {
@@ -392,6 +393,8 @@ pub fn make_work(store: &Store, scratch: &Path, calling_ae: &str) -> Work {
             }],
         )
         .unwrap();
+    // Marks are fenced on the delivery lease: take it as the delivery loop would.
+    index.claim_deliveries(10).unwrap();
     let rows = index.list_deliveries(10).unwrap();
     let id = |dest: &str| rows.iter().find(|r| r.destination == dest).unwrap().id;
     let (sent, failed) = (id("PACS"), id("NAV"));
@@ -400,7 +403,7 @@ pub fn make_work(store: &Store, scratch: &Path, calling_ae: &str) -> Work {
     // A rebuild of the same series that failed.
     index.queue_job(&series_uid, "sphere").unwrap();
     let again = index.claim_job().unwrap().unwrap();
-    index.fail_job(again.id, JOB_ERROR).unwrap();
+    index.fail_job(again.id, again.attempts, JOB_ERROR).unwrap();
     Work {
         series_uid,
         instances: files.len(),

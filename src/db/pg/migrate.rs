@@ -18,7 +18,10 @@ use crate::db::migrate::LATEST_VERSION;
 pub const LOCK_KEY: i64 = 0x006d_3364_6e6f_6465;
 
 /// The PostgreSQL migrations, ascending: (version reached, SQL).
-pub const MIGRATIONS: &[(i64, &str)] = &[(5, include_str!("../migrations/pg/0005_baseline.sql"))];
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (5, include_str!("../migrations/pg/0005_baseline.sql")),
+    (6, include_str!("../migrations/pg/0006_leases.sql")),
+];
 
 /// What [`run`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]

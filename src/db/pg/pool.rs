@@ -22,6 +22,17 @@ impl PgConn {
         &mut self.client
     }
 
+    /// The client and the statement cache, borrowed together (a transaction borrows the
+    /// client while statements are prepared into the cache).
+    pub fn parts(
+        &mut self,
+    ) -> (
+        &mut postgres::Client,
+        &mut HashMap<&'static str, postgres::Statement>,
+    ) {
+        (&mut self.client, &mut self.stmts)
+    }
+
     /// `sql` prepared once per connection: the statements are `'static` texts, so the text is
     /// the key.
     pub fn prepare_cached(&mut self, sql: &'static str) -> Result<postgres::Statement, PgError> {
