@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use crate::config::{Config, LogFormat, Overrides};
 use crate::net::qr_scu::{self, QrAssociation, QrError};
 use crate::net::scu::{self, AeAddress, OutgoingFile, ScuOptions};
+use crate::node::Role;
 use dicom_core::header::Header as _;
 
 /// A DICOM node that turns received CT/MR series into surface meshes (Encapsulated STL).
@@ -40,6 +41,24 @@ enum Command {
         /// Our AE title, overrides `node.ae_title`.
         #[arg(long)]
         ae_title: Option<String>,
+        /// Status page, health and metrics address, overrides `http.listen` ("" disables).
+        #[arg(long)]
+        http_listen: Option<String>,
+        /// Only receive: run no reconstruction jobs and send no results (the `worker`
+        /// processes of a shared PostgreSQL index do that).
+        #[arg(long)]
+        no_workers: bool,
+    },
+    /// Run a worker of a shared PostgreSQL index (`[index] url`): it claims and runs jobs and
+    /// deliveries, decides series completion, and has no DICOM listener. For GPU machines
+    /// beside the receivers.
+    Worker {
+        /// TOML configuration file; its `[index] url` must name the shared database.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Storage root (the shared one), overrides `node.storage`.
+        #[arg(long)]
+        storage: Option<PathBuf>,
         /// Status page, health and metrics address, overrides `http.listen` ("" disables).
         #[arg(long)]
         http_listen: Option<String>,
@@ -423,33 +442,61 @@ pub fn main() -> ExitCode {
         }
     };
     // The server's configuration is read first: it chooses the log format.
-    let served = match &cli.command {
+    let (config, overrides, role) = match &cli.command {
         Command::Serve {
             config,
             listen,
             storage,
             ae_title,
             http_listen,
-        } => {
-            let overrides = Overrides {
+            no_workers,
+        } => (
+            config.as_deref(),
+            Overrides {
                 listen: *listen,
                 storage: storage.clone(),
                 ae_title: ae_title.clone(),
                 http_listen: http_listen.clone(),
-            };
-            match Config::load(config.as_deref(), None, &overrides) {
-                Ok(cfg) => Some(cfg),
-                Err(e) => {
-                    eprintln!("m3dnode: {e}");
-                    return ExitCode::from(2);
-                }
+            },
+            Some(Role::Serve {
+                workers: !no_workers,
+            }),
+        ),
+        Command::Worker {
+            config,
+            storage,
+            http_listen,
+        } => (
+            Some(config.as_path()),
+            Overrides {
+                storage: storage.clone(),
+                http_listen: http_listen.clone(),
+                ..Overrides::default()
+            },
+            Some(Role::Worker),
+        ),
+        _ => (None, Overrides::default(), None),
+    };
+    let served = match role {
+        Some(role) => match Config::load(config, None, &overrides) {
+            Ok(cfg) if role == Role::Worker && !cfg.index.is_shared() => {
+                eprintln!(
+                    "m3dnode: `worker` needs a shared index: set [index] url to the PostgreSQL \
+                     database the receivers use (beside an SQLite index, `serve` runs the jobs)"
+                );
+                return ExitCode::from(2);
             }
-        }
-        _ => None,
+            Ok(cfg) => Some((cfg, role)),
+            Err(e) => {
+                eprintln!("m3dnode: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
     };
     // The server logs its work; offline commands only warnings (their result goes to stdout).
     match &served {
-        Some(cfg) => init_logging("info", cfg.log.format),
+        Some((cfg, _)) => init_logging("info", cfg.log.format),
         None => init_logging("warn", LogFormat::Text),
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -463,7 +510,9 @@ pub fn main() -> ExitCode {
         }
     };
     let outcome = match served {
-        Some(cfg) => runtime.block_on(serve(cfg)).map(|()| ExitCode::SUCCESS),
+        Some((cfg, role)) => runtime
+            .block_on(serve(cfg, role))
+            .map(|()| ExitCode::SUCCESS),
         None => runtime.block_on(run(cli)),
     };
     match outcome {
@@ -522,7 +571,9 @@ fn health(url: &str, timeout: Duration) -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Serve { .. } => anyhow::bail!("serve is run by main with its configuration"),
+        Command::Serve { .. } | Command::Worker { .. } => {
+            anyhow::bail!("serve and worker are run by main with their configuration")
+        }
         Command::Health { url, live, timeout } => {
             let path = if live { "live" } else { "ready" };
             let url = format!("{}/health/{path}", url.trim_end_matches('/'));
@@ -634,8 +685,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 
 /// `m3dnode serve`: the node until SIGTERM or SIGINT (or until it fails), then its orderly
 /// stop.
-async fn serve(cfg: Config) -> Result<()> {
-    let mut node = crate::node::start(cfg).await?;
+async fn serve(cfg: Config, role: Role) -> Result<()> {
+    let mut node = crate::node::start_as(cfg, role).await?;
     if let Some(interval) = sd_notify::watchdog_enabled() {
         let (store, listening) = (node.store.clone(), node.scp_listening.clone());
         node.spawn_task("systemd watchdog", move |stop| {
@@ -650,7 +701,10 @@ async fn serve(cfg: Config) -> Result<()> {
     if let Some(tls) = node.tls_addr() {
         println!("m3dnode tls listening on {tls}");
     }
-    println!("m3dnode listening on {}", node.local_addr());
+    match role {
+        Role::Serve { .. } => println!("m3dnode listening on {}", node.local_addr()),
+        Role::Worker => println!("m3dnode worker running"),
+    }
     // systemd `Type=notify`: started means accepting associations. Outside systemd
     // (no NOTIFY_SOCKET) these do nothing.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
@@ -1675,6 +1729,11 @@ fn open_index(
             ..Default::default()
         },
     )?;
+    if cfg.index.is_shared() {
+        let name = format!("m3dnode/{}-cli", cfg.index.instance_name());
+        let index = crate::store::Index::open_postgres_existing(&cfg.index.url, &name, 1)?;
+        return Ok((cfg, index));
+    }
     let path = cfg.node.storage.join("index.sqlite");
     anyhow::ensure!(
         path.exists(),
@@ -1714,6 +1773,23 @@ fn print_jobs(_cfg: &Config, index: &crate::store::Index, limit: usize) -> Resul
             "",
             j.error.or(j.summary).unwrap_or_default()
         );
+        if let Some(owner) = &j.lease_owner {
+            println!("{:>48}run {} by {owner}", "", j.attempts);
+        }
+    }
+    let processes = index.list_processes()?;
+    if !processes.is_empty() {
+        println!("\nPROCESSES (sharing this index)");
+        println!("{:<40} {:<9} {:<22} last seen", "owner", "role", "started");
+        for p in processes {
+            println!(
+                "{:<40} {:<9} {:<22} {}",
+                p.owner,
+                p.role,
+                fmt_time(Some(p.started_at)),
+                fmt_time(Some(p.seen_at))
+            );
+        }
     }
     println!("\nDELIVERIES (newest first)");
     println!(

@@ -89,6 +89,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// The MPPS SCP: forwarding to a RIS or PACS.
     pub mpps: MppsConfig,
+    /// The index: embedded SQLite, or a PostgreSQL database shared by several processes.
+    pub index: crate::db::settings::IndexConfig,
 }
 
 /// `[log]`: how the node writes its log (to stderr).
@@ -238,6 +240,9 @@ impl Config {
         self.audit
             .validate()
             .map_err(|(key, message)| invalid(&key, message))?;
+        self.index
+            .validate()
+            .map_err(|(key, message)| invalid(key, message))?;
         if !self.audit.syslog.is_empty() && self.audit.enabled {
             self.tls
                 .require_files("audit.syslog is sent over TLS with the node's certificate")

@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::net::scp::{self, ScpContext, ScpError};
 use crate::net::tls::{Tls, TlsError};
 use crate::series::jobs::{JobQueue, SpawnError, Workers};
-use crate::store::{IndexError, OpenError, Store, StoreError};
+use crate::store::{IndexError, OpenError, SharedIndex, Store, StoreError};
 
 /// Why a node could not start, or did not stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -44,9 +44,12 @@ pub enum NodeError {
         /// What went wrong.
         source: OpenError,
     },
-    /// Re-queuing the jobs of the last run failed.
-    #[error("re-queuing interrupted jobs: {0}")]
+    /// Re-queuing the jobs of the last run, or joining a shared index, failed.
+    #[error("index at start-up: {0}")]
     Requeue(#[from] IndexError),
+    /// The lease keeper thread could not start.
+    #[error("starting the lease keeper: {0}")]
+    Lease(#[from] crate::series::lease::LeaseError),
     /// A `check_host` peer's address does not resolve.
     #[error("{0}")]
     Peers(String),
@@ -125,13 +128,54 @@ pub struct Node {
     threads: Vec<(&'static str, std::thread::JoinHandle<()>)>,
 }
 
+/// What a process does with the storage and index it opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `m3dnode serve`: the DICOM listeners (store, commitment, MPPS, Q/R); with `workers`
+    /// also the reconstruction jobs and deliveries (`serve --no-workers` leaves those to the
+    /// `worker`s of a shared index).
+    Serve {
+        /// Run jobs and deliveries in this process.
+        workers: bool,
+    },
+    /// `m3dnode worker`: jobs, deliveries and series completion on a shared index; no DICOM
+    /// listener.
+    Worker,
+}
+
+impl Role {
+    /// Whether this process claims jobs and deliveries.
+    pub fn works(self) -> bool {
+        matches!(self, Role::Serve { workers: true } | Role::Worker)
+    }
+
+    /// The name in the index's `processes` table and the log.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Serve { workers: true } => "serve",
+            Role::Serve { workers: false } => "receiver",
+            Role::Worker => "worker",
+        }
+    }
+}
+
+/// [`start_as`] a complete single node (`m3dnode serve`).
+pub async fn start(config: Config) -> Result<Node, NodeError> {
+    start_as(config, Role::Serve { workers: true }).await
+}
+
 /// Starts a node: opens the storage, re-queues the jobs a stop interrupted, starts the
 /// workers, the series tracker and delivery, and binds the DICOM listener (`node.listen`;
 /// port 0 picks a free port, see [`Node::local_addr`]).
 ///
 /// `config` is normally from [`Config::load`], whose compiled rules are used as they are;
 /// a configuration whose rules changed since is validated again.
-pub async fn start(mut config: Config) -> Result<Node, NodeError> {
+///
+/// On a shared PostgreSQL index (`[index] url`) the process joins the others: it holds its
+/// jobs and deliveries under leases that a [`crate::series::lease`] thread renews, takes over
+/// those of a process that stopped renewing, and re-queues nothing at start (the jobs that
+/// look interrupted may be running elsewhere).
+pub async fn start_as(mut config: Config, role: Role) -> Result<Node, NodeError> {
     if !config.rules_are_compiled() {
         config.validate()?;
     }
@@ -139,8 +183,15 @@ pub async fn start(mut config: Config) -> Result<Node, NodeError> {
     let node = &config.node;
     // Before anything that counts, so that the first association is counted.
     let metrics = Arc::new(Metrics::install()?);
+    let shared = config.index.is_shared();
+    let instance = config.index.instance_name();
     let store = tokio::task::spawn_blocking({
-        let settings = node.store_settings();
+        let mut settings = node.store_settings();
+        settings.shared = shared.then(|| SharedIndex {
+            url: config.index.url.clone(),
+            pool: config.index.pool,
+            instance: instance.clone(),
+        });
         move || Store::open(&settings)
     })
     .await
@@ -150,12 +201,20 @@ pub async fn start(mut config: Config) -> Result<Node, NodeError> {
         source,
     })?;
     let store = Arc::new(store);
-    let requeued = crate::series::jobs::requeue_interrupted(&store)?;
-    if requeued > 0 {
-        info!(
-            jobs = requeued,
-            "re-queued jobs interrupted by the last stop"
-        );
+    let owner = config.index.owner();
+    store.index().set_owner(&owner, config.index.lease_seconds);
+    if shared {
+        store.index().register_process(role.name(), &instance)?;
+        info!(owner = %owner, role = role.name(), "joined the shared index");
+    } else {
+        // The storage lock proves that no other process runs these jobs.
+        let requeued = crate::series::jobs::requeue_interrupted(&store)?;
+        if requeued > 0 {
+            info!(
+                jobs = requeued,
+                "re-queued jobs interrupted by the last stop"
+            );
+        }
     }
     // Resolved and bound before any thread starts, so that these common failures leave
     // nothing behind.
@@ -175,10 +234,11 @@ pub async fn start(mut config: Config) -> Result<Node, NodeError> {
         .with_tls(tls.clone())
         .with_audit(audit.clone());
     let mut listeners = scp::Listeners::default();
-    if config.tls.plain_listener {
+    let serves = matches!(role, Role::Serve { .. });
+    if serves && config.tls.plain_listener {
         listeners.plain = Some(bind("node.listen", node.listen).await?);
     }
-    if config.tls.enabled {
+    if serves && config.tls.enabled {
         listeners.tls = Some(bind("tls.listen", config.tls.listen).await?);
     }
     let addr_of = |l: &Option<tokio::net::TcpListener>, key| match l {
@@ -212,18 +272,22 @@ pub async fn start(mut config: Config) -> Result<Node, NodeError> {
     }
     let queue = JobQueue::new(stop.clone())?;
     let delivery_notify = Arc::new(Notify::new());
-    let mut threads: Vec<(&'static str, std::thread::JoinHandle<()>)> = Arc::new(Workers {
-        config: config.worker_settings(),
-        store: store.clone(),
-        rules: rules.clone(),
-        queue: queue.clone(),
-        delivery: delivery_notify.clone(),
-        models: Default::default(),
-    })
-    .spawn()?
-    .into_iter()
-    .map(|h| ("job worker", h))
-    .collect();
+    let mut threads: Vec<(&'static str, std::thread::JoinHandle<()>)> = Vec::new();
+    if role.works() {
+        let workers = Arc::new(Workers {
+            config: config.worker_settings(),
+            store: store.clone(),
+            rules: rules.clone(),
+            queue: queue.clone(),
+            delivery: delivery_notify.clone(),
+            models: Default::default(),
+        });
+        threads.extend(workers.spawn()?.into_iter().map(|h| ("job worker", h)));
+    }
+    threads.push((
+        "lease keeper",
+        crate::series::lease::start(store.clone(), config.index.lease_seconds, &stop)?,
+    ));
     let (tracker, tracker_thread) =
         crate::series::start(config.series.clone(), store.clone(), rules, queue, &stop)?;
     threads.push(("series tracker", tracker_thread));
@@ -236,27 +300,32 @@ pub async fn start(mut config: Config) -> Result<Node, NodeError> {
     let delivery = delivery
         .with_tls(&config.peers, tls.clone())
         .with_audit(audit.clone());
-    let mut tasks = vec![("delivery task", tokio::spawn(delivery.run(stop.clone())))];
+    let mut tasks = Vec::new();
+    if role.works() {
+        tasks.push(("delivery task", tokio::spawn(delivery.run(stop.clone()))));
+    }
 
+    // A worker has no listener; "listening" (readiness, the watchdog) then means running.
     let scp_listening = Arc::new(AtomicBool::new(true));
-    // Storage Commitment: reports on new associations use the node's TLS identity for
-    // `tls = true` peers, as delivery does.
-    let (committer, commit_task) = crate::net::commit::Committer::start(
-        config.commitment.clone(),
-        scp_settings,
-        store.clone(),
-        tls.as_ref().map(|t| t.client_config()),
-        stop.clone(),
-    );
-    tasks.push(("commitment task", commit_task));
-    let observers: Vec<Arc<dyn scp::StoreObserver>> = vec![tracker, Arc::new(committer.clone())];
-    let ctx = Arc::new(
-        ctx.with_committer(committer)
-            .with_observer(Arc::new(scp::Fanout(observers))),
-    );
-    let scp = tokio::spawn({
+    // The DICOM side, `serve` only. Storage Commitment: reports on new associations use the
+    // node's TLS identity for `tls = true` peers, as delivery does.
+    let scp = if serves {
+        let (committer, commit_task) = crate::net::commit::Committer::start(
+            config.commitment.clone(),
+            scp_settings,
+            store.clone(),
+            tls.as_ref().map(|t| t.client_config()),
+            stop.clone(),
+        );
+        tasks.push(("commitment task", commit_task));
+        let observers: Vec<Arc<dyn scp::StoreObserver>> =
+            vec![tracker, Arc::new(committer.clone())];
+        let ctx = Arc::new(
+            ctx.with_committer(committer)
+                .with_observer(Arc::new(scp::Fanout(observers))),
+        );
         let (receive, stop, listening) = (receive.clone(), stop.clone(), scp_listening.clone());
-        async move {
+        Some(tokio::spawn(async move {
             let result = scp::serve(listeners, ctx, receive).await;
             listening.store(false, Ordering::SeqCst);
             if result.is_err() {
@@ -264,8 +333,10 @@ pub async fn start(mut config: Config) -> Result<Node, NodeError> {
                 stop.cancel();
             }
             result
-        }
-    });
+        }))
+    } else {
+        None
+    };
     // Not ready as soon as the stop begins, while open associations finish.
     tokio::spawn({
         let (receive, listening) = (receive.clone(), scp_listening.clone());
@@ -304,6 +375,7 @@ pub async fn start(mut config: Config) -> Result<Node, NodeError> {
     }
     info!(
         ae_title = %node.ae_title,
+        role = role.name(),
         listen = %plain_addr.map_or("off".to_string(), |a| a.to_string()),
         tls_listen = %tls_addr.map_or("off".to_string(), |a| a.to_string()),
         storage = %node.storage.display(),
@@ -325,7 +397,7 @@ pub async fn start(mut config: Config) -> Result<Node, NodeError> {
         http_addr,
         stop,
         receive,
-        scp: Some(scp),
+        scp,
         tasks,
         threads,
     })

@@ -28,12 +28,14 @@
 //! start (see [`crate::store::Store::open`]), so the index never needs its own fsync per instance.
 
 mod commitments;
+mod completion;
 mod instances;
 mod jobs;
 pub mod migrate;
 mod mpps;
 mod outbox;
 pub mod pg;
+pub mod settings;
 pub(crate) mod sql;
 pub mod state;
 mod stats;
@@ -50,6 +52,7 @@ use crate::query::{Found, InstanceRef, Query, QueryError};
 use sql::{Conn, PgClient};
 
 pub use commitments::{Admission, Commitment, CommitmentItem, CommitmentSummary};
+pub use completion::ReceivingFacts;
 pub use instances::{InstanceRow, NewRow, now};
 pub use jobs::{FailedAtStart, JobRow, JobSource, ProcessRow};
 pub use migrate::{LATEST_VERSION, MigrateOptions};

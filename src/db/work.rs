@@ -38,7 +38,8 @@ static GET: Stmt =
     stmt!("SELECT rule, state, expected FROM series_work WHERE series_instance_uid = ?1");
 static ADD: Stmt = stmt!(
     "INSERT INTO series_work (series_instance_uid, study_instance_uid, calling_ae, rule, state, expected, first_at, last_at)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)"
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
+     ON CONFLICT (series_instance_uid) DO NOTHING"
 );
 static REOPEN: Stmt =
     stmt!("UPDATE series_work SET state = ?2, last_at = ?3 WHERE series_instance_uid = ?1");
@@ -67,8 +68,9 @@ impl Db {
         })
     }
 
-    /// Records a new series: `receiving` when a rule routed it, else `unrouted`.
-    pub fn add_series_work(&self, s: &NewSeriesWork<'_>) -> Result<(), DbError> {
+    /// Records a new series: `receiving` when a rule routed it, else `unrouted`. False when
+    /// the series has a row already: another receiver of a shared index routed it first.
+    pub fn add_series_work(&self, s: &NewSeriesWork<'_>) -> Result<bool, DbError> {
         let state = if s.rule.is_some() {
             SeriesState::Receiving
         } else {
@@ -87,7 +89,7 @@ impl Db {
                     &now(),
                 ],
             )
-            .map(drop)
+            .map(|n| n > 0)
         })
     }
 

@@ -96,6 +96,7 @@ impl NodeConfig {
             sync: self.sync,
             min_free_mb: self.min_free_mb,
             on_conflict: self.on_conflict,
+            shared: None,
         }
     }
 }

@@ -18,6 +18,7 @@
 //! (`mpps_instances`), so a restart resumes waiting for them.
 
 pub mod jobs;
+pub mod lease;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -201,8 +202,12 @@ pub fn start(
     crate::shutdown::wake_on_cancel(shutdown, move || {
         let _ = stop.send(Event::Stop);
     })?;
+    let shared = store.is_shared();
+    let sweep = sweep_period(&config, &rules);
     let mut state = State {
         config,
+        shared,
+        sweep,
         store,
         rules,
         queue,
@@ -219,6 +224,12 @@ pub fn start(
 
 struct State {
     config: SeriesConfig,
+    /// The index is shared with other processes: completion is decided from its rows (every
+    /// receiver's instances), not from this process's events, and queueing is a
+    /// compare-and-set that one process wins.
+    shared: bool,
+    /// How often a shared index is swept for complete series.
+    sweep: Duration,
     store: Arc<Store>,
     rules: Arc<Vec<Rule>>,
     queue: Arc<JobQueue>,
@@ -236,6 +247,16 @@ const SETTLE: Duration = Duration::from_millis(20);
 /// Bound on [`State::unrouted`]; forgetting a series only costs one query per instance later.
 const UNROUTED_REMEMBERED: usize = 10_000;
 
+/// A quarter of the shortest quiet time, between 0.1 and 1 s: a shared index's series are
+/// queued at most that late.
+fn sweep_period(config: &SeriesConfig, rules: &[Rule]) -> Duration {
+    let shortest = rules
+        .iter()
+        .map(|r| r.quiet_seconds(config.quiet_seconds))
+        .fold(config.quiet_seconds, f64::min);
+    Duration::from_secs_f64((shortest / 4.0).clamp(0.1, 1.0))
+}
+
 /// Series that are not images: never routed (our own results coming back, documents).
 fn is_reconstructable(h: &Header) -> bool {
     h.modality.as_deref() != Some("M3D")
@@ -246,7 +267,12 @@ impl State {
     /// After a restart: series still receiving get a fresh quiet period, and the series final
     /// MPPS steps list are waited for again.
     fn resume(&mut self) -> Result<(), IndexError> {
-        let rows = self.store.index().receiving_series()?;
+        // A shared index's receiving series are found by the sweep, quiet from their last
+        // instance's arrival.
+        let rows = match self.shared {
+            false => self.store.index().receiving_series()?,
+            true => Vec::new(),
+        };
         for (uid, rule, expected) in rows {
             let Some(r) = self.rules.iter().find(|r| r.name == rule) else {
                 warn!(series_instance_uid = %uid, rule, "series was routed by a rule that no longer exists; not processed");
@@ -292,10 +318,15 @@ impl State {
 
     fn run(mut self, rx: Receiver<Event>) {
         loop {
+            let idle = match self.shared {
+                true => self.sweep,
+                false => Duration::from_secs(3600),
+            };
             let wait = self
                 .next_deadline()
                 .map(|d| d.saturating_duration_since(Instant::now()))
-                .unwrap_or(Duration::from_secs(3600));
+                .unwrap_or(idle)
+                .min(idle);
             match rx.recv_timeout(wait) {
                 Ok(first) => {
                     for event in std::iter::once(first).chain(rx.try_iter()) {
@@ -514,7 +545,9 @@ impl State {
         if let Some(live) = self.live.get_mut(uid) {
             live.count += 1;
             live.last = Instant::now();
-            if live.processed {
+            if self.shared {
+                shared_late_instance(&self.config, &self.store, uid, live)?;
+            } else if live.processed {
                 late_instance(&self.config, &self.store, uid, live)?;
             }
             return Ok(());
@@ -550,7 +583,7 @@ impl State {
                 } else {
                     None
                 };
-                self.store.index().add_series_work(&NewSeriesWork {
+                let added = self.store.index().add_series_work(&NewSeriesWork {
                     series_instance_uid: uid,
                     study_instance_uid: &h.study_instance_uid,
                     calling_ae,
@@ -560,6 +593,10 @@ impl State {
                         .map(i64::from)
                         .or(h.images_in_acquisition),
                 })?;
+                if !added {
+                    // Another receiver of a shared index routed it first: follow its row.
+                    return self.track_stored(h, calling_ae, called_ae);
+                }
                 let Some(rule) = rule else {
                     info!(series_instance_uid = %uid, modality = h.modality.as_deref().unwrap_or(""), calling_ae, "series matches no rule: stored, not processed");
                     self.remember_unrouted(uid);
@@ -590,7 +627,9 @@ impl State {
             processed,
             late_logged: false,
         };
-        if processed {
+        if self.shared {
+            shared_late_instance(&self.config, &self.store, uid, &mut live)?;
+        } else if processed {
             late_instance(&self.config, &self.store, uid, &mut live)?;
         }
         self.live.insert(uid.clone(), live);
@@ -625,6 +664,9 @@ impl State {
     /// Queues a job for every series whose quiet period is over or whose count is reached
     /// (an MPPS list replaces the count of the series it names).
     fn complete_due(&mut self) {
+        if self.shared {
+            return self.complete_due_shared();
+        }
         let now_i = Instant::now();
         let due: Vec<String> = self
             .live
@@ -649,29 +691,94 @@ impl State {
         }
     }
 
+    /// [`State::complete_due`] on a shared index: every receiving series, whichever process
+    /// received its instances, by the count and last arrival of its rows.
+    fn complete_due_shared(&mut self) {
+        let facts = match self.store.index().receiving_facts() {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(error = %e, "reading the receiving series failed; retrying");
+                return;
+            }
+        };
+        let now = crate::db::now();
+        for f in facts {
+            let Some(r) = self.rules.iter().find(|r| r.name == f.rule) else {
+                continue;
+            };
+            let quiet = r.quiet_seconds(self.config.quiet_seconds);
+            let counted = f.expected.is_some_and(|e| f.count >= e)
+                && !self.awaiting.contains_key(&f.series_instance_uid);
+            if counted || f.last_received_at + quiet <= now {
+                self.queue_counted(
+                    &f.series_instance_uid,
+                    &f.rule,
+                    f.count as u64,
+                    Completion::Quiet,
+                );
+            }
+        }
+    }
+
     /// Queues the job of a live series and marks it processed. False when it could not (the
     /// next pass retries a quiet-time series).
     fn queue(&mut self, uid: &str, why: Completion) -> bool {
-        let Some(live) = self.live.get_mut(uid) else {
+        let Some(live) = self.live.get(uid) else {
             return false;
         };
+        let (rule, count) = (live.rule.clone(), live.count);
+        self.queue_counted(uid, &rule, count, why)
+    }
+
+    /// [`State::queue`] for `count` instances of a series routed by `rule`. On a shared index
+    /// another process may have queued it first: then there is nothing to do here.
+    fn queue_counted(&mut self, uid: &str, rule: &str, count: u64, why: Completion) -> bool {
         let span = info_span!("series", series_instance_uid = %uid);
         let _g = span.enter();
-        match self.store.index().queue_job(uid, &live.rule) {
-            Ok(id) => {
+        let queued = match self.shared {
+            true => self.store.index().queue_job_if_receiving(uid, rule),
+            false => self.store.index().queue_job(uid, rule).map(Some),
+        };
+        match queued {
+            Ok(None) => {
+                debug!("another process queued this series' job");
+                if let Some(live) = self.live.get_mut(uid) {
+                    live.processed = true;
+                }
+                self.awaiting.remove(uid);
+                true
+            }
+            Ok(Some(id)) => {
                 match why {
                     Completion::Quiet => {
-                        info!(job_id = id, instances = live.count, rule = %live.rule, "series complete: job queued")
+                        info!(
+                            job_id = id,
+                            instances = count,
+                            rule,
+                            "series complete: job queued"
+                        )
                     }
                     Completion::Mpps => {
-                        info!(job_id = id, instances = live.count, rule = %live.rule, "series complete (MPPS): job queued")
+                        info!(
+                            job_id = id,
+                            instances = count,
+                            rule,
+                            "series complete (MPPS): job queued"
+                        )
                     }
                     Completion::Discontinued => {
-                        info!(job_id = id, instances = live.count, rule = %live.rule, "series processed as it stands, its MPPS step was DISCONTINUED (on_discontinued = process): job queued")
+                        info!(
+                            job_id = id,
+                            instances = count,
+                            rule,
+                            "series processed as it stands, its MPPS step was DISCONTINUED (on_discontinued = process): job queued"
+                        )
                     }
                 }
                 crate::metrics::series_completed();
-                live.processed = true;
+                if let Some(live) = self.live.get_mut(uid) {
+                    live.processed = true;
+                }
                 self.queue.notify();
                 // A quiet-time job of a series still missing MPPS-listed instances keeps
                 // waiting for them: their arrival rebuilds it at once.
@@ -688,6 +795,26 @@ impl State {
             }
         }
     }
+}
+
+/// [`late_instance`] on a shared index, for every instance of a routed series: this
+/// process's `processed` may be stale (another process queued the job), so the index decides.
+/// It reopens the series only when it holds more instances than the last job was queued for,
+/// so the event of an instance that job already counted rebuilds nothing.
+fn shared_late_instance(
+    config: &SeriesConfig,
+    store: &Store,
+    uid: &str,
+    live: &mut Live,
+) -> Result<(), IndexError> {
+    if config.late_instances == LateInstances::Ignore {
+        return Ok(());
+    }
+    if store.index().reopen_if_grown(uid)? {
+        info!(series_instance_uid = %uid, "instance arrived after the series was processed: the result will be rebuilt (series.late_instances = rebuild)");
+        live.processed = false;
+    }
+    Ok(())
 }
 
 fn late_instance(
@@ -756,6 +883,8 @@ mod tests {
         let queue = JobQueue::new(CancellationToken::new()).unwrap();
         let mut state = State {
             config: SeriesConfig::default(),
+            shared: false,
+            sweep: Duration::from_secs(1),
             store,
             rules: Arc::new(vec![rule]),
             queue,

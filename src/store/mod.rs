@@ -42,6 +42,20 @@ pub struct StoreSettings {
     pub min_free_mb: u64,
     /// A different instance under a stored SOP Instance UID (`node.on_conflict`).
     pub on_conflict: OnConflict,
+    /// A PostgreSQL index shared with other processes (`[index] url`); `None`: the embedded
+    /// SQLite index, and this process alone on the storage.
+    pub shared: Option<SharedIndex>,
+}
+
+/// How a process joins a storage it shares with others through a PostgreSQL index.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedIndex {
+    /// `[index] url` (may hold a password: never logged).
+    pub url: String,
+    /// `[index] pool`.
+    pub pool: usize,
+    /// This process's name (`[index] instance`): its lock file and its temp directory.
+    pub instance: String,
 }
 
 impl StoreSettings {
@@ -52,6 +66,7 @@ impl StoreSettings {
             sync: true,
             min_free_mb: 1024,
             on_conflict: OnConflict::KeepFirst,
+            shared: None,
         }
     }
 }
@@ -122,6 +137,24 @@ pub enum OpenError {
         /// The PID the holder wrote into the lock file, when readable.
         pid: Option<u32>,
     },
+    /// Another process on this shared storage runs under the same `[index] instance`: the
+    /// two would empty each other's temp directory.
+    #[error(
+        "another m3dnode{} runs as instance `{instance}` on storage `{}` (lock file {}); give each process its own [index] instance",
+        pid.map(|p| format!(" (PID {p})")).unwrap_or_default(),
+        root.display(),
+        lock.display()
+    )]
+    InstanceInUse {
+        /// `[index] instance`.
+        instance: String,
+        /// The storage root.
+        root: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+        /// The PID the holder wrote into the lock file, when readable.
+        pid: Option<u32>,
+    },
     /// Creating, cleaning or repairing the storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -174,6 +207,8 @@ pub struct Store {
     sync: bool,
     min_free_bytes: u64,
     on_conflict: OnConflict,
+    /// On a storage shared through a PostgreSQL index ([`StoreSettings::shared`]).
+    shared: bool,
 }
 
 impl Store {
@@ -185,16 +220,42 @@ impl Store {
     /// an index that is being written. Only `serve` opens a `Store`; `m3dnode jobs` and
     /// `m3dnode retry` open the index alone and are meant to run beside the node (SQLite
     /// serialises their few writes), so they take no lock.
+    ///
+    /// On a storage shared through a PostgreSQL index ([`StoreSettings::shared`]) each process
+    /// locks `processes/<instance>.lock` and receives into `tmp/<instance>/` instead, and
+    /// nothing is re-indexed at start: a PostgreSQL commit is durable, so a file without a row
+    /// was never acknowledged, and a walk of a shared tree at every start would be far too slow.
     pub fn open(cfg: &StoreSettings) -> Result<Store, OpenError> {
         let root = cfg.storage.clone();
         fs::create_dir_all(&root).map_err(StoreError::from)?;
-        let lock = lock_root(&root)?;
-        Ok(Store::open_locked(cfg, root, lock)?)
+        let (lock, tmp) = match &cfg.shared {
+            None => (lock_root(&root)?, root.join("tmp")),
+            Some(shared) => {
+                let dir = root.join("processes");
+                fs::create_dir_all(&dir).map_err(StoreError::from)?;
+                let path = dir.join(format!("{}.lock", shared.instance));
+                let lock = lock_file(&path).map_err(|e| match e {
+                    OpenError::Locked { pid, .. } => OpenError::InstanceInUse {
+                        instance: shared.instance.clone(),
+                        root: root.clone(),
+                        lock: path.clone(),
+                        pid,
+                    },
+                    other => other,
+                })?;
+                (lock, root.join("tmp").join(&shared.instance))
+            }
+        };
+        Ok(Store::open_locked(cfg, root, tmp, lock)?)
     }
 
-    /// [`Store::open`] once the root is locked.
-    fn open_locked(cfg: &StoreSettings, root: PathBuf, lock: File) -> Result<Store, StoreError> {
-        let tmp = root.join("tmp");
+    /// [`Store::open`] once the root (or this process's place in a shared one) is locked.
+    fn open_locked(
+        cfg: &StoreSettings,
+        root: PathBuf,
+        tmp: PathBuf,
+        lock: File,
+    ) -> Result<Store, StoreError> {
         fs::create_dir_all(&tmp)?;
         let mut removed = 0;
         for entry in fs::read_dir(&tmp)? {
@@ -208,7 +269,15 @@ impl Store {
                 "removed incomplete temp files left by an interrupted run"
             );
         }
-        let index = Index::open(&root.join(INDEX_FILE))?;
+        let index = match &cfg.shared {
+            None => Index::open(&root.join(INDEX_FILE))?,
+            Some(shared) => Index::open_postgres(
+                &shared.url,
+                &format!("m3dnode/{}", shared.instance),
+                shared.pool,
+            )?,
+        };
+        let shared = cfg.shared.is_some();
         let store = Store {
             _lock: lock,
             root,
@@ -219,8 +288,11 @@ impl Store {
             sync: cfg.sync,
             min_free_bytes: cfg.min_free_mb.saturating_mul(1024 * 1024),
             on_conflict: cfg.on_conflict,
+            shared,
         };
-        store.reconcile()?;
+        if !shared {
+            store.reconcile()?;
+        }
         Ok(store)
     }
 
@@ -237,6 +309,11 @@ impl Store {
     /// The index file, for readers beside the node's own connection (the metrics).
     pub fn index_path(&self) -> PathBuf {
         self.root.join(INDEX_FILE)
+    }
+
+    /// Whether the storage is shared with other processes through a PostgreSQL index.
+    pub fn is_shared(&self) -> bool {
+        self.shared
     }
 
     /// The storage root.
@@ -262,7 +339,7 @@ impl Store {
         for study in read_dirs(&self.root)? {
             if study
                 .file_name()
-                .is_some_and(|n| n == "tmp" || n == "audit")
+                .is_some_and(|n| n == "tmp" || n == "audit" || n == "processes")
             {
                 continue;
             }
@@ -302,6 +379,10 @@ impl Store {
     /// refused instance's file could not be taken back out of the tree this run: then the
     /// next start repairs the index whatever the stop was like.
     pub fn mark_clean_shutdown(&self) -> Result<(), StoreError> {
+        if self.shared {
+            // Nothing is re-indexed at the start of a shared storage's process.
+            return Ok(());
+        }
         if self.group.needs_repair() {
             warn!("files without an index row may remain; the next start re-indexes the storage");
             return Ok(());
@@ -752,14 +833,19 @@ fn read_at(mut file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
 /// after `kill -9`); the PID written into the file is only information for the message.
 /// Also taken by `m3dnode bench qr-load`, which writes an index as `serve` would.
 pub(crate) fn lock_root(root: &Path) -> Result<File, OpenError> {
-    let path = root.join(LOCK_FILE);
+    lock_file(&root.join(LOCK_FILE))
+}
+
+/// [`lock_root`] on any lock file path.
+fn lock_file(path: &Path) -> Result<File, OpenError> {
+    let root = path.parent().unwrap_or(Path::new("."));
     let io = |e: io::Error| OpenError::Store(e.into());
     let mut file = fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .open(&path)
+        .open(path)
         .map_err(io)?;
     match file.try_lock() {
         Ok(()) => {}
