@@ -128,3 +128,92 @@ impl Db {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::db::{Db, JobState, NewRow, NewSeriesWork, SeriesState, test_backend_pairs};
+    use crate::store::header::Header;
+
+    const SERIES: &str = "1.7.1.1";
+
+    fn store(db: &Db, n: usize) {
+        let mut header = Header {
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.4".into(),
+            sop_instance_uid: format!("{SERIES}.{n}"),
+            study_instance_uid: "1.7.1".into(),
+            series_instance_uid: SERIES.into(),
+            modality: Some("MR".into()),
+            instance_number: Some(n as i64),
+            ..Default::default()
+        };
+        header.query.patient_id = Some("P".into());
+        db.upsert_all([&NewRow {
+            header,
+            transfer_syntax: "1.2.840.10008.1.2.1".into(),
+            path: format!("{n}.dcm"),
+            size: 10,
+            calling_ae: "MR".into(),
+        }])
+        .unwrap();
+    }
+
+    fn route(db: &Db) -> bool {
+        db.add_series_work(&NewSeriesWork {
+            series_instance_uid: SERIES,
+            study_instance_uid: "1.7.1",
+            calling_ae: "MR",
+            rule: Some("head"),
+            expected: Some(4),
+        })
+        .unwrap()
+    }
+
+    /// Two processes share a series: instances written through either count, the first
+    /// router wins, and of two completers exactly one queues the job, even when both race.
+    #[test]
+    fn two_processes_see_one_count_and_queue_one_job() {
+        for (name, a, b, _dir) in test_backend_pairs() {
+            store(&a, 1);
+            assert!(route(&a), "{name}");
+            assert!(!route(&b), "{name}: the second router must lose");
+            store(&b, 2);
+            store(&a, 3);
+            let facts = b.receiving_facts().unwrap();
+            assert_eq!(facts.len(), 1, "{name}");
+            assert_eq!(facts[0].count, 3, "{name}");
+            assert_eq!(facts[0].expected, Some(4));
+            assert_eq!(facts[0].rule, "head");
+            assert!(facts[0].last_received_at > 0.0);
+            store(&b, 4);
+            let (ra, rb) = std::thread::scope(|s| {
+                let ta = s.spawn(|| a.queue_job_if_receiving(SERIES, "head").unwrap());
+                let tb = s.spawn(|| b.queue_job_if_receiving(SERIES, "head").unwrap());
+                (ta.join().unwrap(), tb.join().unwrap())
+            });
+            assert_eq!(
+                usize::from(ra.is_some()) + usize::from(rb.is_some()),
+                1,
+                "{name}: exactly one completer queues ({ra:?}, {rb:?})"
+            );
+            let jobs = a.list_jobs(10).unwrap();
+            assert_eq!(jobs.len(), 1, "{name}");
+            assert_eq!((jobs[0].state, jobs[0].version), (JobState::Queued, 1));
+            assert!(a.receiving_facts().unwrap().is_empty(), "{name}");
+            assert_eq!(
+                b.series_work(SERIES).unwrap().unwrap().state,
+                SeriesState::Processed
+            );
+            // The event of an instance the job counted reopens nothing; a new one does.
+            assert!(!a.reopen_if_grown(SERIES).unwrap(), "{name}");
+            store(&a, 5);
+            assert!(b.reopen_if_grown(SERIES).unwrap(), "{name}");
+            assert!(!a.reopen_if_grown(SERIES).unwrap(), "{name}: reopened once");
+            let id = b.queue_job_if_receiving(SERIES, "head").unwrap();
+            assert!(id.is_some(), "{name}");
+            let jobs = a.list_jobs(10).unwrap();
+            assert_eq!(jobs.len(), 2, "{name}");
+            assert_eq!(jobs[0].version, 2, "{name}: the rebuild is version 2");
+            assert!(a.queue_job_if_receiving(SERIES, "head").unwrap().is_none());
+        }
+    }
+}

@@ -1479,4 +1479,51 @@ mod tests {
         let stored = store.commit(incoming).unwrap();
         assert!(stored.path.is_file());
     }
+
+    /// Processes sharing a storage through PostgreSQL: each has its own lock and temp
+    /// directory, one instance name cannot run twice, and nothing is re-indexed at start.
+    #[test]
+    fn shared_storage_processes_lock_their_instance_and_receive_apart() {
+        let Some(url) = crate::db::test_pg_url() else {
+            eprintln!("no PostgreSQL here: skipped");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let settings = |instance: &str| StoreSettings {
+            min_free_mb: 0,
+            shared: Some(SharedIndex {
+                url: url.clone(),
+                pool: 2,
+                instance: instance.into(),
+            }),
+            ..StoreSettings::at(dir.path())
+        };
+        // A file without a row (never acknowledged) stays unindexed in shared mode.
+        let stray = dir.path().join("1.2.3/1.2.3.4/1.2.3.4.9.dcm");
+        fs::create_dir_all(stray.parent().unwrap()).unwrap();
+        fs::write(&stray, b"not indexed").unwrap();
+        let a = Store::open(&settings("rx1")).unwrap();
+        assert!(a.is_shared());
+        match Store::open(&settings("rx1")) {
+            Err(OpenError::InstanceInUse { instance, pid, .. }) => {
+                assert_eq!(instance, "rx1");
+                assert_eq!(pid, Some(std::process::id()));
+            }
+            other => panic!("{:?}", other.err()),
+        }
+        let b = Store::open(&settings("rx2")).unwrap();
+        let incoming = arrive(&a, "1.2.3.4.5", &data_set("1.2.3.4.5")).unwrap();
+        assert_eq!(
+            fs::read_dir(dir.path().join("tmp/rx1")).unwrap().count(),
+            1,
+            "rx1 receives into its own temp directory"
+        );
+        assert_eq!(fs::read_dir(dir.path().join("tmp/rx2")).unwrap().count(), 0);
+        let stored = a.commit(incoming).unwrap();
+        assert!(stored.path.is_file());
+        assert!(b.index().has_instance("1.2.3.4.5").unwrap(), "one index");
+        assert!(!b.index().has_instance("1.2.3.4.9").unwrap());
+        a.mark_clean_shutdown().unwrap();
+        assert!(!dir.path().join("clean-shutdown").exists());
+    }
 }
