@@ -735,3 +735,61 @@ fn a_killed_receivers_series_completes_from_the_other() {
         "every instance of the series is indexed once"
     );
 }
+
+/// A worker beside an SQLite index would need the storage lock `serve` holds: refused at
+/// start with what to do, as are a bad url and a duplicate instance name on one storage.
+#[test]
+fn a_worker_needs_a_shared_index_and_each_process_its_own_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |toml: &str, role: &[&str]| {
+        let path = dir.path().join("m3dnode.toml");
+        std::fs::write(&path, toml).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_m3dnode"))
+            .args(role)
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let storage = dir.path().join("var");
+    let base = format!(
+        "[node]\nstorage = \"{}\"\nlisten = \"127.0.0.1:0\"\nmin_free_mb = 0\n[http]\nlisten = \"\"\n",
+        storage.display()
+    );
+    let (code, err) = run(&base, &["worker"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("[index] url"), "{err}");
+    let (code, err) = run(
+        &format!("{base}[index]\nurl = \"mysql://db/m3d\"\n"),
+        &["worker"],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("index.url"), "{err}");
+    // The password of a url is never echoed, even when the url is refused.
+    let (code, err) = run(
+        &format!("{base}[index]\nurl = \"postgres://m3d:s3cret@db:notaport/m3d\"\n"),
+        &["worker"],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(!err.contains("s3cret"), "{err}");
+    let _guard = serial();
+    let url = common::pg::fresh_db();
+    let shared = format!("{base}[index]\nurl = \"{url}\"\ninstance = \"w1\"\n");
+    let path = dir.path().join("w1.toml");
+    std::fs::write(&path, &shared).unwrap();
+    let mut first = common::Worker::start(tempfile::tempdir().unwrap(), path.clone());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !first.log().contains("m3dnode worker running") {
+        assert!(first.running(), "{}", first.log());
+        assert!(std::time::Instant::now() < deadline, "{}", first.log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (code, err) = run(&shared, &["worker"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("instance `w1`"), "{err}");
+    assert!(first.running(), "the first w1 keeps running");
+}
