@@ -43,6 +43,12 @@ free_port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)
 dbn=0
 fresh_db() { dbn=$((dbn + 1)); scripts/pg-cluster createdb "$url" "b$dbn"; }
 
+# The rules' destination: a DCMTK storescp (the results are delivered, not measured).
+dest_port=$(free_port)
+mkdir -p "$work/dest"
+storescp -aet DEST -od "$work/dest" "$dest_port" >/dev/null 2>&1 &
+pids+=($!)
+
 big=$scratch/series/mr200
 [ -d "$big" ] || "$py" "$shared/make_series.py" --modality MR --rows 512 --cols 512 --slices 200 "$big" >/dev/null
 
@@ -67,10 +73,14 @@ lease_seconds = 30
 quiet_seconds = 1
 [jobs]
 workers = 1
+[[peers]]
+ae_title = "DEST"
+address = "127.0.0.1:$dest_port"
 [[rules]]
 name = "mr"
 modality = "MR"
 preset = "otsu"
+send_to = ["DEST"]
 TOML
 }
 
