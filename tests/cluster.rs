@@ -776,6 +776,14 @@ fn a_worker_needs_a_shared_index_and_each_process_its_own_name() {
     );
     assert_eq!(code, Some(2), "{err}");
     assert!(!err.contains("s3cret"), "{err}");
+    // A database that does not answer: the start fails, naming the server, not the password.
+    let (code, err) = run(
+        &format!("{base}[index]\nurl = \"postgres://m3d:s3cret@127.0.0.1:1/m3d\"\n"),
+        &["serve"],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("127.0.0.1"), "{err}");
+    assert!(!err.contains("s3cret"), "{err}");
     let _guard = serial();
     let url = common::pg::fresh_db();
     let shared = format!("{base}[index]\nurl = \"{url}\"\ninstance = \"w1\"\n");

@@ -31,6 +31,15 @@ pub enum PgError {
     /// The URL did not parse.
     #[error("[index] url: {0}")]
     BadUrl(#[source] postgres::Error),
+    /// The server could not be reached or refused the connection. The reason is text, not a
+    /// source, so that the one line a start-up failure prints says it once.
+    #[error("cannot connect to the PostgreSQL index {index}: {reason}")]
+    Connect {
+        /// Where the database is, without credentials ([`describe`]).
+        index: String,
+        /// What the client said, with its causes.
+        reason: String,
+    },
     /// The server or the connection refused an operation.
     #[error("PostgreSQL index: {0}")]
     Postgres(#[from] postgres::Error),
@@ -113,7 +122,24 @@ pub fn describe(cfg: &postgres::Config) -> String {
 
 /// Opens one connection (no TLS), off any async runtime.
 pub fn connect(cfg: &postgres::Config) -> Result<postgres::Client, PgError> {
-    off_runtime(|| cfg.connect(postgres::NoTls)).map_err(PgError::from)
+    off_runtime(|| cfg.connect(postgres::NoTls)).map_err(|e| PgError::Connect {
+        index: describe(cfg),
+        reason: error_chain(&e),
+    })
+}
+
+/// An error and its sources in one line ("error connecting to server: Connection refused").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.ends_with(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// Runs `f`, which blocks on a `postgres` client, where that is allowed: directly when this
