@@ -211,8 +211,8 @@ pub const DEFAULT_LEASE_SECONDS: f64 = 60.0;
 enum Backend {
     /// The one SQLite connection; its mutex serialises every statement.
     Sqlite(Mutex<Connection>),
-    /// A pool of PostgreSQL connections.
-    Postgres(pg::Pool),
+    /// A pool of PostgreSQL connections (boxed: it is three times the SQLite variant).
+    Postgres(Box<pg::Pool>),
 }
 
 /// How long a PostgreSQL statement waits for a pooled connection (SQLite's busy timeout).
@@ -279,7 +279,7 @@ impl Db {
         } else {
             info!(index = %index, from = ?migrated.from, applied = ?migrated.applied, "PostgreSQL index migrated");
         }
-        Ok(Db::from_backend(Backend::Postgres(pool)))
+        Ok(Db::from_backend(Backend::Postgres(Box::new(pool))))
     }
 
     /// Connects to a PostgreSQL index that running processes use (`m3dnode jobs`): no
@@ -306,7 +306,7 @@ impl Db {
                 known: LATEST_VERSION,
             });
         }
-        Ok(Db::from_backend(Backend::Postgres(pool)))
+        Ok(Db::from_backend(Backend::Postgres(Box::new(pool))))
     }
 
     fn from_backend(backend: Backend) -> Db {
