@@ -598,4 +598,32 @@ mod tests {
             LATEST_VERSION
         );
     }
+
+    /// `m3dnode jobs` on PostgreSQL: the latest schema opens, an empty database is refused
+    /// with its version; the SQLite-only entry points say so.
+    #[test]
+    fn postgres_opens_existing_at_the_latest_schema_only() {
+        let Some(url) = test_pg_url() else {
+            return;
+        };
+        match Db::open_postgres_existing(&url, "m3dnode/test", 1) {
+            Err(DbError::WrongVersion {
+                found: None, known, ..
+            }) => assert_eq!(known, LATEST_VERSION),
+            other => panic!("{:?}", other.err()),
+        }
+        let db = Db::open_postgres(&url, "m3dnode/test", 2).unwrap();
+        assert!(db.is_postgres());
+        assert_eq!(db.schema_version().unwrap(), LATEST_VERSION);
+        let existing = Db::open_postgres_existing(&url, "m3dnode/test", 1).unwrap();
+        assert_eq!(existing.schema_version().unwrap(), LATEST_VERSION);
+        assert!(matches!(db.with(|_| Ok(())), Err(DbError::NotSqlite)));
+        let err = DbError::WrongVersion {
+            index: "db:5432/m3d".into(),
+            found: Some(5),
+            known: 6,
+        }
+        .to_string();
+        assert!(err.contains("schema version 5, not the 6"), "{err}");
+    }
 }
