@@ -123,11 +123,11 @@ static REQUEUE: Stmt = stmt!(
 static EXPIRE_DEAD: Stmt = stmt!(
     lite: "UPDATE jobs SET state = ?3, finished_at = ?1, lease_owner = NULL, lease_until = NULL,
      error = 'the node stopped ' || attempts || ' times while running this job (crash or kill); not retried'
-     WHERE state = ?4 AND lease_until < ?1 AND attempts >= ?2
+     WHERE state = ?4 AND ?5 AND lease_until < ?1 AND attempts >= ?2
      RETURNING id, series_instance_uid, attempts",
     pg: concat!("UPDATE jobs SET state = ?3, finished_at = ?1, lease_owner = NULL, lease_until = NULL,
      error = 'the node stopped ' || attempts::text || ' times while running this job (crash or kill); not retried'
-     WHERE state = ?4 AND lease_until < ", pg_now!(), " AND attempts >= ?2
+     WHERE state = ?4 AND ?5 AND lease_until < ", pg_now!(), " AND attempts >= ?2
      RETURNING id, series_instance_uid, attempts"),
 );
 static LIST: Stmt = stmt!(concat!(
@@ -144,7 +144,7 @@ static CLAIM: Stmt = stmt!(
          error = CASE WHEN state = ?2
                       THEN 'interrupted (' || COALESCE(lease_owner, '?') || ' stopped renewing its lease); re-run'
                       ELSE error END
-         WHERE id = (SELECT id FROM jobs WHERE state = ?3 OR (state = ?2 AND lease_until < ?1)
+         WHERE id = (SELECT id FROM jobs WHERE state = ?3 OR (state = ?2 AND ?6 AND lease_until < ?1)
                      ORDER BY id LIMIT 1)
          RETURNING ", job_columns!()),
     pg: concat!(
@@ -153,7 +153,7 @@ static CLAIM: Stmt = stmt!(
          error = CASE WHEN state = ?2
                       THEN 'interrupted (' || COALESCE(lease_owner, '?') || ' stopped renewing its lease); re-run'
                       ELSE error END
-         WHERE id = (SELECT id FROM jobs WHERE state = ?3 OR (state = ?2 AND lease_until < ", pg_now!(), ")
+         WHERE id = (SELECT id FROM jobs WHERE state = ?3 OR (state = ?2 AND ?6 AND lease_until < ", pg_now!(), ")
                      ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
          RETURNING ", job_columns!()),
 );
@@ -298,15 +298,29 @@ impl Db {
 
     /// Running jobs whose lease expired after they had been started `max_attempts` times
     /// fail with the reason (their holders died every time: a job that kills the process
-    /// must not kill the next one too). Returns them.
+    /// must not kill the next one too). Returns them. On SQLite only once leases are kept
+    /// ([`Db::set_owner`]); start-up does it there ([`Db::requeue_interrupted_jobs`]).
     pub fn expire_dead_jobs(&self, max_attempts: i64) -> Result<Vec<FailedAtStart>, DbError> {
         self.run(|c| {
             c.all(
                 &EXPIRE_DEAD,
-                &[&now(), &max_attempts, &JobState::Failed, &JobState::Running],
+                &[
+                    &now(),
+                    &max_attempts,
+                    &JobState::Failed,
+                    &JobState::Running,
+                    &self.leases_kept(),
+                ],
                 failed_row,
             )
         })
+    }
+
+    /// Whether expired leases may be taken over: always on PostgreSQL; on SQLite once a lease
+    /// keeper runs ([`Db::set_owner`]): the one process's worker threads share one owner, and
+    /// without renewal a job longer than the lease would be taken from a live worker.
+    fn leases_kept(&self) -> bool {
+        self.is_postgres() || self.lease.get().is_some()
     }
 
     /// The most recent jobs, newest first.
@@ -315,7 +329,7 @@ impl Db {
     }
 
     /// Takes the oldest queued job (or a running one whose lease expired: its holder
-    /// stopped), marks it running under this handle's lease and counts the start (committed
+    /// stopped; on SQLite only once [`Db::set_owner`] was called), marks it running under this handle's lease and counts the start (committed
     /// before the job runs, so that a crash during it is counted too). The returned
     /// `attempts` is the run's fencing token. On PostgreSQL concurrent claimers skip each
     /// other's rows (`FOR UPDATE SKIP LOCKED`).
@@ -331,6 +345,7 @@ impl Db {
                     &JobState::Queued,
                     &owner,
                     &lease,
+                    &self.leases_kept(),
                 ],
                 job_row,
             )
@@ -672,6 +687,25 @@ mod tests {
             );
             assert!(a.claim_job().unwrap().is_none(), "{name}");
         }
+    }
+
+    /// A SQLite node whose owner nobody set (no lease keeper) never takes a running job from
+    /// its own other worker, however long it runs.
+    #[test]
+    fn sqlite_without_a_lease_keeper_takes_nothing_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("index.sqlite")).unwrap();
+        queue(&db, "1.2.1");
+        let held = db.claim_job().unwrap().unwrap();
+        db.run(|c| {
+            static EXPIRE: crate::db::sql::Stmt =
+                crate::db::sql::stmt!("UPDATE jobs SET lease_until = 0, attempts = 9");
+            c.exec(&EXPIRE, &[])
+        })
+        .unwrap();
+        assert!(db.claim_job().unwrap().is_none());
+        assert!(db.expire_dead_jobs(3).unwrap().is_empty());
+        db.finish_job(held.id, 9, "ok", &[], &[]).unwrap();
     }
 
     /// Concurrent claimers never get the same job (PostgreSQL: SKIP LOCKED).

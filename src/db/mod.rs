@@ -214,8 +214,8 @@ pub const DEFAULT_LEASE_SECONDS: f64 = 60.0;
 enum Backend {
     /// The one SQLite connection; its mutex serialises every statement.
     Sqlite(Mutex<Connection>),
-    /// A pool of PostgreSQL connections.
-    Postgres(pg::Pool),
+    /// A pool of PostgreSQL connections (boxed: it is three times the SQLite variant).
+    Postgres(Box<pg::Pool>),
 }
 
 /// How long a PostgreSQL statement waits for a pooled connection (SQLite's busy timeout).
@@ -282,7 +282,7 @@ impl Db {
         } else {
             info!(index = %index, from = ?migrated.from, applied = ?migrated.applied, "PostgreSQL index migrated");
         }
-        Ok(Db::from_backend(Backend::Postgres(pool)))
+        Ok(Db::from_backend(Backend::Postgres(Box::new(pool))))
     }
 
     /// Connects to a PostgreSQL index that running processes use (`m3dnode jobs`): no
@@ -309,7 +309,7 @@ impl Db {
                 known: LATEST_VERSION,
             });
         }
-        Ok(Db::from_backend(Backend::Postgres(pool)))
+        Ok(Db::from_backend(Backend::Postgres(Box::new(pool))))
     }
 
     fn from_backend(backend: Backend) -> Db {
@@ -600,5 +600,33 @@ mod tests {
             Db::open(&old).unwrap().schema_version().unwrap(),
             LATEST_VERSION
         );
+    }
+
+    /// `m3dnode jobs` on PostgreSQL: the latest schema opens, an empty database is refused
+    /// with its version; the SQLite-only entry points say so.
+    #[test]
+    fn postgres_opens_existing_at_the_latest_schema_only() {
+        let Some(url) = test_pg_url() else {
+            return;
+        };
+        match Db::open_postgres_existing(&url, "m3dnode/test", 1) {
+            Err(DbError::WrongVersion {
+                found: None, known, ..
+            }) => assert_eq!(known, LATEST_VERSION),
+            other => panic!("{:?}", other.err()),
+        }
+        let db = Db::open_postgres(&url, "m3dnode/test", 2).unwrap();
+        assert!(db.is_postgres());
+        assert_eq!(db.schema_version().unwrap(), LATEST_VERSION);
+        let existing = Db::open_postgres_existing(&url, "m3dnode/test", 1).unwrap();
+        assert_eq!(existing.schema_version().unwrap(), LATEST_VERSION);
+        assert!(matches!(db.with(|_| Ok(())), Err(DbError::NotSqlite)));
+        let err = DbError::WrongVersion {
+            index: "db:5432/m3d".into(),
+            found: Some(5),
+            known: 6,
+        }
+        .to_string();
+        assert!(err.contains("schema version 5, not the 6"), "{err}");
     }
 }
