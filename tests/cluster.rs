@@ -120,6 +120,7 @@ fn config_toml(
          [jobs]\nworkers = 1\n\
          [delivery]\nretry_initial_seconds = 0.2\nretry_max_seconds = 0.5\ntimeout_seconds = 5\n\
          [http]\nlisten = \"\"\n\
+         [[peers]]\nae_title = \"FINDER\"\naddress = \"127.0.0.1:9\"\nmay = [\"find\"]\n\
          {}\
          [[rules]]\nname = \"sphere\"\nmodality = \"MR\"\npreset = \"1000\"\nsend_to = [\"{}\"]\n",
         storage.display(),
@@ -585,6 +586,35 @@ fn two_receivers_two_workers_process_and_deliver_each_series_once() {
             listing.contains(owner),
             "m3dnode jobs does not show {owner}:\n{listing}"
         );
+    }
+    // Q/R on the shared index: each receiver finds every study with its mesh, whichever
+    // worker stored it.
+    let studies: BTreeSet<String> = series
+        .iter()
+        .map(|files| attr(&files[0], dicom_dictionary_std::tags::STUDY_INSTANCE_UID))
+        .collect();
+    for rx in 0..2 {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_m3dnode"))
+            .args([
+                "find",
+                &format!("M3DNODE@127.0.0.1:{}", cluster.rx(rx).addr.port()),
+            ])
+            .args(["--calling-ae", "FINDER", "-L", "STUDY"])
+            .args(["-k", "ModalitiesInStudy=M3D", "-k", "StudyInstanceUID"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let found: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .flat_map(|l| l.split('\t'))
+            .filter_map(|kv| kv.strip_prefix("StudyInstanceUID="))
+            .map(str::to_string)
+            .collect();
+        assert_eq!(found, studies, "C-FIND at rx{}", rx + 1);
     }
     let listed = cluster.processes_listed();
     assert_eq!(

@@ -454,9 +454,10 @@ impl Db {
             Backend::Sqlite(_) => self
                 .with(|c| Ok(q.find(c, limit, ts_uid)))
                 .map_err(query_error)?,
-            // merge: `Query::find_pg(&mut client, limit, ts_uid)` on a pooled connection,
-            // through pg::off_runtime, once the query module's PostgreSQL port is merged.
-            Backend::Postgres(_) => Err(query_error(DbError::NotPorted("C-FIND"))),
+            Backend::Postgres(pool) => pg::off_runtime(|| {
+                let mut conn = pool.get().map_err(|e| query_error(e.into()))?;
+                q.find_pg(conn.client(), limit, ts_uid)
+            }),
         }
     }
 
@@ -465,21 +466,20 @@ impl Db {
     pub fn retrieve_refs(&self, q: &Query) -> Result<Vec<InstanceRef>, QueryError> {
         match &self.backend {
             Backend::Sqlite(_) => self.with(|c| Ok(q.instances(c))).map_err(query_error)?,
-            // merge: `Query::instances_pg(&mut client)` on a pooled connection, through
-            // pg::off_runtime, once the query module's PostgreSQL port is merged.
-            Backend::Postgres(_) => Err(query_error(DbError::NotPorted("C-MOVE/C-GET"))),
+            Backend::Postgres(pool) => pg::off_runtime(|| {
+                let mut conn = pool.get().map_err(|e| query_error(e.into()))?;
+                q.instances_pg(conn.client())
+            }),
         }
     }
 }
 
-/// A [`DbError`] as the query module's error (it wraps only rusqlite's today).
+/// A [`DbError`] as the query module's error.
 fn query_error(e: DbError) -> QueryError {
     match e {
         DbError::Sqlite(e) => QueryError::Database(e),
-        other => QueryError::Database(rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISUSE),
-            Some(other.to_string()),
-        )),
+        DbError::Postgres(e) => QueryError::Postgres(e),
+        other => QueryError::Index(other.to_string()),
     }
 }
 

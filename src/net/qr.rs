@@ -337,8 +337,9 @@ impl Operation {
         let limit = self.env.ctx.config.query.max_results;
         let store = self.env.ctx.store.clone();
         let ts = self.request.transfer_syntax.clone();
-        let job =
-            tokio::task::spawn_blocking(move || store.index().with(|c| Ok(q.find(c, limit, &ts))));
+        let job = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::store::IndexError>(store.index().find(&q, limit, &ts))
+        });
         let mut cancel = self.env.cancel.clone();
         let found = tokio::select! {
             r = job => r,
@@ -436,7 +437,7 @@ impl Operation {
         tracing::Span::current().record("level", tracing::field::debug(q.level()));
         let store = self.env.ctx.store.clone();
         let job = tokio::task::spawn_blocking(move || {
-            let refs = store.index().with(|c| Ok(q.instances(c)))?;
+            let refs = store.index().retrieve_refs(&q);
             Ok::<_, crate::store::IndexError>(refs.map(|refs| open_files(store.root(), refs)))
         });
         let files = match flatten(job.await) {

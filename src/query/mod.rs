@@ -267,6 +267,9 @@ pub enum QueryError {
     /// The PostgreSQL index could not be read.
     #[error("index database (PostgreSQL): {0}")]
     Postgres(#[from] postgres::Error),
+    /// The index could not serve the query (no connection free, the database down).
+    #[error("index: {0}")]
+    Index(String),
     /// A response identifier could not be written.
     #[error("cannot encode response: {0}")]
     Encode(String),
