@@ -40,8 +40,8 @@ trap cleanup EXIT
 
 url=$(PG_CLUSTER_DURABLE=1 scripts/pg-cluster start "$work/pg" | sed -n 's/^M3DNODE_TEST_PG_URL=//p')
 free_port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-dbn=0
-fresh_db() { dbn=$((dbn + 1)); scripts/pg-cluster createdb "$url" "b$dbn"; }
+# fresh_db NAME: a new database on the cluster, its url.
+fresh_db() { scripts/pg-cluster createdb "$url" "$1"; }
 
 # The rules' destination: a DCMTK storescp (the results are delivered, not measured).
 dest_port=$(free_port)
@@ -111,12 +111,14 @@ for c in 1 4; do
             d=$work/ingest-$backend-$c-$r/cfg
             port=$(free_port)
             index=""
-            [ "$backend" = pg ] && index=$(fresh_db)
+            [ "$backend" = pg ] && index=$(fresh_db "ingest_${c}_$r")
             config "$d" "$port" "$index" "rx"
             RUST_LOG=warn "$node" serve --no-workers --config "$d/m3dnode.toml" >"$d/stdout" 2>"$d/log" &
             pids+=($!)
             wait_line "$d/stdout" "listening on"
             times+=("$(send "$big" "$c" "$port")")
+            stored=$(find "$work/storage-ingest-$backend-$c-$r" -name '*.dcm' | wc -l)
+            [ "$stored" -eq 200 ] || { echo "only $stored of 200 stored" >&2; exit 1; }
             kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
             rm -rf "$work/storage-ingest-$backend-$c-$r"
         done
@@ -133,7 +135,7 @@ for s in $(seq "$nseries"); do
     [ -d "$d" ] || "$py" "$shared/make_series.py" --modality MR --rows 128 --cols 128 --slices 60 --seed "$((s + 100))" "$d" >/dev/null
 done
 for k in 1 2; do
-    index=$(fresh_db)
+    index=$(fresh_db "jobs_$k")
     base=$work/jobs-$k
     port=$(free_port)
     config "$base/rx" "$port" "$index" "rx"
@@ -170,7 +172,7 @@ PY
 done
 
 echo "## 3. claim latency: receiver's 'job queued' to the idle worker's 'job started'"
-index=$(fresh_db)
+index=$(fresh_db claim)
 base=$work/claim
 port=$(free_port)
 config "$base/rx" "$port" "$index" "rx"
