@@ -2,6 +2,7 @@
 # The shared PostgreSQL index (issue 17): its cost at ingest and what workers add.
 #
 #   bench/cluster.sh [RUNS] [SERIES]      (defaults 3 runs, 12 series)
+#   PARTS="2 3" bench/cluster.sh          only some parts (default "1 2 3")
 #
 # 1. Ingest, PostgreSQL index as a ratio to SQLite on one machine: a synthetic 512x512 MR
 #    series of 200 slices (105 MB, ../shared/bench/make_series.py) sent by DCMTK storescu
@@ -10,7 +11,7 @@
 #    Both durable: node.sync = true, and the PostgreSQL server with fsync and
 #    synchronous_commit on (PG_CLUSTER_DURABLE=1), as production runs.
 # 2. Jobs per minute on the `iso` pipeline with 1 and 2 `worker` processes (jobs.workers = 1
-#    each): SERIES series of 128x128x60 are received with no worker running, then the workers
+#    each): SERIES series of 256x256x100 are received with no worker running, then the workers
 #    start; timed from the first "job started" to the last "job done" in their logs.
 # 3. Claim latency: from a receiver's "job queued" line to a worker's "job started" line for
 #    the same job, with one worker idle and waiting (JSON logs, the lines' timestamps).
@@ -103,8 +104,11 @@ send() {
     echo "$t0 $t1 $n" | awk '{printf "%.3f", $2 - $1}'
 }
 
-echo "## 1. ingest: 200 x 512x512 MR (105 MB), PostgreSQL index vs SQLite, durable"
-for c in 1 4; do
+parts=${PARTS:-1 2 3}
+part() { [[ " $parts " == *" $1 "* ]]; }
+
+part 1 && echo "## 1. ingest: 200 x 512x512 MR (105 MB), PostgreSQL index vs SQLite, durable"
+part 1 && for c in 1 4; do
     for backend in sqlite pg; do
         times=()
         for r in $(seq "$runs"); do
@@ -129,12 +133,12 @@ for c in 1 4; do
     eval "echo \"associations=$c pg/sqlite throughput ratio: \$(awk -v s=\$med_sqlite_$c -v p=\$med_pg_$c 'BEGIN{printf \"%.3f\", s/p}')\""
 done
 
-echo "## 2. jobs per minute, iso pipeline, $nseries series of 128x128x60"
 for s in $(seq "$nseries"); do
-    d=$scratch/series/mr128-$s
-    [ -d "$d" ] || "$py" "$shared/make_series.py" --modality MR --rows 128 --cols 128 --slices 60 --seed "$((s + 100))" "$d" >/dev/null
+    d=$scratch/series/mr256-$s
+    [ -d "$d" ] || "$py" "$shared/make_series.py" --modality MR --rows 256 --cols 256 --slices 100 --seed "$((s + 100))" "$d" >/dev/null
 done
-for k in 1 2; do
+part 2 && echo "## 2. jobs per minute, iso pipeline, $nseries series of 256x256x100"
+part 2 && for k in 1 2; do
     index=$(fresh_db "jobs_$k")
     base=$work/jobs-$k
     port=$(free_port)
@@ -142,7 +146,7 @@ for k in 1 2; do
     RUST_LOG=info "$node" serve --no-workers --config "$base/rx/m3dnode.toml" >"$base/rx/stdout" 2>"$base/rx/log" &
     pids+=($!)
     wait_line "$base/rx/stdout" "listening on"
-    for s in $(seq "$nseries"); do send "$scratch/series/mr128-$s" 1 "$port" >/dev/null; done
+    for s in $(seq "$nseries"); do send "$scratch/series/mr256-$s" 1 "$port" >/dev/null; done
     for _ in $(seq 300); do [ "$(grep -c 'job queued' "$base/rx/log")" -ge "$nseries" ] && break; sleep 0.2; done
     for w in $(seq "$k"); do
         config "$base/w$w" "$(free_port)" "$index" "w$w"
@@ -171,6 +175,7 @@ print(f"workers={k} jobs={len(ends)} of {n} seconds={span:.1f} jobs/min={60 * le
 PY
 done
 
+part 3 || exit 0
 echo "## 3. claim latency: receiver's 'job queued' to the idle worker's 'job started'"
 index=$(fresh_db claim)
 base=$work/claim
@@ -184,7 +189,7 @@ pids+=($!)
 wait_line "$base/rx/stdout" "listening on"
 wait_line "$base/w1/stdout" "worker running"
 for s in $(seq "$nseries"); do
-    send "$scratch/series/mr128-$s" 1 "$port" >/dev/null
+    send "$scratch/series/mr256-$s" 1 "$port" >/dev/null
     # One job at a time, so that the worker is idle when the next is queued.
     for _ in $(seq 600); do [ "$(grep -c '"job done"' "$base/w1/log" || true)" -ge "$s" ] && break; sleep 0.1; done
 done

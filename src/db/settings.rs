@@ -68,7 +68,7 @@ impl IndexConfig {
         if !self.instance.is_empty() && !valid_instance(&self.instance) {
             return Err((
                 "index.instance",
-                "must be 1 to 64 of A-Z a-z 0-9 . _ -".into(),
+                "must be 1 to 64 of A-Z a-z 0-9 . _ -, starting with a letter or digit".into(),
             ));
         }
         Ok(())
@@ -89,7 +89,7 @@ impl IndexConfig {
             .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
             .take(64)
             .collect();
-        if clean.is_empty() {
+        if !valid_instance(&clean) {
             "m3dnode".into()
         } else {
             clean
@@ -107,8 +107,11 @@ impl IndexConfig {
     }
 }
 
+/// Starts with a letter or digit: the name is a directory under `tmp/`, so `.` and `..`
+/// (the temp root, the storage root) must not be names.
 fn valid_instance(s: &str) -> bool {
     (1..=64).contains(&s.len())
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
@@ -146,6 +149,9 @@ mod tests {
             Err("index.lease_seconds")
         );
         assert_eq!(bad(|c| c.instance = "a/b".into()), Err("index.instance"));
+        assert_eq!(bad(|c| c.instance = "..".into()), Err("index.instance"));
+        assert_eq!(bad(|c| c.instance = ".".into()), Err("index.instance"));
+        assert_eq!(bad(|c| c.instance = "-rx".into()), Err("index.instance"));
         assert_eq!(bad(|c| c.instance = "x".repeat(65)), Err("index.instance"));
         assert_eq!(
             bad(|c| {

@@ -34,6 +34,9 @@ use crate::store::{IndexError, Store};
 /// Starts of one job (each counted before it runs) after which a crash at start-up fails it.
 pub const MAX_ATTEMPTS: i64 = 3;
 
+/// How often an idle worker of a shared index looks for a job queued by another process.
+pub const SHARED_POLL: Duration = Duration::from_millis(200);
+
 /// Stack of the worker threads and of their rayon pool. Generous on purpose: the header walk
 /// ([`crate::store::header::check_part10`]) bounds nesting before dicom-object recurses, and
 /// this is the second line of defence (the memory is only reserved, not used).
@@ -225,10 +228,17 @@ impl Workers {
 
     fn work(&self, pool: &rayon::ThreadPool) {
         let mut seen = self.queue.current();
+        // The queue wakes this process's workers for its own jobs; on a shared index another
+        // process's completer queues most of them, so an idle worker asks the index more
+        // often (two short statements each time).
+        let idle = match self.store.is_shared() {
+            true => SHARED_POLL,
+            false => Duration::from_secs(1),
+        };
         while !self.queue.stopping() {
             match self.claim() {
                 Ok(Some(job)) => self.run(job, pool),
-                Ok(None) => seen = self.queue.wait(seen, Duration::from_secs(1)),
+                Ok(None) => seen = self.queue.wait(seen, idle),
                 Err(e) => {
                     warn!(error = %e, "claiming a job failed; retrying");
                     std::thread::sleep(Duration::from_secs(1));
