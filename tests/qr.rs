@@ -608,7 +608,9 @@ fn get_without_storage_roles_fails_each_sub_operation_without_a_hang() {
 
 #[test]
 fn c_cancel_stops_move_and_get_after_the_current_sub_operation() {
-    let dest = Destination::up("DEST");
+    // Each store takes a second at the destination: the cancel always arrives mid-move
+    // (with a fast destination the move could end before it).
+    let dest = Destination::up_slow("DEST", 1);
     let node = loaded_node(&dest.peer_toml());
     let ident = json!({"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": ct_study()});
     let r = qr_client(

@@ -685,6 +685,8 @@ pub struct Destination {
     pub port: u16,
     pub dir: tempfile::TempDir,
     pub aet: String,
+    /// Seconds storescp sleeps during each store (`--sleep-during`): a slow destination.
+    pub sleep_during: u32,
 }
 
 impl Destination {
@@ -695,11 +697,21 @@ impl Destination {
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             aet: aet.to_string(),
+            sleep_during: 0,
         }
     }
 
     pub fn up(aet: &str) -> Destination {
         let mut d = Destination::down(aet);
+        d.start();
+        d
+    }
+
+    /// A destination that takes `seconds` over each store, so that a test can act while a
+    /// transfer to it is surely under way.
+    pub fn up_slow(aet: &str, seconds: u32) -> Destination {
+        let mut d = Destination::down(aet);
+        d.sleep_during = seconds;
         d.start();
         d
     }
@@ -713,7 +725,8 @@ impl Destination {
         let out = self.dir.path().join("in");
         std::fs::create_dir_all(&out).unwrap();
         let child = Command::new(tool("storescp"))
-            .args(["-v", "-aet", &self.aet, "+xa", "-od"])
+            .args(["-v", "-aet", &self.aet, "+xa"])
+            .args(["--sleep-during", &self.sleep_during.to_string(), "-od"])
             .arg(&out)
             .arg(self.port.to_string())
             .env("TCP_NODELAY", "1")
