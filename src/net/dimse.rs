@@ -805,6 +805,120 @@ pub enum DataSetError {
     /// The object cannot be encoded in that transfer syntax.
     #[error("cannot encode the data set: {0}")]
     Encode(String),
+    /// Sequences nest deeper than [`MAX_NESTING`]: refused before parsing, because the parser
+    /// recurses on the stack and a 10,000-deep nesting overflows it (killing the node).
+    #[error("sequences nested deeper than {MAX_NESTING} levels")]
+    TooDeep,
+}
+
+/// Deepest sequence nesting a DIMSE-N data set may have. MPPS and Storage Commitment lists
+/// nest three or four levels; this is the limit the store's walker sets for instances.
+pub const MAX_NESTING: usize = 64;
+
+/// Whether a Little Endian data set nests sequences deeper than `max`, found by walking tags
+/// and lengths without recursion (values are skipped). A truncated or malformed data set
+/// answers `false`: the parser reports it.
+///
+/// Descends into SQ values, undefined-length values (encapsulated data, UN sequences) and,
+/// in Implicit VR where the dictionary would be needed, any value beginning with an Item tag:
+/// descending too often only checks more, and the parser descends at least as often.
+fn nests_deeper_than(bytes: &[u8], explicit: bool, max: usize) -> bool {
+    const UNDEFINED: u32 = 0xFFFF_FFFF;
+    let u16_at = |p: usize| {
+        bytes
+            .get(p..p + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |p: usize| {
+        bytes
+            .get(p..p + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    // Open containers (sequences and items): their end offset, `None` when undefined.
+    let mut open: Vec<Option<usize>> = Vec::new();
+    let mut sequences = 0usize;
+    let mut kinds: Vec<bool> = Vec::new(); // true: sequence, false: item
+    let mut pos = 0usize;
+    loop {
+        // Close every defined-length container this position has reached.
+        while let Some(Some(end)) = open.last() {
+            if pos < *end {
+                break;
+            }
+            open.pop();
+            if kinds.pop() == Some(true) {
+                sequences -= 1;
+            }
+        }
+        let (Some(group), Some(element)) = (u16_at(pos), u16_at(pos + 2)) else {
+            return false;
+        };
+        if group == 0xFFFE {
+            let Some(len) = u32_at(pos + 4) else {
+                return false;
+            };
+            pos += 8;
+            match element {
+                0xE000 => {
+                    open.push((len != UNDEFINED).then(|| pos.saturating_add(len as usize)));
+                    kinds.push(false);
+                }
+                // Item and sequence delimiters close the innermost undefined container.
+                0xE00D | 0xE0DD => {
+                    if open.pop().is_some() && kinds.pop() == Some(true) {
+                        sequences -= 1;
+                    }
+                }
+                _ => return false,
+            }
+            continue;
+        }
+        let (is_sq, len, head) = if explicit {
+            let Some(vr) = bytes.get(pos + 4..pos + 6) else {
+                return false;
+            };
+            let long = matches!(
+                vr,
+                b"OB"
+                    | b"OD"
+                    | b"OF"
+                    | b"OL"
+                    | b"OV"
+                    | b"OW"
+                    | b"SQ"
+                    | b"SV"
+                    | b"UC"
+                    | b"UN"
+                    | b"UR"
+                    | b"UT"
+                    | b"UV"
+            );
+            let len = if long {
+                u32_at(pos + 8)
+            } else {
+                u16_at(pos + 6).map(u32::from)
+            };
+            let Some(len) = len else { return false };
+            (vr == b"SQ", len, if long { 12 } else { 8 })
+        } else {
+            let Some(len) = u32_at(pos + 4) else {
+                return false;
+            };
+            let item_follows = u32_at(pos + 8) == Some(0xE000_FFFE);
+            (item_follows, len, 8)
+        };
+        pos += head;
+        if is_sq || len == UNDEFINED {
+            open.push((len != UNDEFINED).then(|| pos.saturating_add(len as usize)));
+            kinds.push(true);
+            sequences += 1;
+            if sequences > max {
+                return true;
+            }
+        } else {
+            pos = pos.saturating_add(len as usize);
+        }
+    }
 }
 
 /// Reads a DIMSE-N data set in the presentation context's transfer syntax. The N-* contexts
@@ -817,6 +931,11 @@ pub fn read_data_set(
     let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry
         .get(ts_uid)
         .ok_or_else(|| DataSetError::UnknownTransferSyntax(ts_uid.to_string()))?;
+    // Implicit VR Little Endian is the one syntax of the N-* contexts without explicit VRs.
+    let explicit = ts.uid() != "1.2.840.10008.1.2";
+    if nests_deeper_than(bytes, explicit, MAX_NESTING) {
+        return Err(DataSetError::TooDeep);
+    }
     dicom_object::InMemDicomObject::read_dataset_with_ts(bytes, ts)
         .map_err(|e| DataSetError::Malformed(e.to_string()))
 }
