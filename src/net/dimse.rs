@@ -1063,6 +1063,62 @@ mod tests {
         assert_eq!(cmd.move_originator_message_id(), Ok(9));
     }
 
+    /// A Content Sequence nested `depth` deep around one element, defined or undefined
+    /// lengths, Explicit or Implicit VR Little Endian.
+    fn nested(depth: usize, defined: bool, explicit: bool) -> Vec<u8> {
+        let mut out = vec![0x10, 0x00, 0x20, 0x00];
+        if explicit {
+            out.extend_from_slice(b"LO\x04\x00PID1");
+        } else {
+            out.extend_from_slice(&[4, 0, 0, 0]);
+            out.extend_from_slice(b"PID1");
+        }
+        for _ in 0..depth {
+            let item_len = if defined { out.len() as u32 } else { u32::MAX };
+            let mut item = vec![0xFE, 0xFF, 0x00, 0xE0];
+            item.extend_from_slice(&item_len.to_le_bytes());
+            item.extend_from_slice(&out);
+            if !defined {
+                item.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+                item.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+            }
+            let sq_len = if defined { item.len() as u32 } else { u32::MAX };
+            let mut sq = vec![0x40, 0x00, 0x30, 0xA7];
+            if explicit {
+                sq.extend_from_slice(b"SQ\0\0");
+            }
+            sq.extend_from_slice(&sq_len.to_le_bytes());
+            sq.extend_from_slice(&item);
+            out = sq;
+        }
+        out
+    }
+
+    #[test]
+    fn nesting_beyond_the_limit_is_refused_before_parsing() {
+        for ts in ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"] {
+            let explicit = ts != "1.2.840.10008.1.2";
+            for defined in [true, false] {
+                let ok = nested(MAX_NESTING, defined, explicit);
+                assert!(
+                    read_data_set(&ok, ts).is_ok(),
+                    "{ts} defined={defined}: {MAX_NESTING} levels must parse"
+                );
+                let deep = nested(MAX_NESTING + 1, defined, explicit);
+                assert!(
+                    matches!(read_data_set(&deep, ts), Err(DataSetError::TooDeep)),
+                    "{ts} defined={defined}"
+                );
+            }
+        }
+        // A truncated data set is left to the parser to report.
+        let cut = nested(3, true, true);
+        assert!(matches!(
+            read_data_set(&cut[..cut.len() - 3], "1.2.840.10008.1.2.1"),
+            Err(DataSetError::Malformed(_))
+        ));
+    }
+
     #[test]
     fn command_set_parses_with_dicom_object_too() {
         // An independent reader agrees with our encoding.
