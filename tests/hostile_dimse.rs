@@ -6,15 +6,14 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use common::wire::{pdata, pdu_bytes, read_pdu};
 use common::*;
 use dicom_ul::Pdu;
-use dicom_ul::pdu::{
-    AssociationRQ, PDataValue, PDataValueType, PresentationContextProposed, UserVariableItem,
-};
+use dicom_ul::pdu::{AssociationRQ, PDataValueType, PresentationContextProposed, UserVariableItem};
 use m3dnode::net::dimse;
 use m3dnode::store::header::raw::{element as el, item};
 
@@ -34,40 +33,6 @@ const CONTENT_SEQUENCE: u32 = 0x0040_A730;
 /// MAX_ACTION_INFORMATION).
 const MAX_MPPS: usize = 16 << 20;
 const MAX_ACTION: usize = 4 << 20;
-
-fn pdu_bytes(pdu: &Pdu) -> Vec<u8> {
-    let mut out = Vec::new();
-    dicom_ul::write_pdu(&mut out, pdu).unwrap();
-    out
-}
-
-/// A P-DATA-TF with one PDV.
-fn pdata(pc_id: u8, command: bool, last: bool, data: &[u8]) -> Vec<u8> {
-    pdu_bytes(&Pdu::PData {
-        data: vec![PDataValue {
-            presentation_context_id: pc_id,
-            value_type: if command {
-                PDataValueType::Command
-            } else {
-                PDataValueType::Data
-            },
-            is_last: last,
-            data: data.to_vec(),
-        }],
-    })
-}
-
-/// Reads one whole PDU (blocking, with the socket's timeout).
-fn read_pdu(s: &mut TcpStream) -> Option<Pdu> {
-    let mut head = [0u8; 6];
-    s.read_exact(&mut head).ok()?;
-    let len = u32::from_be_bytes([head[2], head[3], head[4], head[5]]) as usize;
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).ok()?;
-    let mut all = head.to_vec();
-    all.extend(body);
-    dicom_ul::read_pdu(all.as_slice(), 1 << 24, false).ok()?
-}
 
 /// An association proposing Verification, MPPS and Storage Commitment in Explicit VR Little
 /// Endian only (so every data set here is in that syntax).

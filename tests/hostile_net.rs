@@ -8,11 +8,10 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use common::wire::{pdata, pdu_bytes, read_pdu};
 use common::*;
 use dicom_ul::Pdu;
-use dicom_ul::pdu::{
-    AssociationRQ, PDataValue, PDataValueType, PresentationContextProposed, UserVariableItem,
-};
+use dicom_ul::pdu::{AssociationRQ, PresentationContextProposed, UserVariableItem};
 use m3dnode::net::dimse;
 
 const MR: &str = "1.2.840.10008.5.1.4.1.1.4";
@@ -38,40 +37,6 @@ fn request(protocol_version: u16, context: &str, abstract_syntaxes: &[&str]) -> 
     let mut out = Vec::new();
     dicom_ul::write_pdu(&mut out, &Pdu::AssociationRQ(rq)).unwrap();
     out
-}
-
-fn pdu_bytes(pdu: &Pdu) -> Vec<u8> {
-    let mut out = Vec::new();
-    dicom_ul::write_pdu(&mut out, pdu).unwrap();
-    out
-}
-
-/// A P-DATA-TF with one PDV.
-fn pdata(pc_id: u8, command: bool, last: bool, data: &[u8]) -> Vec<u8> {
-    pdu_bytes(&Pdu::PData {
-        data: vec![PDataValue {
-            presentation_context_id: pc_id,
-            value_type: if command {
-                PDataValueType::Command
-            } else {
-                PDataValueType::Data
-            },
-            is_last: last,
-            data: data.to_vec(),
-        }],
-    })
-}
-
-/// Reads one whole PDU (blocking, with the socket's timeout).
-fn read_pdu(s: &mut TcpStream) -> Option<Pdu> {
-    let mut head = [0u8; 6];
-    s.read_exact(&mut head).ok()?;
-    let len = u32::from_be_bytes([head[2], head[3], head[4], head[5]]) as usize;
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).ok()?;
-    let mut all = head.to_vec();
-    all.extend(body);
-    dicom_ul::read_pdu(all.as_slice(), 1 << 24, false).ok()?
 }
 
 fn connect(addr: SocketAddr) -> TcpStream {

@@ -4,6 +4,7 @@
 pub mod orthanc;
 pub mod pg;
 pub mod status;
+pub mod wire;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
