@@ -267,12 +267,7 @@ impl Db {
         application_name: &str,
         pool_size: usize,
     ) -> Result<Db, DbError> {
-        let pool = pg::Pool::new(
-            pg::config(url, application_name)?,
-            pool_size,
-            CHECKOUT_TIMEOUT,
-        )?;
-        let index = pool.describe();
+        let (pool, index) = connect_pool(url, application_name, pool_size)?;
         let migrated = {
             let mut conn = pool.get()?;
             pg::migrate::run(conn.client(), &index)?
@@ -292,12 +287,7 @@ impl Db {
         application_name: &str,
         pool_size: usize,
     ) -> Result<Db, DbError> {
-        let pool = pg::Pool::new(
-            pg::config(url, application_name)?,
-            pool_size,
-            CHECKOUT_TIMEOUT,
-        )?;
-        let index = pool.describe();
+        let (pool, index) = connect_pool(url, application_name, pool_size)?;
         let found = {
             let mut conn = pool.get()?;
             pg::migrate::version(conn.client())?
@@ -472,6 +462,22 @@ impl Db {
             }),
         }
     }
+}
+
+/// The pool of a PostgreSQL index and where it is, without credentials (for the log and
+/// errors).
+fn connect_pool(
+    url: &str,
+    application_name: &str,
+    pool_size: usize,
+) -> Result<(pg::Pool, String), DbError> {
+    let pool = pg::Pool::new(
+        pg::config(url, application_name)?,
+        pool_size,
+        CHECKOUT_TIMEOUT,
+    )?;
+    let index = pool.describe();
+    Ok((pool, index))
 }
 
 /// A [`DbError`] as the query module's error.
